@@ -1,0 +1,112 @@
+"""Settings: ``CLAWWEB_*`` environment variables, parsed and validated once at start-up.
+
+A bad value stops the process with one line naming the variable (``ConfigError``), instead of surfacing as a
+traceback on the first request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from flask import current_app
+
+PREFIX = "CLAWWEB_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value clawweb cannot use; the message names the variable."""
+
+
+def _url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port like ":99999"
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return raw.strip().rstrip("/")
+
+
+def _bind(raw: str) -> str:
+    raw = raw.strip()
+    if raw.startswith("unix:"):
+        return raw
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT or unix:PATH")
+    return raw
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the gateway. The README's configuration table lists the same names and defaults."""
+
+    ollama_url: str = _setting("http://127.0.0.1:11434", _url, "Ollama base URL")
+    bind: str = _setting("127.0.0.1:8080", _bind, "gunicorn listen address")
+    default_model: str = _setting("qwen3:32b", _text, "model used when a request names none")
+    heartbeat_s: float = _setting(15.0, _positive_float, "SSE comment after this much upstream silence")
+    connect_timeout_s: float = _setting(3.0, _positive_float, "TCP connect timeout towards Ollama")
+    read_timeout_s: float = _setting(300.0, _positive_float, "longest upstream silence (model load included)")
+    tags_ttl_s: float = _setting(10.0, _positive_float, "how long the /api/tags model list is cached")
+    max_body_bytes: int = _setting(1 << 20, _positive_int, "largest request body (413 beyond)")
+    max_messages: int = _setting(1000, _positive_int, "most messages in one chat request")
+    max_chars: int = _setting(1_000_000, _positive_int, "most characters of message content per request")
+    max_num_ctx: int = _setting(32768, _positive_int, "options.num_ctx is clamped to this")
+    upstream_label: str = _setting("Ollama", _text, "what the upstream is called in logs and on the page")
+    upstream_pool: int = _setting(256, _positive_int, "pooled keep-alive connections to Ollama")
+
+
+def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build ``Settings`` from ``CLAWWEB_*`` variables, then ``overrides`` (field names, for tests)."""
+    values: dict[str, Any] = {}
+    overrides = overrides or {}
+    for field in dataclasses.fields(Settings):
+        name = PREFIX + field.name.upper()
+        raw = overrides.get(field.name, environ.get(name))
+        if raw is None:
+            continue
+        try:
+            values[field.name] = field.metadata["parse"](str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!s}: {exc}") from None
+    return Settings(**values)
+
+
+def get_settings() -> Settings:
+    """The running app's settings (inside a request or app context)."""
+    return cast(Settings, current_app.extensions["clawweb.settings"])

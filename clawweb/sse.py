@@ -1,0 +1,42 @@
+"""Server-Sent Events framing (the WHATWG ``text/event-stream`` format), in bytes.
+
+Pure functions: the relay calls ``frame`` once per upstream line, so the common case (one line of data, an id)
+is a single ``%`` format with no splitting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    # nginx honours this per response, so streaming works even behind a site that buffers by default.
+    "X-Accel-Buffering": "no",
+}
+
+OPENING = b": ok\n\n"  # sent at once: headers and the browser's `open` event must not wait for the model
+HEARTBEAT = b": keep-alive\n\n"
+
+
+def frame(data: bytes, *, event: str | None = None, id: int | str | None = None, retry: int | None = None) -> bytes:
+    """One event: optional ``event:``/``id:``/``retry:`` fields, one ``data:`` line per line of ``data``."""
+    if event is None and retry is None and b"\n" not in data and b"\r" not in data:
+        if id is None:
+            return b"data: %b\n\n" % data
+        return b"id: %b\ndata: %b\n\n" % (str(id).encode(), data)
+    head = b""
+    if event is not None:
+        head += b"event: %b\n" % event.encode()
+    if id is not None:
+        head += b"id: %b\n" % str(id).encode()
+    if retry is not None:
+        head += b"retry: %d\n" % retry
+    body = b"".join(b"data: %b\n" % line for line in data.splitlines() or [b""])
+    return head + body + b"\n"
+
+
+def json_frame(payload: Any, *, event: str | None = None, id: int | str | None = None) -> bytes:
+    """An event whose data is ``payload`` as compact JSON (escaped to ASCII, so never a raw line break)."""
+    return frame(json.dumps(payload, separators=(",", ":")).encode(), event=event, id=id)

@@ -1,0 +1,43 @@
+"""gunicorn settings for clawweb: one gevent worker holds thousands of long-lived SSE streams.
+
+Run with ``gunicorn -c gunicorn.conf.py wsgi:app``. The settings are validated here, in the master, so a bad
+``CLAWWEB_*`` value stops start-up with one readable line instead of a worker boot-loop of tracebacks.
+"""
+
+import os
+import sys
+
+from clawweb import lifecycle
+from clawweb.config import ConfigError, load_settings
+
+try:
+    _settings = load_settings(os.environ)
+except ConfigError as exc:
+    sys.exit(f"clawweb: {exc}")
+
+# Where to listen; nginx proxies to this (loopback by default: the gateway is not meant to face the internet bare).
+bind = _settings.bind
+# gevent: each stream is a greenlet waiting on sockets, so one process holds thousands of them.
+worker_class = "gevent"
+# One worker: generations and their event logs live in process memory (several need shared storage).
+workers = int(os.environ.get("CLAWWEB_WORKERS", "1"))
+# Greenlets (so open streams) per worker; every open chat tab holds one.
+worker_connections = int(os.environ.get("CLAWWEB_WORKER_CONNECTIONS", "4096"))
+# For async workers this is only a liveness heartbeat of the event loop, not a request time limit.
+timeout = 30
+# On SIGTERM/SIGHUP streams end themselves within a second (see clawweb.lifecycle); this is the upper bound.
+graceful_timeout = 20
+# Keep idle client connections (nginx's upstream keepalive) open this long between requests.
+keepalive = 75
+# Never preload: the app must be created after gevent monkey-patches the worker.
+preload_app = False
+# Logs to stdout/stderr, where systemd's journal (or the terminal) picks them up.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("CLAWWEB_LOG_LEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Let open streams notice that this worker is stopping, and end with a final frame."""
+    lifecycle.watch(lambda: worker.alive)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make run`: serve clawweb on CLAWWEB_BIND (127.0.0.1:8080) in front of Ollama at CLAWWEB_OLLAMA_URL.
+# When no Ollama answers there, start the built-in Ollama simulator instead, and say so loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+url=${CLAWWEB_OLLAMA_URL:-http://127.0.0.1:11434}
+
+if ! "$py" -c 'import sys, requests; requests.get(sys.argv[1] + "/api/version", timeout=2).raise_for_status()' \
+        "$url" 2>/dev/null; then
+    sim_port=${CLAWWEB_SIMULATOR_PORT:-11435}
+    echo "clawweb: no Ollama answers at $url: using the built-in Ollama SIMULATOR on 127.0.0.1:$sim_port" \
+         "(canned answers, not a real model)" >&2
+    "$py" -m clawweb.simulator --host 127.0.0.1 --port "$sim_port" &
+    sim_pid=$!
+    trap 'kill $sim_pid 2>/dev/null' EXIT
+    export CLAWWEB_OLLAMA_URL="http://127.0.0.1:$sim_port"
+    export CLAWWEB_UPSTREAM_LABEL="Ollama simulator"
+    for _ in $(seq 50); do
+        "$py" -c 'import sys, requests; requests.get(sys.argv[1], timeout=1)' "$CLAWWEB_OLLAMA_URL" 2>/dev/null && break
+        sleep 0.1
+    done
+fi
+# Not exec: the trap above must stop the simulator when gunicorn exits.
+.venv/bin/gunicorn -c gunicorn.conf.py wsgi:app

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install the real programs the tests drive (nginx, chromium, redis-server) from Debian when missing.
+set -euo pipefail
+declare -A package=([nginx]=nginx-light [chromium]=chromium [redis-server]=redis-server)
+missing=()
+for program in "${!package[@]}"; do
+    command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("${package[$program]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing from Debian: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

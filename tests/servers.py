@@ -1,0 +1,84 @@
+"""Real servers for integration tests, werkzeug ``dev_server`` style: a subprocess on a free loopback port,
+polled until it answers, its log kept in a file, stopped (and killed if need be) at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A child process in its own session (so a signal reaches it alone), logging into ``log_path``."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log_file = open(log_path, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.proc.args} exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                if ready():
+                    return
+            except (OSError, requests.RequestException):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.proc.args} not ready after {timeout} s:\n{self.log}")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+class Gateway(ServerProcess):
+    """clawweb under a real ``gunicorn -k gevent`` with the project's ``gunicorn.conf.py``."""
+
+    def __init__(self, log_path: Path, ollama_url: str, **settings: object) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {"CLAWWEB_OLLAMA_URL": ollama_url, "CLAWWEB_BIND": f"127.0.0.1:{self.port}"}
+        env.update({f"CLAWWEB_{key.upper()}": str(value) for key, value in settings.items()})
+        super().__init__([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], log_path, env)
+        # Any HTTP answer means the worker is up (the master binds before the worker can accept).
+        self.wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).status_code > 0)

@@ -1,0 +1,150 @@
+"""Unit tests: configuration, validation and SSE framing (pure functions, exact bytes)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from clawweb import sse
+from clawweb.config import ConfigError, Settings, load_settings
+from clawweb.relay import error_message, is_done
+from clawweb.validation import validate_chat
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings.ollama_url == "http://127.0.0.1:11434"
+    assert settings.bind == "127.0.0.1:8080"
+    assert settings.default_model == "qwen3:32b"
+    assert settings.max_body_bytes == 1 << 20
+
+
+def test_environment_is_parsed_and_overrides_win() -> None:
+    env = {"CLAWWEB_OLLAMA_URL": "http://10.0.0.2:11434/", "CLAWWEB_HEARTBEAT_S": "2.5"}
+    settings = load_settings(env, {"max_messages": 7})
+    assert settings.ollama_url == "http://10.0.0.2:11434"  # trailing slash dropped
+    assert settings.heartbeat_s == 2.5
+    assert settings.max_messages == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CLAWWEB_OLLAMA_URL", "ftp://host", "CLAWWEB_OLLAMA_URL=ftp://host: must be an http(s) URL"),
+        ("CLAWWEB_OLLAMA_URL", "http://h:99999", "has an invalid port"),
+        ("CLAWWEB_HEARTBEAT_S", "-1", "CLAWWEB_HEARTBEAT_S=-1: must be a positive number"),
+        ("CLAWWEB_HEARTBEAT_S", "soon", "must be a positive number"),
+        ("CLAWWEB_MAX_BODY_BYTES", "0", "CLAWWEB_MAX_BODY_BYTES=0: must be a positive integer"),
+        ("CLAWWEB_BIND", "8080", "must be HOST:PORT or unix:PATH"),
+        ("CLAWWEB_DEFAULT_MODEL", " ", "must not be empty"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert expected in str(info.value)
+    assert str(info.value).startswith(name)
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+SETTINGS = Settings(max_messages=3, max_chars=20, max_num_ctx=4096)
+
+
+def test_model_defaults_and_unknown_fields_pass_through() -> None:
+    body = validate_chat({"messages": USER, "tools": [], "format": "json", "x_custom": 1}, SETTINGS)
+    assert body["model"] == "qwen3:32b"
+    assert body["x_custom"] == 1
+
+
+def test_num_ctx_is_clamped_other_options_kept() -> None:
+    body = validate_chat({"messages": USER, "options": {"num_ctx": 10**9, "temperature": 0.2, "x": 1}}, SETTINGS)
+    assert body["options"] == {"num_ctx": 4096, "temperature": 0.2, "x": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model": "", "messages": USER}, 400, "'model'"),
+        ({"model": 3, "messages": USER}, 400, "'model'"),
+        ({"messages": []}, 400, "'messages'"),
+        ({"messages": "hi"}, 400, "'messages'"),
+        ({"messages": ["hi"]}, 400, "'messages[0]' must be an object"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 400, "'messages[0].role'"),
+        ({"messages": [{"role": "user"}]}, 400, "'messages[0].content' must be a string"),
+        ({"messages": [{"role": "user", "content": "x", "images": "abc"}]}, 400, "images"),
+        ({"messages": USER * 4}, 400, "too many messages: 4 > 3"),
+        ({"messages": [{"role": "user", "content": "x" * 21}]}, 413, "21 characters"),
+        ({"messages": USER, "stream": "true"}, 400, "'stream' must be true or false"),
+        ({"messages": USER, "think": "yes"}, 400, "'think'"),
+        ({"messages": USER, "keep_alive": True}, 400, "'keep_alive'"),
+        ({"messages": USER, "tools": {}}, 400, "'tools'"),
+        ({"messages": USER, "options": []}, 400, "'options' must be an object"),
+        ({"messages": USER, "options": {"num_ctx": "big"}}, 400, "'options.num_ctx' must be an integer"),
+        ({"messages": USER, "options": {"num_predict": 1.5}}, 400, "'options.num_predict'"),
+        ({"messages": USER, "options": {"temperature": True}}, 400, "'options.temperature' must be a number"),
+        ({"messages": USER, "options": {"stop": "\n"}}, 400, "'options.stop' must be a list of strings"),
+        ({"messages": USER, "options": {"use_mmap": 1}}, 400, "'options.use_mmap' must be a boolean"),
+    ],
+)
+def test_invalid_chat_bodies(body: dict[str, Any], status: int, fragment: str) -> None:
+    from clawweb.errors import ApiError
+
+    with pytest.raises(ApiError) as info:
+        validate_chat(body, SETTINGS)
+    assert info.value.status == status
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize("think", [True, False, "high", None])
+def test_think_values_accepted(think: Any) -> None:
+    validate_chat({"messages": USER, "think": think, "options": None, "tools": None}, SETTINGS)
+
+
+# --- SSE framing ---------------------------------------------------------------------------------------------
+
+
+def test_frame_single_line_with_id() -> None:
+    assert sse.frame(b'{"a":1}', id=3) == b'id: 3\ndata: {"a":1}\n\n'
+
+
+def test_frame_without_id() -> None:
+    assert sse.frame(b"x") == b"data: x\n\n"
+
+
+def test_frame_multiline_data_and_fields() -> None:
+    assert sse.frame(b"one\ntwo\r\nthree\rfour", event="note", id="7", retry=3000) == (
+        b"event: note\nid: 7\nretry: 3000\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
+    )
+
+
+def test_frame_empty_data_with_event() -> None:
+    assert sse.frame(b"", event="ping") == b"event: ping\ndata: \n\n"
+
+
+def test_json_frame_never_holds_a_raw_line_separator() -> None:
+    framed = sse.json_frame({"error": "bad\nthing\u2028"}, event="error")
+    assert framed == b'event: error\ndata: {"error":"bad\\nthing\\u2028"}\n\n'
+    assert json.loads(framed.split(b"data: ")[1]) == {"error": "bad\nthing\u2028"}
+
+
+# --- line classification -------------------------------------------------------------------------------------
+
+
+def test_is_done_needs_the_real_field() -> None:
+    assert is_done(b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}')
+    assert not is_done(b'{"model":"m","message":{"role":"assistant","content":"\\"done\\":true"},"done":false}')
+    # a tool call argument that happens to be "done": true is not the end
+    assert not is_done(b'{"message":{"tool_calls":[{"function":{"arguments":{"done":true}}}]},"done":false}')
+
+
+def test_error_message() -> None:
+    assert error_message(b'{"error":"out of memory"}') == "out of memory"
+    assert error_message(b'{"model":"m","done":false}') is None

@@ -1,0 +1,3 @@
+from clawweb import create_app
+
+app = create_app()
