@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, errors, upstream
+from . import admission, api, errors, health, metrics, upstream
 from .config import load_settings
 
 __version__ = "0.1.0"
@@ -23,8 +24,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
     app.extensions["clawweb.settings"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    if settings.trusted_proxies:
+        # Trust exactly as many X-Forwarded-* hops as there are proxies we run; more would let clients spoof.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     errors.init_app(app)
     upstream.init_app(app, settings)
-    app.register_blueprint(api.bp)
+    admission.init_app(app, settings)
+    for blueprint in (api.bp, health.bp, metrics.bp):
+        app.register_blueprint(blueprint)
     app.logger.info("clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url)
     return app

@@ -1,16 +1,17 @@
 """Ollama-compatible routes: ``POST /api/chat`` (SSE or native) and the read-only pass-through routes.
 
-Views decide everything that can be known before the first byte (body, model, reachability), then hand a
-generator to ``Response``; nothing after that point raises into Flask.
+Views decide everything that can be known before the first byte (body, model, reachability, a place in the
+admission queue), then hand a generator to ``Response``; nothing after that point raises into Flask.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from . import relay, sse
+from .admission import get_admission
 from .config import get_settings
-from .errors import error_response
+from .metrics import StreamStats
+from .relay import Relay, native_response, sse_response
 from .upstream import get_client
 from .validation import parse_json_object, validate_chat
 
@@ -25,32 +26,24 @@ def _wants_sse() -> bool:
     return any(mimetype == "text/event-stream" and q > 0 for mimetype, q in request.accept_mimetypes)
 
 
+def client_id() -> str:
+    """Who is asking, for the per-client limit: the address (behind ``CLAWWEB_TRUSTED_PROXIES`` proxies)."""
+    return request.remote_addr or "unknown"
+
+
 @bp.post("/api/chat")
 def chat() -> Response:
     settings = get_settings()
     body = validate_chat(parse_json_object(request.get_data(cache=False)), settings)
     client = get_client()
     client.require_model(body["model"])
-
+    admission = get_admission()
+    ticket = admission.enter(client_id())
+    relay = Relay(client, body, admission, ticket, settings, StreamStats(body["model"], client_id()))
     if _wants_sse():
         body["stream"] = True  # SSE is a stream whatever the body said
-        stream = relay.UpstreamStream(client, body, settings.read_timeout_s)
-        return Response(relay.sse_events(stream, settings.heartbeat_s), headers=sse.HEADERS)
-
-    if body.get("stream", True) is False:
-        upstream = client.request("POST", "/api/chat", body)
-        return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
-
-    # Ollama-native streaming: its status is only known once the model is loaded, so wait for it here.
-    stream = relay.UpstreamStream(client, body, settings.read_timeout_s)
-    stream.headers_received.wait()
-    failure = stream.first_failure
-    if failure is not None:
-        stream.close()
-        if failure.body:
-            return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
-        return error_response(failure.status or 502, failure.message)
-    return Response(relay.ndjson_lines(stream, settings.heartbeat_s), content_type="application/x-ndjson")
+        return sse_response(relay)
+    return native_response(relay, stream=body.get("stream", True))
 
 
 def _pass_through() -> Response:

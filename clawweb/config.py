@@ -68,6 +68,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return value
+
+
 def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "help": help})
 
@@ -88,7 +98,11 @@ class Settings:
     max_chars: int = _setting(1_000_000, _positive_int, "most characters of message content per request")
     max_num_ctx: int = _setting(32768, _positive_int, "options.num_ctx is clamped to this")
     upstream_label: str = _setting("Ollama", _text, "what the upstream is called in logs and on the page")
-    upstream_pool: int = _setting(256, _positive_int, "pooled keep-alive connections to Ollama")
+    max_active: int = _setting(4, _positive_int, "generations streaming from Ollama at once")
+    max_queue: int = _setting(256, _positive_int, "requests waiting for a slot (503 beyond)")
+    max_active_per_client: int = _setting(3, _positive_int, "active-or-queued requests per client (429 beyond)")
+    queue_timeout_s: float = _setting(300.0, _positive_float, "longest wait for a slot")
+    trusted_proxies: int = _setting(0, _non_negative_int, "reverse proxies in front whose X-Forwarded-* to trust")
 
 
 def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:

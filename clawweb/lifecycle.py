@@ -2,28 +2,27 @@
 
 Open SSE streams never end on their own, and gunicorn SIGKILLs a worker that still has connections after
 ``graceful_timeout``. So a greenlet watches the worker's ``alive`` flag (cleared on SIGTERM/SIGHUP/max_requests)
-and drops a ``SHUTDOWN`` marker into every open stream's queue: each stream writes a final frame, its
-``finally`` runs, and its client reconnects to the new worker.
+and wakes every open stream: each writes a final frame, its ``finally`` runs, and its client reconnects to the
+new worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import gevent
 
-SHUTDOWN = object()
-_open: set[Any] = set()  # the queues of open streams (anything with ``put``)
+SHUTDOWN = object()  # put into a stream's queue by its wake-up callback
+_wakers: set[Callable[[], None]] = set()
 _stopping = False
 
 
 def _stop_all() -> None:
     global _stopping
     _stopping = True
-    for queue in list(_open):
-        queue.put(SHUTDOWN)
+    for wake in list(_wakers):
+        wake()
 
 
 def watch(is_alive: Callable[[], bool], interval_s: float = 0.2) -> None:
@@ -42,16 +41,12 @@ def stopping() -> bool:
 
 
 @contextmanager
-def registered(queue: Any) -> Iterator[None]:
-    """Keep ``queue`` in the set that receives ``SHUTDOWN``; a stream opened while stopping gets it at once."""
-    _open.add(queue)
+def registered(wake: Callable[[], None]) -> Iterator[None]:
+    """Call ``wake`` when the worker stops (at once if it already is) while the block runs."""
+    _wakers.add(wake)
     if _stopping:
-        queue.put(SHUTDOWN)
+        wake()
     try:
         yield
     finally:
-        _open.discard(queue)
-
-
-def open_streams() -> int:
-    return len(_open)
+        _wakers.discard(wake)

@@ -1,175 +1,187 @@
-"""The relay core: one upstream ``/api/chat`` stream, read in its own greenlet, turned into SSE or NDJSON.
+"""The relay: admission queue, then one upstream stream, turned into SSE frames or Ollama-native NDJSON.
 
-Why a greenlet and a queue: Ollama sends nothing, not even headers, until the model is loaded and the first
-token exists. If the response generator blocked on that read, it could neither write heartbeats nor notice
-that its client left. With the read elsewhere, the generator wakes at least every heartbeat, writes, and a
-failed write closes it; its ``finally`` then kills the reader, which closes the upstream socket, which is what
-makes Ollama stop generating.
+``Relay`` owns everything a request holds (its admission ticket, the upstream stream, its stats); its
+``close`` releases all of it and is called from the ``finally`` of the response generator, which runs when the
+stream ends, when the client leaves (the next write fails) and when the worker stops.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import gevent
-import gevent.event
-import gevent.queue
 import requests
-from urllib3.exceptions import ReadTimeoutError
+from flask import Response
 
 from . import lifecycle, sse
-from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
+from .admission import RETRY_AFTER_BUSY_S, Admission, Ticket
+from .config import Settings
+from .errors import error_response
+from .metrics import StreamStats
+from .stream import HEARTBEAT, Failure, UpstreamStream
+from .upstream import OllamaClient
 
 
 @dataclass(frozen=True)
-class Failure:
-    """Ollama did not deliver: ``status``/``body`` are set when it answered with an HTTP error."""
+class Queued:
+    """The request's place in the admission queue changed (1 = next)."""
 
-    message: str
-    kind: str  # unreachable | status | error_line | timeout | closed | shutdown
-    status: int | None = None
-    body: bytes = b""
+    position: int
+    active: int
 
 
-ENDED = object()  # upstream body finished (normally right after the done line)
-HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
+class Relay:
+    def __init__(
+        self,
+        client: OllamaClient,
+        body: dict[str, Any],
+        admission: Admission,
+        ticket: Ticket,
+        settings: Settings,
+        stats: StreamStats,
+    ) -> None:
+        self._client = client
+        self._body = body
+        self._admission = admission
+        self._ticket = ticket
+        self._settings = settings
+        self.stats = stats
+        self.stream: UpstreamStream | None = None
+        self.outcome = "client_left"  # what `close` records unless the stream got further
+        self._closed = False
 
-
-def is_done(line: bytes) -> bool:
-    """The final chunk. A byte check first: parsing every token line as JSON would cost more than relaying it."""
-    return b'"done":true' in line and json.loads(line).get("done") is True
-
-
-def error_message(line: bytes) -> str | None:
-    """The message of an ``{"error": ...}`` line, or None for an ordinary chunk."""
-    if not line.startswith(b'{"error"'):
-        return None
-    try:
-        return str(json.loads(line)["error"])
-    except (ValueError, KeyError):
-        return None
-
-
-def _status_failure(response: requests.Response) -> Failure:
-    body = response.content
-    try:
-        message = str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        message = f"Ollama answered HTTP {response.status_code}" + ("" if body else " with an empty body")
-    return Failure(message, "status", response.status_code, body)
-
-
-def _is_timeout(exc: requests.RequestException) -> bool:
-    # requests re-raises a read timeout met while iterating the body as ConnectionError(ReadTimeoutError).
-    return isinstance(exc, requests.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
-
-
-class UpstreamStream:
-    """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
-
-    def __init__(self, client: OllamaClient, body: dict[str, Any], read_timeout_s: float) -> None:
-        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
-        self._response: requests.Response | None = None
-        self._read_timeout_s = read_timeout_s
-        self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
-        self.first_failure: Failure | None = None
-        self.done = False
-        self._greenlet = gevent.spawn(self._read, client, body)
-
-    def _fail(self, failure: Failure) -> None:
-        if not self.headers_received.is_set():
-            self.first_failure = failure  # still reportable as a real HTTP status on the native path
-        self._queue.put(failure)
-
-    def _read(self, client: OllamaClient, body: dict[str, Any]) -> None:
-        try:
-            response = self._response = client.open_chat(body)
-            if response.status_code != 200:
-                self._fail(_status_failure(response))
-                return
-            self.headers_received.set()
-            for line in response.iter_lines(chunk_size=None):
-                if line:  # Ollama sends no blank lines; tolerate them anyway
-                    self._queue.put(line)
-            self._queue.put(ENDED)
-        except OllamaUnreachable as exc:
-            self._fail(Failure(exc.message, "unreachable", exc.status))
-        except OllamaTimeout as exc:
-            self._fail(Failure(exc.message, "timeout", exc.status))
-        except requests.RequestException as exc:
-            if _is_timeout(exc):
-                self._fail(Failure(f"Ollama sent nothing for {self._read_timeout_s:g} s", "timeout", 504))
-            else:
-                self._fail(Failure("the connection to Ollama broke before the answer was done", "closed", 502))
-        finally:
-            self.headers_received.set()
-
-    def events(self, heartbeat_s: float) -> Iterator[Any]:
-        """Lines as they arrive; ``HEARTBEAT`` after each ``heartbeat_s`` of silence; ends after done or failure."""
-        with lifecycle.registered(self._queue):
-            while True:
-                try:
-                    item = self._queue.get(timeout=heartbeat_s)
-                except gevent.queue.Empty:
+    def wait_for_slot(self) -> Iterator[Queued | object | Failure]:
+        """While queued: ``Queued`` on every move, ``HEARTBEAT`` on silence; a ``Failure`` ends the wait."""
+        ticket, heartbeat_s = self._ticket, self._settings.heartbeat_s
+        deadline = ticket.created + self._settings.queue_timeout_s
+        announced = 0
+        with lifecycle.registered(ticket.changed.set):
+            while not ticket.admitted:
+                if lifecycle.stopping():
+                    yield self._fail(Failure("the gateway is restarting; please retry", "shutdown"))
+                    return
+                if time.monotonic() >= deadline:
+                    message = f"waited {self._settings.queue_timeout_s:g} s for a free slot; retry later"
+                    yield self._fail(Failure(message, "queue_timeout", 503))
+                    return
+                if ticket.position != announced:
+                    announced = ticket.position
+                    yield Queued(ticket.position, self._admission.active)
+                if not self._admission.wait(ticket, min(heartbeat_s, max(deadline - time.monotonic(), 0))):
                     yield HEARTBEAT
-                    continue
-                if isinstance(item, bytes):
-                    message = error_message(item)
-                    if message is not None:
-                        yield Failure(message, "error_line")
-                        return
-                    yield item
-                    if is_done(item):
-                        self.done = True
-                        return
-                elif item is ENDED:
-                    yield Failure("Ollama closed the stream before the answer was done", "closed")
-                    return
-                elif item is lifecycle.SHUTDOWN:
-                    yield Failure("the gateway is restarting; please retry", "shutdown")
-                    return
-                else:
-                    yield item
-                    return
+        self.stats.admitted(ticket.queue_wait_s)
+
+    def start(self) -> UpstreamStream:
+        """Open the upstream request (in its own greenlet); call once admitted."""
+        self.stream = UpstreamStream(self._client, self._body, self._settings.read_timeout_s)
+        return self.stream
+
+    def fetch_whole(self) -> requests.Response:
+        """``stream: false``: one blocking request (once admitted); Ollama's status and body as they are."""
+        response = self._client.request("POST", "/api/chat", self._body)
+        self.outcome = "done" if response.status_code == 200 else "status"
+        return response
+
+    def events(self) -> Iterator[Queued | object | bytes | Failure]:
+        """The whole life: queue positions, then upstream lines; heartbeats throughout; at most one Failure."""
+        for event in self.wait_for_slot():
+            yield event
+            if isinstance(event, Failure):
+                return
+        stream = self.stream or self.start()
+        for event in stream.events(self._settings.heartbeat_s):
+            if isinstance(event, bytes):
+                self.stats.token()
+            elif isinstance(event, Failure):
+                self._fail(event)
+            yield event
+        if stream.done:
+            self.outcome = "done"
+
+    def _fail(self, failure: Failure) -> Failure:
+        self.outcome = failure.kind
+        return failure
 
     def close(self) -> None:
-        """Stop reading and close the upstream connection. Safe to call twice and from ``finally``."""
-        if self.done:
-            # Let the reader consume the end of the chunked body so the connection goes back to the pool.
-            self._greenlet.join(timeout=0.5)
-        self._greenlet.kill(block=True, timeout=1)
-        if self._response is not None:
-            self._response.close()
+        """Release everything: upstream connection (Ollama stops generating), slot or queue place, stats.
+
+        Idempotent: the generator's ``finally`` calls it, and so does the response's close as a backstop.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.stream is not None:
+                self.stream.close()
+        finally:
+            self._admission.release(self._ticket)
+            self.stats.finish(self.outcome)
 
 
-def sse_events(stream: UpstreamStream, heartbeat_s: float) -> Iterator[bytes]:
-    """``id: N`` + ``data: <line>`` per upstream line; the generator owns the upstream's cleanup."""
+def sse_response(relay: Relay) -> Response:
+    response = Response(sse_events(relay), headers=sse.HEADERS)
+    response.call_on_close(relay.close)  # also when the generator never started
+    return response
+
+
+def sse_events(relay: Relay) -> Iterator[bytes]:
+    """``id: N`` + ``data: <line>`` per upstream line, ``event: queued`` while waiting, ``event: error`` last."""
     try:
         yield sse.OPENING
         seq = 0
-        for event in stream.events(heartbeat_s):
+        for event in relay.events():
             if isinstance(event, bytes):
                 seq += 1
                 yield sse.frame(event, id=seq)
             elif event is HEARTBEAT:
                 yield sse.HEARTBEAT
-            else:
+            elif isinstance(event, Queued):
+                yield sse.json_frame({"position": event.position, "active": event.active}, event="queued")
+            elif isinstance(event, Failure):
                 yield sse.json_frame({"error": event.message}, event="error")
     finally:
-        stream.close()
+        relay.close()
 
 
-def ndjson_lines(stream: UpstreamStream, heartbeat_s: float) -> Iterator[bytes]:
+def ndjson_lines(relay: Relay) -> Iterator[bytes]:
     """Ollama-native: the upstream bytes unchanged; a late failure as an ``{"error": ...}`` line, as Ollama does."""
     try:
-        for event in stream.events(heartbeat_s):
+        for event in relay.events():
             if isinstance(event, bytes):
                 yield event + b"\n"
             elif isinstance(event, Failure):
                 yield json.dumps({"error": event.message}).encode() + b"\n"
             # HEARTBEAT: NDJSON has no comment syntax, and a blank line breaks Ollama's clients.
     finally:
-        stream.close()
+        relay.close()
+
+
+def native_response(relay: Relay, stream: bool) -> Response:
+    """Ollama-native answer: NDJSON clients wait in the queue silently, then get Ollama's status and body."""
+    handed_over = False
+    try:
+        for event in relay.wait_for_slot():
+            if isinstance(event, Failure):
+                return error_response(event.status or 503, event.message, {"Retry-After": str(RETRY_AFTER_BUSY_S)})
+        if not stream:
+            upstream = relay.fetch_whole()
+            return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+        # Ollama's status is only known once the model is loaded and the first token exists: wait for it.
+        started = relay.start()
+        started.headers_received.wait()
+        failure = started.first_failure
+        if failure is not None:
+            relay.outcome = failure.kind
+            if failure.body:
+                return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
+            return error_response(failure.status or 502, failure.message)
+        handed_over = True
+        response = Response(ndjson_lines(relay), content_type="application/x-ndjson")
+        response.call_on_close(relay.close)
+        return response
+    finally:
+        if not handed_over:
+            relay.close()

@@ -46,8 +46,9 @@ class OllamaClient:
         self._timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self._tags_ttl = settings.tags_ttl_s
         self.session = requests.Session()
-        # The default pool keeps 10 connections; every concurrent stream needs its own.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool, max_retries=0)
+        # The default pool keeps 10 connections; every admitted stream needs its own, plus a few for the
+        # short pass-through and readiness requests.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.max_active + 8, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})

@@ -9,7 +9,7 @@ import pytest
 
 from clawweb import sse
 from clawweb.config import ConfigError, Settings, load_settings
-from clawweb.relay import error_message, is_done
+from clawweb.stream import error_message, is_done
 from clawweb.validation import validate_chat
 
 USER = [{"role": "user", "content": "hi"}]

@@ -78,9 +78,9 @@ def test_tags_error_status_is_a_502() -> None:
 
 @responses.activate
 def test_adapter_pool_is_sized_from_settings() -> None:
-    client = make_client(upstream_pool=123)
+    client = make_client(max_active=123)
     adapter = client.session.get_adapter(OLLAMA)
-    assert adapter._pool_maxsize == 123  # type: ignore[attr-defined]
+    assert adapter._pool_maxsize == 131  # type: ignore[attr-defined]
 
 
 # --- views, upstream mocked ----------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Prometheus metrics, and the one log line per finished stream.
+
+With several gunicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` (set by ``gunicorn.conf.py``) makes
+``prometheus_client`` keep per-process files that ``/metrics`` aggregates; gauges then sum over live processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.multiprocess import MultiProcessCollector
+
+log = logging.getLogger("gunicorn.error")  # gunicorn's error log: stdout under our gunicorn.conf.py
+
+_LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_GAP = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+_DURATION = (1, 5, 10, 30, 60, 120, 300, 600)
+
+OPEN_STREAMS = Gauge("clawweb_open_streams", "Streams open to clients", multiprocess_mode="livesum")
+ACTIVE = Gauge("clawweb_generations_active", "Generations holding an upstream slot", multiprocess_mode="livesum")
+QUEUED = Gauge("clawweb_generations_queued", "Generations waiting for a slot", multiprocess_mode="livesum")
+TTFT = Histogram("clawweb_time_to_first_token_seconds", "Request accepted to first token relayed", buckets=_LATENCY)
+TOKEN_GAP = Histogram("clawweb_token_gap_seconds", "Time between consecutive relayed tokens", buckets=_GAP)
+QUEUE_WAIT = Histogram("clawweb_queue_wait_seconds", "Time spent waiting for an upstream slot", buckets=_LATENCY)
+DURATION = Histogram("clawweb_generation_duration_seconds", "Whole stream duration", buckets=_DURATION)
+TOKENS = Counter("clawweb_tokens_relayed", "Upstream lines relayed to clients")
+UPSTREAM_ERRORS = Counter("clawweb_upstream_errors", "Upstream failures by kind", ["kind"])
+DISCONNECTS = Counter("clawweb_client_disconnects", "Clients that left before the end of their stream")
+REFUSALS = Counter("clawweb_refusals", "Requests refused by admission control", ["reason"])
+STREAMS = Counter("clawweb_streams", "Finished streams by outcome", ["outcome"])
+
+
+UPSTREAM_FAILURES = frozenset({"unreachable", "status", "error_line", "timeout", "closed"})
+
+
+@dataclass
+class StreamStats:
+    """What one stream did; ``finish`` records it in the metrics and writes its log line."""
+
+    model: str
+    client: str
+    started: float = field(default_factory=time.monotonic)
+    queue_wait_s: float = 0.0
+    first_token_at: float | None = None
+    last_token_at: float = 0.0
+    tokens: int = 0
+
+    def __post_init__(self) -> None:
+        OPEN_STREAMS.inc()
+
+    def admitted(self, queue_wait_s: float) -> None:
+        self.queue_wait_s = queue_wait_s
+        QUEUE_WAIT.observe(queue_wait_s)
+
+    def token(self) -> None:
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            TTFT.observe(now - self.started)
+        else:
+            TOKEN_GAP.observe(now - self.last_token_at)
+        self.last_token_at = now
+        self.tokens += 1
+        TOKENS.inc()
+
+    def finish(self, outcome: str) -> None:
+        """``outcome``: done, client_left, shutdown, queue_timeout, or an upstream failure kind."""
+        OPEN_STREAMS.dec()
+        duration = time.monotonic() - self.started
+        DURATION.observe(duration)
+        STREAMS.labels(outcome).inc()
+        if outcome == "client_left":
+            DISCONNECTS.inc()
+        elif outcome in UPSTREAM_FAILURES:
+            UPSTREAM_ERRORS.labels(outcome).inc()
+        ttft = "-" if self.first_token_at is None else f"{self.first_token_at - self.started:.3f}"
+        generating = self.last_token_at - (self.first_token_at or self.last_token_at)
+        rate = f"{(self.tokens - 1) / generating:.1f}" if self.tokens > 1 and generating > 0 else "-"
+        log.info(
+            "stream end=%s model=%s client=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s duration=%.3fs",
+            outcome,
+            self.model,
+            self.client,
+            self.queue_wait_s,
+            ttft,
+            self.tokens,
+            rate,
+            duration,
+        )
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def exposition() -> Response:
+    registry: CollectorRegistry = DEFAULT_REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

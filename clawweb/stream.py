@@ -1,0 +1,148 @@
+"""One upstream ``/api/chat`` stream, read in its own greenlet and handed over line by line through a queue.
+
+Why a greenlet and a queue: Ollama sends nothing, not even headers, until the model is loaded and the first
+token exists. If the response generator blocked on that read, it could neither write heartbeats nor notice
+that its client left. With the read elsewhere, the generator wakes at least every heartbeat, writes, and a
+failed write closes it; its ``finally`` then kills the reader, which closes the upstream socket, which is what
+makes Ollama stop generating.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.queue
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+from . import lifecycle
+from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Ollama did not deliver: ``status``/``body`` are set when it answered with an HTTP error."""
+
+    message: str
+    kind: str  # unreachable | status | error_line | timeout | closed | shutdown
+    status: int | None = None
+    body: bytes = b""
+
+
+ENDED = object()  # upstream body finished (normally right after the done line)
+HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
+
+
+def is_done(line: bytes) -> bool:
+    """The final chunk. A byte check first: parsing every token line as JSON would cost more than relaying it."""
+    return b'"done":true' in line and json.loads(line).get("done") is True
+
+
+def error_message(line: bytes) -> str | None:
+    """The message of an ``{"error": ...}`` line, or None for an ordinary chunk."""
+    if not line.startswith(b'{"error"'):
+        return None
+    try:
+        return str(json.loads(line)["error"])
+    except (ValueError, KeyError):
+        return None
+
+
+def _status_failure(response: requests.Response) -> Failure:
+    body = response.content
+    try:
+        message = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = f"Ollama answered HTTP {response.status_code}" + ("" if body else " with an empty body")
+    return Failure(message, "status", response.status_code, body)
+
+
+def _is_timeout(exc: requests.RequestException) -> bool:
+    # requests re-raises a read timeout met while iterating the body as ConnectionError(ReadTimeoutError).
+    return isinstance(exc, requests.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
+
+
+class UpstreamStream:
+    """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
+
+    def __init__(self, client: OllamaClient, body: dict[str, Any], read_timeout_s: float) -> None:
+        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._response: requests.Response | None = None
+        self._read_timeout_s = read_timeout_s
+        self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
+        self.first_failure: Failure | None = None
+        self.done = False
+        self._greenlet = gevent.spawn(self._read, client, body)
+
+    def _fail(self, failure: Failure) -> None:
+        if not self.headers_received.is_set():
+            self.first_failure = failure  # still reportable as a real HTTP status on the native path
+        self._queue.put(failure)
+
+    def _read(self, client: OllamaClient, body: dict[str, Any]) -> None:
+        try:
+            response = self._response = client.open_chat(body)
+            if response.status_code != 200:
+                self._fail(_status_failure(response))
+                return
+            self.headers_received.set()
+            for line in response.iter_lines(chunk_size=None):
+                if line:  # Ollama sends no blank lines; tolerate them anyway
+                    self._queue.put(line)
+            self._queue.put(ENDED)
+        except OllamaUnreachable as exc:
+            self._fail(Failure(exc.message, "unreachable", exc.status))
+        except OllamaTimeout as exc:
+            self._fail(Failure(exc.message, "timeout", exc.status))
+        except requests.RequestException as exc:
+            if _is_timeout(exc):
+                self._fail(Failure(f"Ollama sent nothing for {self._read_timeout_s:g} s", "timeout", 504))
+            else:
+                self._fail(Failure("the connection to Ollama broke before the answer was done", "closed", 502))
+        finally:
+            self.headers_received.set()
+
+    def _wake_for_shutdown(self) -> None:
+        self._queue.put(lifecycle.SHUTDOWN)
+
+    def events(self, heartbeat_s: float) -> Iterator[Any]:
+        """Lines as they arrive; ``HEARTBEAT`` after each ``heartbeat_s`` of silence; ends after done or failure."""
+        with lifecycle.registered(self._wake_for_shutdown):
+            while True:
+                try:
+                    item = self._queue.get(timeout=heartbeat_s)
+                except gevent.queue.Empty:
+                    yield HEARTBEAT
+                    continue
+                if isinstance(item, bytes):
+                    message = error_message(item)
+                    if message is not None:
+                        yield Failure(message, "error_line")
+                        return
+                    yield item
+                    if is_done(item):
+                        self.done = True
+                        return
+                elif item is ENDED:
+                    yield Failure("Ollama closed the stream before the answer was done", "closed")
+                    return
+                elif item is lifecycle.SHUTDOWN:
+                    yield Failure("the gateway is restarting; please retry", "shutdown")
+                    return
+                else:
+                    yield item
+                    return
+
+    def close(self) -> None:
+        """Stop reading and close the upstream connection. Safe to call twice and from ``finally``."""
+        if self.done:
+            # Let the reader consume the end of the chunked body so the connection goes back to the pool.
+            self._greenlet.join(timeout=0.5)
+        self._greenlet.kill(block=True, timeout=1)
+        if self._response is not None:
+            self._response.close()
