@@ -6,6 +6,7 @@ Run with ``gunicorn -c gunicorn.conf.py wsgi:app``. The settings are validated h
 
 import os
 import sys
+import tempfile
 
 from clawweb import lifecycle
 from clawweb.config import ConfigError, load_settings
@@ -21,14 +22,18 @@ bind = _settings.bind
 worker_class = "gevent"
 # One worker: generations and their event logs live in process memory (several need shared storage).
 workers = int(os.environ.get("CLAWWEB_WORKERS", "1"))
+if workers > 1:
+    # Metrics from every worker: prometheus_client keeps per-process files here and /metrics sums them.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="clawweb-metrics-"))
 # Greenlets (so open streams) per worker; every open chat tab holds one.
 worker_connections = int(os.environ.get("CLAWWEB_WORKER_CONNECTIONS", "4096"))
 # For async workers this is only a liveness heartbeat of the event loop, not a request time limit.
 timeout = 30
 # On SIGTERM/SIGHUP streams end themselves within a second (see clawweb.lifecycle); this is the upper bound.
 graceful_timeout = 20
-# Keep idle client connections (nginx's upstream keepalive) open this long between requests.
-keepalive = 75
+# Idle keep-alive connections between requests. Short on purpose: a stopping worker waits for idle ones to
+# time out before it exits (gunicorn does not close them), and nginx's upstream keepalive_timeout is below it.
+keepalive = 5
 # Never preload: the app must be created after gevent monkey-patches the worker.
 preload_app = False
 # Logs to stdout/stderr, where systemd's journal (or the terminal) picks them up.
@@ -41,3 +46,11 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """Let open streams notice that this worker is stopping, and end with a final frame."""
     lifecycle.watch(lambda: worker.alive)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Drop a dead worker's live gauges from the multi-process metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

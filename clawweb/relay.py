@@ -94,7 +94,8 @@ class Relay:
         stream = self.stream or self.start()
         for event in stream.events(self._settings.heartbeat_s):
             if isinstance(event, bytes):
-                self.stats.token()
+                if not stream.done:  # the final line carries statistics, not a token
+                    self.stats.token()
             elif isinstance(event, Failure):
                 self._fail(event)
             yield event

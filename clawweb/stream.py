@@ -34,6 +34,7 @@ class Failure:
     body: bytes = b""
 
 
+CLOSED_EARLY = "Ollama closed the stream before the answer was done"
 ENDED = object()  # upstream body finished (normally right after the done line)
 HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
 
@@ -103,7 +104,7 @@ class UpstreamStream:
             if _is_timeout(exc):
                 self._fail(Failure(f"Ollama sent nothing for {self._read_timeout_s:g} s", "timeout", 504))
             else:
-                self._fail(Failure("the connection to Ollama broke before the answer was done", "closed", 502))
+                self._fail(Failure(CLOSED_EARLY, "closed", 502))
         finally:
             self.headers_received.set()
 
@@ -124,12 +125,13 @@ class UpstreamStream:
                     if message is not None:
                         yield Failure(message, "error_line")
                         return
-                    yield item
                     if is_done(item):
-                        self.done = True
+                        self.done = True  # before the yield, so the relay can tell the final line apart
+                        yield item
                         return
+                    yield item
                 elif item is ENDED:
-                    yield Failure("Ollama closed the stream before the answer was done", "closed")
+                    yield Failure(CLOSED_EARLY, "closed")
                     return
                 elif item is lifecycle.SHUTDOWN:
                     yield Failure("the gateway is restarting; please retry", "shutdown")

@@ -1,0 +1,41 @@
+"""The Ollama simulator as a real subprocess, for tests (and the port it picked)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .servers import ServerProcess
+
+
+class SimProcess(ServerProcess):
+    def __init__(self, *args: str) -> None:
+        log = Path(tempfile.mkdtemp(prefix="clawweb-sim-")) / "simulator.log"
+        argv = [sys.executable, "-m", "clawweb.simulator", *args]
+        if "--port" not in args:
+            argv += ["--port", "0"]
+        super().__init__(argv, log)
+        found: list[str] = []
+
+        def listening() -> bool:
+            found[:] = re.findall(r"listening on (http://\S+)", self.log)
+            return bool(found)
+
+        self.wait_until(listening)
+        self.url = found[0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stats(self) -> dict[str, Any]:
+        return dict(requests.get(self.url + "/_sim/stats", timeout=5).json())
+
+    def reset(self) -> dict[str, Any]:
+        return dict(requests.post(self.url + "/_sim/reset", timeout=5).json())
+
+
+def start_simulator(*args: str) -> SimProcess:
+    return SimProcess(*args)
