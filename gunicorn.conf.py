@@ -34,6 +34,8 @@ graceful_timeout = 20
 # Idle keep-alive connections between requests. Short on purpose: a stopping worker waits for idle ones to
 # time out before it exits (gunicorn does not close them), and nginx's upstream keepalive_timeout is below it.
 keepalive = 5
+# No control socket: unused here, and several instances (tests, the benchmark) would share its default path.
+control_socket_disable = True
 # Never preload: the app must be created after gevent monkey-patches the worker.
 preload_app = False
 # Logs to stdout/stderr, where systemd's journal (or the terminal) picks them up.

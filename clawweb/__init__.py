@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
-
-from . import admission, api, errors, health, metrics, upstream
-from .config import load_settings
+if TYPE_CHECKING:
+    from flask import Flask
 
 __version__ = "0.1.0"
 
@@ -20,6 +18,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     Raises ``ConfigError`` (one readable line) when a setting is unusable.
     """
+    # Imported here so that ``gunicorn.conf.py`` (in the master, before gevent patches the workers) can import
+    # ``clawweb.config`` without pulling in requests and ssl.
+    from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from . import admission, api, errors, health, metrics, upstream
+    from .config import load_settings
+
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
     app.extensions["clawweb.settings"] = settings
@@ -33,5 +39,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     admission.init_app(app, settings)
     for blueprint in (api.bp, health.bp, metrics.bp):
         app.register_blueprint(blueprint)
-    app.logger.info("clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url)
+    logging.getLogger("gunicorn.error").info(
+        "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url
+    )
     return app

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from flask import current_app
-
 PREFIX = "CLAWWEB_"
 
 
@@ -123,4 +121,6 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
 
 def get_settings() -> Settings:
     """The running app's settings (inside a request or app context)."""
+    from flask import current_app  # here, not at the top: gunicorn.conf.py imports this module in the master
+
     return cast(Settings, current_app.extensions["clawweb.settings"])

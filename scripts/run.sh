@@ -21,5 +21,9 @@ if ! "$py" -c 'import sys, requests; requests.get(sys.argv[1] + "/api/version", 
         sleep 0.1
     done
 fi
-# Not exec: the trap above must stop the simulator when gunicorn exits.
-.venv/bin/gunicorn -c gunicorn.conf.py wsgi:app
+# Not exec: the EXIT trap above must stop the simulator after gunicorn. SIGTERM is passed on to gunicorn's
+# master (its workers are its business), then we wait for it to finish its graceful shutdown.
+.venv/bin/gunicorn -c gunicorn.conf.py wsgi:app &
+gunicorn_pid=$!
+trap 'kill -TERM "$gunicorn_pid" 2>/dev/null' TERM INT
+wait "$gunicorn_pid" || wait "$gunicorn_pid"

@@ -60,6 +60,7 @@ class ServerProcess:
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code (negative: killed by that signal)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
