@@ -46,34 +46,23 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ValueError("must be a positive number")
-    return value
+def _number(kind: Callable[[str], float], allow_zero: bool, expected: str) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"must be {expected}") from None
+        if not (0 <= value < float("inf")) or (value == 0 and not allow_zero):  # NaN fails the first test too
+            raise ValueError(f"must be {expected}")
+        return value
+
+    return parse
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value <= 0:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError("must be 0 or a positive integer")
-    return value
+_positive_int = _number(int, False, "a positive integer")
+_positive_float = _number(float, False, "a positive number")
+_non_negative_int = _number(int, True, "0 or a positive integer")
+_non_negative_float = _number(float, True, "0 or a positive number")
 
 
 def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
@@ -100,6 +89,11 @@ class Settings:
     max_queue: int = _setting(256, _positive_int, "requests waiting for a slot (503 beyond)")
     max_active_per_client: int = _setting(3, _positive_int, "active-or-queued requests per client (429 beyond)")
     queue_timeout_s: float = _setting(300.0, _positive_float, "longest wait for a slot")
+    db: str = _setting("var/clawweb.db", _text, "SQLite file for conversations (created on start)")
+    generation_ttl_s: float = _setting(300.0, _positive_float, "finished answers stay resumable this long")
+    cancel_without_readers_s: float = _setting(
+        0.0, _non_negative_float, "stop an answer nobody reads for this long (0: always finish and store it)"
+    )
     trusted_proxies: int = _setting(0, _non_negative_int, "reverse proxies in front whose X-Forwarded-* to trust")
 
 

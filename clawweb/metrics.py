@@ -69,6 +69,11 @@ class StreamStats:
         self.tokens += 1
         TOKENS.inc()
 
+    def tokens_per_s(self) -> float | None:
+        """Generation speed from first to last token (the first one's wait is time to first token)."""
+        generating = self.last_token_at - (self.first_token_at or self.last_token_at)
+        return (self.tokens - 1) / generating if self.tokens > 1 and generating > 0 else None
+
     def finish(self, outcome: str) -> None:
         """``outcome``: done, client_left, shutdown, queue_timeout, or an upstream failure kind."""
         OPEN_STREAMS.dec()
@@ -80,8 +85,8 @@ class StreamStats:
         elif outcome in UPSTREAM_FAILURES:
             UPSTREAM_ERRORS.labels(outcome).inc()
         ttft = "-" if self.first_token_at is None else f"{self.first_token_at - self.started:.3f}"
-        generating = self.last_token_at - (self.first_token_at or self.last_token_at)
-        rate = f"{(self.tokens - 1) / generating:.1f}" if self.tokens > 1 and generating > 0 else "-"
+        tokens_per_s = self.tokens_per_s()
+        rate = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         log.info(
             "stream end=%s model=%s client=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s duration=%.3fs",
             outcome,

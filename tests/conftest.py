@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -14,8 +15,10 @@ OLLAMA = "http://127.0.0.1:11434"
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    yield create_app({"ollama_url": OLLAMA, "tags_ttl_s": 60})
+def app(tmp_path: Path) -> Iterator[Flask]:
+    app = create_app({"ollama_url": OLLAMA, "tags_ttl_s": 60, "db": str(tmp_path / "clawweb.db")})
+    yield app
+    app.extensions["clawweb.store"].close()
 
 
 @pytest.fixture

@@ -78,7 +78,11 @@ class Gateway(ServerProcess):
     def __init__(self, log_path: Path, ollama_url: str, **settings: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {"CLAWWEB_OLLAMA_URL": ollama_url, "CLAWWEB_BIND": f"127.0.0.1:{self.port}"}
+        env = {
+            "CLAWWEB_OLLAMA_URL": ollama_url,
+            "CLAWWEB_BIND": f"127.0.0.1:{self.port}",
+            "CLAWWEB_DB": str(log_path.parent / "clawweb.db"),
+        }
         env.update({f"CLAWWEB_{key.upper()}": str(value) for key, value in settings.items()})
         super().__init__([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], log_path, env)
         # Any HTTP answer means the worker is up (the master binds before the worker can accept).

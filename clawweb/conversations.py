@@ -1,0 +1,210 @@
+"""The stateful chat API: conversations, their messages, and the generations that answer them."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from . import sse
+from .admission import get_admission
+from .api import client_id
+from .config import Settings, get_settings
+from .errors import ApiError
+from .generations import Generation, Generations
+from .metrics import StreamStats
+from .relay import Relay
+from .storage import Store
+from .upstream import get_client
+from .validation import parse_json_object, validate_chat
+
+bp = Blueprint("conversations", __name__, url_prefix="/api")
+
+MAX_TITLE = 200
+PAGE_DEFAULT, PAGE_MAX = 50, 200
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    store = Store(settings.db)
+    app.extensions["clawweb.store"] = store
+    app.extensions["clawweb.generations"] = Generations(
+        store, settings.generation_ttl_s, settings.cancel_without_readers_s
+    )
+
+
+def get_store() -> Store:
+    return cast(Store, current_app.extensions["clawweb.store"])
+
+
+def get_generations() -> Generations:
+    return cast(Generations, current_app.extensions["clawweb.generations"])
+
+
+def _body() -> dict[str, Any]:
+    raw = request.get_data(cache=False)
+    return parse_json_object(raw) if raw.strip() else {}
+
+
+def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"'{name}' must be a string")
+    if len(value) > limit:
+        raise ApiError(400, f"'{name}' is longer than {limit} characters")
+    return value
+
+
+def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, str]:
+    fields = {
+        "title": _text_field(body, "title", MAX_TITLE),
+        "model": _text_field(body, "model", MAX_TITLE),
+        "system_prompt": _text_field(body, "system_prompt", settings.max_chars),
+    }
+    if fields["model"] is not None and not fields["model"].strip():
+        raise ApiError(400, "'model' must be a non-empty string")
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _conversation_or_404(conversation_id: str, with_messages: bool = False) -> dict[str, Any]:
+    conversation = get_store().conversation(conversation_id, with_messages)
+    if conversation is None:
+        raise ApiError(404, f"no conversation '{conversation_id}'")
+    return conversation
+
+
+def _generation_or_404(generation_id: str) -> Generation:
+    generation = get_generations().get(generation_id)
+    if generation is None:
+        raise ApiError(404, f"no generation '{generation_id}' (finished answers are kept for a few minutes)")
+    return generation
+
+
+@bp.post("/conversations")
+def create_conversation() -> tuple[Response, int]:
+    settings = get_settings()
+    fields = _conversation_fields(_body(), settings)
+    fields.setdefault("model", settings.default_model)
+    return jsonify(get_store().create_conversation(**fields)), 201
+
+
+@bp.get("/conversations")
+def list_conversations() -> Response:
+    raw_limit, raw_offset = request.args.get("limit", str(PAGE_DEFAULT)), request.args.get("offset", "0")
+    if not (raw_limit.isdigit() and raw_offset.isdigit() and 0 < int(raw_limit) <= PAGE_MAX):
+        raise ApiError(400, f"'limit' must be 1..{PAGE_MAX} and 'offset' 0 or more")
+    limit, offset = int(raw_limit), int(raw_offset)
+    page = get_store().conversations(limit, offset)
+    return jsonify(conversations=page, next_offset=offset + limit if len(page) == limit else None)
+
+
+@bp.get("/conversations/<conversation_id>")
+def show_conversation(conversation_id: str) -> Response:
+    conversation = _conversation_or_404(conversation_id, with_messages=True)
+    running = get_generations().running_for(conversation_id)
+    conversation["generation"] = running.summary() if running else None
+    return jsonify(conversation)
+
+
+@bp.patch("/conversations/<conversation_id>")
+def update_conversation(conversation_id: str) -> Response:
+    _conversation_or_404(conversation_id)
+    fields = _conversation_fields(_body(), get_settings())
+    return jsonify(get_store().update_conversation(conversation_id, **fields))
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id: str) -> tuple[str, int]:
+    _conversation_or_404(conversation_id)
+    running = get_generations().running_for(conversation_id)
+    if running is not None:
+        running.stop()
+    get_store().delete_conversation(conversation_id)
+    return "", 204
+
+
+def _answer_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The per-message knobs a chat page may set; everything else about the request comes from the history."""
+    return {key: body[key] for key in ("model", "think", "options") if body.get(key) is not None}
+
+
+def _start(
+    conversation: dict[str, Any], new_user_message: str | None, knobs: dict[str, Any], replace: int | None = None
+) -> tuple[dict[str, Any] | None, Generation]:
+    """Check everything (body limits, model, admission) before changing anything, then start the generation.
+
+    ``replace``: the id of the answer a regeneration replaces; deleted only once the new one is admitted.
+    """
+    settings, store = get_settings(), get_store()
+    if get_generations().running_for(conversation["id"]) is not None:
+        raise ApiError(409, "an answer is still being generated in this conversation; stop it first")
+    history = [
+        {"role": m["role"], "content": m["content"]}
+        for m in store.messages(conversation["id"])
+        if m["id"] != replace and (m["role"] == "user" or (m["status"] in ("done", "stopped") and m["content"]))
+    ]
+    if conversation["system_prompt"]:
+        history.insert(0, {"role": "system", "content": conversation["system_prompt"]})
+    if new_user_message is not None:
+        history.append({"role": "user", "content": new_user_message})
+    model = knobs.get("model") or conversation["model"]
+    body = validate_chat({**knobs, "model": model, "messages": history, "stream": True}, settings)
+    client = get_client()
+    client.require_model(model)
+    admission = get_admission()
+    ticket = admission.enter(client_id())
+    if replace is not None:
+        store.delete_message(replace)
+    user = store.add_message(conversation["id"], "user", new_user_message) if new_user_message is not None else None
+    answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
+    relay = Relay(client, body, admission, ticket, settings, StreamStats(model, client_id()))
+    return user, get_generations().start(conversation["id"], answer["id"], relay)
+
+
+@bp.post("/conversations/<conversation_id>/messages")
+def post_message(conversation_id: str) -> tuple[Response, int]:
+    conversation = _conversation_or_404(conversation_id)
+    body = _body()
+    content = body.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise ApiError(400, "'content' must be a non-empty string")
+    user, generation = _start(conversation, content, _answer_options(body))
+    if not conversation["title"]:
+        get_store().update_conversation(conversation_id, title=" ".join(content.split())[:60])
+    return jsonify(message=user, generation=generation.summary()), 202
+
+
+@bp.post("/conversations/<conversation_id>/regenerate")
+def regenerate(conversation_id: str) -> tuple[Response, int]:
+    conversation = _conversation_or_404(conversation_id)
+    knobs = _answer_options(_body())
+    messages = get_store().messages(conversation_id)
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ApiError(409, "the conversation does not end with an answer to regenerate")
+    _, generation = _start(conversation, None, knobs, replace=messages[-1]["id"])
+    return jsonify(generation=generation.summary()), 202
+
+
+@bp.get("/generations/<generation_id>")
+def show_generation(generation_id: str) -> Response:
+    return jsonify(_generation_or_404(generation_id).summary())
+
+
+@bp.get("/generations/<generation_id>/events")
+def follow_generation(generation_id: str) -> Response:
+    generation = _generation_or_404(generation_id)
+    raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+    if not raw.isdigit():
+        raise ApiError(400, "'Last-Event-ID' / 'after' must be an event id (a non-negative integer)")
+    after = int(raw)
+    if generation.finished and after >= generation.last_event_id:
+        return Response(status=204)  # nothing more, ever: 204 tells EventSource to stop reconnecting
+    return Response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
+
+
+@bp.delete("/generations/<generation_id>")
+def stop_generation(generation_id: str) -> Response:
+    generation = _generation_or_404(generation_id)
+    generation.stop()
+    return jsonify(generation.summary())

@@ -1,0 +1,163 @@
+"""Conversations and messages in SQLite (``CLAWWEB_DB``), created and migrated at start-up.
+
+Every query runs on one dedicated OS thread (a gevent ``ThreadPool`` of size 1): sqlite3 is blocking C code
+that gevent cannot patch, and a slow fsync or checkpoint on the event loop would stall every open stream.
+One thread also means one connection and no locking of our own; WAL keeps readers and the writer apart.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from gevent.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit an entry once released.
+MIGRATIONS = [
+    """
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX conversations_updated ON conversations (updated_at DESC);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL DEFAULT '',
+        thinking TEXT NOT NULL DEFAULT '',
+        model TEXT,
+        status TEXT NOT NULL DEFAULT 'done',   -- done | streaming | stopped | error
+        error TEXT,
+        ttft_ms REAL,
+        tokens INTEGER,
+        tokens_per_s REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages (conversation_id, id);
+    """,
+]
+
+CONVERSATION_FIELDS = ("title", "model", "system_prompt")
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self._pool = ThreadPool(1)
+        self._db: sqlite3.Connection | None = None
+        self._call(self._open, path)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return cast(T, self._pool.apply(fn, args))
+
+    def _open(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions where needed
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL keeps the file consistent
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA busy_timeout = 5000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        # Answers that were streaming when the process died cannot resume: say so instead of "streaming".
+        db.execute(
+            "UPDATE messages SET status = 'error', error = 'interrupted: the gateway restarted' "
+            "WHERE status = 'streaming'"
+        )
+        self._db = db
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            assert self._db is not None
+            return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+
+        return self._call(run)
+
+    def close(self) -> None:
+        def run() -> None:
+            if self._db is not None:
+                self._db.close()
+
+        self._call(run)
+        self._pool.kill()
+
+    # --- conversations ---------------------------------------------------------------------------------------
+
+    def create_conversation(self, model: str, title: str = "", system_prompt: str = "") -> dict[str, Any]:
+        now = time.time()
+        conversation_id = secrets.token_hex(8)  # unguessable: ids appear in URLs
+        self._execute(
+            "INSERT INTO conversations (id, title, model, system_prompt, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (conversation_id, title, model, system_prompt, now, now),
+        )
+        return self.conversation(conversation_id) or {}
+
+    def conversation(self, conversation_id: str, with_messages: bool = False) -> dict[str, Any] | None:
+        rows = self._execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+        if not rows:
+            return None
+        if with_messages:
+            rows[0]["messages"] = self.messages(conversation_id)
+        return rows[0]
+
+    def conversations(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        return self._execute(
+            "SELECT * FROM conversations ORDER BY updated_at DESC, id LIMIT ? OFFSET ?", (limit, offset)
+        )
+
+    def update_conversation(self, conversation_id: str, **fields: str) -> dict[str, Any] | None:
+        changes = {k: v for k, v in fields.items() if k in CONVERSATION_FIELDS}
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        self._execute(
+            f"UPDATE conversations SET {assignments}{', ' if changes else ''}updated_at = ? WHERE id = ?",
+            (*changes.values(), time.time(), conversation_id),
+        )
+        return self.conversation(conversation_id)
+
+    def delete_conversation(self, conversation_id: str) -> bool:
+        existed = self.conversation(conversation_id) is not None
+        self._execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        return existed
+
+    # --- messages --------------------------------------------------------------------------------------------
+
+    def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        return self._execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+
+    def add_message(
+        self, conversation_id: str, role: str, content: str = "", model: str | None = None, status: str = "done"
+    ) -> dict[str, Any]:
+        rows = self._execute(
+            "INSERT INTO messages (conversation_id, role, content, model, status, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            (conversation_id, role, content, model, status, time.time()),
+        )
+        self.update_conversation(conversation_id)  # bumps updated_at: newest conversations first
+        return rows[0]
+
+    def finish_message(self, message_id: int, **fields: Any) -> dict[str, Any]:
+        """Store an answer's final state: content, thinking, status, error, ttft_ms, tokens, tokens_per_s."""
+        names = ("content", "thinking", "status", "error", "ttft_ms", "tokens", "tokens_per_s")
+        values = {k: v for k, v in fields.items() if k in names}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        rows = self._execute(
+            f"UPDATE messages SET {assignments} WHERE id = ? RETURNING *", (*values.values(), message_id)
+        )
+        return rows[0] if rows else {}
+
+    def delete_message(self, message_id: int) -> None:
+        self._execute("DELETE FROM messages WHERE id = ?", (message_id,))

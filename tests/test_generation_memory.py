@@ -1,0 +1,52 @@
+"""Finished generations free their event logs: memory returns to baseline however many have run."""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+from pathlib import Path
+
+from clawweb import create_app
+from clawweb.generations import Generations
+
+from .simproc import start_simulator
+
+LEAK_PER_GENERATION = 1_500  # bytes: a kept log of 6 events (plus its Generation) is well above this
+
+
+def test_event_log_memory_returns_to_baseline(tmp_path: Path) -> None:
+    sim = start_simulator("--ttft", "0", "--tps", "5000", "--tokens", "5")
+    app = create_app({"ollama_url": sim.url, "db": str(tmp_path / "c.db"), "generation_ttl_s": 0.05})
+    client = app.test_client()
+    generations: Generations = app.extensions["clawweb.generations"]
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            conversation = client.post("/api/conversations", json={}).get_json()
+            started = client.post(f"/api/conversations/{conversation['id']}/messages", json={"content": "hi"})
+            generation = generations.get(started.get_json()["generation"]["id"])
+            assert generation is not None
+            generation.join(5)
+            assert generation.status == "done"
+
+    def settled() -> int:
+        time.sleep(0.1)
+        generations.sweep()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()  # before the warm-up, so memory it allocated and later frees is counted both ways
+    try:
+        # Warm-up: caches (Flask, SQLite statements, connection pools, lru caches) reach their size once.
+        run(500)
+        baseline = settled()
+        run(1000)
+        grown = settled() - baseline
+        assert len(generations) == 0  # every finished log expired and was dropped
+        print(f"traced memory after 1000 generations: {grown:+d} bytes")
+        assert grown < 1000 * LEAK_PER_GENERATION / 40, f"{grown} bytes kept after 1000 generations"
+    finally:
+        tracemalloc.stop()
+        app.extensions["clawweb.store"].close()
+        sim.stop()
