@@ -148,3 +148,21 @@ def test_is_done_needs_the_real_field() -> None:
 def test_error_message() -> None:
     assert error_message(b'{"error":"out of memory"}') == "out of memory"
     assert error_message(b'{"model":"m","done":false}') is None
+
+
+# --- thinking inside content (Ollama before 0.9) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("plain answer", ("", "plain answer")),
+        ("<think>\nweigh it\n</think>\n\nThe answer.", ("weigh it", "The answer.")),
+        ("  <think>still thinking", ("still thinking", "")),  # stopped before the tag closed
+        ("An answer that mentions <think> later", ("", "An answer that mentions <think> later")),
+    ],
+)
+def test_split_thinking(content: str, expected: tuple[str, str]) -> None:
+    from clawweb.generations import split_thinking
+
+    assert split_thinking(content) == expected
