@@ -57,6 +57,11 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def default_tokens() -> int:
+    """The default answer length: the whole built-in text once."""
+    return len(tokenize(DEFAULT_TEXT))
+
+
 def answer_tokens(n: int, text: str | None = None) -> list[str]:
     """The first ``n`` content tokens of an answer (the text repeats as needed): what tests expect to see."""
     base = tokenize(text if text is not None else DEFAULT_TEXT) or [""]
@@ -94,7 +99,7 @@ class SimConfig:
     port: int = 11434
     ttft: float = 0.3
     tps: float = 20.0
-    tokens: int = 40
+    tokens: int = 69  # the whole DEFAULT_TEXT (see default_tokens)
     parallel: int = 0  # 0: unlimited, like a big OLLAMA_NUM_PARALLEL
     max_queue: int = 512
     models: list[str] = field(default_factory=lambda: ["qwen3:32b"])
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=11434, help="0 picks a free port")
     parser.add_argument("--ttft", type=float, default=0.3, help="seconds before the first token (model load)")
     parser.add_argument("--tps", type=float, default=20.0, help="tokens per second per stream")
-    parser.add_argument("--tokens", type=int, default=40, help="content tokens per answer")
+    parser.add_argument("--tokens", type=int, default=default_tokens(), help="content tokens per answer")
     parser.add_argument("--parallel", type=int, default=0, help="generations at once, like OLLAMA_NUM_PARALLEL")
     parser.add_argument("--max-queue", type=int, default=512, help="waiting requests before 503")
     parser.add_argument("--model", action="append", dest="models", help="model to list (repeatable)")

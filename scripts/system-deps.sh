@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the real programs the tests drive (nginx, chromium, redis-server) from Debian when missing.
+# Install the real programs the tests drive (nginx, chromium, redis-server, CJK fonts) from Debian when missing.
 set -euo pipefail
 declare -A package=([nginx]=nginx-light [chromium]=chromium [redis-server]=redis-server)
 missing=()
 for program in "${!package[@]}"; do
     command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("${package[$program]}")
 done
+# CJK glyphs for the page's Chinese UI in headless Chromium (screenshots).
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing from Debian: ${missing[*]}"
 sudo=""

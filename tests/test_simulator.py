@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from clawweb.simulator import answer_tokens, go_json, rfc3339, thinking_tokens, tokenize
+from clawweb.simulator import SimConfig, answer_tokens, default_tokens, go_json, rfc3339, thinking_tokens, tokenize
 
 from .simproc import SimProcess, start_simulator
 
@@ -34,6 +34,7 @@ def lines(response: requests.Response) -> list[dict[str, Any]]:
 
 
 def test_pure_helpers() -> None:
+    assert SimConfig().tokens == default_tokens()
     text = "Hello, 世界!\n\n```py\nx = 1\n```  "
     assert "".join(tokenize(text)) == text
     assert tokenize("a 世界") == ["a", " ", "世", "界"]
@@ -112,7 +113,7 @@ def test_stream_false_is_one_object(sim: SimProcess) -> None:
 
 def test_generate_and_load_requests(sim: SimProcess) -> None:
     parsed = lines(requests.post(sim.url + "/api/generate", json={"model": "qwen3:32b", "prompt": "x", "think": False}))
-    assert "".join(p["response"] for p in parsed) == "".join(answer_tokens(40))
+    assert "".join(p["response"] for p in parsed) == "".join(answer_tokens(default_tokens()))
     load = requests.post(sim.url + "/api/generate", json={"model": "qwen3:32b", "keep_alive": -1}).json()
     assert load["done"] is True and load["done_reason"] == "load"
     load = requests.post(sim.url + "/api/chat", json={"model": "qwen3:32b", "messages": [], "keep_alive": 0}).json()

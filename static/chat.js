@@ -1,0 +1,461 @@
+// clawweb chat page. No build step: plain ES2020, vendored marked + DOMPurify + highlight.js.
+//
+// Streaming: tokens go into a buffer; painting happens at most once per animation frame, and only the block
+// still growing is re-rendered (finished blocks are rendered once and kept), so a long answer costs about
+// the same per frame as a short one. Model output is Markdown, sanitized by DOMPurify before it touches the
+// DOM; raw HTML in it is shown as text.
+"use strict";
+
+(() => {
+  const body = document.body;
+  const T = JSON.parse(body.dataset.i18n);
+  const $ = (selector) => document.querySelector(selector);
+  const fmt = (text, vars) => text.replace(/\{(\w+)\}/g, (_, key) => vars[key]);
+  const messagesEl = $("#messages");
+  const input = $("#input");
+  const sendButton = $("#send");
+  const stopButton = $("#stop");
+  const regenerateButton = $("#regenerate");
+  const queueEl = $("#queue");
+  const connectionEl = $("#connection");
+  const modelSelect = $("#model");
+  const thinkBox = $("#think");
+  const FINAL_EVENTS = ["done", "stopped", "error"];
+  const RETRY_MIN_MS = 1000;
+  const RETRY_MAX_MS = 30000;
+
+  let conversationId = body.dataset.conversationId || null;
+  let current = null; // the answer being followed: {generation, view, lastId, retryMs, es, timer}
+
+  // --- Markdown -------------------------------------------------------------------------------------------
+
+  const escapeHtml = (text) =>
+    text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  marked.use({ gfm: true, renderer: { html: (token) => escapeHtml(token.text) } });
+  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A" && node.hasAttribute("href")) {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    }
+  });
+
+  function toFragment(markdown) {
+    const template = document.createElement("template");
+    template.innerHTML = DOMPurify.sanitize(marked.parse(markdown));
+    for (const code of template.content.querySelectorAll("pre > code")) decorateCode(code);
+    return template.content;
+  }
+
+  function decorateCode(code) {
+    hljs.highlightElement(code);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = T.copy;
+    button.addEventListener("click", async () => {
+      await navigator.clipboard.writeText(code.textContent);
+      button.textContent = T.copied;
+      setTimeout(() => (button.textContent = T.copy), 1500);
+    });
+    code.parentElement.append(button);
+  }
+
+  // End of the last complete block in text[from:]: a blank line outside a code fence. `from` is a boundary.
+  function stableEnd(text, from) {
+    let fenced = false;
+    let end = from;
+    for (let pos = from, newline; (newline = text.indexOf("\n", pos)) !== -1; pos = newline + 1) {
+      const line = text.slice(pos, newline);
+      if (/^ {0,3}(```|~~~)/.test(line)) fenced = !fenced;
+      else if (!fenced && line.trim() === "") end = newline + 1;
+    }
+    return end;
+  }
+
+  // Older Ollama puts the reasoning inside the content as <think>...</think>.
+  function splitThink(raw) {
+    const start = raw.trimStart();
+    if (!start.startsWith("<think>")) return { thinking: "", content: raw };
+    const close = start.indexOf("</think>");
+    if (close === -1) return { thinking: start.slice(7), content: "" };
+    return { thinking: start.slice(7, close).trim(), content: start.slice(close + 8).trimStart() };
+  }
+
+  // --- Rendering an answer --------------------------------------------------------------------------------
+
+  class AnswerView {
+    constructor(article) {
+      this.article = article;
+      this.content = article.querySelector(".content");
+      this.details = article.querySelector(".thinking");
+      this.thinkingText = article.querySelector(".thinking-text");
+      this.raw = "";
+      this.nativeThinking = "";
+      this.renderedUpTo = 0; // text before this index is rendered as finished blocks
+      this.paintedThinking = 0;
+      this.frame = 0;
+      this.userToggled = false;
+      this.details.addEventListener("toggle", () => (this.userToggled = this.userToggled || this.autoToggled !== true));
+      this.content.replaceChildren();
+      this.content.classList.add("rendered");
+      this.tail = document.createElement("div");
+      this.tail.className = "tail";
+      this.content.append(this.tail);
+    }
+
+    add(content, thinking) {
+      this.raw += content;
+      this.nativeThinking += thinking;
+      if (!this.frame) this.frame = requestAnimationFrame(() => this.paint());
+    }
+
+    paint() {
+      this.frame = 0;
+      const pinned = isAtBottom();
+      const { thinking, content } = this.nativeThinking ? { thinking: this.nativeThinking, content: this.raw } : splitThink(this.raw);
+      if (thinking.length > this.paintedThinking) {
+        if (this.details.hidden) {
+          this.details.hidden = false;
+          this.setOpen(true);
+        }
+        this.thinkingText.append(thinking.slice(this.paintedThinking));
+        this.paintedThinking = thinking.length;
+      }
+      if (content && this.details.open && !this.userToggled) this.setOpen(false); // the answer started
+      const end = stableEnd(content, this.renderedUpTo);
+      if (end > this.renderedUpTo) {
+        this.content.insertBefore(toFragment(content.slice(this.renderedUpTo, end)), this.tail);
+        this.renderedUpTo = end;
+      }
+      this.tail.replaceChildren(toFragment(content.slice(this.renderedUpTo)));
+      if (pinned) scrollToBottom();
+    }
+
+    setOpen(open) {
+      this.autoToggled = true;
+      this.details.open = open;
+      setTimeout(() => (this.autoToggled = false));
+    }
+
+    finish(message, error) {
+      cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      // What the stream delivered, kept beside the stored text (data-raw): tests compare the two.
+      this.content.dataset.streamed = this.nativeThinking ? this.raw : splitThink(this.raw).content;
+      const pinned = isAtBottom();
+      renderStored(this.article, message, error);
+      if (pinned) scrollToBottom();
+    }
+  }
+
+  // Render an answer from its stored form: `message` from the API, or null for the server-rendered history
+  // (whose text and figures are in data attributes).
+  function renderStored(article, message, error) {
+    const content = article.querySelector(".content");
+    if (message) {
+      article.dataset.id = message.id;
+      article.dataset.status = message.status;
+      content.dataset.raw = message.content;
+      const thinkingText = article.querySelector(".thinking-text");
+      if (thinkingText && message.thinking) {
+        thinkingText.textContent = message.thinking;
+        article.querySelector(".thinking").hidden = false;
+      }
+    }
+    content.replaceChildren(toFragment(content.dataset.raw || ""));
+    content.classList.add("rendered");
+    renderMeta(article, message, error || (message && message.error));
+  }
+
+  function renderMeta(article, message, error) {
+    const meta = article.querySelector(".meta");
+    if (!meta) return;
+    const parts = [];
+    const ttft = message ? message.ttft_ms : Number(meta.dataset.ttftMs) || null;
+    const rate = message ? message.tokens_per_s : Number(meta.dataset.rate) || null;
+    const tokens = message ? message.tokens : Number(meta.dataset.tokens) || null;
+    if (ttft) parts.push(fmt(T.ttft, { s: (ttft / 1000).toFixed(2) }));
+    if (rate) parts.push(fmt(T.rate, { r: rate.toFixed(1) }));
+    if (tokens) parts.push(fmt(T.tokens, { n: tokens }));
+    meta.replaceChildren(...parts.map((text) => Object.assign(document.createElement("span"), { textContent: text })));
+    const status = article.dataset.status;
+    if (status === "stopped" || status === "error") {
+      const label = document.createElement("span");
+      label.className = "status";
+      label.textContent = status === "stopped" ? T.stopped : `${T.error}: ${error || meta.dataset.error || ""}`;
+      meta.prepend(label);
+      if (status === "error") {
+        const retry = document.createElement("button");
+        retry.type = "button";
+        retry.className = "retry";
+        retry.textContent = T.retry;
+        retry.addEventListener("click", regenerate);
+        meta.append(retry);
+      }
+    }
+  }
+
+  const isAtBottom = () => messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 48;
+  const scrollToBottom = () => (messagesEl.scrollTop = messagesEl.scrollHeight);
+
+  function messageArticle(role) {
+    $(".empty")?.remove();
+    const article = document.createElement("article");
+    article.className = `message ${role}`;
+    const roleEl = Object.assign(document.createElement("div"), { className: "role", textContent: role === "user" ? T.you : T.assistant });
+    const content = Object.assign(document.createElement("div"), { className: role === "user" ? "content" : "content markdown" });
+    article.append(roleEl);
+    if (role === "assistant") {
+      const details = document.createElement("details");
+      details.className = "thinking";
+      details.hidden = true;
+      details.append(Object.assign(document.createElement("summary"), { textContent: T.thought }));
+      details.append(Object.assign(document.createElement("div"), { className: "thinking-text" }));
+      article.append(details, content, Object.assign(document.createElement("div"), { className: "meta" }));
+      article.dataset.status = "streaming";
+    } else {
+      article.append(content);
+    }
+    messagesEl.append(article);
+    scrollToBottom();
+    return article;
+  }
+
+  // --- Following a generation -----------------------------------------------------------------------------
+
+  function setConnection(state) {
+    connectionEl.dataset.state = state;
+    connectionEl.textContent = { idle: "", connecting: T.connecting, open: T.connected, closed: T.reconnecting }[state];
+  }
+
+  function setBusy(busy) {
+    sendButton.disabled = busy;
+    regenerateButton.disabled = busy;
+    stopButton.hidden = !busy;
+  }
+
+  function showQueue(position) {
+    queueEl.textContent = position == null ? "" : position <= 1 ? T.queued_next : fmt(T.queued_ahead, { n: position - 1 });
+  }
+
+  function follow(generation, view, after) {
+    current = { generation, view, lastId: after, retryMs: RETRY_MIN_MS, es: null, timer: 0 };
+    setBusy(true);
+    open(current);
+  }
+
+  function open(following) {
+    if (current !== following) return;
+    setConnection("connecting");
+    // The cursor is in the URL for this new EventSource; its own reconnects send Last-Event-ID.
+    const es = new EventSource(`${following.generation.events_url}?after=${following.lastId}`);
+    following.es = es;
+    es.onopen = () => {
+      setConnection("open");
+      following.retryMs = RETRY_MIN_MS;
+    };
+    es.addEventListener("queued", (event) => {
+      following.lastId = Number(event.lastEventId);
+      showQueue(JSON.parse(event.data).position);
+    });
+    es.addEventListener("token", (event) => {
+      following.lastId = Number(event.lastEventId);
+      showQueue(null);
+      const message = JSON.parse(event.data).message || {};
+      following.view.add(message.content || "", message.thinking || "");
+    });
+    for (const type of FINAL_EVENTS) {
+      es.addEventListener(type, (event) => {
+        const payload = JSON.parse(event.data);
+        finish(following, payload.message, payload.error);
+      });
+    }
+    es.onerror = () => {
+      if (es.readyState === EventSource.CONNECTING) {
+        setConnection("closed"); // the browser reconnects by itself, sending Last-Event-ID
+        return;
+      }
+      es.close(); // closed for good (a non-200: 204 when finished, 404 after a restart): find out what happened
+      setConnection("closed");
+      recover(following);
+    };
+  }
+
+  async function recover(following) {
+    if (current !== following) return;
+    try {
+      const response = await fetch(`/api/generations/${following.generation.id}`);
+      const state = response.ok ? await response.json() : null;
+      if (!state || FINAL_EVENTS.includes(state.status)) {
+        const stored = await loadConversation();
+        const message = stored && stored.messages.find((m) => m.id === following.generation.message_id);
+        if (message && message.status !== "streaming") return finish(following, message, message.error);
+      }
+    } catch (_) {
+      // offline: try again later
+    }
+    following.timer = setTimeout(() => open(following), following.retryMs);
+    following.retryMs = Math.min(following.retryMs * 2, RETRY_MAX_MS);
+  }
+
+  function finish(following, message, error) {
+    if (current !== following) return;
+    following.es?.close();
+    clearTimeout(following.timer);
+    current = null;
+    following.view.finish(message, error);
+    showQueue(null);
+    setConnection("idle");
+    setBusy(false);
+  }
+
+  // --- Actions --------------------------------------------------------------------------------------------
+
+  async function api(method, url, payload) {
+    const response = await fetch(url, {
+      method,
+      headers: payload === undefined ? {} : { "Content-Type": "application/json" },
+      body: payload === undefined ? undefined : JSON.stringify(payload),
+    });
+    const data = response.status === 204 ? null : await response.json();
+    if (!response.ok) throw new Error(data && data.error ? data.error : `HTTP ${response.status}`);
+    return data;
+  }
+
+  const loadConversation = () => (conversationId ? api("GET", `/api/conversations/${conversationId}`) : null);
+
+  async function ensureConversation(fields) {
+    if (conversationId) return;
+    const created = await api("POST", "/api/conversations", { model: modelSelect.value, ...fields });
+    conversationId = created.id;
+    body.dataset.conversationId = created.id;
+    history.replaceState(null, "", `/c/${created.id}`);
+  }
+
+  function showTitle(text) {
+    const title = text.split(/\s+/).join(" ").slice(0, 60);
+    $(".topbar h1").textContent = title;
+    document.title = title;
+    let item = document.querySelector(`.conversation-list li[data-id="${conversationId}"]`);
+    if (!item) {
+      item = document.createElement("li");
+      item.dataset.id = conversationId;
+      item.className = "current";
+      item.append(Object.assign(document.createElement("a"), { href: `/c/${conversationId}` }));
+      $(".conversation-list").prepend(item);
+    }
+    item.querySelector("a").textContent = title;
+  }
+
+  async function send(text) {
+    setBusy(true);
+    showQueue(null);
+    try {
+      await ensureConversation({});
+      const started = await api("POST", `/api/conversations/${conversationId}/messages`, {
+        content: text, think: thinkBox.checked, model: modelSelect.value,
+      });
+      if (!messagesEl.querySelector(".message")) showTitle(text);
+      const user = messageArticle("user");
+      user.querySelector(".content").textContent = text;
+      input.value = "";
+      const article = messageArticle("assistant");
+      article.dataset.id = started.generation.message_id;
+      follow(started.generation, new AnswerView(article), 0);
+    } catch (error) {
+      queueEl.textContent = `${T.error}: ${error.message}`;
+      setBusy(false);
+    }
+  }
+
+  async function regenerate() {
+    if (!conversationId || current) return;
+    setBusy(true);
+    try {
+      const started = await api("POST", `/api/conversations/${conversationId}/regenerate`, {
+        think: thinkBox.checked, model: modelSelect.value,
+      });
+      const last = [...messagesEl.querySelectorAll(".message.assistant")].pop();
+      last?.remove();
+      const article = messageArticle("assistant");
+      article.dataset.id = started.generation.message_id;
+      follow(started.generation, new AnswerView(article), 0);
+    } catch (error) {
+      queueEl.textContent = `${T.error}: ${error.message}`;
+      setBusy(false);
+    }
+  }
+
+  $("#composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (text && !current) send(text);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("#composer").requestSubmit();
+    }
+  });
+  stopButton.addEventListener("click", () => {
+    if (current) api("DELETE", `/api/generations/${current.generation.id}`).catch(() => {});
+  });
+  regenerateButton.addEventListener("click", regenerate);
+
+  $("#save-system").addEventListener("click", async (event) => {
+    const system_prompt = $("#system-prompt").value;
+    if (conversationId) await api("PATCH", `/api/conversations/${conversationId}`, { system_prompt });
+    else await ensureConversation({ system_prompt });
+    event.target.textContent = T.saved;
+    setTimeout(() => (event.target.textContent = T.save), 1500);
+  });
+
+  modelSelect.addEventListener("change", () => {
+    if (conversationId) api("PATCH", `/api/conversations/${conversationId}`, { model: modelSelect.value }).catch(() => {});
+  });
+
+  async function fillModels() {
+    try {
+      const { models } = await api("GET", "/api/tags");
+      const chosen = modelSelect.value;
+      const names = [...new Set([chosen, ...models.map((m) => m.name)])];
+      modelSelect.replaceChildren(...names.map((name) => new Option(name, name, name === chosen, name === chosen)));
+    } catch (_) {
+      // Ollama unreachable: keep the current model; sending will report the error
+    }
+  }
+
+  $("#menu").addEventListener("click", () => $("#sidebar").classList.toggle("open"));
+  for (const item of document.querySelectorAll(".conversation-list li")) {
+    const id = item.dataset.id;
+    item.querySelector(".rename").addEventListener("click", async () => {
+      const title = prompt(T.rename_prompt, item.querySelector("a").textContent);
+      if (title === null || !title.trim()) return;
+      await api("PATCH", `/api/conversations/${id}`, { title: title.trim() });
+      item.querySelector("a").textContent = title.trim();
+      if (id === conversationId) $(".topbar h1").textContent = title.trim();
+    });
+    item.querySelector(".delete").addEventListener("click", async () => {
+      if (!confirm(T.delete_confirm)) return;
+      await api("DELETE", `/api/conversations/${id}`);
+      if (id === conversationId) location.assign("/");
+      else item.remove();
+    });
+  }
+
+  // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
+
+  for (const article of messagesEl.querySelectorAll(".message.assistant")) {
+    if (article.dataset.status !== "streaming") renderStored(article, null, null);
+  }
+  const running = body.dataset.generation ? JSON.parse(body.dataset.generation) : null;
+  if (running) {
+    const article = messagesEl.querySelector(`.message[data-id="${running.message_id}"]`) || messageArticle("assistant");
+    follow(running, new AnswerView(article), 0); // replays the answer so far from the log, then live
+  } else {
+    setConnection("idle");
+  }
+  fillModels();
+  scrollToBottom();
+  input.focus();
+})();

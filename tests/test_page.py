@@ -1,0 +1,227 @@
+"""The chat page in a real headless Chromium (Debian's, driven by Playwright), against gunicorn and the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
+
+from .servers import ROOT, Gateway
+from .simproc import SimProcess, start_simulator
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
+# As root, without a sandbox; no background networking (this machine has no internet, Chromium would retry).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    simulator = start_simulator("--ttft", "0.2", "--tps", "25")
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    server = Gateway(
+        tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=1, upstream_label="Ollama simulator"
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser: Browser, gateway: Gateway, sim: SimProcess) -> Iterator[Page]:
+    sim.reset()
+    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway.url)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    opened.goto(gateway.url + "/")
+    yield opened
+    context.close()
+    assert errors == []  # no script errors, no CSP violations, no missing files
+
+
+def ask(page: Page, text: str, directive: dict[str, Any] | None = None, think: bool = False) -> None:
+    page.locator("#think").set_checked(think)
+    page.fill("#input", text + (f"\n#sim {json.dumps(directive)}" if directive else ""))
+    page.keyboard.press("Enter")
+
+
+def last_answer(page: Page) -> Any:
+    return page.locator(".message.assistant").last
+
+
+def wait_status(page: Page, status: str, timeout: float = 20_000) -> None:
+    expect(last_answer(page)).to_have_attribute("data-status", status, timeout=timeout)
+
+
+def test_answer_grows_like_typing_and_ends_with_the_exact_text(page: Page) -> None:
+    ask(page, "What is quantum computing?")
+    content = last_answer(page).locator(".content")
+    expect(content).not_to_be_empty(timeout=5000)
+    lengths = []
+    for _ in range(6):
+        lengths.append(len(content.inner_text()))
+        time.sleep(0.2)
+    assert all(b > a for a, b in zip(lengths, lengths[1:], strict=False)), lengths  # strictly growing
+    wait_status(page, "done")
+    expected = "".join(answer_tokens(default_tokens()))
+    assert content.get_attribute("data-raw") == expected
+    assert content.get_attribute("data-streamed") == expected  # what the stream painted, no loss, no repeat
+    meta = last_answer(page).locator(".meta").inner_text()
+    assert "first token" in meta and "tokens/s" in meta
+    assert "/c/" in page.url  # the conversation got its own URL
+    expect(page.locator(".conversation-list li.current a")).to_have_text("What is quantum computing?")
+
+
+def test_stop_really_stops_the_model(page: Page, sim: SimProcess) -> None:
+    ask(page, "Tell me a long story", {"tokens": 600, "tps": 20})
+    expect(last_answer(page).locator(".content")).not_to_be_empty(timeout=5000)
+    page.click("#stop")
+    wait_status(page, "stopped", timeout=5000)
+    deadline = time.monotonic() + 2
+    while sim.stats()["disconnects"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.stats()["disconnects"] == 1  # the upstream request was closed
+    partial = last_answer(page).locator(".content").get_attribute("data-raw") or ""
+    assert partial and "".join(answer_tokens(600)).startswith(partial)
+    expect(last_answer(page).locator(".meta .status")).to_have_text("Stopped")
+
+
+def test_reload_mid_answer_continues_without_repeating(page: Page) -> None:
+    ask(page, "Count slowly", {"tokens": 90, "tps": 25})
+    expect(last_answer(page).locator(".content")).not_to_be_empty(timeout=5000)
+    time.sleep(0.8)
+    page.reload()
+    wait_status(page, "done")
+    content = last_answer(page).locator(".content")
+    expected = "".join(answer_tokens(90))
+    assert content.get_attribute("data-streamed") == expected
+    assert content.get_attribute("data-raw") == expected
+    assert page.locator(".message.assistant").count() == 1
+
+
+def test_model_output_cannot_run_script(page: Page) -> None:
+    payload = (
+        'Look: <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> '
+        '[click me](javascript:window.__xss=3) <a href="javascript:window.__xss=4">here</a>'
+    )
+    ask(page, "Show HTML", {"text": payload})
+    wait_status(page, "done")
+    content = last_answer(page).locator(".content")
+    page.locator(".content a", has_text="click me").click()
+    assert page.evaluate("window.__xss") is None
+    assert content.locator("img, script").count() == 0
+    assert page.locator('.content a[href^="javascript"]').count() == 0
+    text = content.inner_text()
+    assert '<img src=x onerror="window.__xss=1">' in text and "<script>" in text  # shown, as text
+
+
+def test_code_is_highlighted_and_copyable(page: Page) -> None:
+    ask(page, "Show code")
+    wait_status(page, "done")
+    block = last_answer(page).locator("pre code.hljs")
+    expect(block.locator(".hljs-keyword").first).to_be_visible()
+    last_answer(page).locator("pre .copy").click()
+    expect(last_answer(page).locator("pre .copy")).to_have_text("Copied")
+    assert "QuantumCircuit(2)" in page.evaluate("navigator.clipboard.readText()")
+
+
+def test_thinking_is_shown_live_then_collapsed(page: Page) -> None:
+    ask(page, "Think first", {"tokens": 20, "think_tokens": 30, "tps": 25}, think=True)
+    details = last_answer(page).locator("details.thinking")
+    expect(details).to_be_visible(timeout=5000)
+    expect(details).to_have_attribute("open", "", timeout=3000)  # open while the model thinks
+    wait_status(page, "done")
+    assert details.get_attribute("open") is None  # collapsed once the answer started
+    details.locator("summary").click()
+    expect(details.locator(".thinking-text")).to_have_text("".join(thinking_tokens(30)).strip())
+
+
+def test_errors_show_in_the_conversation_with_retry(page: Page) -> None:
+    ask(page, "Break", {"error_after": 3})
+    wait_status(page, "error")
+    status = last_answer(page).locator(".meta .status")
+    expect(status).to_contain_text("simulated failure after 3 tokens")
+    expect(last_answer(page).locator(".meta .retry")).to_be_visible()
+
+
+def test_queue_position_with_one_slot_and_two_tabs(browser: Browser, sim: SimProcess, tmp_path: Path) -> None:
+    server = Gateway(tmp_path / "gunicorn.log", sim.url, max_active=1)
+    context = browser.new_context()
+    try:
+        first, second = context.new_page(), context.new_page()
+        for tab in (first, second):
+            tab.goto(server.url + "/")
+        ask(first, "Long answer", {"tokens": 400, "tps": 20})
+        expect(last_answer(first).locator(".content")).not_to_be_empty(timeout=5000)
+        ask(second, "Me too", {"tokens": 3})
+        expect(second.locator("#queue")).to_have_text("You are next", timeout=5000)
+        first.click("#stop")
+        wait_status(second, "done")
+        expect(second.locator("#queue")).to_have_text("")
+    finally:
+        context.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("light", {"color_scheme": "light"}),
+        ("dark", {"color_scheme": "dark"}),
+        ("phone", {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}),
+        ("chinese", {"locale": "zh-CN"}),
+    ],
+)
+def test_screenshots(browser: Browser, gateway: Gateway, name: str, options: dict[str, Any]) -> None:
+    """Saved under tests/artifacts/screenshots/ for a person to look at; the asserts catch the obvious."""
+    context = browser.new_context(**{"viewport": {"width": 1200, "height": 800}, **options})
+    try:
+        page = context.new_page()
+        page.goto(gateway.url + "/")
+        ask(page, "什么是量子计算？" if name == "chinese" else "What is quantum computing?", think=True)
+        wait_status(page, "done")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+        if name == "chinese":
+            assert page.locator("html").get_attribute("lang") == "zh-CN"
+            expect(page.locator(".new-chat")).to_contain_text("新对话")
+        if name == "phone":
+            assert not page.locator("#sidebar").is_visible() or page.locator("#sidebar").bounding_box()["x"] < 0
+    finally:
+        context.close()
