@@ -87,3 +87,63 @@ class Gateway(ServerProcess):
         super().__init__([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], log_path, env)
         # Any HTTP answer means the worker is up (the master binds before the worker can accept).
         self.wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).status_code > 0)
+
+
+class CuttableProxy:
+    """A TCP forwarder on loopback whose open connections can be cut at once: a network drop, on demand."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self._target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            with self._lock:
+                self._open.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                self._close(sock)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def cut(self) -> int:
+        """Drop every open connection (both sides see a reset/close); new ones are accepted as before."""
+        with self._lock:
+            victims = list(self._open)
+        for sock in victims:
+            self._close(sock)
+        return len(victims)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()

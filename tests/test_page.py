@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
 
-from .servers import ROOT, Gateway
+from .servers import ROOT, CuttableProxy, Gateway
 from .simproc import SimProcess, start_simulator
 
 CHROMIUM = "/usr/bin/chromium"
@@ -132,6 +132,23 @@ def test_reload_mid_answer_continues_without_repeating(page: Page) -> None:
     assert content.get_attribute("data-streamed") == expected
     assert content.get_attribute("data-raw") == expected
     assert page.locator(".message.assistant").count() == 1
+
+
+def test_network_drop_reconnects_and_loses_nothing(browser: Browser, gateway: Gateway) -> None:
+    proxy = CuttableProxy(gateway.port)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(proxy.url + "/")
+        ask(page, "Keep going", {"tokens": 120, "tps": 25})
+        expect(last_answer(page).locator(".content")).not_to_be_empty(timeout=5000)
+        assert proxy.cut() > 0  # the Wi-Fi drops mid-answer
+        expect(page.locator("#connection")).to_have_attribute("data-state", "closed", timeout=5000)
+        wait_status(page, "done")  # EventSource reconnected with Last-Event-ID
+        assert last_answer(page).locator(".content").get_attribute("data-streamed") == "".join(answer_tokens(120))
+    finally:
+        context.close()
+        proxy.close()
 
 
 def test_model_output_cannot_run_script(page: Page) -> None:
