@@ -347,43 +347,44 @@
     item.querySelector("a").textContent = title;
   }
 
-  async function send(text) {
+  // Ask for an answer (`request` resolves to the API's reply with a generation), then follow it in a new view.
+  async function startAnswer(request, beforeFollow) {
     setBusy(true);
     showQueue(null);
     try {
-      await ensureConversation({});
-      const started = await api("POST", `/api/conversations/${conversationId}/messages`, {
-        content: text, think: thinkBox.checked, model: modelSelect.value,
-      });
-      if (!messagesEl.querySelector(".message")) showTitle(text);
-      const user = messageArticle("user");
-      user.querySelector(".content").textContent = text;
-      input.value = "";
+      const started = await request();
+      beforeFollow();
       const article = messageArticle("assistant");
       article.dataset.id = started.generation.message_id;
       follow(started.generation, new AnswerView(article), 0);
     } catch (error) {
-      queueEl.textContent = `${T.error}: ${error.message}`;
+      queueEl.textContent = `${T.error}: ${error.message}`; // refused (429/503/409...): nothing was stored
       setBusy(false);
     }
   }
 
-  async function regenerate() {
+  function send(text) {
+    const knobs = { think: thinkBox.checked, model: modelSelect.value };
+    return startAnswer(
+      async () => {
+        await ensureConversation({});
+        return api("POST", `/api/conversations/${conversationId}/messages`, { content: text, ...knobs });
+      },
+      () => {
+        if (!messagesEl.querySelector(".message")) showTitle(text);
+        messageArticle("user").querySelector(".content").textContent = text;
+        input.value = "";
+      },
+    );
+  }
+
+  function regenerate() {
     if (!conversationId || current) return;
-    setBusy(true);
-    try {
-      const started = await api("POST", `/api/conversations/${conversationId}/regenerate`, {
-        think: thinkBox.checked, model: modelSelect.value,
-      });
-      const last = [...messagesEl.querySelectorAll(".message.assistant")].pop();
-      last?.remove();
-      const article = messageArticle("assistant");
-      article.dataset.id = started.generation.message_id;
-      follow(started.generation, new AnswerView(article), 0);
-    } catch (error) {
-      queueEl.textContent = `${T.error}: ${error.message}`;
-      setBusy(false);
-    }
+    const knobs = { think: thinkBox.checked, model: modelSelect.value };
+    return startAnswer(
+      () => api("POST", `/api/conversations/${conversationId}/regenerate`, knobs),
+      () => [...messagesEl.querySelectorAll(".message.assistant")].pop()?.remove(),
+    );
   }
 
   $("#composer").addEventListener("submit", (event) => {

@@ -194,6 +194,11 @@ def test_errors_show_in_the_conversation_with_retry(page: Page) -> None:
     status = last_answer(page).locator(".meta .status")
     expect(status).to_contain_text("simulated failure after 3 tokens")
     expect(last_answer(page).locator(".meta .retry")).to_be_visible()
+    first_id = last_answer(page).get_attribute("data-id")
+    last_answer(page).locator(".meta .retry").click()  # regenerates (the directive fails it again)
+    expect(last_answer(page)).not_to_have_attribute("data-id", first_id or "", timeout=5000)
+    wait_status(page, "error")
+    assert page.locator(".message.assistant").count() == 1  # the failed answer was replaced, not added to
 
 
 def test_queue_position_with_one_slot_and_two_tabs(browser: Browser, sim: SimProcess, tmp_path: Path) -> None:
