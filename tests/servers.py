@@ -4,6 +4,7 @@ polled until it answers, its log kept in a file, stopped (and killed if need be)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,3 +148,97 @@ class CuttableProxy:
     def close(self) -> None:
         self._listener.close()
         self.cut()
+
+
+def render_deploy(template: str, **values: str) -> str:
+    """A deploy template rendered by deploy/install.sh itself (one renderer for tests and hosts)."""
+    return subprocess.run(
+        [str(ROOT / "deploy" / "install.sh"), "--render", template],
+        env={**os.environ, **values},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class Nginx(ServerProcess):
+    """Debian's nginx with the deploy kit's site, rendered for free loopback ports and this checkout's paths."""
+
+    def __init__(
+        self,
+        directory: Path,
+        upstream_port: int,
+        cert: Path,
+        key: Path,
+        edit: Callable[[str], str] = lambda site: site,
+        **values: str,
+    ) -> None:
+        """``edit`` changes the rendered site before use (to test a broken configuration)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.https_port, self.http_port = free_port(), free_port()
+        self.url = f"https://127.0.0.1:{self.https_port}"
+        self.site_path = directory / "site.conf"
+        rendered = render_deploy(
+            "nginx/clawweb.conf",
+            BIND=f"127.0.0.1:{upstream_port}",
+            SERVER_NAME="localhost",
+            HTTPS_PORT=str(self.https_port),
+            HTTP_PORT=str(self.http_port),
+            CERT=str(cert),
+            CERT_KEY=str(key),
+            STATIC_ROOT=str(ROOT / "static"),
+            **values,
+        )
+        self.site_path.write_text(edit(rendered))
+        temp = "\n".join(
+            f"    {kind}_temp_path {directory}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.conf = directory / "nginx.conf"
+        self.conf.write_text(f"""
+user root;  # tests only: workers read pytest's private temporary directory
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {directory}/access.log;
+{temp}
+    include {self.site_path};
+}}
+""")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.test = subprocess.run(
+            [nginx, "-t", "-p", str(directory), "-c", str(self.conf)], capture_output=True, text=True
+        )
+        super().__init__(
+            [nginx, "-p", str(directory), "-c", str(self.conf), "-g", "daemon off;"], directory / "nginx.out"
+        )
+        self.wait_until(lambda: socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close() is None)

@@ -1,0 +1,231 @@
+"""``python -m clawweb doctor``: find out why answers do not stream, and ``warmup``: load the model.
+
+Each check prints pass/fail, the figure it measured and, on failure, the fix. The seed of clawweb is an
+operator's table of symptoms and fixes; this is that table, run against the real setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .config import ConfigError, load_settings
+
+PROMPT = [{"role": "user", "content": "Count from one to twenty."}]
+PROBE_TOKENS = 16
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    figure: str
+    fix: str = ""
+
+
+@dataclass
+class Timing:
+    ttft_s: float  # request sent to first token
+    span_s: float  # first token to last
+    arrivals: int
+
+
+def _lines(response: requests.Response, is_token: Callable[[bytes], bool]) -> Iterator[float]:
+    """Arrival times of the token-bearing lines of a streamed response."""
+    for line in response.iter_lines(chunk_size=None):
+        if line and is_token(line):
+            yield time.monotonic()
+
+
+def _measure(response: requests.Response, started: float, is_token: Callable[[bytes], bool]) -> Timing:
+    times = list(_lines(response, is_token))
+    if not times:
+        raise RuntimeError("no tokens arrived")
+    return Timing(times[0] - started, times[-1] - times[0], len(times))
+
+
+def _chat_body(model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": PROMPT,
+        "stream": True,
+        "think": False,
+        "options": {"num_predict": PROBE_TOKENS},
+    }
+
+
+class Doctor:
+    def __init__(self, ollama_url: str, model: str, heartbeat_s: float, verify: bool | str = True) -> None:
+        self.ollama_url, self.model, self.heartbeat_s, self.verify = ollama_url, model, heartbeat_s, verify
+        self.checks: list[Check] = []
+        self.direct: Timing | None = None
+
+    def check(self, name: str, ok: bool, figure: str, fix: str = "") -> bool:
+        self.checks.append(Check(name, ok, figure, "" if ok else fix))
+        return ok
+
+    def ollama(self) -> None:
+        try:
+            started = time.monotonic()
+            version = requests.get(self.ollama_url + "/api/version", timeout=5).json()["version"]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            self.check(
+                "ollama reachable",
+                False,
+                f"{self.ollama_url}: {type(exc).__name__}",
+                "start Ollama (systemctl start ollama) or set CLAWWEB_OLLAMA_URL",
+            )
+            return
+        self.check(
+            "ollama reachable",
+            True,
+            f"{self.ollama_url}, version {version}, {(time.monotonic() - started) * 1000:.0f} ms",
+        )
+        names = {m.get("name") for m in requests.get(self.ollama_url + "/api/tags", timeout=5).json()["models"]}
+        if not self.check("model present", self.model in names, self.model, f"ollama pull {self.model}"):
+            return
+        started = time.monotonic()
+        with requests.post(
+            self.ollama_url + "/api/chat", json=_chat_body(self.model), stream=True, timeout=(5, 600)
+        ) as response:
+            self.direct = _measure(response, started, lambda line: b'"done":false' in line)
+        self.check("time to first token, direct", True, f"{self.direct.ttft_s * 1000:.0f} ms")
+        loaded = {m.get("name") for m in requests.get(self.ollama_url + "/api/ps", timeout=5).json()["models"]}
+        self.check(
+            "model loaded",
+            self.model in loaded,
+            "in GPU memory" if self.model in loaded else "not loaded",
+            "python -m clawweb warmup (and OLLAMA_KEEP_ALIVE=24h) so users do not wait for a load",
+        )
+
+    def gateway(self, url: str) -> None:
+        started = time.monotonic()
+        try:
+            response = requests.post(
+                url.rstrip("/") + "/api/chat",
+                json=_chat_body(self.model),
+                stream=True,
+                headers={"Accept": "text/event-stream"},
+                timeout=(5, 600),
+                verify=self.verify,
+            )
+        except requests.RequestException as exc:
+            self.check(
+                "gateway reachable",
+                False,
+                f"{url}: {type(exc).__name__}",
+                "is clawweb running (systemctl status clawweb) and nginx proxying to it?",
+            )
+            return
+        with response:
+            kind = response.headers.get("Content-Type", "")
+            self.check(
+                "gateway answers",
+                response.status_code == 200,
+                f"HTTP {response.status_code}",
+                "see the JSON error in the response and the gateway log (journalctl -u clawweb)",
+            )
+            if response.status_code != 200:
+                return
+            self.check(
+                "content type",
+                kind.startswith("text/event-stream"),
+                kind or "none",
+                "the proxy rewrites the response: pass text/event-stream through unchanged",
+            )
+            length = response.headers.get("Content-Length")
+            self.check(
+                "no Content-Length",
+                length is None,
+                "absent" if length is None else length,
+                "something buffers the whole answer to measure it: proxy_buffering off, no gzip",
+            )
+            timing = _measure(response, started, lambda line: line.startswith(b"data: {") and b'"done":false' in line)
+        extra = f" (+{(timing.ttft_s - self.direct.ttft_s) * 1000:.0f} ms over direct)" if self.direct else ""
+        self.check("time to first token, through " + url, True, f"{timing.ttft_s * 1000:.0f} ms{extra}")
+        # One burst: all tokens within a fraction of the time Ollama took to write them.
+        expected = self.direct.span_s if self.direct else 0.0
+        streams = timing.arrivals > 1 and (expected < 0.2 or timing.span_s > expected / 4)
+        self.check(
+            "tokens arrive one by one",
+            streams,
+            f"{timing.arrivals} events over {timing.span_s * 1000:.0f} ms (Ollama: {expected * 1000:.0f} ms)",
+            "a proxy buffers the stream: nginx `proxy_buffering off;` and `gzip off;` on the streaming "
+            "locations, do not ignore X-Accel-Buffering; Caddy: flush_interval -1",
+        )
+
+    def proxy_timeouts(self, site: Path) -> None:
+        text = site.read_text()
+        timeouts = [
+            int(value) * (60 if unit == "m" else 1)
+            for value, unit in re.findall(r"proxy_read_timeout\s+(\d+)(s|m)?\s*;", text)
+        ]
+        short = [t for t in timeouts if t <= self.heartbeat_s]
+        self.check(
+            "proxy timeout above heartbeat",
+            not short,
+            f"proxy_read_timeout {min(timeouts, default=60)} s, heartbeat {self.heartbeat_s:g} s",
+            f"raise proxy_read_timeout in {site} above CLAWWEB_HEARTBEAT_S (600s is a good value), "
+            "or lower CLAWWEB_HEARTBEAT_S: idle streams are cut while the model loads",
+        )
+
+
+def warmup(ollama_url: str, model: str, wait_s: float) -> int:
+    """Load ``model`` into Ollama (an empty generate request), retrying while Ollama starts."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            response = requests.post(ollama_url + "/api/generate", json={"model": model}, timeout=(5, 900))
+            print(f"warmup: {model}: HTTP {response.status_code} {response.text.strip()[:200]}")
+            return 0 if response.status_code == 200 else 1
+        except requests.ConnectionError:
+            if time.monotonic() >= deadline:
+                print(f"warmup: Ollama at {ollama_url} did not answer within {wait_s:g} s", file=sys.stderr)
+                return 1
+            time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clawweb", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    doctor = commands.add_parser("doctor", help="check that answers really stream, and say what to fix")
+    doctor.add_argument("--url", help="the gateway (or nginx in front of it) to test, e.g. https://chat.example.com")
+    doctor.add_argument("--nginx-site", type=Path, help="nginx site file to check for timeouts")
+    doctor.add_argument("--ca", help="CA bundle for --url (a self-signed certificate)")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    warm = commands.add_parser("warmup", help="load the default model into Ollama")
+    warm.add_argument("--wait", type=float, default=0, help="seconds to wait for Ollama to come up")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        print(f"clawweb: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "warmup":
+        return warmup(settings.ollama_url, settings.default_model, args.wait)
+
+    run = Doctor(settings.ollama_url, settings.default_model, settings.heartbeat_s, args.ca or True)
+    run.ollama()
+    if args.url:
+        run.gateway(args.url)
+    if args.nginx_site:
+        run.proxy_timeouts(args.nginx_site)
+    ok = all(check.ok for check in run.checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [asdict(check) for check in run.checks]}, indent=2))
+    else:
+        for check in run.checks:
+            print(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.figure}")
+            if check.fix:
+                print(f"      fix: {check.fix}")
+    return 0 if ok else 1

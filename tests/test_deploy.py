@@ -1,0 +1,293 @@
+"""The deploy kit, for real: Debian's nginx with the site, systemd-analyze on the units, install.sh --dry-run,
+and ``clawweb doctor`` against good and broken setups."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from clawweb.simulator import answer_tokens
+
+from .servers import ROOT, Gateway, Nginx, render_deploy, self_signed_certificate
+from .simproc import SimProcess, start_simulator
+from .sseclient import content_of, events
+
+
+def require(program: str) -> str:
+    found = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
+    if found is None:
+        message = f"{program} is missing: `make test` installs it from Debian"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def chat(directive: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": "qwen3:32b",
+        "think": False,
+        "messages": [{"role": "user", "content": f"hi\n#sim {json.dumps(directive)}"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    require("openssl")
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    simulator = start_simulator("--ttft", "0.05", "--tps", "20")
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    server = Gateway(tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=0.3, trusted_proxies=1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(
+    gateway: Gateway, certificate: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nginx]:
+    require("nginx")
+    # A deliberately short stream timeout: only the gateway's heartbeats (0.3 s) keep silent streams open.
+    server = Nginx(tmp_path_factory.mktemp("nginx"), gateway.port, *certificate, STREAM_TIMEOUT="1s")
+    yield server
+    server.stop()
+
+
+def test_site_passes_nginx_t(nginx: Nginx) -> None:
+    assert nginx.test.returncode == 0, nginx.test.stderr
+    assert "syntax is ok" in nginx.test.stderr
+
+
+def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+    with requests.post(
+        nginx.url + "/api/chat",
+        json=chat({"tokens": 8, "tps": 10}),
+        stream=True,
+        headers={"Accept": "text/event-stream"},
+        verify=str(certificate[0]),
+        timeout=10,
+    ) as response:
+        received = list(events(response))
+    times = [e.at for e in received if e.data_lines]
+    gaps = [b - a for a, b in zip(times, times[1:8], strict=False)]
+    assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
+    assert content_of(received) == "".join(answer_tokens(8))
+
+
+def test_silence_longer_than_proxy_timeout_survives_thanks_to_heartbeats(
+    nginx: Nginx, certificate: tuple[Path, Path], sim: SimProcess, tmp_path: Path
+) -> None:
+    body = chat({"tokens": 3, "ttft": 2.5})  # 2.5 s of silence, proxy_read_timeout 1 s
+    with requests.post(
+        nginx.url + "/api/chat",
+        json=body,
+        stream=True,
+        headers={"Accept": "text/event-stream"},
+        verify=str(certificate[0]),
+        timeout=10,
+    ) as response:
+        assert content_of(list(events(response))) == "".join(answer_tokens(3))
+    # The same without heartbeats in time (5 s): nginx cuts the silent stream, no answer arrives.
+    quiet = Gateway(tmp_path / "quiet.log", sim.url, heartbeat_s=5)
+    proxy = Nginx(tmp_path / "nginx", quiet.port, *certificate, STREAM_TIMEOUT="1s")
+    try:
+        with requests.post(
+            proxy.url + "/api/chat",
+            json=body,
+            stream=True,
+            headers={"Accept": "text/event-stream"},
+            verify=str(certificate[0]),
+            timeout=10,
+        ) as response:
+            try:
+                received = list(events(response))
+            except requests.exceptions.ChunkedEncodingError:
+                received = []
+        assert content_of(received) == ""
+    finally:
+        proxy.stop()
+        quiet.stop()
+
+
+def test_http2_and_redirect(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", nginx.https_port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+    redirect = requests.get(f"http://127.0.0.1:{nginx.http_port}/c/abc", allow_redirects=False, timeout=5)
+    assert redirect.status_code == 308
+    assert redirect.headers["Location"] == f"https://127.0.0.1:{nginx.https_port}/c/abc"
+
+
+def test_static_files_come_from_nginx(nginx: Nginx, gateway: Gateway, certificate: tuple[Path, Path]) -> None:
+    response = requests.get(nginx.url + "/static/chat.css", verify=str(certificate[0]), timeout=5)
+    assert response.status_code == 200
+    assert response.content == (ROOT / "static" / "chat.css").read_bytes()
+    assert response.headers["Content-Type"] == "text/css; charset=utf-8"
+    assert "public" in response.headers["Cache-Control"] and "Expires" in response.headers
+    assert "Strict-Transport-Security" in response.headers
+    assert "/static/chat.css" not in gateway.log  # gunicorn never saw it
+    page = requests.get(nginx.url + "/", verify=str(certificate[0]), timeout=5)
+    assert page.status_code == 200 and "Content-Security-Policy" in page.headers
+
+
+def test_client_address_reaches_the_app(nginx: Nginx, gateway: Gateway, certificate: tuple[Path, Path]) -> None:
+    # Connect from another loopback address than nginx's own (127.0.0.1) to tell them apart in the log.
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1",
+        nginx.https_port,
+        context=ssl.create_default_context(cafile=str(certificate[0])),
+        source_address=("127.0.0.5", 0),
+        timeout=10,
+    )
+    try:
+        connection.request(
+            "POST",
+            "/api/chat",
+            json.dumps(chat({"tokens": 2})),
+            {"Accept": "text/event-stream", "Content-Type": "application/json"},
+        )
+        assert connection.getresponse().read()
+    finally:
+        connection.close()
+    assert "client=127.0.0.5" in gateway.log
+
+
+def test_body_limit_matches_the_app(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}'
+    response = requests.post(nginx.url + "/api/chat", data=big, verify=str(certificate[0]), timeout=10)
+    assert response.status_code == 413
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    analyze = require("systemd-analyze")
+    values = {
+        "APP_DIR": str(ROOT),
+        "VENV": str(Path(sys.executable).parent.parent),
+        "CLAWWEB_USER": "root",
+        "ENV_FILE": str(tmp_path / "clawweb.env"),
+        "DATA_DIR": str(tmp_path),
+    }
+    (tmp_path / "clawweb.env").write_text("CLAWWEB_DB=/tmp/x.db\n")
+    units = []
+    for unit in ("clawweb.service", "clawweb.socket", "clawweb-warmup.service"):
+        (tmp_path / unit).write_text(render_deploy(f"systemd/{unit}", **values))
+        units.append(str(tmp_path / unit))
+    result = subprocess.run([analyze, "verify", "--recursive-errors=no", *units], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    service = (tmp_path / "clawweb.service").read_text()
+    for setting in (
+        "Type=notify",
+        "KillMode=mixed",
+        "TimeoutStopSec=30",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "LimitNOFILE=65536",
+        f"EnvironmentFile={tmp_path}/clawweb.env",
+        "User=root",
+    ):
+        assert setting in service
+    dropin = render_deploy("systemd/ollama.service.d/clawweb.conf", MAX_ACTIVE="3")
+    assert "OLLAMA_NUM_PARALLEL=3" in dropin and "OLLAMA_HOST=127.0.0.1:11434" in dropin
+
+
+def test_install_dry_run_lists_every_action(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(ROOT / "deploy" / "install.sh"), "--dry-run", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = result.stdout
+    for expected in (
+        "python3 -m venv",
+        "pip install --quiet -r",
+        "/etc/clawweb/clawweb.env",
+        "/etc/systemd/system/clawweb.service",
+        "/etc/systemd/system/clawweb.socket",
+        "/etc/systemd/system/clawweb-warmup.service",
+        "/etc/systemd/system/ollama.service.d/clawweb.conf",
+        "/etc/nginx/sites-available/clawweb.conf",
+        "ln -s /etc/nginx/sites-available/clawweb.conf",
+    ):
+        assert expected in out, expected
+    assert list(tmp_path.iterdir()) == []  # a dry run changes nothing
+
+
+def doctor(sim_url: str, *args: str) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "clawweb", "doctor", "--json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CLAWWEB_OLLAMA_URL": sim_url},  # default heartbeat: 15 s
+        timeout=60,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+def failed(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["fix"] for c in report["checks"] if not c["ok"]}
+
+
+def test_doctor_passes_a_good_setup(nginx: Nginx, sim: SimProcess, certificate: tuple[Path, Path]) -> None:
+    code, report = doctor(sim.url, "--url", nginx.url, "--ca", str(certificate[0]))
+    assert (code, failed(report)) == (0, {})
+    names = [c["name"] for c in report["checks"]]
+    assert "tokens arrive one by one" in names and f"time to first token, through {nginx.url}" in names
+
+
+def break_streaming(site: str) -> str:
+    """The classic mistakes: buffering on, the app's X-Accel-Buffering ignored, gzip on the stream, 10 s timeout."""
+    return (
+        site.replace("proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;")
+        .replace("gzip off;", "gzip on; gzip_min_length 1; gzip_types text/event-stream;")
+        .replace("proxy_read_timeout 600s;", "proxy_read_timeout 10s;")
+    )
+
+
+def test_doctor_names_a_buffering_proxy(
+    gateway: Gateway, sim: SimProcess, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    buffering = Nginx(tmp_path / "nginx", gateway.port, *certificate, edit=break_streaming)
+    try:
+        code, report = doctor(
+            sim.url, "--url", buffering.url, "--ca", str(certificate[0]), "--nginx-site", str(buffering.site_path)
+        )
+    finally:
+        buffering.stop()
+    problems = failed(report)
+    assert code == 1
+    assert "proxy_buffering off" in problems["tokens arrive one by one"]
+    assert "proxy_read_timeout" in problems["proxy timeout above heartbeat"]
+
+
+def test_doctor_names_a_stopped_ollama() -> None:
+    simulator = start_simulator()
+    simulator.stop()
+    code, report = doctor(simulator.url)
+    assert code == 1
+    assert "start Ollama" in failed(report)["ollama reachable"]
