@@ -150,7 +150,20 @@ class Doctor:
                 "absent" if length is None else length,
                 "something buffers the whole answer to measure it: proxy_buffering off, no gzip",
             )
-            timing = _measure(response, started, lambda line: line.startswith(b"data: {") and b'"done":false' in line)
+            comments: list[bytes] = []
+
+            def is_token(line: bytes) -> bool:
+                if line.startswith(b":"):
+                    comments.append(line)  # the opening comment, and heartbeats: the same kind of line
+                return line.startswith(b"data: {") and b'"done":false' in line
+
+            timing = _measure(response, started, is_token)
+        self.check(
+            "comments pass (heartbeats)",
+            bool(comments),
+            f"{len(comments)} comment line(s)",
+            "the proxy drops SSE comments: heartbeats cannot keep idle streams alive through it",
+        )
         extra = f" (+{(timing.ttft_s - self.direct.ttft_s) * 1000:.0f} ms over direct)" if self.direct else ""
         self.check("time to first token, through " + url, True, f"{timing.ttft_s * 1000:.0f} ms{extra}")
         # One burst: all tokens within a fraction of the time Ollama took to write them.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the real programs the tests drive (nginx, chromium, redis-server, CJK fonts) from Debian when missing.
+# Install the real programs the tests drive (nginx, caddy, chromium, redis-server, CJK fonts) from Debian when missing.
 set -euo pipefail
 declare -A package=([nginx]=nginx-light [chromium]=chromium [redis-server]=redis-server [openssl]=openssl
-                    [systemd-analyze]=systemd)
+                    [systemd-analyze]=systemd [caddy]=caddy)
 missing=()
 for program in "${!package[@]}"; do
     command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("${package[$program]}")

@@ -291,3 +291,15 @@ def test_doctor_names_a_stopped_ollama() -> None:
     code, report = doctor(simulator.url)
     assert code == 1
     assert "start Ollama" in failed(report)["ollama reachable"]
+
+
+def test_caddyfile_validates() -> None:
+    caddy = require("caddy")
+    result = subprocess.run(
+        [caddy, "validate", "--config", str(ROOT / "deploy" / "Caddyfile"), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Valid configuration" in result.stderr + result.stdout
