@@ -36,5 +36,9 @@ format: $(VENV)/.dev-deps
 test: $(VENV)/.dev-deps system-deps lint
 	$(BIN)/python -m pytest
 
+# Loopback benchmark: simulator direct vs nginx vs clawweb; prints markdown, writes bench/results/latest.*
+bench: $(VENV)/.dev-deps system-deps
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

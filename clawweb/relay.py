@@ -61,7 +61,7 @@ class Relay:
         with lifecycle.registered(ticket.changed.set):
             while not ticket.admitted:
                 if lifecycle.stopping():
-                    yield self._fail(Failure("the gateway is restarting; please retry", "shutdown"))
+                    yield self._fail(Failure(lifecycle.RESTARTING, "shutdown"))
                     return
                 if time.monotonic() >= deadline:
                     message = f"waited {self._settings.queue_timeout_s:g} s for a free slot; retry later"

@@ -134,7 +134,7 @@ class UpstreamStream:
                     yield Failure(CLOSED_EARLY, "closed")
                     return
                 elif item is lifecycle.SHUTDOWN:
-                    yield Failure("the gateway is restarting; please retry", "shutdown")
+                    yield Failure(lifecycle.RESTARTING, "shutdown")
                     return
                 else:
                     yield item

@@ -1,0 +1,370 @@
+"""``make bench``: the same streams three ways — the Ollama simulator direct (the floor), nginx relaying the
+simulator (a C proxy), and clawweb under its real gunicorn.conf.py (direct and behind the deploy kit's nginx).
+
+Loopback only. Prints markdown tables and writes JSON to bench/results/. The client is gevent + http.client in
+this process; every stream is timed on arrival of each line.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import ssl  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.pool  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import Gateway, Nginx, ServerProcess, free_port, self_signed_certificate  # noqa: E402
+from tests.simproc import SimProcess  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+MODEL = "qwen3:32b"
+
+
+@dataclass
+class Stream:
+    sent: float = 0.0
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each token line
+    latencies: list[float] = field(default_factory=list)  # wall-clock receive time minus the simulator's stamp
+    done: bool = False
+    comments: int = 0
+
+
+def created_at(line: bytes) -> float:
+    """The simulator's send time (``created_at``, RFC 3339 with nanoseconds) as epoch seconds."""
+    stamp = line.split(b'"created_at":"', 1)[1].split(b'"', 1)[0].decode()
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return seconds + float("0." + (fraction or "0"))
+
+
+def run_stream(
+    host: str, port: int, body: dict[str, Any], sse: bool, tls: ssl.SSLContext | None = None, limit_s: float = 600
+) -> Stream:
+    stream = Stream()
+    conn: http.client.HTTPConnection = (
+        http.client.HTTPSConnection(host, port, context=tls, timeout=limit_s)
+        if tls
+        else http.client.HTTPConnection(host, port, timeout=limit_s)
+    )
+    headers = {"Content-Type": "application/json", **({"Accept": "text/event-stream"} if sse else {})}
+    try:
+        stream.sent = time.monotonic()
+        conn.request("POST", "/api/chat", json.dumps(body), headers)
+        response = conn.getresponse()
+        while line := response.readline():
+            if line.startswith(b":"):
+                stream.comments += 1
+                continue
+            if sse:
+                if not line.startswith(b"data: "):
+                    continue
+                line = line[6:]
+            if b'"done":true' in line:
+                stream.done = True
+                break
+            if b'"created_at"' in line:
+                now_wall, now = time.time(), time.monotonic()
+                stream.arrivals.append(now)
+                stream.latencies.append(now_wall - created_at(line))
+    except (OSError, http.client.HTTPException):
+        pass
+    finally:
+        conn.close()
+    return stream
+
+
+def chat(tokens: int, **directive: Any) -> dict[str, Any]:
+    sim = json.dumps({"tokens": tokens, **directive})
+    return {"model": MODEL, "think": False, "messages": [{"role": "user", "content": f"bench\n#sim {sim}"}]}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def concurrent(count: int, target: tuple[str, int, bool, ssl.SSLContext | None], body: dict[str, Any]) -> list[Stream]:
+    host, port, sse, tls = target
+    pool = gevent.pool.Pool(count)
+    jobs = [pool.spawn(run_stream, host, port, body, sse, tls) for _ in range(count)]
+    gevent.joinall(jobs)
+    return [job.value for job in jobs]
+
+
+def summarize(streams: list[Stream]) -> dict[str, float]:
+    ttft = [s.arrivals[0] - s.sent for s in streams if s.arrivals]
+    rates = [(len(s.arrivals) - 1) / (s.arrivals[-1] - s.arrivals[0]) for s in streams if len(s.arrivals) > 1]
+    latencies = [latency for s in streams for latency in s.latencies]
+    return {
+        "ttft_p50_ms": percentile(ttft, 0.5) * 1000,
+        "ttft_p99_ms": percentile(ttft, 0.99) * 1000,
+        "tokens_per_s": statistics.mean(rates) if rates else float("nan"),
+        "completed_pct": 100 * sum(s.done for s in streams) / len(streams),
+        "latency_p50_ms": percentile(latencies, 0.5) * 1000,
+        "latency_p99_ms": percentile(latencies, 0.99) * 1000,
+        "latency_max_ms": max(latencies, default=float("nan")) * 1000,
+        "tokens": float(sum(len(s.arrivals) for s in streams)),
+    }
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plain_proxy(directory: Path, upstream_port: int) -> ServerProcess:
+    """nginx relaying the simulator over plain HTTP with the deploy site's streaming settings: pure relaying."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""
+user root; worker_processes 1; pid {directory}/nginx.pid; error_log {directory}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body; proxy_temp_path {directory}/proxy;
+    upstream sim {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+    server {{
+        listen {port};
+        location / {{
+            proxy_pass http://sim; proxy_http_version 1.1; proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1; proxy_buffering off; proxy_read_timeout 600s;
+        }}
+    }}
+}}
+""")
+    server = ServerProcess(
+        ["/usr/sbin/nginx", "-p", str(directory), "-c", str(conf), "-g", "daemon off;"], directory / "out.log"
+    )
+    server.port = port  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    return server
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="clawweb-bench-"))
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "command": "make bench",
+        "started": datetime.now(UTC).isoformat(),
+    }
+    out: list[str] = []
+
+    # --- 1. The seed table: 820 ms to first token, 38 tokens/s -------------------------------------------
+    sim = SimProcess("--ttft", "0.82", "--tps", "38", "--parallel", "16")
+    gateway = Gateway(
+        work / "gw.log",
+        sim.url,
+        max_active=2000,
+        max_queue=4000,
+        max_active_per_client=10000,
+        heartbeat_s=15,
+        log_level="warning",
+    )
+    cert, key = self_signed_certificate(work)
+    front = Nginx(work / "front", gateway.port, cert, key)
+    relay = plain_proxy(work / "relay", sim.port)
+    tls = ssl.create_default_context(cafile=str(cert))
+    paths = {
+        "simulator direct": ("127.0.0.1", sim.port, False, None),
+        "nginx → simulator": ("127.0.0.1", relay.port, False, None),  # type: ignore[attr-defined]
+        "clawweb": ("127.0.0.1", gateway.port, True, None),
+        "nginx (TLS) → clawweb": ("127.0.0.1", front.https_port, True, tls),
+    }
+    seed: dict[str, dict[int, dict[str, float]]] = {}
+    rows = []
+    for level in (1, 4, 8, 16):
+        for name, target in paths.items():
+            result = summarize(concurrent(level, target, chat(100)))
+            seed.setdefault(name, {})[level] = result
+            direct = seed["simulator direct"][level]
+            rows.append(
+                [
+                    str(level),
+                    name,
+                    f"{result['ttft_p50_ms']:.1f}",
+                    f"{result['ttft_p99_ms']:.1f}",
+                    f"{result['ttft_p50_ms'] - direct['ttft_p50_ms']:+.1f}",
+                    f"{result['tokens_per_s']:.2f}",
+                    f"{100 * (result['tokens_per_s'] / direct['tokens_per_s'] - 1):+.2f}%",
+                    f"{result['completed_pct']:.0f}%",
+                ]
+            )
+    out.append(
+        table(
+            "Seed workload: 820 ms to first token, 38 tokens/s, 100 tokens",
+            [
+                "streams",
+                "path",
+                "TTFT p50 ms",
+                "TTFT p99 ms",
+                "added p50 ms",
+                "tokens/s/stream",
+                "vs direct",
+                "completed",
+            ],
+            rows,
+        )
+    )
+    report["seed"] = seed
+    front.stop()
+    sim.stop()
+
+    # --- 2. High load: 200 and 500 streams, 200 tokens each at 38 tokens/s --------------------------------
+    sim = SimProcess("--ttft", "0.2", "--tps", "38")
+    gateway.stop()
+    gateway = Gateway(
+        work / "gw2.log",
+        sim.url,
+        max_active=2000,
+        max_queue=4000,
+        max_active_per_client=10000,
+        heartbeat_s=15,
+        log_level="warning",
+    )
+    relay.stop()
+    relay = plain_proxy(work / "relay2", sim.port)
+    worker = children(gateway.proc.pid)[0]
+    nginx_worker = children(relay.proc.pid)[0]
+    high: dict[str, dict[int, dict[str, float]]] = {}
+    rows = []
+    for level in (200, 500):
+        for name, target, pid in (
+            ("simulator direct", ("127.0.0.1", sim.port, False, None), 0),
+            ("nginx → simulator", ("127.0.0.1", relay.port, False, None), nginx_worker),  # type: ignore[attr-defined]
+            ("clawweb", ("127.0.0.1", gateway.port, True, None), worker),
+        ):
+            before = cpu_seconds(pid) if pid else 0.0
+            result = summarize(concurrent(level, target, chat(200)))
+            result["cpu_s_per_1k_tokens"] = (cpu_seconds(pid) - before) / result["tokens"] * 1000 if pid else 0.0
+            high.setdefault(name, {})[level] = result
+        for name in ("nginx → simulator", "clawweb"):
+            result, direct = high[name][level], high["simulator direct"][level]
+            ratio = result["cpu_s_per_1k_tokens"] / high["nginx → simulator"][level]["cpu_s_per_1k_tokens"]
+            rows.append(
+                [
+                    str(level),
+                    name,
+                    f"{result['latency_p50_ms'] - direct['latency_p50_ms']:+.2f}",
+                    f"{result['latency_p99_ms'] - direct['latency_p99_ms']:+.2f}",
+                    f"{result['latency_max_ms']:.1f}",
+                    f"{result['cpu_s_per_1k_tokens'] * 1000:.1f}",
+                    f"{ratio:.2f}×",
+                    f"{result['completed_pct']:.1f}%",
+                ]
+            )
+    out.append(
+        table(
+            "High load: 200 tokens per stream at 38 tokens/s",
+            [
+                "streams",
+                "path",
+                "added latency p50 ms",
+                "added p99 ms",
+                "max latency ms",
+                "CPU ms / 1k tokens",
+                "CPU vs nginx",
+                "completed",
+            ],
+            rows,
+        )
+    )
+    report["high_load"] = high
+
+    # --- 3. Many idle streams: 2000 queued behind 4 slots, heartbeats every second ------------------------
+    gateway.stop()
+    gateway = Gateway(
+        work / "gw3.log",
+        sim.url,
+        max_active=4,
+        max_queue=4000,
+        max_active_per_client=10000,
+        heartbeat_s=1,
+        log_level="warning",
+    )
+    worker = children(gateway.proc.pid)[0]
+    baseline = rss_kb(worker)
+    body = chat(2, ttft=30)
+    idle = [gevent.spawn(run_stream, "127.0.0.1", gateway.port, body, True, None, 60) for _ in range(2000)]
+    gevent.sleep(8)
+    loaded = rss_kb(worker)
+    gateway.stop()  # ends every stream (a final frame), which lets the clients return
+    gevent.joinall(idle, timeout=30)
+    streams = [job.value for job in idle if job.value is not None]
+    reached = sum(1 for s in streams if s.comments >= 3)
+    per_stream = (loaded - baseline) / 2000
+    out.append(
+        table(
+            "2000 idle streams (queued, heartbeat every 1 s)",
+            ["open streams", "worker RSS before", "with streams", "per stream", "got ≥ 3 heartbeats"],
+            [
+                [
+                    "2000",
+                    f"{baseline / 1024:.1f} MiB",
+                    f"{loaded / 1024:.1f} MiB",
+                    f"{per_stream:.1f} KiB",
+                    f"{reached}/2000",
+                ]
+            ],
+        )
+    )
+    report["idle"] = {
+        "baseline_kb": baseline,
+        "loaded_kb": loaded,
+        "per_stream_kb": per_stream,
+        "heartbeats_reached": reached,
+    }
+    relay.stop()
+    sim.stop()
+
+    header = (
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, by `make bench` (bench/run.py); everything on loopback.\n"
+    )
+    text = header + "\n" + "\n".join(out)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / "latest.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
