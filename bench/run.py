@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers import Gateway, Nginx, ServerProcess, free_port, self_signed_certificate  # noqa: E402
 from tests.simproc import SimProcess  # noqa: E402
+from tests.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-MODEL = "qwen3:32b"
 
 
 @dataclass
@@ -92,8 +92,7 @@ def run_stream(
 
 
 def chat(tokens: int, **directive: Any) -> dict[str, Any]:
-    sim = json.dumps({"tokens": tokens, **directive})
-    return {"model": MODEL, "think": False, "messages": [{"role": "user", "content": f"bench\n#sim {sim}"}]}
+    return sim_chat({"tokens": tokens, **directive})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -179,6 +178,12 @@ http {{
     return server
 
 
+def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
+    """clawweb with admission wide open (the benchmark measures relaying, not queueing) unless overridden."""
+    wide_open = {"max_active": 2000, "max_queue": 4000, "max_active_per_client": 10000, "heartbeat_s": 15}
+    return Gateway(log, sim_url, log_level="warning", **{**wide_open, **settings})
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clawweb-bench-"))
     report: dict[str, Any] = {
@@ -190,15 +195,7 @@ def main() -> None:
 
     # --- 1. The seed table: 820 ms to first token, 38 tokens/s -------------------------------------------
     sim = SimProcess("--ttft", "0.82", "--tps", "38", "--parallel", "16")
-    gateway = Gateway(
-        work / "gw.log",
-        sim.url,
-        max_active=2000,
-        max_queue=4000,
-        max_active_per_client=10000,
-        heartbeat_s=15,
-        log_level="warning",
-    )
+    gateway = start_gateway(work / "gw.log", sim.url)
     cert, key = self_signed_certificate(work)
     front = Nginx(work / "front", gateway.port, cert, key)
     relay = plain_proxy(work / "relay", sim.port)
@@ -251,15 +248,7 @@ def main() -> None:
     # --- 2. High load: 200 and 500 streams, 200 tokens each at 38 tokens/s --------------------------------
     sim = SimProcess("--ttft", "0.2", "--tps", "38")
     gateway.stop()
-    gateway = Gateway(
-        work / "gw2.log",
-        sim.url,
-        max_active=2000,
-        max_queue=4000,
-        max_active_per_client=10000,
-        heartbeat_s=15,
-        log_level="warning",
-    )
+    gateway = start_gateway(work / "gw2.log", sim.url)
     relay.stop()
     relay = plain_proxy(work / "relay2", sim.port)
     worker = children(gateway.proc.pid)[0]
@@ -311,15 +300,7 @@ def main() -> None:
 
     # --- 3. Many idle streams: 2000 queued behind 4 slots, heartbeats every second ------------------------
     gateway.stop()
-    gateway = Gateway(
-        work / "gw3.log",
-        sim.url,
-        max_active=4,
-        max_queue=4000,
-        max_active_per_client=10000,
-        heartbeat_s=1,
-        log_level="warning",
-    )
+    gateway = start_gateway(work / "gw3.log", sim.url, max_active=4, heartbeat_s=1)
     worker = children(gateway.proc.pid)[0]
     baseline = rss_kb(worker)
     body = chat(2, ttft=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import tempfile
@@ -39,3 +40,9 @@ class SimProcess(ServerProcess):
 
 def start_simulator(*args: str) -> SimProcess:
     return SimProcess(*args)
+
+
+def chat(directive: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """An /api/chat body whose last user message carries a ``#sim`` directive for the simulator."""
+    content = "hello" + (f"\n#sim {json.dumps(directive)}" if directive else "")
+    return {"model": "qwen3:32b", "messages": [{"role": "user", "content": content}], "think": False, **fields}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,18 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from clawweb.simulator import answer_tokens
 
 from .servers import Gateway
-from .simproc import SimProcess, start_simulator
+from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
 SSE = {"Accept": "text/event-stream"}
-
-
-def chat(directive: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "model": "qwen3:32b",
-        "think": False,
-        "messages": [{"role": "user", "content": f"hi\n#sim {json.dumps(directive)}"}],
-    }
 
 
 @pytest.fixture(scope="module")

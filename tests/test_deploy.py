@@ -21,7 +21,7 @@ import requests
 from clawweb.simulator import answer_tokens
 
 from .servers import ROOT, Gateway, Nginx, render_deploy, self_signed_certificate
-from .simproc import SimProcess, start_simulator
+from .simproc import SimProcess, chat, start_simulator
 from .sseclient import content_of, events
 
 
@@ -33,14 +33,6 @@ def require(program: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def chat(directive: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "model": "qwen3:32b",
-        "think": False,
-        "messages": [{"role": "user", "content": f"hi\n#sim {json.dumps(directive)}"}],
-    }
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,12 @@ import requests
 from clawweb.simulator import answer_tokens
 
 from .servers import Gateway, free_port
-from .simproc import SimProcess, start_simulator
+from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
 HEARTBEAT_S = 0.3
 READ_TIMEOUT_S = 2.5
 SSE = {"Accept": "text/event-stream"}
-
-
-def chat(directive: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-    content = "hello" + (f"\n#sim {json.dumps(directive)}" if directive else "")
-    return {"model": "qwen3:32b", "messages": [{"role": "user", "content": content}], "think": False, **fields}
 
 
 @pytest.fixture(scope="module")
