@@ -55,6 +55,7 @@ class ServerProcess:
             except (OSError, requests.RequestException):
                 pass
             time.sleep(0.05)
+        self.stop()  # a server that never got ready must not outlive the test
         raise RuntimeError(f"{self.proc.args} not ready after {timeout} s:\n{self.log}")
 
     def signal(self, signum: int) -> None:
