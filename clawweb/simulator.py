@@ -365,7 +365,9 @@ class Simulator:
         while (left := deadline - time.monotonic()) > 0:
             if self._client_gone(sock, left):
                 raise ClientGone
-            gevent.sleep(min(left, 0.05))  # the client sent bytes (pipelining): keep waiting, politely
+            if (left := deadline - time.monotonic()) > 0:
+                # Woken before the deadline: the client sent more bytes (pipelining). Keep waiting, politely.
+                gevent.sleep(min(left, 0.05))
 
     def _plan(self, body: dict[str, Any], sim: dict[str, Any]) -> tuple[list[bytes], list[str], str]:
         """(thinking chunks' texts, content tokens, done_reason)."""
