@@ -22,7 +22,7 @@ from clawweb.simulator import answer_tokens
 
 from .servers import ROOT, Gateway, Nginx, render_deploy, self_signed_certificate
 from .simproc import SimProcess, chat, start_simulator
-from .sseclient import content_of, events
+from .sseclient import Event, content_of, events
 
 
 def require(program: str) -> str:
@@ -71,16 +71,22 @@ def test_site_passes_nginx_t(nginx: Nginx) -> None:
     assert "syntax is ok" in nginx.test.stderr
 
 
-def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+def stream_via(url: str, body: dict[str, Any], cert: Path) -> list[Event]:
+    """The SSE events of one chat through ``url``; a stream the proxy cuts yields what arrived before."""
+    received: list[Event] = []
     with requests.post(
-        nginx.url + "/api/chat",
-        json=chat({"tokens": 8, "tps": 10}),
-        stream=True,
-        headers={"Accept": "text/event-stream"},
-        verify=str(certificate[0]),
-        timeout=10,
+        url + "/api/chat", json=body, stream=True, headers={"Accept": "text/event-stream"}, verify=str(cert), timeout=10
     ) as response:
-        received = list(events(response))
+        try:
+            for event in events(response):
+                received.append(event)
+        except requests.exceptions.ChunkedEncodingError:
+            pass
+    return received
+
+
+def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+    received = stream_via(nginx.url, chat({"tokens": 8, "tps": 10}), certificate[0])
     times = [e.at for e in received if e.data_lines]
     gaps = [b - a for a, b in zip(times, times[1:8], strict=False)]
     assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
@@ -91,32 +97,12 @@ def test_silence_longer_than_proxy_timeout_survives_thanks_to_heartbeats(
     nginx: Nginx, certificate: tuple[Path, Path], sim: SimProcess, tmp_path: Path
 ) -> None:
     body = chat({"tokens": 3, "ttft": 2.5})  # 2.5 s of silence, proxy_read_timeout 1 s
-    with requests.post(
-        nginx.url + "/api/chat",
-        json=body,
-        stream=True,
-        headers={"Accept": "text/event-stream"},
-        verify=str(certificate[0]),
-        timeout=10,
-    ) as response:
-        assert content_of(list(events(response))) == "".join(answer_tokens(3))
+    assert content_of(stream_via(nginx.url, body, certificate[0])) == "".join(answer_tokens(3))
     # The same without heartbeats in time (5 s): nginx cuts the silent stream, no answer arrives.
     quiet = Gateway(tmp_path / "quiet.log", sim.url, heartbeat_s=5)
     proxy = Nginx(tmp_path / "nginx", quiet.port, *certificate, STREAM_TIMEOUT="1s")
     try:
-        with requests.post(
-            proxy.url + "/api/chat",
-            json=body,
-            stream=True,
-            headers={"Accept": "text/event-stream"},
-            verify=str(certificate[0]),
-            timeout=10,
-        ) as response:
-            try:
-                received = list(events(response))
-            except requests.exceptions.ChunkedEncodingError:
-                received = []
-        assert content_of(received) == ""
+        assert content_of(stream_via(proxy.url, body, certificate[0])) == ""
     finally:
         proxy.stop()
         quiet.stop()
