@@ -6,6 +6,8 @@ admission queue), then hand a generator to ``Response``; nothing after that poin
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, request
 
 from .admission import get_admission
@@ -31,15 +33,21 @@ def client_id() -> str:
     return request.remote_addr or "unknown"
 
 
+def admit(body: dict[str, Any]) -> Relay:
+    """What every generation passes before anything streams: the model exists (404), Ollama answers (502),
+    and there is a slot or a place in the queue for this client (429/503)."""
+    client, who = get_client(), client_id()
+    client.require_model(body["model"])
+    admission = get_admission()
+    ticket = admission.enter(who)
+    return Relay(client, body, admission, ticket, get_settings(), StreamStats(body["model"], who))
+
+
 @bp.post("/api/chat")
 def chat() -> Response:
     settings = get_settings()
     body = validate_chat(parse_json_object(request.get_data(cache=False)), settings)
-    client = get_client()
-    client.require_model(body["model"])
-    admission = get_admission()
-    ticket = admission.enter(client_id())
-    relay = Relay(client, body, admission, ticket, settings, StreamStats(body["model"], client_id()))
+    relay = admit(body)
     if _wants_sse():
         body["stream"] = True  # SSE is a stream whatever the body said
         return sse_response(relay)

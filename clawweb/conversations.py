@@ -7,15 +7,11 @@ from typing import Any, cast
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from . import sse
-from .admission import get_admission
-from .api import client_id
+from .api import admit
 from .config import Settings, get_settings
 from .errors import ApiError
 from .generations import Generation, Generations
-from .metrics import StreamStats
-from .relay import Relay
 from .storage import Store
-from .upstream import get_client
 from .validation import parse_json_object, validate_chat
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
@@ -150,15 +146,15 @@ def _start(
         history.append({"role": "user", "content": new_user_message})
     model = knobs.get("model") or conversation["model"]
     body = validate_chat({**knobs, "model": model, "messages": history, "stream": True}, settings)
-    client = get_client()
-    client.require_model(model)
-    admission = get_admission()
-    ticket = admission.enter(client_id())
-    if replace is not None:
-        store.delete_message(replace)
-    user = store.add_message(conversation["id"], "user", new_user_message) if new_user_message is not None else None
-    answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
-    relay = Relay(client, body, admission, ticket, settings, StreamStats(model, client_id()))
+    relay = admit(body)
+    try:
+        if replace is not None:
+            store.delete_message(replace)
+        user = None if new_user_message is None else store.add_message(conversation["id"], "user", new_user_message)
+        answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
+    except BaseException:
+        relay.close()  # give the slot back: nothing will run it
+        raise
     return user, get_generations().start(conversation["id"], answer["id"], relay)
 
 

@@ -24,12 +24,9 @@ def readyz() -> Response:
     """Ollama answers within ``READY_TIMEOUT_S`` and lists the default model (fresh, not the cached list)."""
     settings = get_settings()
     try:
-        response = get_client().request("GET", "/api/tags", read_timeout=READY_TIMEOUT_S)
+        names = get_client().fetch_models(READY_TIMEOUT_S)
     except ApiError as exc:
         return error_response(503, exc.message)
-    if response.status_code != 200:
-        return error_response(503, f"Ollama answered /api/tags with HTTP {response.status_code}")
-    names = {model_key(m.get("name", "")) for m in response.json().get("models") or []}
     if model_key(settings.default_model) not in names:
         return error_response(503, f"default model '{settings.default_model}' is not in Ollama's /api/tags")
     return jsonify(status="ready", ollama=settings.ollama_url, model=settings.default_model)

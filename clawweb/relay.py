@@ -76,7 +76,7 @@ class Relay:
 
     def start(self) -> UpstreamStream:
         """Open the upstream request (in its own greenlet); call once admitted."""
-        self.stream = UpstreamStream(self._client, self._body, self._settings.read_timeout_s)
+        self.stream = UpstreamStream(self._client, self._body)
         return self.stream
 
     def fetch_whole(self) -> requests.Response:

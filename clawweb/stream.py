@@ -71,10 +71,10 @@ def _is_timeout(exc: requests.RequestException) -> bool:
 class UpstreamStream:
     """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
 
-    def __init__(self, client: OllamaClient, body: dict[str, Any], read_timeout_s: float) -> None:
+    def __init__(self, client: OllamaClient, body: dict[str, Any]) -> None:
         self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self._response: requests.Response | None = None
-        self._read_timeout_s = read_timeout_s
+        self._read_timeout_s = client.read_timeout_s
         self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
         self.first_failure: Failure | None = None
         self.done = False
@@ -102,7 +102,8 @@ class UpstreamStream:
             self._fail(Failure(exc.message, "timeout", exc.status))
         except requests.RequestException as exc:
             if _is_timeout(exc):
-                self._fail(Failure(f"Ollama sent nothing for {self._read_timeout_s:g} s", "timeout", 504))
+                timeout = OllamaTimeout(self._read_timeout_s)  # the same message as a timeout before the headers
+                self._fail(Failure(timeout.message, "timeout", timeout.status))
             else:
                 self._fail(Failure(CLOSED_EARLY, "closed", 502))
         finally:

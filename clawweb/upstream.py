@@ -44,6 +44,7 @@ class OllamaClient:
     def __init__(self, settings: Settings) -> None:
         self.base_url = settings.ollama_url
         self._timeout = (settings.connect_timeout_s, settings.read_timeout_s)
+        self.read_timeout_s = settings.read_timeout_s
         self._tags_ttl = settings.tags_ttl_s
         self.session = requests.Session()
         # The default pool keeps 10 connections; every admitted stream needs its own, plus a few for the
@@ -82,17 +83,19 @@ class OllamaClient:
         """Start ``POST /api/chat`` streaming; returns once Ollama sent headers (after the model load)."""
         return self.request("POST", "/api/chat", body, stream=True)
 
+    def fetch_models(self, read_timeout: float) -> frozenset[str]:
+        """Names Ollama lists in ``/api/tags`` now; ``ApiError`` (502) when it cannot say."""
+        response = self.request("GET", "/api/tags", read_timeout=read_timeout)
+        if response.status_code != 200:
+            raise ApiError(502, f"Ollama answered /api/tags with HTTP {response.status_code}")
+        listed = response.json().get("models") or []
+        return frozenset(model_key(m.get(k, "")) for m in listed for k in ("name", "model") if m.get(k))
+
     def models(self) -> frozenset[str]:
-        """Names Ollama lists in ``/api/tags``, cached for ``CLAWWEB_TAGS_TTL_S``."""
+        """``fetch_models``, cached for ``CLAWWEB_TAGS_TTL_S``."""
         with self._models_lock:
-            if time.monotonic() - self._models_at < self._tags_ttl:
-                return self._models
-            response = self.request("GET", "/api/tags", read_timeout=self._timeout[0])
-            if response.status_code != 200:
-                raise ApiError(502, f"Ollama answered /api/tags with HTTP {response.status_code}")
-            listed = response.json().get("models") or []
-            names = {model_key(m.get(k, "")) for m in listed for k in ("name", "model") if m.get(k)}
-            self._models, self._models_at = frozenset(names), time.monotonic()
+            if time.monotonic() - self._models_at >= self._tags_ttl:
+                self._models, self._models_at = self.fetch_models(self._timeout[0]), time.monotonic()
             return self._models
 
     def require_model(self, name: str) -> None:
