@@ -76,7 +76,7 @@ class Settings:
     ollama_url: str = _setting("http://127.0.0.1:11434", _url, "Ollama base URL")
     bind: str = _setting("127.0.0.1:8080", _bind, "gunicorn listen address")
     default_model: str = _setting("qwen3:32b", _text, "model used when a request names none")
-    heartbeat_s: float = _setting(15.0, _positive_float, "SSE comment after this much upstream silence")
+    heartbeat_s: float = _setting(15.0, _positive_float, "SSE comment when upstream was silent this long")
     connect_timeout_s: float = _setting(3.0, _positive_float, "TCP connect timeout towards Ollama")
     read_timeout_s: float = _setting(300.0, _positive_float, "longest upstream silence (model load included)")
     tags_ttl_s: float = _setting(10.0, _positive_float, "how long the /api/tags model list is cached")

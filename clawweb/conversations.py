@@ -11,6 +11,7 @@ from .api import admit
 from .config import Settings, get_settings
 from .errors import ApiError
 from .generations import Generation, Generations
+from .relay import streaming_response
 from .storage import Store
 from .validation import parse_json_object, validate_chat
 
@@ -196,7 +197,7 @@ def follow_generation(generation_id: str) -> Response:
     after = int(raw)
     if generation.finished and after >= generation.last_event_id:
         return Response(status=204)  # nothing more, ever: 204 tells EventSource to stop reconnecting
-    return Response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
+    return streaming_response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
 
 
 @bp.delete("/generations/<generation_id>")

@@ -183,12 +183,12 @@ class Doctor:
             int(value) * (60 if unit == "m" else 1)
             for value, unit in re.findall(r"proxy_read_timeout\s+(\d+)(s|m)?\s*;", text)
         ]
-        short = [t for t in timeouts if t <= self.heartbeat_s]
+        short = [t for t in timeouts if t <= 2 * self.heartbeat_s]  # silence gets a heartbeat within two
         self.check(
             "proxy timeout above heartbeat",
             not short,
             f"proxy_read_timeout {min(timeouts, default=60)} s, heartbeat {self.heartbeat_s:g} s",
-            f"raise proxy_read_timeout in {site} above CLAWWEB_HEARTBEAT_S (600s is a good value), "
+            f"raise proxy_read_timeout in {site} above twice CLAWWEB_HEARTBEAT_S (600s is a good value), "
             "or lower CLAWWEB_HEARTBEAT_S: idle streams are cut while the model loads",
         )
 

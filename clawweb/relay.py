@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ class Relay:
 
     def start(self) -> UpstreamStream:
         """Open the upstream request (in its own greenlet); call once admitted."""
-        self.stream = UpstreamStream(self._client, self._body)
+        self.stream = UpstreamStream(self._client, self._body, self._settings.heartbeat_s)
         return self.stream
 
     def fetch_whole(self) -> requests.Response:
@@ -92,7 +92,7 @@ class Relay:
             if isinstance(event, Failure):
                 return
         stream = self.stream or self.start()
-        for event in stream.events(self._settings.heartbeat_s):
+        for event in stream.events():
             if isinstance(event, bytes):
                 if not stream.done:  # the final line carries statistics, not a token
                     self.stats.token()
@@ -122,10 +122,39 @@ class Relay:
             self.stats.finish(self.outcome)
 
 
+class _Body:
+    """A streaming body the WSGI server iterates as it is.
+
+    With ``direct_passthrough`` werkzeug hands this object straight to gunicorn instead of wrapping every chunk
+    in two more generators (a tenth of the relay's CPU per token). gunicorn iterates ``chunks`` itself and calls
+    ``close`` in every case, also when iteration never started: that closes the generator (its ``finally``
+    runs) and then calls ``on_close``, the backstop for a generator that never ran.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None] | None) -> None:
+        self._chunks = chunks
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+
+def streaming_response(chunks: Iterator[bytes], on_close: Callable[[], None] | None = None, **kwargs: Any) -> Response:
+    """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close``."""
+    return Response(_Body(chunks, on_close), direct_passthrough=True, **kwargs)
+
+
 def sse_response(relay: Relay) -> Response:
-    response = Response(sse_events(relay), headers=sse.HEADERS)
-    response.call_on_close(relay.close)  # also when the generator never started
-    return response
+    return streaming_response(sse_events(relay), relay.close, headers=sse.HEADERS)
 
 
 def sse_events(relay: Relay) -> Iterator[bytes]:
@@ -136,7 +165,7 @@ def sse_events(relay: Relay) -> Iterator[bytes]:
         for event in relay.events():
             if isinstance(event, bytes):
                 seq += 1
-                yield sse.frame(event, id=seq)
+                yield sse.line_frame(event, seq)
             elif event is HEARTBEAT:
                 yield sse.HEARTBEAT
             elif isinstance(event, Queued):
@@ -180,9 +209,7 @@ def native_response(relay: Relay, stream: bool) -> Response:
                 return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
             return error_response(failure.status or 502, failure.message)
         handed_over = True
-        response = Response(ndjson_lines(relay), content_type="application/x-ndjson")
-        response.call_on_close(relay.close)
-        return response
+        return streaming_response(ndjson_lines(relay), relay.close, content_type="application/x-ndjson")
     finally:
         if not handed_over:
             relay.close()

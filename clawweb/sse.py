@@ -1,7 +1,6 @@
 """Server-Sent Events framing (the WHATWG ``text/event-stream`` format), in bytes.
 
-Pure functions: the relay calls ``frame`` once per upstream line, so the common case (one line of data, an id)
-is a single ``%`` format with no splitting.
+Pure functions. The relay calls ``line_frame`` once per upstream line, so that one is a single ``%`` format.
 """
 
 from __future__ import annotations
@@ -22,10 +21,6 @@ HEARTBEAT = b": keep-alive\n\n"
 
 def frame(data: bytes, *, event: str | None = None, id: int | str | None = None, retry: int | None = None) -> bytes:
     """One event: optional ``event:``/``id:``/``retry:`` fields, one ``data:`` line per line of ``data``."""
-    if event is None and retry is None and b"\n" not in data and b"\r" not in data:
-        if id is None:
-            return b"data: %b\n\n" % data
-        return b"id: %b\ndata: %b\n\n" % (str(id).encode(), data)
     head = b""
     if event is not None:
         head += b"event: %b\n" % event.encode()
@@ -35,6 +30,12 @@ def frame(data: bytes, *, event: str | None = None, id: int | str | None = None,
         head += b"retry: %d\n" % retry
     body = b"".join(b"data: %b\n" % line for line in data.splitlines() or [b""])
     return head + body + b"\n"
+
+
+def line_frame(line: bytes, id: int) -> bytes:
+    """``id: N`` + ``data: <line>``, the relay's per-token frame, without ``frame``'s scans for line breaks:
+    ``line`` comes from ``iter_lines``, which splits on CR and LF, so it holds neither."""
+    return b"id: %d\ndata: %b\n\n" % (id, line)
 
 
 def json_frame(payload: Any, *, event: str | None = None, id: int | str | None = None) -> bytes:

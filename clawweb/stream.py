@@ -40,7 +40,10 @@ HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
 
 
 def is_done(line: bytes) -> bool:
-    """The final chunk. A byte check first: parsing every token line as JSON would cost more than relaying it."""
+    """The final chunk. Byte checks first: parsing every token line as JSON would cost more than relaying it,
+    and token chunks end with ``"done":false}`` (Ollama's field order), which is cheaper to see than to search."""
+    if line.endswith(b'"done":false}'):
+        return False
     return b'"done":true' in line and json.loads(line).get("done") is True
 
 
@@ -71,14 +74,25 @@ def _is_timeout(exc: requests.RequestException) -> bool:
 class UpstreamStream:
     """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
 
-    def __init__(self, client: OllamaClient, body: dict[str, Any]) -> None:
+    def __init__(self, client: OllamaClient, body: dict[str, Any], heartbeat_s: float) -> None:
         self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
         self._response: requests.Response | None = None
         self._read_timeout_s = client.read_timeout_s
         self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
         self.first_failure: Failure | None = None
         self.done = False
+        # Heartbeats come from one repeating timer rather than a timeout on every queue wait, which would arm and
+        # cancel a timer per token (a tenth of the relay's CPU). A tick with no line since the previous one puts a
+        # HEARTBEAT, so silence gets one after between one and two intervals.
+        self._heard = False
+        self._ticker = gevent.get_hub().loop.timer(heartbeat_s, heartbeat_s)
+        self._ticker.start(self._tick)
         self._greenlet = gevent.spawn(self._read, client, body)
+
+    def _tick(self) -> None:
+        if not self._heard:
+            self._queue.put(HEARTBEAT)
+        self._heard = False
 
     def _fail(self, failure: Failure) -> None:
         if not self.headers_received.is_set():
@@ -94,6 +108,7 @@ class UpstreamStream:
             self.headers_received.set()
             for line in response.iter_lines(chunk_size=None):
                 if line:  # Ollama sends no blank lines; tolerate them anyway
+                    self._heard = True
                     self._queue.put(line)
             self._queue.put(ENDED)
         except OllamaUnreachable as exc:
@@ -112,15 +127,11 @@ class UpstreamStream:
     def _wake_for_shutdown(self) -> None:
         self._queue.put(lifecycle.SHUTDOWN)
 
-    def events(self, heartbeat_s: float) -> Iterator[Any]:
-        """Lines as they arrive; ``HEARTBEAT`` after each ``heartbeat_s`` of silence; ends after done or failure."""
+    def events(self) -> Iterator[Any]:
+        """Lines as they arrive; ``HEARTBEAT`` while silent; ends after done or failure."""
         with lifecycle.registered(self._wake_for_shutdown):
             while True:
-                try:
-                    item = self._queue.get(timeout=heartbeat_s)
-                except gevent.queue.Empty:
-                    yield HEARTBEAT
-                    continue
+                item = self._queue.get()
                 if isinstance(item, bytes):
                     message = error_message(item)
                     if message is not None:
@@ -130,6 +141,8 @@ class UpstreamStream:
                         self.done = True  # before the yield, so the relay can tell the final line apart
                         yield item
                         return
+                    yield item
+                elif item is HEARTBEAT:
                     yield item
                 elif item is ENDED:
                     yield Failure(CLOSED_EARLY, "closed")
@@ -143,6 +156,7 @@ class UpstreamStream:
 
     def close(self) -> None:
         """Stop reading and close the upstream connection. Safe to call twice and from ``finally``."""
+        self._ticker.close()
         if self.done:
             # Let the reader consume the end of the chunked body so the connection goes back to the pool.
             self._greenlet.join(timeout=0.5)

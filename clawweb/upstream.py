@@ -47,6 +47,9 @@ class OllamaClient:
         self.read_timeout_s = settings.read_timeout_s
         self._tags_ttl = settings.tags_ttl_s
         self.session = requests.Session()
+        # No proxy variables, .netrc or CA-bundle lookups from the environment: Ollama is a fixed, local URL, and
+        # requests would otherwise re-read all of that on every request (a measurable share of time to first token).
+        self.session.trust_env = False
         # The default pool keeps 10 connections; every admitted stream needs its own, plus a few for the
         # short pass-through and readiness requests.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.max_active + 8, max_retries=0)

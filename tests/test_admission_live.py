@@ -185,7 +185,7 @@ def test_metrics_move_as_streams_run_and_each_stream_logs_one_line(gateway: Gate
     assert after["clawweb_open_streams"] == before["clawweb_open_streams"]
     assert after["clawweb_tokens_relayed_total"] >= before["clawweb_tokens_relayed_total"] + 5
     assert after["clawweb_time_to_first_token_seconds_count"] >= before["clawweb_time_to_first_token_seconds_count"] + 2
-    assert after["clawweb_token_gap_seconds_count"] > before["clawweb_token_gap_seconds_count"]
+    assert after["clawweb_stream_max_token_gap_seconds_count"] > before["clawweb_stream_max_token_gap_seconds_count"]
     assert after["clawweb_queue_wait_seconds_count"] >= before["clawweb_queue_wait_seconds_count"] + 2
     assert after['clawweb_streams_total{outcome="done"}'] >= 1
     assert after["clawweb_client_disconnects_total"] >= before.get("clawweb_client_disconnects_total", 0) + 1

@@ -115,6 +115,11 @@ def test_frame_single_line_with_id() -> None:
     assert sse.frame(b'{"a":1}', id=3) == b'id: 3\ndata: {"a":1}\n\n'
 
 
+def test_line_frame_is_frame_for_a_single_line() -> None:
+    line = b'{"message":{"content":"a\\nb"},"done":false}'
+    assert sse.line_frame(line, 12) == sse.frame(line, id=12) == b"id: 12\ndata: " + line + b"\n\n"
+
+
 def test_frame_without_id() -> None:
     assert sse.frame(b"x") == b"data: x\n\n"
 
@@ -141,6 +146,7 @@ def test_json_frame_never_holds_a_raw_line_separator() -> None:
 def test_is_done_needs_the_real_field() -> None:
     assert is_done(b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}')
     assert not is_done(b'{"model":"m","message":{"role":"assistant","content":"\\"done\\":true"},"done":false}')
+    assert not is_done(b'{"done":false,"message":{"role":"assistant","content":"\\"done\\":true"}}')  # any order
     # a tool call argument that happens to be "done": true is not the end
     assert not is_done(b'{"message":{"tool_calls":[{"function":{"arguments":{"done":true}}}]},"done":false}')
 
