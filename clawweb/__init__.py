@@ -23,7 +23,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from . import admission, api, conversations, errors, health, metrics, pages, upstream
+    from . import admission, api, auth, conversations, errors, health, metrics, pages, upstream
     from .config import load_settings
 
     settings = load_settings(os.environ, test_config)
@@ -37,9 +37,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     upstream.init_app(app, settings)
     admission.init_app(app, settings)
+    api.init_app(app, settings)
     conversations.init_app(app, settings)
+    auth.init_app(app, settings)
     pages.init_app(app)
-    for blueprint in (api.bp, conversations.bp, health.bp, metrics.bp, pages.bp):
+    for blueprint in (api.bp, auth.bp, conversations.bp, health.bp, metrics.bp, pages.bp):
         app.register_blueprint(blueprint)
     logging.getLogger("gunicorn.error").info(
         "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url

@@ -1,7 +1,7 @@
-"""``python -m clawweb doctor|warmup``."""
+"""``python -m clawweb``: see cli.py."""
 
 import sys
 
-from .doctor import main
+from .cli import main
 
 sys.exit(main())

@@ -6,18 +6,24 @@ admission queue), then hand a generator to ``Response``; nothing after that poin
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import logging
+from typing import Any, cast
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 
 from .admission import get_admission
-from .config import get_settings
+from .auth import identity
+from .config import Settings, get_settings
+from .errors import ApiError
+from .limits import SlidingWindow
 from .metrics import StreamStats
 from .relay import Relay, native_response, sse_response
-from .upstream import get_client
+from .upstream import get_client, model_key
 from .validation import parse_json_object, validate_chat
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger("gunicorn.error")
 
 PASS_THROUGH = ("/api/tags", "/api/ps", "/api/version")
 PASS_THROUGH_TIMEOUT_S = 10.0  # these answer from Ollama's memory; a slow one means trouble, not a model load
@@ -29,18 +35,42 @@ def _wants_sse() -> bool:
 
 
 def client_id() -> str:
-    """Who is asking, for the per-client limit: the address (behind ``CLAWWEB_TRUSTED_PROXIES`` proxies)."""
-    return request.remote_addr or "unknown"
+    """Who is asking, for the per-client limits: the user, or in open mode the address (behind
+    ``CLAWWEB_TRUSTED_PROXIES`` proxies)."""
+    name = identity().name
+    return f"user:{name}" if name else request.remote_addr or "unknown"
+
+
+def allowed(model: str, settings: Settings) -> bool:
+    return not settings.models or model_key(model) in {model_key(name) for name in settings.models}
+
+
+def _rate() -> SlidingWindow:
+    return cast(SlidingWindow, current_app.extensions["clawweb.rate"])
 
 
 def admit(body: dict[str, Any]) -> Relay:
-    """What every generation passes before anything streams: the model exists (404), Ollama answers (502),
-    and there is a slot or a place in the queue for this client (429/503)."""
-    client, who = get_client(), client_id()
+    """What every generation passes before anything streams: the model is offered here (403) and exists (404),
+    Ollama answers (502), this client is under its rate (429), and there is a slot or a place in the queue for
+    it (429/503)."""
+    settings, client, who = get_settings(), get_client(), client_id()
+    if not allowed(body["model"], settings):
+        raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
     client.require_model(body["model"])
+    wait = _rate().retry_after(who)
+    if wait:
+        raise ApiError(
+            429,
+            f"more than {settings.rate_per_minute} answers a minute (CLAWWEB_RATE_PER_MINUTE); retry in {wait} s",
+            {"Retry-After": str(wait)},
+        )
     admission = get_admission()
     ticket = admission.enter(who)
-    return Relay(client, body, admission, ticket, get_settings(), StreamStats(body["model"], who))
+    _rate().hit(who)
+    if settings.log_content:
+        log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])
+    stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
+    return Relay(client, body, admission, ticket, settings, stats)
 
 
 @bp.post("/api/chat")
@@ -55,9 +85,20 @@ def chat() -> Response:
 
 
 def _pass_through() -> Response:
+    """Ollama's answer as it is, except that with ``CLAWWEB_MODELS`` set, model lists show only those."""
+    settings = get_settings()
     upstream = get_client().request("GET", request.path, read_timeout=PASS_THROUGH_TIMEOUT_S)
-    return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+    content = upstream.content
+    if settings.models and upstream.status_code == 200 and request.path in ("/api/tags", "/api/ps"):
+        listing = upstream.json()
+        listing["models"] = [m for m in listing.get("models") or [] if allowed(m.get("name", ""), settings)]
+        content = json.dumps(listing).encode()
+    return Response(content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
 
 
 for _path in PASS_THROUGH:
     bp.add_url_rule(_path, endpoint=_path.rsplit("/", 1)[-1], view_func=_pass_through, methods=["GET"])
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions["clawweb.rate"] = SlidingWindow(settings.rate_per_minute, 60.0)

@@ -7,6 +7,7 @@ traceback on the first request.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,6 +39,44 @@ def _bind(raw: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT or unix:PATH")
     return raw
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.strip().lower() not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return raw.strip().lower()
+
+    return parse
+
+
+def _flag(raw: str) -> bool:
+    if raw.strip().lower() not in ("0", "1", "true", "false", "yes", "no"):
+        raise ValueError("must be 1 or 0")
+    return raw.strip().lower() in ("1", "true", "yes")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _secret(raw: str) -> str:
+    if raw and len(raw) < 32:
+        raise ValueError("must be at least 32 characters (python -c 'import secrets; print(secrets.token_hex(32))')")
+    return raw
+
+
+def is_loopback(bind: str) -> bool:
+    """True for a TCP bind on 127.0.0.0/8, ::1 or localhost; a unix socket is what a proxy in front uses."""
+    host = bind.rpartition(":")[0].strip("[]")
+    if bind.startswith("unix:") or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _text(raw: str) -> str:
@@ -95,6 +134,22 @@ class Settings:
         0.0, _non_negative_float, "stop an answer nobody reads for this long (0: always finish and store it)"
     )
     trusted_proxies: int = _setting(0, _non_negative_int, "reverse proxies in front whose X-Forwarded-* to trust")
+    auth: str = _setting(
+        "auto", _choice("auto", "required", "off"), "accounts: auto = required unless loopback bind and no proxy"
+    )
+    secret_key: str = _setting("", _secret, "signs session cookies (else read from, or created in, the key file)")
+    secret_key_file: str = _setting("var/secret_key", _text, "where the generated session key is kept (mode 0600)")
+    models: tuple[str, ...] = _setting((), _names, "comma-separated models users may ask for (empty: all)")
+    rate_per_minute: int = _setting(30, _positive_int, "answers one user may start per minute (429 beyond)")
+    login_attempts: int = _setting(5, _positive_int, "failed logins per user name in 15 min (5x per address)")
+    log_content: bool = _setting(False, _flag, "1: log message text (never passwords or keys)")
+
+    @property
+    def auth_required(self) -> bool:
+        """By default, open mode only where nobody but this machine's users can connect: a loopback bind and no
+        proxy in front. ``off`` with a proxy is for a proxy that authenticates users itself."""
+        local = is_loopback(self.bind) and not self.trusted_proxies
+        return self.auth == "required" or (self.auth == "auto" and not local)
 
 
 def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -110,7 +165,12 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
             values[field.name] = field.metadata["parse"](str(raw))
         except ValueError as exc:
             raise ConfigError(f"{name}={raw!s}: {exc}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.models and settings.default_model not in settings.models:
+        raise ConfigError(f"CLAWWEB_MODELS must include CLAWWEB_DEFAULT_MODEL ({settings.default_model})")
+    if settings.auth == "off" and not is_loopback(settings.bind):
+        raise ConfigError(f"CLAWWEB_AUTH=off: open mode is only allowed on a loopback bind, not {settings.bind}")
+    return settings
 
 
 def get_settings() -> Settings:

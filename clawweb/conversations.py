@@ -8,6 +8,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from . import sse
 from .api import admit
+from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError
 from .generations import Generation, Generations
@@ -65,7 +66,7 @@ def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, 
 
 
 def _conversation_or_404(conversation_id: str, with_messages: bool = False) -> dict[str, Any]:
-    conversation = get_store().conversation(conversation_id, with_messages)
+    conversation = get_store().conversation(conversation_id, owner(), with_messages)
     if conversation is None:
         raise ApiError(404, f"no conversation '{conversation_id}'")
     return conversation
@@ -73,7 +74,7 @@ def _conversation_or_404(conversation_id: str, with_messages: bool = False) -> d
 
 def _generation_or_404(generation_id: str) -> Generation:
     generation = get_generations().get(generation_id)
-    if generation is None:
+    if generation is None or generation.owner != owner():
         raise ApiError(404, f"no generation '{generation_id}' (finished answers are kept for a few minutes)")
     return generation
 
@@ -83,7 +84,7 @@ def create_conversation() -> tuple[Response, int]:
     settings = get_settings()
     fields = _conversation_fields(_body(), settings)
     fields.setdefault("model", settings.default_model)
-    return jsonify(get_store().create_conversation(**fields)), 201
+    return jsonify(get_store().create_conversation(owner(), **fields)), 201
 
 
 @bp.get("/conversations")
@@ -92,7 +93,7 @@ def list_conversations() -> Response:
     if not (raw_limit.isdigit() and raw_offset.isdigit() and 0 < int(raw_limit) <= PAGE_MAX):
         raise ApiError(400, f"'limit' must be 1..{PAGE_MAX} and 'offset' 0 or more")
     limit, offset = int(raw_limit), int(raw_offset)
-    page = get_store().conversations(limit, offset)
+    page = get_store().conversations(owner(), limit, offset)
     return jsonify(conversations=page, next_offset=offset + limit if len(page) == limit else None)
 
 
@@ -156,7 +157,7 @@ def _start(
     except BaseException:
         relay.close()  # give the slot back: nothing will run it
         raise
-    return user, get_generations().start(conversation["id"], answer["id"], relay)
+    return user, get_generations().start(conversation["id"], conversation["user_id"], answer["id"], relay)
 
 
 @bp.post("/conversations/<conversation_id>/messages")

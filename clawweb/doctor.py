@@ -1,4 +1,4 @@
-"""``python -m clawweb doctor``: find out why answers do not stream, and ``warmup``: load the model.
+"""``clawweb doctor``: find out why answers do not stream, and ``clawweb warmup``: load the model.
 
 Each check prints pass/fail, the figure it measured and, on failure, the fix. The seed of clawweb is an
 operator's table of symptoms and fixes; this is that table, run against the real setup.
@@ -6,20 +6,15 @@ operator's table of symptoms and fixes; this is that table, run against the real
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
-
-from .config import ConfigError, load_settings
 
 PROMPT = [{"role": "user", "content": "Count from one to twenty."}]
 PROBE_TOKENS = 16
@@ -65,8 +60,11 @@ def _chat_body(model: str) -> dict[str, Any]:
 
 
 class Doctor:
-    def __init__(self, ollama_url: str, model: str, heartbeat_s: float, verify: bool | str = True) -> None:
+    def __init__(
+        self, ollama_url: str, model: str, heartbeat_s: float, verify: bool | str = True, key: str | None = None
+    ) -> None:
         self.ollama_url, self.model, self.heartbeat_s, self.verify = ollama_url, model, heartbeat_s, verify
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.checks: list[Check] = []
         self.direct: Timing | None = None
 
@@ -115,7 +113,7 @@ class Doctor:
                 url.rstrip("/") + "/api/chat",
                 json=_chat_body(self.model),
                 stream=True,
-                headers={"Accept": "text/event-stream"},
+                headers={"Accept": "text/event-stream", **self.auth},
                 timeout=(5, 600),
                 verify=self.verify,
             )
@@ -206,39 +204,3 @@ def warmup(ollama_url: str, model: str, wait_s: float) -> int:
                 print(f"warmup: Ollama at {ollama_url} did not answer within {wait_s:g} s", file=sys.stderr)
                 return 1
             time.sleep(2)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clawweb", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    doctor = commands.add_parser("doctor", help="check that answers really stream, and say what to fix")
-    doctor.add_argument("--url", help="the gateway (or nginx in front of it) to test, e.g. https://chat.example.com")
-    doctor.add_argument("--nginx-site", type=Path, help="nginx site file to check for timeouts")
-    doctor.add_argument("--ca", help="CA bundle for --url (a self-signed certificate)")
-    doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    warm = commands.add_parser("warmup", help="load the default model into Ollama")
-    warm.add_argument("--wait", type=float, default=0, help="seconds to wait for Ollama to come up")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(os.environ)
-    except ConfigError as exc:
-        print(f"clawweb: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "warmup":
-        return warmup(settings.ollama_url, settings.default_model, args.wait)
-
-    run = Doctor(settings.ollama_url, settings.default_model, settings.heartbeat_s, args.ca or True)
-    run.ollama()
-    if args.url:
-        run.gateway(args.url)
-    if args.nginx_site:
-        run.proxy_timeouts(args.nginx_site)
-    ok = all(check.ok for check in run.checks)
-    if args.json:
-        print(json.dumps({"ok": ok, "checks": [asdict(check) for check in run.checks]}, indent=2))
-    else:
-        for check in run.checks:
-            print(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.figure}")
-            if check.fix:
-                print(f"      fix: {check.fix}")
-    return 0 if ok else 1

@@ -40,9 +40,12 @@ def split_thinking(content: str) -> tuple[str, str]:
 
 
 class Generation:
-    def __init__(self, conversation_id: str, message_id: int, relay: Relay, store: Store, on_finish: Any) -> None:
+    def __init__(
+        self, conversation_id: str, owner: int | None, message_id: int, relay: Relay, store: Store, on_finish: Any
+    ) -> None:
         self.id = secrets.token_hex(8)
         self.conversation_id = conversation_id
+        self.owner = owner  # the user id, None in open mode: only the owner can follow or stop it
         self.message_id = message_id
         self.status = "queued"  # queued | streaming | done | stopped | error
         self.finished = False
@@ -169,8 +172,8 @@ class Generations:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def start(self, conversation_id: str, message_id: int, relay: Relay) -> Generation:
-        generation = Generation(conversation_id, message_id, relay, self._store, self._finished)
+    def start(self, conversation_id: str, owner: int | None, message_id: int, relay: Relay) -> Generation:
+        generation = Generation(conversation_id, owner, message_id, relay, self._store, self._finished)
         self._by_id[generation.id] = generation
         if self._cancel_without_readers_s:
             gevent.spawn(self._cancel_if_unread, generation)

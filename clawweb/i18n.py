@@ -44,6 +44,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "empty": "Start a conversation: type a question below.",
         "simulator": "Simulator: no Ollama was found, answers are canned text.",
         "menu": "Menu",
+        "log_in": "Log in",
+        "log_out": "Log out",
+        "user_name": "User name",
+        "password": "Password",
+        "login_failed": "Wrong user name or password.",
+        "login_throttled": "Too many failed attempts. Try again in {s} s.",
     },
     "zh": {
         "app": "clawweb",
@@ -84,6 +90,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "empty": "在下方输入问题，开始对话。",
         "simulator": "模拟器：未找到 Ollama，回答为预设文本。",
         "menu": "菜单",
+        "log_in": "登录",
+        "log_out": "退出",
+        "user_name": "用户名",
+        "password": "密码",
+        "login_failed": "用户名或密码错误。",
+        "login_throttled": "失败次数过多，请 {s} 秒后再试。",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}

@@ -47,7 +47,8 @@ class StreamStats:
     """What one stream did; ``finish`` records it in the metrics and writes its log line."""
 
     model: str
-    client: str
+    client: str  # the admission key: the user, or the address in open mode
+    address: str
     started: float = field(default_factory=time.monotonic)
     queue_wait_s: float = 0.0
     first_token_at: float | None = None
@@ -104,11 +105,12 @@ class StreamStats:
         tokens_per_s = self.tokens_per_s()
         rate = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         log.info(
-            "stream end=%s model=%s client=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s max_gap=%.3fs "
-            "duration=%.3fs",
+            "stream end=%s model=%s client=%s addr=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s "
+            "max_gap=%.3fs duration=%.3fs",
             outcome,
             self.model,
             self.client,
+            self.address,
             self.queue_wait_s,
             ttft,
             self.tokens,

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, render_template
 
+from .auth import identity, owner
 from .config import get_settings
 from .conversations import get_generations, get_store
 from .i18n import LANG_TAGS, language, strings
@@ -33,7 +34,8 @@ def _page(conversation: dict[str, Any] | None) -> str:
     return render_template(
         "chat.html",
         conversation=conversation,
-        conversations=get_store().conversations(100, 0),
+        conversations=get_store().conversations(owner(), 100, 0),
+        user=identity().name,
         generation=running.summary() if running else None,
         model=conversation["model"] if conversation else settings.default_model,
         simulated="simulator" in settings.upstream_label.lower(),
@@ -51,7 +53,7 @@ def index() -> str:
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str) -> str:
-    found = get_store().conversation(conversation_id, with_messages=True)
+    found = get_store().conversation(conversation_id, owner(), with_messages=True)
     if found is None:
         abort(404)
     return _page(found)

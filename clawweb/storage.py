@@ -46,6 +46,28 @@ MIGRATIONS = [
     );
     CREATE INDEX messages_conversation ON messages (conversation_id, id);
     """,
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        name TEXT NOT NULL DEFAULT '',
+        prefix TEXT NOT NULL,         -- the key's first characters, to tell keys apart in lists
+        digest TEXT NOT NULL UNIQUE,  -- SHA-256 of the key: the key itself is shown once and never stored
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        revoked_at REAL
+    );
+    -- NULL: made in open mode (no accounts); such conversations are only visible in open mode.
+    ALTER TABLE conversations ADD COLUMN user_id INTEGER REFERENCES users (id) ON DELETE CASCADE;
+    CREATE INDEX conversations_user ON conversations (user_id, updated_at DESC);
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -96,42 +118,48 @@ class Store:
 
     # --- conversations ---------------------------------------------------------------------------------------
 
-    def create_conversation(self, model: str, title: str = "", system_prompt: str = "") -> dict[str, Any]:
+    # ``owner`` is the user id, or None in open mode. A conversation is only ever found by its owner, so a
+    # guessed id of somebody else's conversation is "not found", never "forbidden".
+
+    def create_conversation(
+        self, owner: int | None, model: str, title: str = "", system_prompt: str = ""
+    ) -> dict[str, Any]:
         now = time.time()
         conversation_id = secrets.token_hex(8)  # unguessable: ids appear in URLs
         self._execute(
-            "INSERT INTO conversations (id, title, model, system_prompt, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (conversation_id, title, model, system_prompt, now, now),
+            "INSERT INTO conversations (id, user_id, title, model, system_prompt, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conversation_id, owner, title, model, system_prompt, now, now),
         )
-        return self.conversation(conversation_id) or {}
+        return self.conversation(conversation_id, owner) or {}
 
-    def conversation(self, conversation_id: str, with_messages: bool = False) -> dict[str, Any] | None:
-        rows = self._execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+    def conversation(
+        self, conversation_id: str, owner: int | None, with_messages: bool = False
+    ) -> dict[str, Any] | None:
+        rows = self._execute("SELECT * FROM conversations WHERE id = ? AND user_id IS ?", (conversation_id, owner))
         if not rows:
             return None
         if with_messages:
             rows[0]["messages"] = self.messages(conversation_id)
         return rows[0]
 
-    def conversations(self, limit: int, offset: int) -> list[dict[str, Any]]:
+    def conversations(self, owner: int | None, limit: int, offset: int) -> list[dict[str, Any]]:
         return self._execute(
-            "SELECT * FROM conversations ORDER BY updated_at DESC, id LIMIT ? OFFSET ?", (limit, offset)
+            "SELECT * FROM conversations WHERE user_id IS ? ORDER BY updated_at DESC, id LIMIT ? OFFSET ?",
+            (owner, limit, offset),
         )
 
     def update_conversation(self, conversation_id: str, **fields: str) -> dict[str, Any] | None:
         changes = {k: v for k, v in fields.items() if k in CONVERSATION_FIELDS}
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        self._execute(
-            f"UPDATE conversations SET {assignments}{', ' if changes else ''}updated_at = ? WHERE id = ?",
+        rows = self._execute(
+            f"UPDATE conversations SET {assignments}{', ' if changes else ''}updated_at = ? WHERE id = ? RETURNING *",
             (*changes.values(), time.time(), conversation_id),
         )
-        return self.conversation(conversation_id)
+        return rows[0] if rows else None
 
-    def delete_conversation(self, conversation_id: str) -> bool:
-        existed = self.conversation(conversation_id) is not None
+    def delete_conversation(self, conversation_id: str) -> None:
         self._execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-        return existed
 
     # --- messages --------------------------------------------------------------------------------------------
 
@@ -161,3 +189,55 @@ class Store:
 
     def delete_message(self, message_id: int) -> None:
         self._execute("DELETE FROM messages WHERE id = ?", (message_id,))
+
+    # --- users and API keys (see accounts.py for the hashing) ---------------------------------------------------
+
+    def add_user(self, name: str, password_hash: str) -> dict[str, Any]:
+        return self._execute(
+            "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING *",
+            (name, password_hash, time.time()),
+        )[0]
+
+    def user(self, *, name: str | None = None, user_id: int | None = None) -> dict[str, Any] | None:
+        column, value = ("name", name) if name is not None else ("id", user_id)
+        rows = self._execute(f"SELECT * FROM users WHERE {column} = ?", (value,))
+        return rows[0] if rows else None
+
+    def users(self) -> list[dict[str, Any]]:
+        return self._execute("SELECT * FROM users ORDER BY name")
+
+    def update_user(self, user_id: int, **fields: Any) -> None:
+        """``password_hash`` and/or ``disabled``."""
+        values = {k: v for k, v in fields.items() if k in ("password_hash", "disabled")}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self._execute(f"UPDATE users SET {assignments} WHERE id = ?", (*values.values(), user_id))
+
+    def add_key(self, user_id: int, name: str, prefix: str, digest: str) -> dict[str, Any]:
+        return self._execute(
+            "INSERT INTO api_keys (user_id, name, prefix, digest, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
+            (user_id, name, prefix, digest, time.time()),
+        )[0]
+
+    def key(self, digest: str) -> dict[str, Any] | None:
+        """The live key with this digest, with its user's name and state."""
+        rows = self._execute(
+            "SELECT api_keys.*, users.name AS user_name, users.disabled AS user_disabled FROM api_keys "
+            "JOIN users ON users.id = api_keys.user_id WHERE digest = ? AND revoked_at IS NULL",
+            (digest,),
+        )
+        return rows[0] if rows else None
+
+    def keys(self) -> list[dict[str, Any]]:
+        return self._execute(
+            "SELECT api_keys.id, prefix, api_keys.name, users.name AS user_name, api_keys.created_at, "
+            "last_used_at, revoked_at FROM api_keys JOIN users ON users.id = api_keys.user_id ORDER BY api_keys.id"
+        )
+
+    def revoke_key(self, key_id: int) -> bool:
+        rows = self._execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id", (time.time(), key_id)
+        )
+        return bool(rows)
+
+    def touch_key(self, key_id: int) -> None:
+        self._execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (time.time(), key_id))

@@ -15,43 +15,33 @@ from .errors import ApiError
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 THINK_LEVELS = frozenset({"low", "medium", "high"})
 
-# Ollama's known options and their JSON types (api/types.go, Options and Runner).
+# The options a request may set, with the bounds that keep one request from hurting everyone else's (Ollama's
+# api/types.go has the full list). Left out on purpose: the load-time options (num_gpu, main_gpu, num_thread,
+# num_batch, use_mmap, use_mlock, numa, low_vram), which would reload the model for every user of the GPU.
 _INT, _FLOAT, _BOOL, _STRINGS = "an integer", "a number", "a boolean", "a list of strings"
-OPTION_TYPES: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "num_ctx",
-            "num_batch",
-            "num_gpu",
-            "main_gpu",
-            "num_thread",
-            "num_keep",
-            "seed",
-            "num_predict",
-            "top_k",
-            "repeat_last_n",
-            "mirostat",
-        ),
-        _INT,
-    ),
-    **dict.fromkeys(
-        (
-            "top_p",
-            "min_p",
-            "typical_p",
-            "temperature",
-            "repeat_penalty",
-            "presence_penalty",
-            "frequency_penalty",
-            "mirostat_tau",
-            "mirostat_eta",
-            "tfs_z",
-        ),
-        _FLOAT,
-    ),
-    **dict.fromkeys(("use_mmap", "use_mlock", "numa", "low_vram", "penalize_newline"), _BOOL),
-    "stop": _STRINGS,
+MAX_CONTEXT = 1 << 20  # bounds token counts; num_ctx itself is clamped to CLAWWEB_MAX_NUM_CTX
+OPTIONS: dict[str, tuple[str, float, float]] = {
+    "num_ctx": (_INT, 1, float("inf")),  # clamped, not refused: clients send their own favourite
+    "num_keep": (_INT, -1, MAX_CONTEXT),
+    "num_predict": (_INT, -2, MAX_CONTEXT),  # -1: until the model stops, -2: fill the context
+    "seed": (_INT, -(2**63), 2**63 - 1),
+    "top_k": (_INT, 0, 100_000),
+    "repeat_last_n": (_INT, -1, MAX_CONTEXT),
+    "mirostat": (_INT, 0, 2),
+    "top_p": (_FLOAT, 0, 1),
+    "min_p": (_FLOAT, 0, 1),
+    "typical_p": (_FLOAT, 0, 1),
+    "temperature": (_FLOAT, 0, 100),
+    "repeat_penalty": (_FLOAT, 0, 100),
+    "presence_penalty": (_FLOAT, -100, 100),
+    "frequency_penalty": (_FLOAT, -100, 100),
+    "mirostat_tau": (_FLOAT, 0, 100),
+    "mirostat_eta": (_FLOAT, 0, 100),
+    "tfs_z": (_FLOAT, 0, 100),
+    "penalize_newline": (_BOOL, 0, 1),
+    "stop": (_STRINGS, 0, 16),  # at most 16 stop strings
 }
+MAX_STOP_CHARS = 200
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -66,6 +56,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ApiError(400, f"request body has a value clawweb cannot read: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
@@ -84,12 +78,22 @@ def _has_type(value: Any, kind: str) -> bool:
 
 
 def validate_options(options: Any, settings: Settings) -> dict[str, Any]:
-    """Type-check the known options and clamp ``num_ctx`` (a huge context would exhaust GPU memory)."""
+    """Known options only, each of the right type and within bounds; ``num_ctx`` clamped (a huge context would
+    exhaust GPU memory)."""
     if not isinstance(options, dict):
         raise ApiError(400, "'options' must be an object")
-    for key, kind in OPTION_TYPES.items():
-        if key in options and not _has_type(options[key], kind):
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise ApiError(400, f"'options.{key}' is not an option clawweb passes on ({', '.join(sorted(OPTIONS))})")
+        kind, low, high = OPTIONS[key]
+        if not _has_type(value, kind):
             raise ApiError(400, f"'options.{key}' must be {kind}")
+        size = len(value) if kind == _STRINGS else value
+        if not low <= size <= high:
+            bound = f"at most {high:g} strings" if kind == _STRINGS else f"between {low:g} and {high:g}"
+            raise ApiError(400, f"'options.{key}' must be {bound}")
+        if kind == _STRINGS and any(len(item) > MAX_STOP_CHARS for item in value):
+            raise ApiError(400, f"'options.{key}' strings must be at most {MAX_STOP_CHARS} characters")
     if options.get("num_ctx", 0) > settings.max_num_ctx:
         options = {**options, "num_ctx": settings.max_num_ctx}
     return dict(options)

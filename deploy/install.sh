@@ -85,10 +85,17 @@ run cp -r "$SRC/clawweb" "$SRC/templates" "$SRC/static" "$SRC/deploy" "$SRC/wsgi
 [ -x "$ROOT$VENV/bin/python" ] || run python3 -m venv "$ROOT$VENV"
 run "$ROOT$VENV/bin/pip" install --quiet -r "$ROOT$APP_DIR/requirements.txt"
 run chown -R "$CLAWWEB_USER:$CLAWWEB_USER" "$ROOT$DATA_DIR"
-# The `clawweb` command (doctor, warmup) for operators, with the service's settings.
+# The `clawweb` command (doctor, warmup, users, keys) for operators, with the service's settings. Run as root,
+# it reads the settings file (root-only) and then runs as the service's user, so the database files it
+# touches stay the service's.
 wrapper=$(mktemp)
-printf '#!/bin/sh\nset -a; [ -r %s ] && . %s; set +a\ncd %s && exec %s/bin/python -m clawweb "$@"\n' \
-    "$ENV_FILE" "$ENV_FILE" "$APP_DIR" "$VENV" >"$wrapper"
+cat >"$wrapper" <<WRAPPER
+#!/bin/sh
+set -a; [ -r $ENV_FILE ] && . $ENV_FILE; set +a
+cd $APP_DIR || exit 1
+[ "\$(id -u)" = 0 ] && exec runuser -u $CLAWWEB_USER -- $VENV/bin/python -m clawweb "\$@"
+exec $VENV/bin/python -m clawweb "\$@"
+WRAPPER
 echo "+ install -D -m 0755 <clawweb command> $ROOT/usr/local/bin/clawweb"
 [ "$DRY_RUN" = 1 ] || install -D -m 0755 "$wrapper" "$ROOT/usr/local/bin/clawweb"
 rm -f "$wrapper"
@@ -103,6 +110,9 @@ CLAWWEB_DEFAULT_MODEL=qwen3:32b
 CLAWWEB_BIND=$BIND
 CLAWWEB_DB=$DATA_DIR/clawweb.db
 CLAWWEB_TRUSTED_PROXIES=1
+# Accounts: add users with 'clawweb users add NAME', keys for programs with 'clawweb keys create NAME'.
+CLAWWEB_AUTH=required
+CLAWWEB_SECRET_KEY_FILE=$DATA_DIR/secret_key
 CLAWWEB_MAX_ACTIVE=$MAX_ACTIVE
 ENV
     echo "+ install -D -m 0640 <new settings file> $ROOT$ENV_FILE"

@@ -311,10 +311,15 @@
 
   // --- Actions --------------------------------------------------------------------------------------------
 
+  // The server checks this token on every state-changing request made with the session cookie (CSRF).
+  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+
   async function api(method, url, payload) {
+    const headers = { "X-CSRF-Token": csrfToken };
+    if (payload !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(url, {
       method,
-      headers: payload === undefined ? {} : { "Content-Type": "application/json" },
+      headers,
       body: payload === undefined ? undefined : JSON.stringify(payload),
     });
     const data = response.status === 204 ? null : await response.json();

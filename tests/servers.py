@@ -85,10 +85,33 @@ class Gateway(ServerProcess):
             "CLAWWEB_BIND": f"127.0.0.1:{self.port}",
             "CLAWWEB_DB": str(log_path.parent / "clawweb.db"),
         }
+        # Tests start far more answers a minute than a person would: the rate limit has its own tests.
+        settings.setdefault("rate_per_minute", 100_000)
         env.update({f"CLAWWEB_{key.upper()}": str(value) for key, value in settings.items()})
+        self.env = env
         super().__init__([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], log_path, env)
         # Any HTTP answer means the worker is up (the master binds before the worker can accept).
         self.wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).status_code > 0)
+
+    def cli(self, *args: str, stdin: str = "") -> str:
+        """``python -m clawweb ...`` on this gateway's database; its output (raises if it fails)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "clawweb", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"clawweb {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
+    def new_user(self, name: str, password: str = "correct horse battery") -> str:
+        """Create a user with an API key; returns the key."""
+        self.cli("users", "add", name, "--password-stdin", stdin=password + "\n")
+        return self.cli("keys", "create", name).split()[-1]
 
 
 class CuttableProxy:

@@ -24,6 +24,8 @@ from .servers import ROOT, Gateway, Nginx, render_deploy, self_signed_certificat
 from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
+PASSWORD = "a deploy test password"
+
 
 def require(program: str) -> str:
     found = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
@@ -50,9 +52,17 @@ def sim() -> Iterator[SimProcess]:
 
 @pytest.fixture(scope="module")
 def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=0.3, trusted_proxies=1)
+    # As install.sh configures it: behind one proxy, accounts required.
+    server = Gateway(
+        tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=0.3, trusted_proxies=1, auth="required"
+    )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def key(gateway: Gateway) -> str:
+    return gateway.new_user("ops", PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +81,12 @@ def test_site_passes_nginx_t(nginx: Nginx) -> None:
     assert "syntax is ok" in nginx.test.stderr
 
 
-def stream_via(url: str, body: dict[str, Any], cert: Path) -> list[Event]:
+def stream_via(url: str, body: dict[str, Any], cert: Path, key: str | None) -> list[Event]:
     """The SSE events of one chat through ``url``; a stream the proxy cuts yields what arrived before."""
     received: list[Event] = []
+    headers = {"Accept": "text/event-stream", **({"Authorization": f"Bearer {key}"} if key else {})}
     with requests.post(
-        url + "/api/chat", json=body, stream=True, headers={"Accept": "text/event-stream"}, verify=str(cert), timeout=10
+        url + "/api/chat", json=body, stream=True, headers=headers, verify=str(cert), timeout=10
     ) as response:
         try:
             for event in events(response):
@@ -85,8 +96,8 @@ def stream_via(url: str, body: dict[str, Any], cert: Path) -> list[Event]:
     return received
 
 
-def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
-    received = stream_via(nginx.url, chat({"tokens": 8, "tps": 10}), certificate[0])
+def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple[Path, Path], key: str) -> None:
+    received = stream_via(nginx.url, chat({"tokens": 8, "tps": 10}), certificate[0], key)
     times = [e.at for e in received if e.data_lines]
     gaps = [b - a for a, b in zip(times, times[1:8], strict=False)]
     assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
@@ -94,15 +105,15 @@ def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple
 
 
 def test_silence_longer_than_proxy_timeout_survives_thanks_to_heartbeats(
-    nginx: Nginx, certificate: tuple[Path, Path], sim: SimProcess, tmp_path: Path
+    nginx: Nginx, certificate: tuple[Path, Path], sim: SimProcess, tmp_path: Path, key: str
 ) -> None:
     body = chat({"tokens": 3, "ttft": 2.5})  # 2.5 s of silence, proxy_read_timeout 1 s
-    assert content_of(stream_via(nginx.url, body, certificate[0])) == "".join(answer_tokens(3))
+    assert content_of(stream_via(nginx.url, body, certificate[0], key)) == "".join(answer_tokens(3))
     # The same without heartbeats in time (5 s): nginx cuts the silent stream, no answer arrives.
     quiet = Gateway(tmp_path / "quiet.log", sim.url, heartbeat_s=5)
     proxy = Nginx(tmp_path / "nginx", quiet.port, *certificate, STREAM_TIMEOUT="1s")
     try:
-        assert content_of(stream_via(proxy.url, body, certificate[0])) == ""
+        assert content_of(stream_via(proxy.url, body, certificate[0], None)) == ""  # open mode: loopback
     finally:
         proxy.stop()
         quiet.stop()
@@ -133,7 +144,9 @@ def test_static_files_come_from_nginx(nginx: Nginx, gateway: Gateway, certificat
     assert page.status_code == 200 and "Content-Security-Policy" in page.headers
 
 
-def test_client_address_reaches_the_app(nginx: Nginx, gateway: Gateway, certificate: tuple[Path, Path]) -> None:
+def test_client_address_reaches_the_app(
+    nginx: Nginx, gateway: Gateway, certificate: tuple[Path, Path], key: str
+) -> None:
     # Connect from another loopback address than nginx's own (127.0.0.1) to tell them apart in the log.
     connection = http.client.HTTPSConnection(
         "127.0.0.1",
@@ -147,12 +160,35 @@ def test_client_address_reaches_the_app(nginx: Nginx, gateway: Gateway, certific
             "POST",
             "/api/chat",
             json.dumps(chat({"tokens": 2})),
-            {"Accept": "text/event-stream", "Content-Type": "application/json"},
+            {"Accept": "text/event-stream", "Content-Type": "application/json", "Authorization": f"Bearer {key}"},
         )
         assert connection.getresponse().read()
     finally:
         connection.close()
-    assert "client=127.0.0.5" in gateway.log
+    assert "client=user:ops addr=127.0.0.5" in gateway.log
+
+
+def test_login_cookie_is_secure_and_hsts_set_behind_tls(nginx: Nginx, key: str, certificate: tuple[Path, Path]) -> None:
+    browser, ca = requests.Session(), str(certificate[0])
+    form = browser.get(nginx.url + "/login", verify=ca, timeout=5)
+    assert form.status_code == 200 and "max-age=" in form.headers["Strict-Transport-Security"]
+    token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    login = browser.post(
+        nginx.url + "/login",
+        data={"name": "ops", "password": PASSWORD, "csrf_token": token},
+        headers={"Origin": nginx.url},
+        allow_redirects=False,
+        verify=ca,
+        timeout=10,
+    )
+    assert login.status_code == 302 and login.headers["Location"] == "/"
+    cookie = login.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie  # TLS seen via nginx
+    page = browser.get(nginx.url + "/", verify=ca, timeout=5)
+    assert page.status_code == 200 and "ops" in page.text
+    for header in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options"):
+        assert header in page.headers
+    assert requests.get(nginx.url + "/api/tags", verify=ca, timeout=5).status_code == 401
 
 
 def test_body_limit_matches_the_app(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
@@ -231,8 +267,8 @@ def failed(report: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["fix"] for c in report["checks"] if not c["ok"]}
 
 
-def test_doctor_passes_a_good_setup(nginx: Nginx, sim: SimProcess, certificate: tuple[Path, Path]) -> None:
-    code, report = doctor(sim.url, "--url", nginx.url, "--ca", str(certificate[0]))
+def test_doctor_passes_a_good_setup(nginx: Nginx, sim: SimProcess, certificate: tuple[Path, Path], key: str) -> None:
+    code, report = doctor(sim.url, "--url", nginx.url, "--ca", str(certificate[0]), "--key", key)
     assert (code, failed(report)) == (0, {})
     names = [c["name"] for c in report["checks"]]
     assert "tokens arrive one by one" in names and f"time to first token, through {nginx.url}" in names
@@ -248,12 +284,13 @@ def break_streaming(site: str) -> str:
 
 
 def test_doctor_names_a_buffering_proxy(
-    gateway: Gateway, sim: SimProcess, certificate: tuple[Path, Path], tmp_path: Path
+    gateway: Gateway, sim: SimProcess, certificate: tuple[Path, Path], tmp_path: Path, key: str
 ) -> None:
     buffering = Nginx(tmp_path / "nginx", gateway.port, *certificate, edit=break_streaming)
     try:
+        site = str(buffering.site_path)
         code, report = doctor(
-            sim.url, "--url", buffering.url, "--ca", str(certificate[0]), "--nginx-site", str(buffering.site_path)
+            sim.url, "--url", buffering.url, "--ca", str(certificate[0]), "--nginx-site", site, "--key", key
         )
     finally:
         buffering.stop()

@@ -270,9 +270,10 @@ def test_native_error_status_and_error_line_pass_through(gateway: Gateway) -> No
 
 
 def test_browser_host_and_origin_never_reach_ollama(gateway: Gateway, sim: SimProcess) -> None:
-    headers = {**SSE, "Origin": "https://chat.example.com", "Referer": "https://chat.example.com/"}
+    # What the page's own request carries (its origin, as the browser sends it), plus a cookie.
+    headers = {**SSE, "Origin": gateway.url, "Referer": gateway.url + "/c/1", "Cookie": "clawweb=x"}
     _, received = stream_with_headers(gateway, chat({"tokens": 2}), headers)
-    assert content_of(received) == "".join(answer_tokens(2))  # the simulator 403s a foreign Origin
+    assert content_of(received) == "".join(answer_tokens(2))  # the simulator 403s any Origin, as Ollama does
     sent = {k.lower() for k in sim.stats()["last_headers"]}
     assert "origin" not in sent and "referer" not in sent and "cookie" not in sent
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,8 +67,8 @@ def test_model_defaults_and_unknown_fields_pass_through() -> None:
 
 
 def test_num_ctx_is_clamped_other_options_kept() -> None:
-    body = validate_chat({"messages": USER, "options": {"num_ctx": 10**9, "temperature": 0.2, "x": 1}}, SETTINGS)
-    assert body["options"] == {"num_ctx": 4096, "temperature": 0.2, "x": 1}
+    body = validate_chat({"messages": USER, "options": {"num_ctx": 10**9, "temperature": 0.2, "seed": 7}}, SETTINGS)
+    assert body["options"] == {"num_ctx": 4096, "temperature": 0.2, "seed": 7}
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,14 @@ def test_num_ctx_is_clamped_other_options_kept() -> None:
         ({"messages": USER, "options": {"num_predict": 1.5}}, 400, "'options.num_predict'"),
         ({"messages": USER, "options": {"temperature": True}}, 400, "'options.temperature' must be a number"),
         ({"messages": USER, "options": {"stop": "\n"}}, 400, "'options.stop' must be a list of strings"),
-        ({"messages": USER, "options": {"use_mmap": 1}}, 400, "'options.use_mmap' must be a boolean"),
+        ({"messages": USER, "options": {"use_mmap": True}}, 400, "'options.use_mmap' is not an option"),
+        ({"messages": USER, "options": {"num_gpu": 0}}, 400, "'options.num_gpu' is not an option"),
+        ({"messages": USER, "options": {"x": 1}}, 400, "'options.x' is not an option"),
+        ({"messages": USER, "options": {"temperature": 1e9}}, 400, "'options.temperature' must be between 0 and 100"),
+        ({"messages": USER, "options": {"num_predict": 10**12}}, 400, "'options.num_predict' must be between"),
+        ({"messages": USER, "options": {"top_p": float("nan")}}, 400, "'options.top_p' must be between 0 and 1"),
+        ({"messages": USER, "options": {"stop": ["x"] * 17}}, 400, "'options.stop' must be at most 16 strings"),
+        ({"messages": USER, "options": {"stop": ["x" * 201]}}, 400, "at most 200 characters"),
     ],
 )
 def test_invalid_chat_bodies(body: dict[str, Any], status: int, fragment: str) -> None:
@@ -172,3 +181,9 @@ def test_split_thinking(content: str, expected: tuple[str, str]) -> None:
     from clawweb.generations import split_thinking
 
     assert split_thinking(content) == expected
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for field in dataclasses.fields(Settings):
+        assert f"| `CLAWWEB_{field.name.upper()}` |" in readme, field.name

@@ -1,0 +1,267 @@
+"""Who is asking: a session cookie for the page, an API key (``Authorization: Bearer``) for programs.
+
+Every request passes ``_identify`` first. With accounts on (``Settings.auth_required``) a request without valid
+credentials gets 401 (API) or a redirect to the login page; in open mode everyone is the anonymous local user.
+State-changing requests are refused when a browser says they come from another site, and cookie-authenticated
+ones must also carry the session's CSRF token (``X-CSRF-Token`` header, or a form field for the login forms).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.wrappers import Response as BaseResponse
+
+from . import accounts
+from .config import Settings, get_settings
+from .errors import ApiError
+from .i18n import LANG_TAGS, language, strings
+from .limits import SlidingWindow
+from .storage import Store
+
+log = logging.getLogger("gunicorn.error")
+bp = Blueprint("auth", __name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_form", "health.healthz", "health.readyz"})
+LOGIN_WINDOW_S = 15 * 60
+KEY_TOUCH_EVERY_S = 60  # resolution of a key's "last used" time
+ADDRESS_FACTOR = 5  # an office behind one NAT address shares it: the address gets more attempts than a name
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: int | None  # None: open mode, no accounts
+    name: str
+    via: str  # session | key | open
+
+
+OPEN = Identity(None, "", "open")
+
+
+def identity() -> Identity:
+    """Who sent the current request (set for every request that got past ``_identify``)."""
+    return cast(Identity, g.identity)
+
+
+def owner() -> int | None:
+    """The user id that owns what this request creates or sees; None in open mode."""
+    return identity().user_id
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+class _Sessions(SecureCookieSessionInterface):
+    """The cookie is ``Secure`` whenever the request came over TLS (directly, or per a trusted proxy)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure
+
+
+def _secret_key(settings: Settings) -> str:
+    """``CLAWWEB_SECRET_KEY``, else the key file, created 0600 on first start (atomically: workers race)."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.secret_key_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))
+    log.info("created the session key in %s", path)
+    return path.read_text().strip()
+
+
+def _store() -> Store:
+    return cast(Store, current_app.extensions["clawweb.store"])
+
+
+def _wants_page() -> bool:
+    if request.path.startswith(("/api/", "/v1/")) or request.path == "/metrics":
+        return False
+    return request.accept_mimetypes.best_match(["text/html", "application/json"]) != "application/json"
+
+
+def _from_key(header: str) -> Identity:
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "the Authorization header must be 'Bearer <API key>'", {"WWW-Authenticate": "Bearer"})
+    row = accounts.user_for_key(_store(), key.strip())
+    if row["last_used_at"] is None or time.time() - row["last_used_at"] > KEY_TOUCH_EVERY_S:
+        _store().touch_key(row["id"])  # not on every request: a write before each stream would cost latency
+    return Identity(row["user_id"], row["user_name"], "key")
+
+
+def _from_session() -> Identity | None:
+    if "uid" not in session:
+        return None
+    user = _store().user(user_id=session["uid"])
+    if user is None or user["disabled"] or not accounts.stamp_matches(user, session.get("stamp")):
+        session.clear()  # password changed, user disabled or deleted: this session is over
+        return None
+    return Identity(user["id"], user["name"], "session")
+
+
+def _cross_site() -> bool:
+    """What the browser says about where the request comes from; programs send neither header."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    # Hostnames only: nginx passes $host, which has no port.
+    return origin == "null" or urlsplit(origin).hostname != urlsplit("//" + request.host).hostname
+
+
+def _check_csrf(who: Identity) -> None:
+    if request.method in SAFE_METHODS:
+        return
+    if _cross_site():
+        raise ApiError(403, "cross-site request refused")
+    if who.via != "session" and request.endpoint != "auth.login":
+        return  # API keys are not sent by browsers on their own; open mode has no authority in its cookie
+    sent = request.headers.get("X-CSRF-Token")
+    if sent is None and request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        sent = request.form.get("csrf_token")
+    expected = session.get("csrf")
+    if not (isinstance(sent, str) and isinstance(expected, str) and hmac.compare_digest(sent, expected)):
+        raise ApiError(403, "missing or wrong CSRF token; reload the page")
+
+
+def _identify() -> BaseResponse | None:
+    settings = get_settings()
+    if request.endpoint == "static":
+        return None  # the page's own files: public, and no database lookup for each of them
+    header = request.headers.get("Authorization")
+    who = _from_key(header) if header else _from_session()
+    if who is None and not settings.auth_required:
+        who = OPEN
+    if who is None and request.endpoint not in PUBLIC_ENDPOINTS and not _local_metrics():
+        if _wants_page():  # back to the page after the login; a form post cannot be replayed, so not to that
+            back = request.full_path.rstrip("?") if request.method == "GET" else None
+            return redirect(url_for("auth.login_form", next=back))
+        message = "log in, or send an API key as 'Authorization: Bearer <key>'"
+        raise ApiError(401, message, {"WWW-Authenticate": "Bearer"})
+    g.identity = who or OPEN
+    _check_csrf(g.identity)
+    return None
+
+
+def _local_metrics() -> bool:
+    """Prometheus on this machine scrapes without a key; from elsewhere ``/metrics`` needs one."""
+    return request.endpoint == "metrics.exposition" and request.remote_addr in ("127.0.0.1", "::1")
+
+
+# --- login and logout -----------------------------------------------------------------------------------------
+
+
+def _login_page(error: str = "", status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    lang = language()
+    html = render_template(
+        "login.html",
+        error=error,
+        next=_safe_next(request.values.get("next")),
+        name=request.form.get("name", ""),
+        lang_tag=LANG_TAGS[lang],
+        t=strings(lang),
+    )
+    return Response(html, status, headers, content_type="text/html; charset=utf-8")
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: ``//evil.example`` or ``https://...`` would make the login an open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _throttles() -> tuple[SlidingWindow, SlidingWindow]:
+    """Failed logins per user name, and per address."""
+    return cast(tuple[SlidingWindow, SlidingWindow], current_app.extensions["clawweb.login_throttle"])
+
+
+@bp.get("/login")
+def login_form() -> BaseResponse:
+    if not get_settings().auth_required:
+        return redirect("/")
+    return _login_page()
+
+
+@bp.post("/login")
+def login() -> BaseResponse:
+    if not get_settings().auth_required:
+        return redirect("/")
+    t = strings(language())
+    name, password = request.form.get("name", ""), request.form.get("password", "")
+    pairs = tuple(zip(_throttles(), (name.strip().lower(), str(request.remote_addr)), strict=True))
+    wait = max(window.retry_after(key) for window, key in pairs)
+    if wait:
+        return _login_page(t["login_throttled"].format(s=wait), 429, {"Retry-After": str(wait)})
+    user = accounts.authenticate(_store(), name, password)
+    if user is None:
+        for window, key in pairs:
+            window.hit(key)
+        log.warning("login failed from %s", request.remote_addr)  # never the name tried, nor the password
+        return _login_page(t["login_failed"], 401)
+    pairs[0][0].clear(pairs[0][1])
+    session.clear()  # a fresh session (and CSRF token): nothing from before the login carries over
+    session.update(uid=user["id"], stamp=accounts.session_stamp(user), csrf=secrets.token_urlsafe(32))
+    session.permanent = True
+    log.info("login user=%s from %s", user["name"], request.remote_addr)
+    return redirect(_safe_next(request.form.get("next")))
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    session.clear()
+    return redirect(url_for("auth.login_form") if get_settings().auth_required else "/")
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.secret_key = _secret_key(settings)
+    app.session_interface = _Sessions()
+    app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_NAME="clawweb")
+    app.extensions["clawweb.login_throttle"] = (
+        SlidingWindow(settings.login_attempts, LOGIN_WINDOW_S),
+        SlidingWindow(settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
+    )
+    app.before_request(_identify)
+    app.context_processor(lambda: {"csrf_token": csrf_token})
+    if settings.auth_required:
+        log.info("accounts required: log in on the page, or send an API key (clawweb users / clawweb keys)")
+    elif settings.trusted_proxies:
+        log.warning("open mode behind a proxy (CLAWWEB_AUTH=off): the proxy must authenticate every user")
+    else:
+        log.warning(
+            "open mode: no accounts; anyone who can connect to %s may use the gateway (CLAWWEB_AUTH=required "
+            "turns accounts on)",
+            settings.bind,
+        )

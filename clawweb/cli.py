@@ -1,0 +1,149 @@
+"""``clawweb`` (``python -m clawweb``): the operator's command line.
+
+``doctor`` and ``warmup`` talk to Ollama and the gateway; ``users`` and ``keys`` manage accounts in the
+database named by ``CLAWWEB_DB`` (run them as the service's user, with its environment file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import accounts
+from .config import ConfigError, Settings, load_settings
+from .doctor import Doctor, warmup
+from .storage import Store
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clawweb", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    doctor = commands.add_parser("doctor", help="check that answers really stream, and say what to fix")
+    doctor.add_argument("--url", help="the gateway (or nginx in front of it) to test, e.g. https://chat.example.com")
+    doctor.add_argument("--nginx-site", help="nginx site file to check for timeouts")
+    doctor.add_argument("--ca", help="CA bundle for --url (a self-signed certificate)")
+    doctor.add_argument("--key", default=os.environ.get("CLAWWEB_API_KEY"), help="API key for --url (accounts on)")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    warm = commands.add_parser("warmup", help="load the default model into Ollama")
+    warm.add_argument("--wait", type=float, default=0, help="seconds to wait for Ollama to come up")
+
+    users = commands.add_parser("users", help="local accounts").add_subparsers(dest="action", required=True)
+    for action, text in (("add", "create a user"), ("passwd", "set a new password (ends the user's sessions)")):
+        sub = users.add_parser(action, help=text)
+        sub.add_argument("name")
+        sub.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for action, text in (("disable", "refuse logins and keys, end sessions"), ("enable", "allow again")):
+        users.add_parser(action, help=text).add_argument("name")
+    users.add_parser("list", help="every user")
+
+    keys = commands.add_parser("keys", help="API keys for programs").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="a new key for a user, shown once")
+    create.add_argument("user")
+    create.add_argument("--name", default="", help="what the key is for")
+    keys.add_parser("revoke", help="stop a key from working").add_argument("id", type=int)
+    keys.add_parser("list", help="every key (never the key itself)")
+    return parser
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _user(store: Store, name: str) -> dict[str, Any]:
+    user = store.user(name=name)
+    if user is None:
+        raise ValueError(f"no user '{name}'")
+    return user
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
+def _users(store: Store, args: argparse.Namespace) -> None:
+    if args.action == "add":
+        name = accounts.check_name(args.name)
+        if store.user(name=name) is not None:
+            raise ValueError(f"user '{name}' exists; 'clawweb users passwd {name}' sets a new password")
+        store.add_user(name, accounts.hash_password(_password(args.password_stdin)))
+        print(f"added user {name}")
+    elif args.action == "passwd":
+        user = _user(store, args.name)
+        store.update_user(user["id"], password_hash=accounts.hash_password(_password(args.password_stdin)))
+        print(f"new password for {args.name}; their other sessions have ended")
+    elif args.action in ("disable", "enable"):
+        store.update_user(_user(store, args.name)["id"], disabled=int(args.action == "disable"))
+        print(f"{args.action}d {args.name}")
+    else:
+        for user in store.users():
+            state = "disabled" if user["disabled"] else "active"
+            print(f"{user['name']:<24} {state:<9} created {_when(user['created_at'])}")
+
+
+def _keys(store: Store, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        key, row = accounts.create_key(store, _user(store, args.user)["id"], args.name)
+        print(f"key {row['id']} for {args.user} (shown only now; store it safely):\n{key}")
+    elif args.action == "revoke":
+        if not store.revoke_key(args.id):
+            raise ValueError(f"no live key with id {args.id}")
+        print(f"revoked key {args.id}")
+    else:
+        for entry in store.keys():
+            state = "revoked " + _when(entry["revoked_at"]) if entry["revoked_at"] else "live"
+            print(
+                f"{entry['id']:>4} {entry['prefix']}… {entry['user_name']:<16} {entry['name'] or '-':<20} "
+                f"created {_when(entry['created_at'])}  last used {_when(entry['last_used_at'])}  {state}"
+            )
+
+
+def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    run = Doctor(settings.ollama_url, settings.default_model, settings.heartbeat_s, args.ca or True, args.key)
+    run.ollama()
+    if args.url:
+        run.gateway(args.url)
+    if args.nginx_site:
+        run.proxy_timeouts(Path(args.nginx_site))
+    ok = all(check.ok for check in run.checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [asdict(check) for check in run.checks]}, indent=2))
+    else:
+        for check in run.checks:
+            print(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.figure}")
+            if check.fix:
+                print(f"      fix: {check.fix}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        print(f"clawweb: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "warmup":
+        return warmup(settings.ollama_url, settings.default_model, args.wait)
+    if args.command == "doctor":
+        return _doctor(settings, args)
+    store = Store(settings.db)
+    try:
+        (_users if args.command == "users" else _keys)(store, args)
+    except ValueError as exc:
+        print(f"clawweb: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
