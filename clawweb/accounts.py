@@ -62,7 +62,7 @@ def session_stamp(user: dict[str, Any]) -> str:
 
 
 def stamp_matches(user: dict[str, Any], stamp: object) -> bool:
-    return isinstance(stamp, str) and hmac.compare_digest(session_stamp(user), stamp)
+    return isinstance(stamp, str) and stamp.isascii() and hmac.compare_digest(session_stamp(user), stamp)
 
 
 def key_digest(key: str) -> str:

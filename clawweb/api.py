@@ -20,7 +20,7 @@ from .limits import SlidingWindow
 from .metrics import StreamStats
 from .relay import Relay, native_response, sse_response
 from .upstream import get_client, model_key
-from .validation import parse_json_object, validate_chat
+from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("gunicorn.error")
@@ -76,7 +76,7 @@ def admit(body: dict[str, Any]) -> Relay:
 @bp.post("/api/chat")
 def chat() -> Response:
     settings = get_settings()
-    body = validate_chat(parse_json_object(request.get_data(cache=False)), settings)
+    body = validate_chat(parse_json_object(request_body(settings.max_body_bytes)), settings)
     relay = admit(body)
     if _wants_sse():
         body["stream"] = True  # SSE is a stream whatever the body said

@@ -152,8 +152,13 @@ def _check_csrf(who: Identity) -> None:
     if sent is None and request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         sent = request.form.get("csrf_token")
     expected = session.get("csrf")
-    if not (isinstance(sent, str) and isinstance(expected, str) and hmac.compare_digest(sent, expected)):
+    if not (isinstance(sent, str) and isinstance(expected, str) and _same(sent, expected)):
         raise ApiError(403, "missing or wrong CSRF token; reload the page")
+
+
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time, as bytes: ``compare_digest`` refuses non-ASCII str, and a forged token may hold anything."""
+    return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
 
 
 def _identify() -> BaseResponse | None:

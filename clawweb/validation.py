@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
 from .config import Settings
 from .errors import ApiError
 
@@ -42,6 +45,7 @@ OPTIONS: dict[str, tuple[str, float, float]] = {
     "stop": (_STRINGS, 0, 16),  # at most 16 stop strings
 }
 MAX_STOP_CHARS = 200
+MAX_DEPTH = 64  # a chat request with tools and their JSON schemas nests about 10 deep
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -57,12 +61,42 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise ApiError(400, f"request body has a value clawweb cannot read: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    _check_values(body)
     return body
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """Refuse what JSON allows but nothing downstream can take: nesting deeper than any real request (it would
+    overflow the stack when encoded again for Ollama) and unpaired UTF-16 surrogates (``"\\ud800"``: not
+    text, so neither the database nor Ollama accepts it). Iterative, so depth costs no stack."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "request body holds an unpaired UTF-16 surrogate (not text)") from None
+
+
+def request_body(limit: int) -> bytes:
+    """The request body. A chunked one (no Content-Length) longer than ``limit`` is a 413 like any other:
+    werkzeug stops reading it at the limit without a word, which would pass its first part on as the body."""
+    data = request.get_data(cache=False)
+    if request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return data
 
 
 def _has_type(value: Any, kind: str) -> bool:
@@ -109,7 +143,7 @@ def validate_messages(messages: Any, settings: Settings) -> None:
         if not isinstance(message, dict):
             raise ApiError(400, f"'messages[{i}]' must be an object")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise ApiError(400, f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}")
         content = message.get("content")
         if not isinstance(content, str):
@@ -135,7 +169,7 @@ def validate_chat(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise ApiError(400, "'stream' must be true or false")
     think = body.get("think")
-    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+    if think is not None and not isinstance(think, bool) and not (isinstance(think, str) and think in THINK_LEVELS):
         raise ApiError(400, '\'think\' must be true, false, "low", "medium" or "high"')
     keep_alive = body.get("keep_alive")
     if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int | float)):
