@@ -20,8 +20,14 @@ except ConfigError as exc:
 bind = _settings.bind
 # gevent: each stream is a greenlet waiting on sockets, so one process holds thousands of them.
 worker_class = "gevent"
-# One worker: generations and their event logs live in process memory (several need shared storage).
+# One worker holds thousands of streams. Several need Redis: generations, their event logs (for resuming on any
+# worker), stop requests and the admission queue must be shared, else a reconnect to another worker loses all.
 workers = int(os.environ.get("CLAWWEB_WORKERS", "1"))
+if workers > 1 and not _settings.redis_url:
+    sys.exit(
+        f"clawweb: CLAWWEB_WORKERS={workers} needs CLAWWEB_REDIS_URL (shared state for resuming streams, stopping "
+        "answers and the admission queue across workers); set it, or run one worker"
+    )
 if workers > 1:
     # Metrics from every worker: prometheus_client keeps per-process files here and /metrics sums them.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="clawweb-metrics-"))

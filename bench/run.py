@@ -32,11 +32,19 @@ import gevent.pool  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Gateway, Nginx, ServerProcess, free_port, self_signed_certificate  # noqa: E402
+from tests.servers import (  # noqa: E402
+    Gateway,
+    Nginx,
+    RedisServer,
+    ServerProcess,
+    free_port,
+    self_signed_certificate,
+)
 from tests.simproc import SimProcess  # noqa: E402
 from tests.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+LOG_STREAMS = 100  # answers followed at once through the chat API's event log
 
 
 @dataclass
@@ -86,6 +94,36 @@ def run_stream(
                 stream.arrivals.append(now)
                 stream.latencies.append(now_wall - created_at(line))
     except (OSError, http.client.HTTPException):
+        pass
+    finally:
+        conn.close()
+    return stream
+
+
+def run_generation(port: int, tokens: int, limit_s: float = 600) -> Stream:
+    """The chat page's path: a conversation, a message, then its answer followed as SSE (the event log)."""
+    stream = Stream()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=limit_s)
+    headers = {"Content-Type": "application/json"}
+    try:
+        stream.sent = time.monotonic()
+        conn.request("POST", "/api/conversations", "{}", headers)
+        conversation = json.loads(conn.getresponse().read())
+        content = "hello\n#sim " + json.dumps({"tokens": tokens})
+        body = json.dumps({"content": content, "think": False})
+        conn.request("POST", f"/api/conversations/{conversation['id']}/messages", body, headers)
+        generation = json.loads(conn.getresponse().read())["generation"]
+        conn.request("GET", generation["events_url"], headers={"Accept": "text/event-stream"})
+        response = conn.getresponse()
+        while line := response.readline():
+            if line.startswith(b"event: done"):
+                stream.done = True
+                break
+            if line.startswith(b"data: ") and b'"created_at"' in line:
+                now_wall, now = time.time(), time.monotonic()
+                stream.arrivals.append(now)
+                stream.latencies.append(now_wall - created_at(line))
+    except (OSError, http.client.HTTPException, ValueError, KeyError):
         pass
     finally:
         conn.close()
@@ -335,9 +373,59 @@ def main() -> None:
         "heartbeats_reached": reached,
     }
     relay.stop()
+
+    # --- 4. The chat page's answers through the event log: in memory, and in Redis (CLAWWEB_REDIS_URL) -------
+    redis_server = RedisServer(work / "redis")
+    redis_pid = redis_server.proc.pid
+    log_rows, by_mode = [], {}
+    for mode, extra in (("in memory", {}), ("Redis", {"redis_url": redis_server.url})):
+        gateway.stop()
+        gateway = start_gateway(work / f"gw-{len(by_mode)}.log", sim.url, **extra)
+        worker = children(gateway.proc.pid)[0]
+        before = cpu_seconds(worker), cpu_seconds(redis_pid)
+        pool = gevent.pool.Pool(LOG_STREAMS)
+        jobs = [pool.spawn(run_generation, gateway.port, 200) for _ in range(LOG_STREAMS)]
+        gevent.joinall(jobs)
+        result = summarize([job.value for job in jobs])
+        tokens = result["tokens"] or float("nan")
+        result["cpu_s_per_1k_tokens"] = (cpu_seconds(worker) - before[0]) / tokens * 1000
+        result["redis_cpu_s_per_1k_tokens"] = (cpu_seconds(redis_pid) - before[1]) / tokens * 1000
+        by_mode[mode] = result
+        base = by_mode["in memory"]
+        log_rows.append(
+            [
+                mode,
+                f"{result['latency_p50_ms']:.2f}",
+                f"{result['latency_p99_ms']:.2f}",
+                f"{result['latency_p99_ms'] - base['latency_p99_ms']:+.2f}",
+                f"{result['cpu_s_per_1k_tokens'] * 1000:.1f}",
+                f"{result['redis_cpu_s_per_1k_tokens'] * 1000:.1f}",
+                f"{result['cpu_s_per_1k_tokens'] / base['cpu_s_per_1k_tokens']:.2f}×",
+                f"{result['completed_pct']:.1f}%",
+            ]
+        )
+    out.append(
+        table(
+            f"Chat answers through the event log: {LOG_STREAMS} at once, 200 tokens at 38 tokens/s",
+            [
+                "event log",
+                "latency p50 ms",
+                "latency p99 ms",
+                "p99 vs memory",
+                "worker CPU ms / 1k tokens",
+                "redis-server CPU ms / 1k",
+                "worker CPU vs memory",
+                "completed",
+            ],
+            log_rows,
+        )
+    )
+    report["event_log"] = by_mode
+    gateway.stop()
+    redis_server.stop()
     sim.stop()
 
-    # --- 4. Rendering: the chat page in Chromium while a 4000-token answer streams at 100 tokens/s ----------
+    # --- 5. Rendering: the chat page in Chromium while a 4000-token answer streams at 100 tokens/s ----------
     # A separate process: Playwright's sync API does not run under this process's gevent monkey-patching.
     rendered = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "render.py"), "--screenshot", str(work / "render.png")],

@@ -23,7 +23,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from . import admission, api, auth, conversations, errors, health, metrics, pages, upstream
+    from . import admission, api, auth, conversations, errors, health, metrics, openai_api, pages, shared, upstream
     from .config import load_settings
 
     settings = load_settings(os.environ, test_config)
@@ -36,12 +36,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     errors.init_app(app)
     upstream.init_app(app, settings)
+    shared.init_app(app, settings.redis_url)
     admission.init_app(app, settings)
     api.init_app(app, settings)
     conversations.init_app(app, settings)
     auth.init_app(app, settings)
     pages.init_app(app)
-    for blueprint in (api.bp, auth.bp, conversations.bp, health.bp, metrics.bp, pages.bp):
+    for blueprint in (api.bp, auth.bp, conversations.bp, health.bp, metrics.bp, openai_api.bp, pages.bp):
         app.register_blueprint(blueprint)
     logging.getLogger("gunicorn.error").info(
         "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url

@@ -6,9 +6,10 @@ Everything runs in one gevent hub, so plain attributes need no locks: nothing he
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter, deque
-from typing import cast
+from typing import Protocol, cast
 
 import gevent.event
 from flask import Flask, current_app
@@ -27,10 +28,30 @@ class Refused(ApiError):
         REFUSALS.labels(reason).inc()
 
 
+def client_limit(max_per_client: int) -> Refused:
+    return Refused(
+        429,
+        "client_limit",
+        f"too many requests from this client at once ({max_per_client}, CLAWWEB_MAX_ACTIVE_PER_CLIENT); "
+        "wait for one to finish",
+        RETRY_AFTER_CLIENT_S,
+    )
+
+
+def queue_full(max_active: int, max_queue: int) -> Refused:
+    return Refused(
+        503,
+        "queue_full",
+        f"the gateway is at capacity ({max_active} answering, {max_queue} waiting); retry later",
+        RETRY_AFTER_BUSY_S,
+    )
+
+
 class Ticket:
     """One request's place: ``position`` 0 means admitted (upstream slot held)."""
 
     def __init__(self, client: str) -> None:
+        self.id = secrets.token_hex(8)
         self.client = client
         self.position = 0
         self.created = time.monotonic()
@@ -62,23 +83,12 @@ class Admission:
     def enter(self, client: str) -> Ticket:
         """Take a slot or a place in the queue, or raise ``Refused`` (before any stream starts)."""
         if self._per_client[client] >= self.max_per_client:
-            raise Refused(
-                429,
-                "client_limit",
-                f"too many requests from this client at once ({self.max_per_client}, "
-                "CLAWWEB_MAX_ACTIVE_PER_CLIENT); wait for one to finish",
-                RETRY_AFTER_CLIENT_S,
-            )
+            raise client_limit(self.max_per_client)
         ticket = Ticket(client)
         if self.active < self.max_active and not self._queue:
             self._admit(ticket)
         elif len(self._queue) >= self.max_queue:
-            raise Refused(
-                503,
-                "queue_full",
-                f"the gateway is at capacity ({self.max_active} answering, {self.max_queue} waiting); retry later",
-                RETRY_AFTER_BUSY_S,
-            )
+            raise queue_full(self.max_active, self.max_queue)
         else:
             self._queue.append(ticket)
             ticket.position = len(self._queue)
@@ -126,11 +136,32 @@ class Admission:
                 ticket.changed.set()
 
 
+class Slots(Protocol):
+    """What the relay needs from admission: ``Admission`` here, ``RedisAdmission`` across workers and hosts."""
+
+    max_active: int
+
+    @property
+    def active(self) -> int: ...
+
+    def enter(self, client: str) -> Ticket: ...
+
+    def release(self, ticket: Ticket) -> None: ...
+
+    def wait(self, ticket: Ticket, timeout: float) -> bool: ...
+
+
 def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["clawweb.admission"] = Admission(
-        settings.max_active, settings.max_queue, settings.max_active_per_client
-    )
+    limits = (settings.max_active, settings.max_queue, settings.max_active_per_client)
+    if "clawweb.redis" in app.extensions:
+        from .admission_redis import RedisAdmission
+
+        app.extensions["clawweb.admission"] = RedisAdmission(
+            app.extensions["clawweb.redis"], app.extensions["clawweb.bus"], *limits
+        )
+    else:
+        app.extensions["clawweb.admission"] = Admission(*limits)
 
 
-def get_admission() -> Admission:
-    return cast(Admission, current_app.extensions["clawweb.admission"])
+def get_admission() -> Slots:
+    return cast(Slots, current_app.extensions["clawweb.admission"])

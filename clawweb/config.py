@@ -31,6 +31,27 @@ def _url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+def _urls(raw: str) -> str:
+    """One Ollama URL, or several separated by commas (``clawweb.hosts`` spreads requests over them). Kept as
+    one normalized string, so code that only needs to name the upstream still can."""
+    parts = [part for part in raw.split(",") if part.strip()] or [raw]
+    urls = []
+    for part in parts:
+        try:
+            urls.append(_url(part))
+        except ValueError as exc:
+            raise ValueError(f"{part.strip()}: {exc}" if len(parts) > 1 else str(exc)) from None
+    if len(set(urls)) < len(urls):
+        raise ValueError("names the same URL twice")
+    return ",".join(urls)
+
+
+def _redis_url(raw: str) -> str:
+    if raw.strip() and urlsplit(raw.strip()).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis:// (or rediss://, unix://) URL such as redis://127.0.0.1:6379/0")
+    return raw.strip()
+
+
 def _bind(raw: str) -> str:
     raw = raw.strip()
     if raw.startswith("unix:"):
@@ -112,7 +133,7 @@ def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
 class Settings:
     """Every knob of the gateway. The README's configuration table lists the same names and defaults."""
 
-    ollama_url: str = _setting("http://127.0.0.1:11434", _url, "Ollama base URL")
+    ollama_url: str = _setting("http://127.0.0.1:11434", _urls, "Ollama base URL, or several separated by commas")
     bind: str = _setting("127.0.0.1:8080", _bind, "gunicorn listen address")
     default_model: str = _setting("qwen3:32b", _text, "model used when a request names none")
     heartbeat_s: float = _setting(15.0, _positive_float, "SSE comment when upstream was silent this long")
@@ -143,6 +164,7 @@ class Settings:
     rate_per_minute: int = _setting(30, _positive_int, "answers one user may start per minute (429 beyond)")
     login_attempts: int = _setting(5, _positive_int, "failed logins per user name in 15 min (5x per address)")
     log_content: bool = _setting(False, _flag, "1: log message text (never passwords or keys)")
+    redis_url: str = _setting("", _redis_url, "Redis for state shared by workers and hosts (empty: in memory)")
 
     @property
     def auth_required(self) -> bool:

@@ -11,10 +11,11 @@ from .api import admit
 from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError
-from .generations import Generation, Generations
+from .eventlog import START, valid_cursor
+from .generations import AnyGeneration, Generations
 from .relay import streaming_response
 from .storage import Store
-from .validation import parse_json_object, validate_chat
+from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 
@@ -26,7 +27,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     store = Store(settings.db)
     app.extensions["clawweb.store"] = store
     app.extensions["clawweb.generations"] = Generations(
-        store, settings.generation_ttl_s, settings.cancel_without_readers_s
+        store,
+        settings.generation_ttl_s,
+        settings.cancel_without_readers_s,
+        app.extensions.get("clawweb.redis"),
+        app.extensions.get("clawweb.bus"),
     )
 
 
@@ -39,7 +44,7 @@ def get_generations() -> Generations:
 
 
 def _body() -> dict[str, Any]:
-    raw = request.get_data(cache=False)
+    raw = request_body(get_settings().max_body_bytes)
     return parse_json_object(raw) if raw.strip() else {}
 
 
@@ -72,7 +77,7 @@ def _conversation_or_404(conversation_id: str, with_messages: bool = False) -> d
     return conversation
 
 
-def _generation_or_404(generation_id: str) -> Generation:
+def _generation_or_404(generation_id: str) -> AnyGeneration:
     generation = get_generations().get(generation_id)
     if generation is None or generation.owner != owner():
         raise ApiError(404, f"no generation '{generation_id}' (finished answers are kept for a few minutes)")
@@ -129,7 +134,7 @@ def _answer_options(body: dict[str, Any]) -> dict[str, Any]:
 
 def _start(
     conversation: dict[str, Any], new_user_message: str | None, knobs: dict[str, Any], replace: int | None = None
-) -> tuple[dict[str, Any] | None, Generation]:
+) -> tuple[dict[str, Any] | None, AnyGeneration]:
     """Check everything (body limits, model, admission) before changing anything, then start the generation.
 
     ``replace``: the id of the answer a regeneration replaces; deleted only once the new one is admitted.
@@ -192,11 +197,10 @@ def show_generation(generation_id: str) -> Response:
 @bp.get("/generations/<generation_id>/events")
 def follow_generation(generation_id: str) -> Response:
     generation = _generation_or_404(generation_id)
-    raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    if not raw.isdigit():
-        raise ApiError(400, "'Last-Event-ID' / 'after' must be an event id (a non-negative integer)")
-    after = int(raw)
-    if generation.finished and after >= generation.last_event_id:
+    after = request.headers.get("Last-Event-ID") or request.args.get("after") or START
+    if not valid_cursor(after):
+        raise ApiError(400, "'Last-Event-ID' / 'after' must be an event id such as 12 or 1732700000000-0")
+    if generation.log.caught_up(after):
         return Response(status=204)  # nothing more, ever: 204 tells EventSource to stop reconnecting
     return streaming_response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
 

@@ -49,6 +49,12 @@ def _measure(response: requests.Response, started: float, is_token: Callable[[by
     return Timing(times[0] - started, times[-1] - times[0], len(times))
 
 
+def _split(ollama_url: str) -> list[str]:
+    """The hosts of a (normalized) ``CLAWWEB_OLLAMA_URL``. Not ``hosts.split_urls``: that module pulls in gevent
+    and prometheus_client, which a command line tool has no use for."""
+    return ollama_url.split(",")
+
+
 def _chat_body(model: str) -> dict[str, Any]:
     return {
         "model": model,
@@ -63,48 +69,62 @@ class Doctor:
     def __init__(
         self, ollama_url: str, model: str, heartbeat_s: float, verify: bool | str = True, key: str | None = None
     ) -> None:
-        self.ollama_url, self.model, self.heartbeat_s, self.verify = ollama_url, model, heartbeat_s, verify
+        """``ollama_url``: ``CLAWWEB_OLLAMA_URL`` as it is, one URL or several separated by commas."""
+        self.ollama_urls, self.model, self.heartbeat_s, self.verify = _split(ollama_url), model, heartbeat_s, verify
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.checks: list[Check] = []
-        self.direct: Timing | None = None
+        self.direct: Timing | None = None  # the fastest host's, the floor the gateway is compared with
 
     def check(self, name: str, ok: bool, figure: str, fix: str = "") -> bool:
         self.checks.append(Check(name, ok, figure, "" if ok else fix))
         return ok
 
     def ollama(self) -> None:
+        """Every Ollama host in turn: each must answer, since the gateway sends requests to any of them. With
+        several, a host without the model is fine (requests for it go to the others) unless none has it."""
+        several = len(self.ollama_urls) > 1
+        present = [self._ollama(url, f" at {url}" if several else "", several) for url in self.ollama_urls]
+        if several and not any(present):
+            self.check("model present", False, f"{self.model} on none of the hosts", f"ollama pull {self.model}")
+
+    def _ollama(self, url: str, at: str, several: bool) -> bool:
+        """True when the host has the model."""
         try:
             started = time.monotonic()
-            version = requests.get(self.ollama_url + "/api/version", timeout=5).json()["version"]
+            version = requests.get(url + "/api/version", timeout=5).json()["version"]
         except (requests.RequestException, ValueError, KeyError) as exc:
             self.check(
-                "ollama reachable",
+                "ollama reachable" + at,
                 False,
-                f"{self.ollama_url}: {type(exc).__name__}",
+                f"{url}: {type(exc).__name__}",
                 "start Ollama (systemctl start ollama) or set CLAWWEB_OLLAMA_URL",
             )
-            return
+            return False
         self.check(
-            "ollama reachable",
+            "ollama reachable" + at,
             True,
-            f"{self.ollama_url}, version {version}, {(time.monotonic() - started) * 1000:.0f} ms",
+            f"{url}, version {version}, {(time.monotonic() - started) * 1000:.0f} ms",
         )
-        names = {m.get("name") for m in requests.get(self.ollama_url + "/api/tags", timeout=5).json()["models"]}
-        if not self.check("model present", self.model in names, self.model, f"ollama pull {self.model}"):
-            return
+        names = {m.get("name") for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
+        if several and self.model not in names:
+            self.check("model present" + at, True, f"{self.model} is not on this host: it goes to the others")
+            return False
+        if not self.check("model present" + at, self.model in names, self.model, f"ollama pull {self.model}"):
+            return False
         started = time.monotonic()
-        with requests.post(
-            self.ollama_url + "/api/chat", json=_chat_body(self.model), stream=True, timeout=(5, 600)
-        ) as response:
-            self.direct = _measure(response, started, lambda line: b'"done":false' in line)
-        self.check("time to first token, direct", True, f"{self.direct.ttft_s * 1000:.0f} ms")
-        loaded = {m.get("name") for m in requests.get(self.ollama_url + "/api/ps", timeout=5).json()["models"]}
+        with requests.post(url + "/api/chat", json=_chat_body(self.model), stream=True, timeout=(5, 600)) as response:
+            direct = _measure(response, started, lambda line: b'"done":false' in line)
+        if self.direct is None or direct.ttft_s < self.direct.ttft_s:
+            self.direct = direct
+        self.check("time to first token, direct" + at, True, f"{direct.ttft_s * 1000:.0f} ms")
+        loaded = {m.get("name") for m in requests.get(url + "/api/ps", timeout=5).json()["models"]}
         self.check(
-            "model loaded",
+            "model loaded" + at,
             self.model in loaded,
             "in GPU memory" if self.model in loaded else "not loaded",
             "python -m clawweb warmup (and OLLAMA_KEEP_ALIVE=24h) so users do not wait for a load",
         )
+        return True
 
     def gateway(self, url: str) -> None:
         started = time.monotonic()
@@ -192,15 +212,26 @@ class Doctor:
 
 
 def warmup(ollama_url: str, model: str, wait_s: float) -> int:
-    """Load ``model`` into Ollama (an empty generate request), retrying while Ollama starts."""
+    """Load ``model`` into every Ollama host (an empty generate request each), retrying while Ollama starts.
+
+    Every host: the gateway prefers a host where the model is loaded, so one left cold would get no traffic."""
+    urls = _split(ollama_url)
     deadline = time.monotonic() + wait_s
+    statuses = [_warmup(url, model, deadline, wait_s, f"{url}: " if len(urls) > 1 else "") for url in urls]
+    # With several hosts a 404 only means the model lives on the others, which the gateway sends it to.
+    fine = {200, 404} if len(urls) > 1 else {200}
+    return 0 if 200 in statuses and all(status in fine for status in statuses) else 1
+
+
+def _warmup(url: str, model: str, deadline: float, wait_s: float, prefix: str) -> int:
+    """Ollama's status for the load request, 0 when it did not answer."""
     while True:
         try:
-            response = requests.post(ollama_url + "/api/generate", json={"model": model}, timeout=(5, 900))
-            print(f"warmup: {model}: HTTP {response.status_code} {response.text.strip()[:200]}")
-            return 0 if response.status_code == 200 else 1
+            response = requests.post(url + "/api/generate", json={"model": model}, timeout=(5, 900))
+            print(f"warmup: {prefix}{model}: HTTP {response.status_code} {response.text.strip()[:200]}")
+            return response.status_code
         except requests.ConnectionError:
             if time.monotonic() >= deadline:
-                print(f"warmup: Ollama at {ollama_url} did not answer within {wait_s:g} s", file=sys.stderr)
-                return 1
+                print(f"warmup: Ollama at {url} did not answer within {wait_s:g} s", file=sys.stderr)
+                return 0
             time.sleep(2)

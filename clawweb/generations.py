@@ -1,9 +1,13 @@
-"""Generations: one answer, run in its own greenlet into an in-memory event log that readers follow.
+"""Generations: one answer, run in its own greenlet into an event log that readers follow.
 
 The answer does not belong to a connection. Any number of readers (tabs, devices) follow the log; a reader
-that reconnects with ``Last-Event-ID`` (or ``?after=N``) gets exactly the events it missed. When the last reader
+that reconnects with ``Last-Event-ID`` (or ``?after=``) gets exactly the events it missed. When the last reader
 leaves, the answer still finishes and is stored (or is cancelled after ``CLAWWEB_CANCEL_WITHOUT_READERS_S``).
 Finished logs stay for ``CLAWWEB_GENERATION_TTL_S`` so late readers get the end, then they are freed.
+
+In one process the log is in memory. With ``CLAWWEB_REDIS_URL`` it is a Redis Stream and the generation's state
+a Redis hash, so any worker or host can follow it (``RemoteGeneration``) or stop it (a published message to the
+process that runs it).
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import gevent
-import gevent.event
+import redis
 
 from . import sse
+from .eventlog import FINAL_EVENTS, EventLog, MemoryLog
+from .redislog import Flusher, RedisLog
 from .relay import Queued, Relay
+from .shared import PREFIX, Bus
 from .storage import Store
 from .stream import CLOSED_EARLY, Failure
 
@@ -39,9 +46,27 @@ def split_thinking(content: str) -> tuple[str, str]:
     return thinking.strip(), answer.lstrip() if closed else ""
 
 
+def sse_follow(log: EventLog, after: str, heartbeat_s: float) -> Iterator[bytes]:
+    """SSE for one reader: every event after ``after``, then live ones; ends after the final event."""
+    yield b"retry: %d\n" % RETRY_MS + sse.OPENING
+    for entry in log.follow(after, heartbeat_s):
+        if entry is None:
+            yield sse.HEARTBEAT
+        else:
+            entry_id, event, data = entry
+            yield sse.frame(data, event=event, id=entry_id)
+
+
 class Generation:
+    """An answer running in this process."""
+
     def __init__(
-        self, conversation_id: str, owner: int | None, message_id: int, relay: Relay, store: Store, on_finish: Any
+        self,
+        registry: Generations,
+        conversation_id: str,
+        owner: int | None,
+        message_id: int,
+        relay: Relay,
     ) -> None:
         self.id = secrets.token_hex(8)
         self.conversation_id = conversation_id
@@ -49,33 +74,19 @@ class Generation:
         self.message_id = message_id
         self.status = "queued"  # queued | streaming | done | stopped | error
         self.finished = False
-        self.readers = 0
-        self._log: list[tuple[str, bytes]] = []  # (event type, data); the SSE id of entry i is i + 1
-        self._tick = gevent.event.Event()  # replaced on every append; readers wait on the current one
+        self._registry = registry
+        self.log = registry.new_log(self.id)
         self._relay = relay
-        self._store = store
-        self._on_finish = on_finish
         self._finalizing = False
+        registry.publish(self)
         self._greenlet = gevent.spawn(self._run)
 
     @property
-    def last_event_id(self) -> int:
-        return len(self._log)
+    def last_event_id(self) -> str:
+        return self.log.last_id
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "conversation_id": self.conversation_id,
-            "message_id": self.message_id,
-            "status": self.status,
-            "last_event_id": self.last_event_id,
-            "events_url": f"/api/generations/{self.id}/events",
-        }
-
-    def _append(self, event: str, data: bytes) -> None:
-        self._log.append((event, data))
-        tick, self._tick = self._tick, gevent.event.Event()
-        tick.set()
+        return _summary(self.id, self.conversation_id, self.message_id, self.status, self.last_event_id)
 
     def _run(self) -> None:
         content: list[str] = []
@@ -89,13 +100,16 @@ class Generation:
                     if chunk.get("done"):
                         final, status, error = chunk, "done", ""
                         continue
-                    self.status = "streaming"
+                    if self.status != "streaming":
+                        self.status = "streaming"
+                        self._registry.publish(self)
                     message = chunk.get("message") or {}
                     content.append(message.get("content") or "")
                     thinking.append(message.get("thinking") or "")
-                    self._append("token", event)
+                    self.log.append("token", event)
                 elif isinstance(event, Queued):
-                    self._append("queued", json.dumps({"position": event.position, "active": event.active}).encode())
+                    position = {"position": event.position, "active": event.active}
+                    self.log.append("queued", json.dumps(position).encode())
                 elif isinstance(event, Failure):
                     error = event.message
         except Stopped:
@@ -114,7 +128,7 @@ class Generation:
         rate = stats.tokens_per_s()
         if final.get("eval_count") and final.get("eval_duration"):
             rate = final["eval_count"] / final["eval_duration"] * 1e9
-        message = self._store.finish_message(
+        message = self._registry.store.finish_message(
             self.message_id,
             content=content,
             thinking=thinking,
@@ -128,9 +142,9 @@ class Generation:
         payload: dict[str, Any] = {"message": message}
         if status == "error":
             payload["error"] = error
-        self._append(status, json.dumps(payload).encode())
+        self.log.append(status, json.dumps(payload).encode())
         self.finished = True
-        self._on_finish(self)
+        self._registry.finished(self)
 
     def stop(self) -> None:
         """Stop the answer now: the upstream request is closed and the partial answer stored as stopped."""
@@ -140,53 +154,139 @@ class Generation:
     def join(self, timeout: float | None = None) -> None:
         self._greenlet.join(timeout)
 
-    def follow(self, after: int, heartbeat_s: float) -> Iterator[bytes]:
-        """SSE for one reader: every event after id ``after``, then live ones; ends after the final event."""
-        self.readers += 1
-        try:
-            yield b"retry: %d\n" % RETRY_MS + sse.OPENING
-            sent = after
-            while True:
-                while sent < len(self._log):
-                    event, data = self._log[sent]
-                    sent += 1
-                    yield sse.frame(data, event=event, id=sent)
-                if self.finished:
-                    return
-                if not self._tick.wait(heartbeat_s) and sent == len(self._log):
-                    yield sse.HEARTBEAT
-        finally:
-            self.readers -= 1
+    def follow(self, after: str, heartbeat_s: float) -> Iterator[bytes]:
+        return self._registry.counted(self.id, sse_follow(self.log, after, heartbeat_s))
+
+
+class RemoteGeneration:
+    """An answer another worker or host runs, seen through Redis."""
+
+    def __init__(self, registry: Generations, generation_id: str, state: dict[bytes, bytes]) -> None:
+        self.id = generation_id
+        self.conversation_id = state[b"conversation_id"].decode()
+        self.owner = int(state[b"owner"]) if state[b"owner"] else None
+        self.message_id = int(state[b"message_id"])
+        self.status = state[b"status"].decode()
+        self.finished = self.status in FINAL_EVENTS
+        self._registry = registry
+        self.log = registry.new_log(generation_id, writer=False)
+
+    @property
+    def last_event_id(self) -> str:
+        return self.log.last_id
+
+    def summary(self) -> dict[str, Any]:
+        return _summary(self.id, self.conversation_id, self.message_id, self.status, self.last_event_id)
+
+    def follow(self, after: str, heartbeat_s: float) -> Iterator[bytes]:
+        return self._registry.counted(self.id, sse_follow(self.log, after, heartbeat_s))
+
+    def stop(self) -> None:
+        """Ask the process that runs it to stop it, and wait (a few seconds at most) until it has."""
+        self._registry.bus().publish("stop", self.id)
+        deadline = time.monotonic() + 5
+        while not self.finished and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+            seen = self._registry.get(self.id)
+            self.status, self.finished = (seen.status, seen.finished) if seen else ("stopped", True)
+
+
+def _summary(generation_id: str, conversation_id: str, message_id: int, status: str, last: str) -> dict[str, Any]:
+    return {
+        "id": generation_id,
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "status": status,
+        "last_event_id": last,
+        "events_url": f"/api/generations/{generation_id}/events",
+    }
+
+
+AnyGeneration = Generation | RemoteGeneration
 
 
 class Generations:
-    """The live generations of this process, and the finished ones until their log expires."""
+    """The generations this process runs (and the finished ones until their log expires); with Redis, also
+    those of every other process."""
 
-    def __init__(self, store: Store, ttl_s: float, cancel_without_readers_s: float) -> None:
-        self._store = store
+    LIVE_TTL_S = 6 * 3600  # Redis state of a running answer outlives any answer; a crash leaves no garbage
+
+    def __init__(
+        self, store: Store, ttl_s: float, cancel_without_readers_s: float, client: redis.Redis | None, bus: Bus | None
+    ) -> None:
+        self.store = store
         self._ttl_s = ttl_s
         self._cancel_without_readers_s = cancel_without_readers_s
+        self._redis = client
+        self._bus = bus
+        self._flusher = Flusher(client) if client is not None else None
         self._by_id: dict[str, Generation] = {}
+        self._readers: dict[str, int] = {}
         self._expiry: deque[tuple[float, str]] = deque()
+        if bus is not None:
+            bus.subscribe("stop", self._stop_requested)
 
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def bus(self) -> Bus:
+        assert self._bus is not None
+        return self._bus
+
+    def new_log(self, generation_id: str, writer: bool = True) -> EventLog:
+        if self._redis is None:
+            return MemoryLog()
+        key = f"{PREFIX}gen:{generation_id}:log"
+        return RedisLog(self._redis, key, self._ttl_s, self._flusher if writer else None)
+
     def start(self, conversation_id: str, owner: int | None, message_id: int, relay: Relay) -> Generation:
-        generation = Generation(conversation_id, owner, message_id, relay, self._store, self._finished)
+        if self._bus is not None:
+            self._bus.start()
+        generation = Generation(self, conversation_id, owner, message_id, relay)
         self._by_id[generation.id] = generation
         if self._cancel_without_readers_s:
             gevent.spawn(self._cancel_if_unread, generation)
         return generation
 
-    def get(self, generation_id: str) -> Generation | None:
+    def get(self, generation_id: str) -> AnyGeneration | None:
         self.sweep()
-        return self._by_id.get(generation_id)
+        local = self._by_id.get(generation_id)
+        if local is not None or self._redis is None:
+            return local
+        state: Any = self._redis.hgetall(f"{PREFIX}gen:{generation_id}")
+        return RemoteGeneration(self, generation_id, state) if state else None
 
-    def running_for(self, conversation_id: str) -> Generation | None:
-        return next((g for g in self._by_id.values() if g.conversation_id == conversation_id and not g.finished), None)
+    def running_for(self, conversation_id: str) -> AnyGeneration | None:
+        local = next((g for g in self._by_id.values() if g.conversation_id == conversation_id and not g.finished), None)
+        if local is not None or self._redis is None:
+            return local
+        running: Any = self._redis.get(f"{PREFIX}conv:{conversation_id}:running")
+        found = self.get(running.decode()) if running else None
+        return found if found is not None and not found.finished else None
 
-    def _finished(self, generation: Generation) -> None:
+    def publish(self, generation: Generation) -> None:
+        """Make the generation's state visible to the other processes (with Redis; else nothing to do)."""
+        if self._redis is None:
+            return
+        ttl = self._ttl_s if generation.finished else self.LIVE_TTL_S
+        key, running = f"{PREFIX}gen:{generation.id}", f"{PREFIX}conv:{generation.conversation_id}:running"
+        pipe = self._redis.pipeline()
+        state = {
+            "conversation_id": generation.conversation_id,
+            "owner": "" if generation.owner is None else str(generation.owner),
+            "message_id": str(generation.message_id),
+            "status": generation.status,
+        }
+        pipe.hset(key, mapping=cast(Any, state))
+        pipe.expire(key, int(ttl) + 1)
+        if generation.finished:
+            pipe.delete(running)
+        else:
+            pipe.set(running, generation.id, ex=self.LIVE_TTL_S)
+        pipe.execute()
+
+    def finished(self, generation: Generation) -> None:
+        self.publish(generation)
         self._expiry.append((time.monotonic() + self._ttl_s, generation.id))
         self.sweep()
 
@@ -196,12 +296,37 @@ class Generations:
         while self._expiry and self._expiry[0][0] <= now:
             self._by_id.pop(self._expiry.popleft()[1], None)
 
+    def counted(self, generation_id: str, frames: Iterator[bytes]) -> Iterator[bytes]:
+        """``frames``, while counting the reader (in Redis, so that readers on other processes count too)."""
+        self._reading(generation_id, 1)
+        try:
+            yield from frames
+        finally:
+            self._reading(generation_id, -1)
+
+    def _reading(self, generation_id: str, change: int) -> None:
+        if self._redis is not None:
+            self._redis.hincrby(f"{PREFIX}gen:{generation_id}", "readers", change)
+        self._readers[generation_id] = self._readers.get(generation_id, 0) + change
+        if not self._readers[generation_id]:
+            del self._readers[generation_id]
+
+    def readers(self, generation_id: str) -> int:
+        if self._redis is not None:
+            return int(self._redis.hget(f"{PREFIX}gen:{generation_id}", "readers") or 0)
+        return self._readers.get(generation_id, 0)
+
+    def _stop_requested(self, generation_id: str) -> None:
+        local = self._by_id.get(generation_id)
+        if local is not None:
+            gevent.spawn(local.stop)  # not in the subscriber: stopping waits for the answer to be stored
+
     def _cancel_if_unread(self, generation: Generation) -> None:
         """Opt-in: stop an answer nobody has read for ``cancel_without_readers_s`` (frees the GPU)."""
         unread_since = time.monotonic()
         while not generation.finished:
             gevent.sleep(min(1.0, self._cancel_without_readers_s))
-            if generation.readers:
+            if self.readers(generation.id):
                 unread_since = time.monotonic()
             elif time.monotonic() - unread_since >= self._cancel_without_readers_s:
                 generation.stop()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
 from .config import get_settings
-from .errors import ApiError, error_response
 from .upstream import get_client, model_key
 
 bp = Blueprint("health", __name__)
@@ -21,12 +22,21 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Ollama answers within ``READY_TIMEOUT_S`` and lists the default model (fresh, not the cached list)."""
-    settings = get_settings()
-    try:
-        names = get_client().fetch_models(READY_TIMEOUT_S)
-    except ApiError as exc:
-        return error_response(503, exc.message)
-    if model_key(settings.default_model) not in names:
-        return error_response(503, f"default model '{settings.default_model}' is not in Ollama's /api/tags")
-    return jsonify(status="ready", ollama=settings.ollama_url, model=settings.default_model)
+    """Some Ollama host answers within ``READY_TIMEOUT_S`` and lists the default model (a fresh check of every
+    host at once, which also refreshes what the gateway knows about them). ``hosts`` shows each one's state."""
+    settings, client = get_settings(), get_client()
+    client.check(READY_TIMEOUT_S)
+    hosts = [host.state(settings.default_model) for host in client.hosts]
+    up = [host for host in client.hosts if host.up]
+    if not up:
+        return _not_ready(client.unreachable_message(), hosts)
+    if not any(host.has(model_key(settings.default_model)) for host in up):
+        where = "Ollama's /api/tags" if len(client.hosts) == 1 else "the /api/tags of any Ollama host that answers"
+        return _not_ready(f"default model '{settings.default_model}' is not in {where}", hosts)
+    return jsonify(status="ready", ollama=settings.ollama_url, model=settings.default_model, hosts=hosts)
+
+
+def _not_ready(message: str, hosts: list[dict[str, Any]]) -> Response:
+    response = jsonify(error=message, hosts=hosts)
+    response.status_code = 503
+    return response

@@ -17,7 +17,7 @@ import requests
 from flask import Response
 
 from . import lifecycle, sse
-from .admission import RETRY_AFTER_BUSY_S, Admission, Ticket
+from .admission import RETRY_AFTER_BUSY_S, Slots, Ticket
 from .config import Settings
 from .errors import error_response
 from .metrics import StreamStats
@@ -38,7 +38,7 @@ class Relay:
         self,
         client: OllamaClient,
         body: dict[str, Any],
-        admission: Admission,
+        admission: Slots,
         ticket: Ticket,
         settings: Settings,
         stats: StreamStats,

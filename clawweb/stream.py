@@ -21,7 +21,7 @@ import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from . import lifecycle
-from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
+from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable, Opened
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class UpstreamStream:
 
     def __init__(self, client: OllamaClient, body: dict[str, Any], heartbeat_s: float) -> None:
         self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
-        self._response: requests.Response | None = None
+        self._opened: Opened | None = None  # the response, and the host it counts against until closed
         self._read_timeout_s = client.read_timeout_s
         self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
         self.first_failure: Failure | None = None
@@ -101,7 +101,10 @@ class UpstreamStream:
 
     def _read(self, client: OllamaClient, body: dict[str, Any]) -> None:
         try:
-            response = self._response = client.open_chat(body)
+            # With several hosts, open_chat tries the next one while nothing has reached the client yet; from the
+            # first token on, a failure is reported in-band below and never retried (the client has text already).
+            self._opened = client.open_chat(body)
+            response = self._opened.response
             if response.status_code != 200:
                 self._fail(_status_failure(response))
                 return
@@ -111,10 +114,8 @@ class UpstreamStream:
                     self._heard = True
                     self._queue.put(line)
             self._queue.put(ENDED)
-        except OllamaUnreachable as exc:
-            self._fail(Failure(exc.message, "unreachable", exc.status))
-        except OllamaTimeout as exc:
-            self._fail(Failure(exc.message, "timeout", exc.status))
+        except (OllamaUnreachable, OllamaTimeout) as exc:
+            self._fail(Failure(exc.message, exc.kind, exc.status))
         except requests.RequestException as exc:
             if _is_timeout(exc):
                 timeout = OllamaTimeout(self._read_timeout_s)  # the same message as a timeout before the headers
@@ -161,5 +162,5 @@ class UpstreamStream:
             # Let the reader consume the end of the chunked body so the connection goes back to the pool.
             self._greenlet.join(timeout=0.5)
         self._greenlet.kill(block=True, timeout=1)
-        if self._response is not None:
-            self._response.close()
+        if self._opened is not None:
+            self._opened.close()

@@ -6,8 +6,15 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 url=${CLAWWEB_OLLAMA_URL:-http://127.0.0.1:11434}
 
-if ! "$py" -c 'import sys, requests; requests.get(sys.argv[1] + "/api/version", timeout=2).raise_for_status()' \
-        "$url" 2>/dev/null; then
+# CLAWWEB_OLLAMA_URL may list several hosts (comma-separated): one that answers is enough.
+if ! "$py" -c 'import sys, requests
+for url in sys.argv[1].split(","):
+    try:
+        requests.get(url.strip().rstrip("/") + "/api/version", timeout=2).raise_for_status()
+        sys.exit(0)
+    except requests.RequestException:
+        pass
+sys.exit(1)' "$url" 2>/dev/null; then
     sim_port=${CLAWWEB_SIMULATOR_PORT:-11435}
     echo "clawweb: no Ollama answers at $url: using the built-in Ollama SIMULATOR on 127.0.0.1:$sim_port" \
          "(canned answers, not a real model)" >&2

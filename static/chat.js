@@ -255,11 +255,11 @@
       following.retryMs = RETRY_MIN_MS;
     };
     es.addEventListener("queued", (event) => {
-      following.lastId = Number(event.lastEventId);
+      following.lastId = event.lastEventId;
       showQueue(JSON.parse(event.data).position);
     });
     es.addEventListener("token", (event) => {
-      following.lastId = Number(event.lastEventId);
+      following.lastId = event.lastEventId;
       showQueue(null);
       const message = JSON.parse(event.data).message || {};
       following.view.add(message.content || "", message.thinking || "");
@@ -361,7 +361,7 @@
       beforeFollow();
       const article = messageArticle("assistant");
       article.dataset.id = started.generation.message_id;
-      follow(started.generation, new AnswerView(article), 0);
+      follow(started.generation, new AnswerView(article), "0");
     } catch (error) {
       queueEl.textContent = `${T.error}: ${error.message}`; // refused (429/503/409...): nothing was stored
       setBusy(false);
@@ -457,7 +457,7 @@
   const running = body.dataset.generation ? JSON.parse(body.dataset.generation) : null;
   if (running) {
     const article = messagesEl.querySelector(`.message[data-id="${running.message_id}"]`) || messageArticle("assistant");
-    follow(running, new AnswerView(article), 0); // replays the answer so far from the log, then live
+    follow(running, new AnswerView(article), "0"); // replays the answer so far from the log, then live
   } else {
     setConnection("idle");
   }

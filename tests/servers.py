@@ -12,7 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def require(program: str) -> str:
+    """The path of a program the test needs; missing, the test fails under CI=true and is skipped elsewhere."""
+    found = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
+    if found is None:
+        message = f"{program} is missing: `make test` installs it from Debian"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 class ServerProcess:
@@ -112,6 +135,23 @@ class Gateway(ServerProcess):
         """Create a user with an API key; returns the key."""
         self.cli("users", "add", name, "--password-stdin", stdin=password + "\n")
         return self.cli("keys", "create", name).split()[-1]
+
+
+class RedisServer(ServerProcess):
+    """Debian's redis-server on a free loopback port, in memory only (no RDB/AOF files)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        super().__init__([*argv, "--dir", str(directory)], directory / "redis.log")
+
+        def answers() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+
+        self.wait_until(answers)
 
 
 class CuttableProxy:

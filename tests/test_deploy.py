@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,21 +19,11 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway, Nginx, render_deploy, self_signed_certificate
+from .servers import ROOT, Gateway, Nginx, render_deploy, require, self_signed_certificate
 from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
 PASSWORD = "a deploy test password"
-
-
-def require(program: str) -> str:
-    found = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
-    if found is None:
-        message = f"{program} is missing: `make test` installs it from Debian"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture(scope="module")

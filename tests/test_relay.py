@@ -16,7 +16,7 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway, free_port
+from .servers import Gateway, free_port, wait_for
 from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
@@ -49,15 +49,6 @@ def fresh_counters(sim: SimProcess) -> None:
 def stream(gateway: Gateway, body: dict[str, Any]) -> tuple[requests.Response, list[Event]]:
     response = requests.post(gateway.url + "/api/chat", json=body, headers=SSE, stream=True, timeout=10)
     return response, list(events(response))
-
-
-def wait_for(predicate: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # --- the happy path ------------------------------------------------------------------------------------------

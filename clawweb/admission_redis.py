@@ -1,0 +1,182 @@
+"""Admission shared through Redis: the same limits as ``Admission``, over every worker and host.
+
+State (all under ``clawweb:adm:``): ``active`` (tickets holding a slot), ``queue`` (waiting tickets by arrival),
+``owner`` (ticket → client) and ``clients`` (client → tickets held), and ``leases``: every ticket's holder
+renews its lease, so the places of a worker that died free themselves within ``LEASE_S``. Each change is one
+Lua script, so two processes never both take the last slot. A release is published; processes wake their
+queued tickets, which ask for their new position (and take a slot when they may).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+import redis
+
+from .admission import Ticket, client_limit, queue_full
+from .metrics import ACTIVE, QUEUED
+from .shared import PREFIX, Bus
+
+LEASE_S = 30.0
+KEYS = [PREFIX + "adm:" + name for name in ("active", "queue", "owner", "clients", "leases", "seq")]
+
+# Drop the tickets whose lease ran out (their process died), then the command's own work.
+_PURGE = """
+local active, queue, owner, clients, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now = tonumber(ARGV[1])
+local function forget(ticket)
+  redis.call('ZREM', active, ticket); redis.call('ZREM', queue, ticket); redis.call('ZREM', leases, ticket)
+  local who = redis.call('HGET', owner, ticket)
+  if who then
+    redis.call('HDEL', owner, ticket)
+    if redis.call('HINCRBY', clients, who, -1) <= 0 then redis.call('HDEL', clients, who) end
+  end
+end
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do forget(dead) end
+"""
+# ARGV: now, ticket, client, lease deadline, max_active, max_queue, max_per_client.
+# Returns {position (0: admitted, -1: client limit, -2: queue full), active}.
+_ENTER = (
+    _PURGE
+    + """
+local ticket, who = ARGV[2], ARGV[3]
+if tonumber(redis.call('HGET', clients, who) or 0) >= tonumber(ARGV[7]) then
+  return {-1, redis.call('ZCARD', active)}
+end
+local position = 0
+if redis.call('ZCARD', active) < tonumber(ARGV[5]) and redis.call('ZCARD', queue) == 0 then
+  redis.call('ZADD', active, now, ticket)
+elseif redis.call('ZCARD', queue) >= tonumber(ARGV[6]) then
+  return {-2, redis.call('ZCARD', active)}
+else
+  redis.call('ZADD', queue, redis.call('INCR', seq), ticket)
+  position = redis.call('ZCARD', queue)
+end
+redis.call('ZADD', leases, ARGV[4], ticket)
+redis.call('HSET', owner, ticket, who)
+redis.call('HINCRBY', clients, who, 1)
+return {position, redis.call('ZCARD', active)}
+"""
+)
+# ARGV: now, ticket, lease deadline, max_active, client. The queue's first (free slots) tickets move to active.
+# Returns {position, active}; a ticket that was purged meanwhile (Redis lost it) queues again at the end.
+_POLL = (
+    _PURGE
+    + """
+local ticket = ARGV[2]
+if redis.call('ZSCORE', active, ticket) then
+  redis.call('ZADD', leases, ARGV[3], ticket)
+  return {0, redis.call('ZCARD', active)}
+end
+local rank = redis.call('ZRANK', queue, ticket)
+if not rank then
+  redis.call('ZADD', queue, redis.call('INCR', seq), ticket)
+  redis.call('HSET', owner, ticket, ARGV[5])
+  redis.call('HINCRBY', clients, ARGV[5], 1)
+  rank = redis.call('ZRANK', queue, ticket)
+end
+redis.call('ZADD', leases, ARGV[3], ticket)
+if rank < tonumber(ARGV[4]) - redis.call('ZCARD', active) then
+  redis.call('ZREM', queue, ticket)
+  redis.call('ZADD', active, now, ticket)
+  return {0, redis.call('ZCARD', active)}
+end
+return {rank + 1, redis.call('ZCARD', active)}
+"""
+)
+# ARGV: now, ticket.
+_RELEASE = (
+    _PURGE
+    + """
+forget(ARGV[2])
+return redis.call('ZCARD', active)
+"""
+)
+
+
+class RedisAdmission:
+    def __init__(self, client: redis.Redis, bus: Bus, max_active: int, max_queue: int, max_per_client: int) -> None:
+        self._redis = client
+        self._bus = bus
+        self.max_active = max_active
+        self.max_queue = max_queue
+        self.max_per_client = max_per_client
+        self._enter = client.register_script(_ENTER)
+        self._poll = client.register_script(_POLL)
+        self._release = client.register_script(_RELEASE)
+        self._mine: dict[str, Ticket] = {}  # this process's tickets: their leases to renew, to wake on a change
+        self._renewer: gevent.Greenlet[[], None] | None = None
+        bus.subscribe("admission", self._changed)
+
+    @property
+    def active(self) -> int:
+        return int(self._redis.zcard(KEYS[0]))
+
+    def enter(self, client: str) -> Ticket:
+        self._bus.start()
+        if self._renewer is None:
+            self._renewer = gevent.spawn(self._renew_leases)
+        ticket = Ticket(client)
+        position, _ = self._run(
+            self._enter, ticket.id, client, self._deadline(), self.max_active, self.max_queue, self.max_per_client
+        )
+        if position == -1:
+            raise client_limit(self.max_per_client)
+        if position == -2:
+            raise queue_full(self.max_active, self.max_queue)
+        self._set(ticket, position)
+        self._mine[ticket.id] = ticket
+        self._publish_gauges()
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        if self._mine.pop(ticket.id, None) is None:
+            return
+        ticket.position = -1
+        self._run(self._release, ticket.id)
+        self._bus.publish("admission", ticket.id)
+        self._publish_gauges()
+
+    def wait(self, ticket: Ticket, timeout: float) -> bool:
+        """Until a slot was released anywhere (True) or ``timeout`` passed (False); then the new position."""
+        changed = bool(ticket.changed.wait(timeout))
+        ticket.changed.clear()
+        position, _ = self._run(self._poll, ticket.id, self._deadline(), self.max_active, ticket.client)
+        self._set(ticket, position)
+        return changed
+
+    def _run(self, script: Any, *args: object) -> list[int]:
+        result = script(keys=KEYS, args=[time.time(), *args])
+        return [int(value) for value in result] if isinstance(result, list) else [int(result)]
+
+    def _set(self, ticket: Ticket, position: int) -> None:
+        if position == 0 and ticket.admitted_at is None:
+            ticket.admitted_at = time.monotonic()
+        ticket.position = position
+
+    def _changed(self, _: str) -> None:
+        for ticket in self._mine.values():
+            if not ticket.admitted:
+                ticket.changed.set()
+        self._publish_gauges()
+
+    @staticmethod
+    def _deadline() -> float:
+        return time.time() + LEASE_S
+
+    def _renew_leases(self) -> None:
+        while True:
+            gevent.sleep(LEASE_S / 3)
+            if self._mine:
+                try:
+                    self._redis.zadd(KEYS[4], {ticket: self._deadline() for ticket in self._mine}, xx=True)
+                except redis.RedisError:
+                    pass  # the next round tries again; a lost ticket re-queues itself when it polls
+
+    def _publish_gauges(self) -> None:
+        """This process's share, as for ``Admission`` (the multi-process gauges add them up)."""
+        admitted = sum(ticket.admitted for ticket in self._mine.values())
+        ACTIVE.set(admitted)
+        QUEUED.set(len(self._mine) - admitted)

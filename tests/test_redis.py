@@ -1,0 +1,179 @@
+"""Redis as the shared engine: two gateway processes (and two workers of one) on one real redis-server.
+
+A reader that reconnects to the other process resumes exactly; a stop sent to one process stops the answer
+the other runs; the admission limits hold across both; and without Redis, gunicorn refuses a second worker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from clawweb.simulator import answer_tokens
+
+from .servers import BIN, ROOT, Gateway, RedisServer, require
+from .simproc import SimProcess, chat, start_simulator
+from .sseclient import Event, content_of, events
+
+SSE = {"Accept": "text/event-stream"}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    require("redis-server")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    simulator = start_simulator("--ttft", "0.05", "--tps", "40")
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(
+    redis_server: RedisServer, sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Gateway]]:
+    """Two gateways, as on two hosts: one database file (as a shared volume would be), one Redis."""
+    directory = tmp_path_factory.mktemp("pair")
+    shared = {"redis_url": redis_server.url, "db": str(directory / "clawweb.db"), "heartbeat_s": 0.3}
+    limits = {"max_active": 1, "max_queue": 4, "max_active_per_client": 2, "trusted_proxies": 1, "auth": "off"}
+    gateways = [Gateway(directory / f"gw{i}.log", sim.url, **shared, **limits) for i in (1, 2)]
+    yield gateways
+    for gateway in gateways:
+        gateway.stop()
+        assert "Traceback" not in gateway.log, gateway.log
+
+
+def start_answer(gateway: Gateway, directive: dict[str, Any]) -> dict[str, Any]:
+    conversation = requests.post(gateway.url + "/api/conversations", json={}, timeout=5).json()
+    content = f"hello\n#sim {json.dumps(directive)}"
+    response = requests.post(
+        f"{gateway.url}/api/conversations/{conversation['id']}/messages",
+        json={"content": content, "think": False},
+        timeout=5,
+    )
+    assert response.status_code == 202, response.text
+    return dict(response.json()["generation"])
+
+
+def read_events(gateway: Gateway, generation: dict[str, Any], after: str | None, limit: int = 10_000) -> list[Event]:
+    headers = {"Last-Event-ID": after} if after else {}
+    received: list[Event] = []
+    with requests.get(gateway.url + generation["events_url"], headers=headers, stream=True, timeout=30) as response:
+        if response.status_code == 204:
+            return received
+        for event in events(response):
+            if event.data_lines:
+                received.append(event)
+                if len(received) >= limit or event.event in ("done", "stopped", "error"):
+                    break
+    return received
+
+
+def tokens_of(received: list[Event]) -> str:
+    return "".join(json.loads(e.data)["message"].get("content", "") for e in received if e.event == "token")
+
+
+def test_a_reader_resumes_exactly_on_the_other_process(pair: list[Gateway]) -> None:
+    first, second = pair
+    generation = start_answer(first, {"tokens": 40, "tps": 40})
+    head = read_events(first, generation, None, limit=10)
+    cursor = head[-1].id
+    assert cursor and "-" in cursor  # Redis stream entry ids
+    rest = read_events(second, generation, cursor)
+    assert rest[-1].event == "done"
+    ids = [e.id for e in head + rest]
+    assert len(ids) == len(set(ids))  # no duplicates
+    assert tokens_of(head + rest) == "".join(answer_tokens(40))  # no loss
+    summary = requests.get(f"{second.url}/api/generations/{generation['id']}", timeout=5).json()
+    assert summary["status"] == "done" and summary["last_event_id"] == rest[-1].id
+    finished = requests.get(second.url + generation["events_url"], headers={"Last-Event-ID": rest[-1].id}, timeout=5)
+    assert finished.status_code == 204  # nothing more, ever, wherever you ask
+
+
+def test_a_stop_sent_to_one_process_stops_the_answer_on_the_other(pair: list[Gateway], sim: SimProcess) -> None:
+    first, second = pair
+    sim.reset()
+    generation = start_answer(first, {"tokens": 400, "tps": 20})
+    head = read_events(second, generation, None, limit=3)  # it is streaming, seen from the other process
+    assert tokens_of(head)
+    stopped = requests.delete(f"{second.url}/api/generations/{generation['id']}", timeout=10)
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    deadline = time.monotonic() + 5
+    while sim.stats()["disconnects"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.stats()["disconnects"] == 1  # Ollama was told: the upstream request was closed
+    conversation = requests.get(f"{first.url}/api/conversations/{generation['conversation_id']}", timeout=5).json()
+    assert conversation["messages"][-1]["status"] == "stopped"
+
+
+def open_stream(gateway: Gateway, client: str, directive: dict[str, Any]) -> requests.Response:
+    headers = {**SSE, "X-Forwarded-For": client}
+    return requests.post(gateway.url + "/api/chat", json=chat(directive), headers=headers, stream=True, timeout=30)
+
+
+def test_admission_limits_hold_across_both_processes(pair: list[Gateway]) -> None:
+    first, second = pair
+    holder = open_stream(first, "10.9.0.1", {"tokens": 30, "tps": 30})  # the only slot (max_active=1)
+    holder_events = events(holder)
+    next(e for e in holder_events if e.data_lines)
+    waiter_result: list[Event] = []
+
+    def wait_on_second() -> None:
+        waiter_result.extend(events(open_stream(second, "10.9.0.2", {"tokens": 3})))
+
+    waiter = threading.Thread(target=wait_on_second)
+    waiter.start()
+    time.sleep(0.5)
+    queued = [json.loads(e.data) for e in waiter_result if e.event == "queued"]
+    assert queued and queued[0]["position"] == 1 and queued[0]["active"] == 1  # the other process's slot counts
+    list(holder_events)  # the holder finishes: its slot frees, the waiter on the other process gets it
+    waiter.join(30)
+    assert content_of(waiter_result) == "".join(answer_tokens(3))
+    # One client's limit (2) counts its streams on both processes.
+    mine = [open_stream(gateway, "10.9.0.3", {"tokens": 100, "tps": 10}) for gateway in pair]
+    third = requests.post(
+        second.url + "/api/chat", json=chat({"tokens": 2}), headers={**SSE, "X-Forwarded-For": "10.9.0.3"}
+    )
+    assert third.status_code == 429
+    for response in mine:
+        response.close()
+
+
+def test_two_workers_share_resume(redis_server: RedisServer, sim: SimProcess, tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path / "gw.log", sim.url, workers=2, redis_url=redis_server.url, heartbeat_s=0.3)
+    try:
+        generation = start_answer(gateway, {"tokens": 60, "tps": 60})
+        received: list[Event] = []
+        while not received or received[-1].event != "done":  # a new connection each time: either worker
+            received += read_events(gateway, generation, received[-1].id if received else None, limit=5)
+        assert tokens_of(received) == "".join(answer_tokens(60))
+        assert len({e.id for e in received}) == len(received)
+    finally:
+        gateway.stop()
+    assert gateway.log.count("Booting worker") == 2 and "Traceback" not in gateway.log
+
+
+def test_several_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env={"PATH": str(BIN), "CLAWWEB_WORKERS": "2", "CLAWWEB_DB": str(tmp_path / "db")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "CLAWWEB_WORKERS=2 needs CLAWWEB_REDIS_URL" in result.stderr
