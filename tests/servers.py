@@ -141,6 +141,7 @@ class RedisServer(ServerProcess):
     """Debian's redis-server on a free loopback port, in memory only (no RDB/AOF files)."""
 
     def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
