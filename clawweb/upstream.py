@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import gevent
 import requests
 from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
@@ -34,6 +35,7 @@ from .hosts import (
     each,
     merge_listings,
     model_key,
+    monkey_patched,
     names_in,
     rank,
     split_urls,
@@ -242,8 +244,16 @@ class OllamaClient:
         return frozenset().union(*(host.models or () for host in self.hosts if host.up))
 
     def require_model(self, name: str) -> None:
-        """404 when no host lists the model; 502 naming the hosts that list it when they are all down."""
+        """404 when no host lists the model; 502 naming the hosts that list it when they are all down.
+
+        A model that an up host listed at the last check passes at once, and a stale list is refreshed in the
+        background: the first request after ``CLAWWEB_TAGS_TTL_S`` must not wait for ``/api/tags``.
+        """
         self._start_checker()
+        if self._missing(name) is None and monkey_patched():
+            if time.monotonic() - self._checked_at >= self._tags_ttl and not self._refresh_lock.locked():
+                gevent.spawn(self._refresh, True)
+            return
         refreshed = self._refresh(only_if_stale=True)
         error = self._missing(name)
         if error is not None and error.status != 404 and not refreshed:
