@@ -33,6 +33,11 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
+def too_large_message() -> str:
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return f"request body is larger than the limit of {limit} bytes (CLAWWEB_MAX_BODY_BYTES)"
+
+
 def _handle_api_error(exc: ApiError) -> Response:
     return error_response(exc.status, exc.message, exc.headers)
 
@@ -43,8 +48,7 @@ def _handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     status = exc.code or 500
     message = exc.description or exc.name
     if status == 413:
-        limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        message = f"request body is larger than the limit of {limit} bytes (CLAWWEB_MAX_BODY_BYTES)"
+        message = too_large_message()
     headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
     return error_response(status, message, headers)
 

@@ -254,7 +254,7 @@ class Generations:
         if local is not None or self._redis is None:
             return local
         state: Any = self._redis.hgetall(f"{PREFIX}gen:{generation_id}")
-        return RemoteGeneration(self, generation_id, state) if state else None
+        return RemoteGeneration(self, generation_id, state) if b"conversation_id" in state else None
 
     def running_for(self, conversation_id: str) -> AnyGeneration | None:
         local = next((g for g in self._by_id.values() if g.conversation_id == conversation_id and not g.finished), None)
@@ -306,14 +306,18 @@ class Generations:
 
     def _reading(self, generation_id: str, change: int) -> None:
         if self._redis is not None:
-            self._redis.hincrby(f"{PREFIX}gen:{generation_id}", "readers", change)
+            key = f"{PREFIX}gen:{generation_id}:readers"  # its own key: a late reader must not recreate the state
+            pipe = self._redis.pipeline()
+            pipe.incrby(key, change)
+            pipe.expire(key, self.LIVE_TTL_S)
+            pipe.execute()
         self._readers[generation_id] = self._readers.get(generation_id, 0) + change
         if not self._readers[generation_id]:
             del self._readers[generation_id]
 
     def readers(self, generation_id: str) -> int:
         if self._redis is not None:
-            return int(self._redis.hget(f"{PREFIX}gen:{generation_id}", "readers") or 0)
+            return int(self._redis.get(f"{PREFIX}gen:{generation_id}:readers") or 0)
         return self._readers.get(generation_id, 0)
 
     def _stop_requested(self, generation_id: str) -> None:

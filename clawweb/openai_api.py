@@ -1,8 +1,8 @@
 """OpenAI-compatible routes (``/v1/models``, ``/v1/chat/completions``), translated by the gateway itself.
 
-Why not forward to Ollama's own ``/v1``: a request translated into an ``/api/chat`` body goes through the same
-validation, API keys, limits, admission queue and metrics as every other generation. Answers come back as
-OpenAI's ``chat.completion`` object or ``chat.completion.chunk`` SSE frames, and errors in OpenAI's
+Why not forward to Ollama's own ``/v1``: a request translated into an ``/api/chat`` body (openai_format.py) goes
+through the same validation, API keys, limits, admission queue and metrics as every other generation. Answers
+come back as OpenAI's ``chat.completion`` object or ``chat.completion.chunk`` SSE frames, and errors in OpenAI's
 ``{"error": {"message", "type", "param", "code"}}`` shape, from which the official clients pick their exceptions.
 """
 
@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,53 +22,14 @@ from . import sse
 from .admission import RETRY_AFTER_BUSY_S
 from .api import PASS_THROUGH_TIMEOUT_S, admit, allowed
 from .config import Settings, get_settings
-from .errors import ApiError
+from .errors import ApiError, too_large_message
+from .openai_format import DONE, Completion, OpenAIError, error_body, finish_reason, to_ollama
 from .relay import Queued, Relay, streaming_response
 from .stream import HEARTBEAT, Failure
 from .upstream import OllamaTimeout, get_client, model_key
-from .validation import parse_json_object, request_body, validate_chat, validate_options
+from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
-
-DONE = b"data: [DONE]\n\n"
-# OpenAI's error ``type`` and ``code`` by status (the clients choose their exception class by status alone).
-ERROR_KINDS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", None),
-    401: ("authentication_error", "invalid_api_key"),
-    403: ("permission_error", None),
-    404: ("invalid_request_error", "model_not_found"),
-    413: ("invalid_request_error", "request_too_large"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-}
-# OpenAI request field -> Ollama option; checked by the same ``validate_options`` as native requests.
-OPTIONS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "max_tokens": "num_predict",
-    "max_completion_tokens": "num_predict",  # the newer name wins when both are sent
-    "stop": "stop",
-}
-THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
-# Features with no Ollama counterpart here: refused rather than silently ignored, unless sent empty.
-UNSUPPORTED = (
-    "tools tool_choice functions function_call logprobs top_logprobs logit_bias audio prediction web_search_options"
-).split()
-
-
-class OpenAIError(ApiError):
-    """An ``ApiError`` that names the request field at fault (OpenAI's ``param``) and a machine-readable code."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(status, message)
-        self.param, self.code = param, code
-
-
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    kind, default_code = ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
-    return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
@@ -97,8 +55,7 @@ def _http_error(exc: HTTPException) -> Response:
     if status == 404:
         message, code = f"unknown URL {request.method} {request.path}", "unknown_url"
     elif status == 413:
-        limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        message = f"request body is larger than the limit of {limit} bytes (CLAWWEB_MAX_BODY_BYTES)"
+        message = too_large_message()
     headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
     return error_response(status, message, headers, code=code)
 
@@ -154,131 +111,7 @@ def model(name: str) -> Response:
     return jsonify(found[0])
 
 
-# --- request translation -------------------------------------------------------------------------------------
-
-
-def _content(content: Any, where: str) -> tuple[str, list[str]]:
-    """A message's text and base64 images: a string, or text and ``image_url`` (data: URL) parts."""
-    if content is None or isinstance(content, str):
-        return content or "", []
-    if not isinstance(content, list):
-        raise OpenAIError(400, f"'{where}' must be a string or a list of content parts", where)
-    texts: list[str] = []
-    images: list[str] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        url = (part.get("image_url") or {}).get("url") if kind == "image_url" else None
-        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
-            texts.append(part[kind])
-        elif isinstance(url, str) and re.match(r"data:image/[\w.+-]+;base64,", url):
-            images.append(url.split(",", 1)[1])
-        else:
-            message = "must be a text part, or an image_url part with a base64 data: URL (the gateway fetches nothing)"
-            raise OpenAIError(400, f"'{where}[{j}]' {message}", f"{where}[{j}]")
-    return "\n".join(texts), images
-
-
-def _messages(raw: Any) -> list[dict[str, Any]]:
-    if not isinstance(raw, list) or not raw:
-        raise OpenAIError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
-    messages = []
-    for i, message in enumerate(raw):
-        role = message.get("role") if isinstance(message, dict) else None
-        role = "system" if role == "developer" else role
-        if role not in ("system", "user", "assistant") or message.get("tool_calls"):
-            text = "must be system, developer, user or assistant (tool calling is not offered here)"
-            raise OpenAIError(400, f"'messages[{i}].role' {text}", f"messages[{i}].role")
-        content, images = _content(message.get("content"), f"messages[{i}].content")
-        messages.append({"role": role, "content": content, **({"images": images} if images else {})})
-    return messages
-
-
-def _options(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for name, key in OPTIONS.items():
-        value = raw.get(name)
-        if value is None:
-            continue
-        try:
-            options.update(validate_options({key: [value] if isinstance(value, str) else value}, settings))
-        except ApiError as exc:
-            raise OpenAIError(exc.status, exc.message.replace(f"'options.{key}'", f"'{name}'"), name) from None
-        if key == "num_predict" and options[key] < 1:
-            raise OpenAIError(400, f"'{name}' must be at least 1", name)
-    return options
-
-
-def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """An OpenAI chat request as an Ollama ``/api/chat`` body (still to pass ``validate_chat``)."""
-    for name in UNSUPPORTED:
-        if raw.get(name) not in (None, False, 0, "none", "auto", [], {}):
-            raise OpenAIError(400, f"'{name}' is not supported by this gateway", name)
-    if raw.get("n") not in (None, 1):
-        raise OpenAIError(400, "'n' must be 1: one answer per request", "n")
-    if not isinstance(raw.get("stream", False), bool | None):
-        raise OpenAIError(400, "'stream' must be true or false", "stream")
-    body: dict[str, Any] = {"messages": _messages(raw.get("messages")), "stream": bool(raw.get("stream"))}
-    if raw.get("model") is not None:
-        body["model"] = raw["model"]
-    if options := _options(raw, settings):
-        body["options"] = options
-    effort = raw.get("reasoning_effort")
-    if effort is not None:
-        if effort not in THINK:
-            raise OpenAIError(400, f"'reasoning_effort' must be one of {', '.join(THINK)}", "reasoning_effort")
-        body["think"] = THINK[effort]
-    form = raw.get("response_format") or {"type": "text"}
-    schema = (form.get("json_schema") or {}).get("schema") if isinstance(form, dict) else None
-    if isinstance(form, dict) and form.get("type") == "json_object":
-        body["format"] = "json"
-    elif isinstance(schema, dict) and form.get("type") == "json_schema":
-        body["format"] = schema
-    elif not isinstance(form, dict) or form.get("type") != "text":
-        message = "'response_format' must be text, json_object, or json_schema with a schema"
-        raise OpenAIError(400, message, "response_format")
-    return body
-
-
 # --- answers -------------------------------------------------------------------------------------------------
-
-
-def _finish_reason(final: dict[str, Any]) -> str:
-    return "length" if final.get("done_reason") == "length" else "stop"
-
-
-def _usage(final: dict[str, Any]) -> dict[str, int]:
-    """Ollama omits zero counters (``omitempty``), hence the defaults."""
-    prompt, completion = final.get("prompt_eval_count") or 0, final.get("eval_count") or 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-@dataclass
-class Completion:
-    """What every chunk of one answer repeats: its id, creation time and model."""
-
-    model: str
-    include_usage: bool = False
-    id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def _head(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        usage = {"usage": None} if self.include_usage else {}  # as OpenAI: null on all but the usage chunk
-        return sse.json_frame({**self._head("chat.completion.chunk"), "choices": [choice], **usage})
-
-    def usage_chunk(self, final: dict[str, Any]) -> bytes:
-        return sse.json_frame({**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(final)})
-
-    def whole(self, answer: dict[str, Any]) -> dict[str, Any]:
-        message = answer.get("message") or {}
-        reply = {"role": "assistant", "content": message.get("content") or ""}
-        if message.get("thinking"):
-            reply["reasoning_content"] = message["thinking"]
-        choice = {"index": 0, "message": reply, "logprobs": None, "finish_reason": _finish_reason(answer)}
-        return {**self._head("chat.completion"), "choices": [choice], "usage": _usage(answer)}
 
 
 def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
@@ -299,7 +132,7 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
                 if delta := {k: v for k, v in delta.items() if v}:
                     yield completion.chunk(delta)
                 if line.get("done") is True:
-                    yield completion.chunk({}, _finish_reason(line))
+                    yield completion.chunk({}, finish_reason(line))
                     if completion.include_usage:
                         yield completion.usage_chunk(line)
                     yield DONE

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from playwright.sync_api import Browser, expect
 
 from clawweb.simulator import answer_tokens
 
@@ -68,10 +69,15 @@ def start_answer(gateway: Gateway, directive: dict[str, Any]) -> dict[str, Any]:
     return dict(response.json()["generation"])
 
 
-def read_events(gateway: Gateway, generation: dict[str, Any], after: str | None, limit: int = 10_000) -> list[Event]:
-    headers = {"Last-Event-ID": after} if after else {}
+def read_events(
+    gateway: Gateway, generation: dict[str, Any], after: str | None, limit: int = 10_000, in_url: bool = False
+) -> list[Event]:
+    """Events after ``after``: sent as ``Last-Event-ID`` (an EventSource reconnecting), or ``in_url`` as ``?after=``
+    (the page opening a new EventSource after a reload)."""
+    headers = {"Last-Event-ID": after} if after and not in_url else {}
+    url = gateway.url + generation["events_url"] + (f"?after={after}" if after and in_url else "")
     received: list[Event] = []
-    with requests.get(gateway.url + generation["events_url"], headers=headers, stream=True, timeout=30) as response:
+    with requests.get(url, headers=headers, stream=True, timeout=30) as response:
         if response.status_code == 204:
             return received
         for event in events(response):
@@ -86,13 +92,14 @@ def tokens_of(received: list[Event]) -> str:
     return "".join(json.loads(e.data)["message"].get("content", "") for e in received if e.event == "token")
 
 
-def test_a_reader_resumes_exactly_on_the_other_process(pair: list[Gateway]) -> None:
+@pytest.mark.parametrize("in_url", [False, True], ids=["Last-Event-ID", "after"])
+def test_a_reader_resumes_exactly_on_the_other_process(pair: list[Gateway], in_url: bool) -> None:
     first, second = pair
     generation = start_answer(first, {"tokens": 40, "tps": 40})
     head = read_events(first, generation, None, limit=10)
     cursor = head[-1].id
     assert cursor and "-" in cursor  # Redis stream entry ids
-    rest = read_events(second, generation, cursor)
+    rest = read_events(second, generation, cursor, in_url=in_url)
     assert rest[-1].event == "done"
     ids = [e.id for e in head + rest]
     assert len(ids) == len(set(ids))  # no duplicates
@@ -177,3 +184,23 @@ def test_several_workers_without_redis_are_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "CLAWWEB_WORKERS=2 needs CLAWWEB_REDIS_URL" in result.stderr
+
+
+def test_the_page_continues_an_answer_on_the_other_host(browser: Browser, pair: list[Gateway]) -> None:
+    """A reader moves host mid-answer (a load balancer's choice): the page there picks the answer up from
+    Redis and ends with exactly the text, nothing repeated."""
+    first, second = pair
+    generation = start_answer(first, {"tokens": 60, "tps": 20})
+    context = browser.new_context(locale="en-US")
+    try:
+        page = context.new_page()
+        page.goto(f"{first.url}/c/{generation['conversation_id']}")
+        content = page.locator(".message.assistant").last.locator(".content")
+        expect(content).not_to_be_empty(timeout=5000)
+        page.goto(f"{second.url}/c/{generation['conversation_id']}")  # the same conversation, the other host
+        expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "done", timeout=20_000)
+        expected = "".join(answer_tokens(60))
+        assert content.get_attribute("data-streamed") == expected
+        assert content.get_attribute("data-raw") == expected
+    finally:
+        context.close()
