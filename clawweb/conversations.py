@@ -24,7 +24,7 @@ PAGE_DEFAULT, PAGE_MAX = 50, 200
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    store = Store(settings.db)
+    store = Store(settings.db, mark_interrupted=not settings.redis_url)
     app.extensions["clawweb.store"] = store
     app.extensions["clawweb.generations"] = Generations(
         store,

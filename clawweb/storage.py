@@ -7,10 +7,12 @@ One thread also means one connection and no locking of our own; WAL keeps reader
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -73,32 +75,47 @@ MIGRATIONS = [
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
 
 
+@contextmanager
+def _migration_lock(path: str) -> Iterator[None]:
+    """One migrator at a time: several workers start together on a new database (executescript commits any
+    open transaction, so SQLite's own locking cannot hold the read of user_version and the migration together)."""
+    if path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class Store:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, mark_interrupted: bool = True) -> None:
+        """``mark_interrupted``: answers left ``streaming`` by a dead process are marked as errors at start. Only
+        where this process is the only one: another worker's (or host's) answers may be streaming right now."""
         self._pool = ThreadPool(1)
         self._db: sqlite3.Connection | None = None
-        self._call(self._open, path)
+        self._call(self._open, path, mark_interrupted)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return cast(T, self._pool.apply(fn, args))
 
-    def _open(self, path: str) -> None:
+    def _open(self, path: str, mark_interrupted: bool) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions where needed
         db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 5000")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL keeps the file consistent
         db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA busy_timeout = 5000")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-        # Answers that were streaming when the process died cannot resume: say so instead of "streaming".
-        db.execute(
-            "UPDATE messages SET status = 'error', error = 'interrupted: the gateway restarted' "
-            "WHERE status = 'streaming'"
-        )
+        with _migration_lock(path):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        if mark_interrupted:  # they cannot resume: say so instead of "streaming"
+            db.execute(
+                "UPDATE messages SET status = 'error', error = 'interrupted: the gateway restarted' "
+                "WHERE status = 'streaming'"
+            )
         self._db = db
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

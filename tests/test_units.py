@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +190,16 @@ def test_readme_lists_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for field in dataclasses.fields(Settings):
         assert f"| `CLAWWEB_{field.name.upper()}` |" in readme, field.name
+
+
+def test_workers_starting_together_migrate_a_new_database_once(tmp_path: Path) -> None:
+    """Several gunicorn workers open a new database at the same moment: exactly one creates the tables."""
+    script = (
+        "import sys, time; from clawweb.storage import Store; "
+        "time.sleep(float(sys.argv[2]) - time.time()); Store(sys.argv[1]).close()"
+    )
+    path, start_at = str(tmp_path / "new.db"), str(time.time() + 2)  # all at once, after the imports
+    argv = [sys.executable, "-c", script, path, start_at]
+    starts = [subprocess.Popen(argv, stderr=subprocess.PIPE) for _ in range(6)]
+    errors = [process.communicate(timeout=60)[1].decode() for process in starts]
+    assert [process.returncode for process in starts] == [0] * 6, errors
