@@ -26,19 +26,10 @@ from playwright.sync_api import Browser, sync_playwright  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 from clawweb.simulator import answer_tokens  # noqa: E402
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the tests' Chromium, launched the same way)
 from tests.servers import Gateway  # noqa: E402
 from tests.simproc import SimProcess  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-# As in tests/test_page.py: root without a sandbox, no background networking (no internet here).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKENS, TPS = 4000, 100
 
 # Installed before the page's own scripts, so nothing the page does escapes it. The rAF loop is the frame
