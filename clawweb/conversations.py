@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -32,6 +33,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         settings.cancel_without_readers_s,
         app.extensions.get("clawweb.redis"),
         app.extensions.get("clawweb.bus"),
+        lease_s=3 * settings.heartbeat_s,
     )
 
 
@@ -70,8 +72,8 @@ def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, 
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _conversation_or_404(conversation_id: str, with_messages: bool = False) -> dict[str, Any]:
-    conversation = get_store().conversation(conversation_id, owner(), with_messages)
+def _conversation_or_404(conversation_id: str) -> dict[str, Any]:
+    conversation = get_store().conversation(conversation_id, owner())
     if conversation is None:
         raise ApiError(404, f"no conversation '{conversation_id}'")
     return conversation
@@ -104,10 +106,24 @@ def list_conversations() -> Response:
 
 @bp.get("/conversations/<conversation_id>")
 def show_conversation(conversation_id: str) -> Response:
-    conversation = _conversation_or_404(conversation_id, with_messages=True)
-    running = get_generations().running_for(conversation_id)
-    conversation["generation"] = running.summary() if running else None
+    conversation = with_answers(_conversation_or_404(conversation_id))
     return jsonify(conversation)
+
+
+def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
+    """The conversation with its messages and its running generation's summary (or None).
+
+    An answer still marked ``streaming`` with nothing running for it (the process running it was killed; a
+    restart marks them itself, but with Redis a starting worker cannot tell) is marked interrupted first, once
+    it is older than the lease in which a live answer registers as running.
+    """
+    store, generations = get_store(), get_generations()
+    running = generations.running_for(conversation["id"])
+    if running is None:
+        store.mark_interrupted(conversation["id"], time.time() - generations.lease_s)
+    conversation = {**conversation, "messages": store.messages(conversation["id"])}
+    conversation["generation"] = running.summary() if running else None
+    return conversation
 
 
 @bp.patch("/conversations/<conversation_id>")
@@ -200,7 +216,7 @@ def follow_generation(generation_id: str) -> Response:
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or START
     if not valid_cursor(after):
         raise ApiError(400, "'Last-Event-ID' / 'after' must be an event id such as 12 or 1732700000000-0")
-    if generation.log.caught_up(after):
+    if generation.abandoned or generation.log.caught_up(after):
         return Response(status=204)  # nothing more, ever: 204 tells EventSource to stop reconnecting
     return streaming_response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
 

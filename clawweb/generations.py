@@ -13,6 +13,7 @@ process that runs it).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from .relay import Queued, Relay
 from .shared import PREFIX, Bus
 from .storage import Store
 from .stream import CLOSED_EARLY, Failure
+
+log = logging.getLogger("gunicorn.error")
 
 RETRY_MS = 2000  # EventSource reconnect delay after a dropped connection
 
@@ -74,6 +77,7 @@ class Generation:
         self.message_id = message_id
         self.status = "queued"  # queued | streaming | done | stopped | error
         self.finished = False
+        self.abandoned = False  # only an answer of another process can be
         self._registry = registry
         self.log = registry.new_log(self.id)
         self._relay = relay
@@ -161,12 +165,16 @@ class Generation:
 class RemoteGeneration:
     """An answer another worker or host runs, seen through Redis."""
 
-    def __init__(self, registry: Generations, generation_id: str, state: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, registry: Generations, generation_id: str, state: dict[bytes, bytes], abandoned: bool = False
+    ) -> None:
+        """``abandoned``: not finished, but its process stopped renewing it (killed): it will never finish."""
         self.id = generation_id
         self.conversation_id = state[b"conversation_id"].decode()
         self.owner = int(state[b"owner"]) if state[b"owner"] else None
         self.message_id = int(state[b"message_id"])
-        self.status = state[b"status"].decode()
+        self.abandoned = abandoned
+        self.status = "error" if abandoned else state[b"status"].decode()
         self.finished = self.status in FINAL_EVENTS
         self._registry = registry
         self.log = registry.new_log(generation_id, writer=False)
@@ -212,14 +220,24 @@ class Generations:
     LIVE_TTL_S = 6 * 3600  # Redis state of a running answer outlives any answer; a crash leaves no garbage
 
     def __init__(
-        self, store: Store, ttl_s: float, cancel_without_readers_s: float, client: redis.Redis | None, bus: Bus | None
+        self,
+        store: Store,
+        ttl_s: float,
+        cancel_without_readers_s: float,
+        client: redis.Redis | None = None,
+        bus: Bus | None = None,
+        lease_s: float = 45.0,
     ) -> None:
+        """``lease_s``: with Redis, how long a running answer stays "running" for the other processes after the
+        process that runs it last renewed it (every third of that): a killed worker's answer is known dead then."""
         self.store = store
         self._ttl_s = ttl_s
         self._cancel_without_readers_s = cancel_without_readers_s
         self._redis = client
         self._bus = bus
         self._flusher = Flusher(client) if client is not None else None
+        self.lease_s = lease_s
+        self._renewer: gevent.Greenlet[[], None] | None = None
         self._by_id: dict[str, Generation] = {}
         self._readers: dict[str, int] = {}
         self._expiry: deque[tuple[float, str]] = deque()
@@ -242,6 +260,8 @@ class Generations:
     def start(self, conversation_id: str, owner: int | None, message_id: int, relay: Relay) -> Generation:
         if self._bus is not None:
             self._bus.start()
+        if self._redis is not None and self._renewer is None:
+            self._renewer = gevent.spawn(self._renew_leases)
         generation = Generation(self, conversation_id, owner, message_id, relay)
         self._by_id[generation.id] = generation
         if self._cancel_without_readers_s:
@@ -254,7 +274,11 @@ class Generations:
         if local is not None or self._redis is None:
             return local
         state: Any = self._redis.hgetall(f"{PREFIX}gen:{generation_id}")
-        return RemoteGeneration(self, generation_id, state) if b"conversation_id" in state else None
+        if b"conversation_id" not in state:
+            return None
+        running: Any = self._redis.get(f"{PREFIX}conv:{state[b'conversation_id'].decode()}:running")
+        alive = state[b"status"].decode() in FINAL_EVENTS or running == generation_id.encode()
+        return RemoteGeneration(self, generation_id, state, abandoned=not alive)
 
     def running_for(self, conversation_id: str) -> AnyGeneration | None:
         local = next((g for g in self._by_id.values() if g.conversation_id == conversation_id and not g.finished), None)
@@ -282,8 +306,25 @@ class Generations:
         if generation.finished:
             pipe.delete(running)
         else:
-            pipe.set(running, generation.id, ex=self.LIVE_TTL_S)
+            pipe.set(running, generation.id, px=int(self.lease_s * 1000))
         pipe.execute()
+
+    def _renew_leases(self) -> None:
+        """Keep this process's running answers "running" for the others; if it dies, their leases run out."""
+        assert self._redis is not None
+        while True:
+            gevent.sleep(self.lease_s / 3)
+            live = [g for g in self._by_id.values() if not g.finished]
+            if not live:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for generation in live:
+                key = f"{PREFIX}conv:{generation.conversation_id}:running"
+                pipe.set(key, generation.id, px=int(self.lease_s * 1000))
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:  # the next round tries again, within the lease
+                log.warning("redis: renewing %d answers' leases: %s", len(live), exc)
 
     def finished(self, generation: Generation) -> None:
         self.publish(generation)

@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, Response, abort, render_template
 
 from .auth import identity, owner
 from .config import get_settings
-from .conversations import get_generations, get_store
+from .conversations import get_store, with_answers
 from .i18n import LANG_TAGS, language, strings
 
 bp = Blueprint("pages", __name__)
@@ -30,13 +30,12 @@ SECURITY_HEADERS = {
 
 def _page(conversation: dict[str, Any] | None) -> str:
     settings, lang = get_settings(), language()
-    running = get_generations().running_for(conversation["id"]) if conversation else None
     return render_template(
         "chat.html",
         conversation=conversation,
         conversations=get_store().conversations(owner(), 100, 0),
         user=identity().name,
-        generation=running.summary() if running else None,
+        generation=conversation["generation"] if conversation else None,
         model=conversation["model"] if conversation else settings.default_model,
         simulated="simulator" in settings.upstream_label.lower(),
         lang=lang,
@@ -53,10 +52,10 @@ def index() -> str:
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str) -> str:
-    found = get_store().conversation(conversation_id, owner(), with_messages=True)
+    found = get_store().conversation(conversation_id, owner())
     if found is None:
         abort(404)
-    return _page(found)
+    return _page(with_answers(found))
 
 
 def _secure(response: Response) -> Response:

@@ -73,6 +73,7 @@ MIGRATIONS = [
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
+INTERRUPTED = "interrupted: the gateway process running it stopped"
 
 
 @contextmanager
@@ -112,10 +113,7 @@ class Store:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
         if mark_interrupted:  # they cannot resume: say so instead of "streaming"
-            db.execute(
-                "UPDATE messages SET status = 'error', error = 'interrupted: the gateway restarted' "
-                "WHERE status = 'streaming'"
-            )
+            db.execute("UPDATE messages SET status = 'error', error = ? WHERE status = 'streaming'", (INTERRUPTED,))
         self._db = db
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -150,15 +148,9 @@ class Store:
         )
         return self.conversation(conversation_id, owner) or {}
 
-    def conversation(
-        self, conversation_id: str, owner: int | None, with_messages: bool = False
-    ) -> dict[str, Any] | None:
+    def conversation(self, conversation_id: str, owner: int | None) -> dict[str, Any] | None:
         rows = self._execute("SELECT * FROM conversations WHERE id = ? AND user_id IS ?", (conversation_id, owner))
-        if not rows:
-            return None
-        if with_messages:
-            rows[0]["messages"] = self.messages(conversation_id)
-        return rows[0]
+        return rows[0] if rows else None
 
     def conversations(self, owner: int | None, limit: int, offset: int) -> list[dict[str, Any]]:
         return self._execute(
@@ -203,6 +195,14 @@ class Store:
             f"UPDATE messages SET {assignments} WHERE id = ? RETURNING *", (*values.values(), message_id)
         )
         return rows[0] if rows else {}
+
+    def mark_interrupted(self, conversation_id: str, started_before: float) -> None:
+        """Answers still ``streaming`` that started before ``started_before`` and that nothing runs any more."""
+        self._execute(
+            "UPDATE messages SET status = 'error', error = ? WHERE conversation_id = ? AND status = 'streaming' "
+            "AND created_at < ?",
+            (INTERRUPTED, conversation_id, started_before),
+        )
 
     def delete_message(self, message_id: int) -> None:
         self._execute("DELETE FROM messages WHERE id = ?", (message_id,))

@@ -7,6 +7,8 @@ the other runs; the admission limits hold across both; and without Redis, gunico
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -20,7 +22,7 @@ from playwright.sync_api import Browser, expect
 
 from clawweb.simulator import answer_tokens
 
-from .servers import BIN, ROOT, Gateway, RedisServer, require
+from .servers import BIN, ROOT, Gateway, RedisServer, require, wait_for
 from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
@@ -204,3 +206,30 @@ def test_the_page_continues_an_answer_on_the_other_host(browser: Browser, pair: 
         assert content.get_attribute("data-raw") == expected
     finally:
         context.close()
+
+
+def test_an_answer_whose_worker_was_killed_is_known_dead_elsewhere(
+    redis_server: RedisServer, sim: SimProcess, tmp_path: Path
+) -> None:
+    """The process running an answer is SIGKILLed: within its lease (3 heartbeats) the other process says the
+    answer ended, marks it interrupted, and the conversation takes new messages again."""
+    shared = {"redis_url": redis_server.url, "db": str(tmp_path / "clawweb.db"), "heartbeat_s": 0.3}
+    doomed, survivor = (Gateway(tmp_path / f"{name}.log", sim.url, **shared) for name in ("doomed", "survivor"))
+    try:
+        generation = start_answer(doomed, {"tokens": 400, "tps": 20})
+        assert tokens_of(read_events(survivor, generation, None, limit=3))
+        os.killpg(doomed.proc.pid, signal.SIGKILL)  # the master and its worker, no chance to clean up
+        state = f"{survivor.url}/api/generations/{generation['id']}"
+        assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=5)
+        assert requests.get(survivor.url + generation["events_url"], timeout=5).status_code == 204  # stop following
+        conversation_url = f"{survivor.url}/api/conversations/{generation['conversation_id']}"
+        answer = requests.get(conversation_url, timeout=5).json()["messages"][-1]
+        assert answer["status"] == "error" and "interrupted" in answer["error"]
+        message = {"content": 'hello\n#sim {"tokens": 3}'}
+        again = requests.post(conversation_url + "/messages", json=message, timeout=5)
+        assert again.status_code == 202, again.text
+        assert tokens_of(read_events(survivor, again.json()["generation"], None)) == "".join(answer_tokens(3))
+    finally:
+        doomed.stop()
+        survivor.stop()
+    assert "Traceback" not in survivor.log
