@@ -1,7 +1,8 @@
 """Validation of request bodies, before anything is opened towards Ollama.
 
 Ollama accepts more fields than clawweb looks at; unknown fields pass through untouched so the official
-clients (which send ``tools``, ``format``, ``keep_alive`` and friends) work unchanged.
+clients (which send ``tools``, ``format`` and friends) work unchanged; ``keep_alive`` is accepted but not
+forwarded (see ``validate_chat``).
 """
 
 from __future__ import annotations
@@ -171,9 +172,11 @@ def validate_chat(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
     think = body.get("think")
     if think is not None and not isinstance(think, bool) and not (isinstance(think, str) and think in THINK_LEVELS):
         raise ApiError(400, '\'think\' must be true, false, "low", "medium" or "high"')
-    keep_alive = body.get("keep_alive")
+    keep_alive = body.pop("keep_alive", None)
     if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int | float)):
         raise ApiError(400, "'keep_alive' must be a duration string such as \"5m\" or a number of seconds")
+    # Not forwarded: on a shared GPU how long the model stays loaded is the operator's (OLLAMA_KEEP_ALIVE), and
+    # one client's keep_alive 0 would unload it for everyone (the next answer waits for a reload).
     if body.get("tools") is not None and not isinstance(body["tools"], list):
         raise ApiError(400, "'tools' must be a list")
     if body.get("options") is not None:  # null is "no options", as for Ollama

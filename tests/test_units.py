@@ -69,6 +69,12 @@ def test_model_defaults_and_unknown_fields_pass_through() -> None:
     assert body["x_custom"] == 1
 
 
+def test_keep_alive_is_accepted_but_never_forwarded() -> None:
+    # One client's keep_alive 0 would unload the model for every user of the GPU.
+    for keep_alive in (0, "0s", -1, "5m"):
+        assert "keep_alive" not in validate_chat({"messages": USER, "keep_alive": keep_alive}, SETTINGS)
+
+
 def test_num_ctx_is_clamped_other_options_kept() -> None:
     body = validate_chat({"messages": USER, "options": {"num_ctx": 10**9, "temperature": 0.2, "seed": 7}}, SETTINGS)
     assert body["options"] == {"num_ctx": 4096, "temperature": 0.2, "seed": 7}
