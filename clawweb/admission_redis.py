@@ -26,6 +26,13 @@ KEYS = [PREFIX + "adm:" + name for name in ("active", "queue", "owner", "clients
 _PURGE = """
 local active, queue, owner, clients, leases, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local now = tonumber(ARGV[1])
+local function hold(ticket, who)  -- count a ticket against its client
+  redis.call('HSET', owner, ticket, who)
+  redis.call('HINCRBY', clients, who, 1)
+end
+local function enqueue(ticket)  -- at the end of the queue
+  redis.call('ZADD', queue, redis.call('INCR', seq), ticket)
+end
 local function forget(ticket)
   redis.call('ZREM', active, ticket); redis.call('ZREM', queue, ticket); redis.call('ZREM', leases, ticket)
   local who = redis.call('HGET', owner, ticket)
@@ -51,12 +58,11 @@ if redis.call('ZCARD', active) < tonumber(ARGV[5]) and redis.call('ZCARD', queue
 elseif redis.call('ZCARD', queue) >= tonumber(ARGV[6]) then
   return {-2, redis.call('ZCARD', active)}
 else
-  redis.call('ZADD', queue, redis.call('INCR', seq), ticket)
+  enqueue(ticket)
   position = redis.call('ZCARD', queue)
 end
 redis.call('ZADD', leases, ARGV[4], ticket)
-redis.call('HSET', owner, ticket, who)
-redis.call('HINCRBY', clients, who, 1)
+hold(ticket, who)
 return {position, redis.call('ZCARD', active)}
 """
 )
@@ -72,9 +78,8 @@ if redis.call('ZSCORE', active, ticket) then
 end
 local rank = redis.call('ZRANK', queue, ticket)
 if not rank then
-  redis.call('ZADD', queue, redis.call('INCR', seq), ticket)
-  redis.call('HSET', owner, ticket, ARGV[5])
-  redis.call('HINCRBY', clients, ARGV[5], 1)
+  enqueue(ticket)
+  hold(ticket, ARGV[5])
   rank = redis.call('ZRANK', queue, ticket)
 end
 redis.call('ZADD', leases, ARGV[3], ticket)

@@ -31,16 +31,21 @@ def _url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+def split_urls(value: str) -> tuple[str, ...]:
+    """``CLAWWEB_OLLAMA_URL`` as a list: one URL, or several separated by commas."""
+    return tuple(url.strip() for url in value.split(",") if url.strip())
+
+
 def _urls(raw: str) -> str:
     """One Ollama URL, or several separated by commas (``clawweb.hosts`` spreads requests over them). Kept as
     one normalized string, so code that only needs to name the upstream still can."""
-    parts = [part for part in raw.split(",") if part.strip()] or [raw]
+    parts = split_urls(raw) or (raw,)
     urls = []
     for part in parts:
         try:
             urls.append(_url(part))
         except ValueError as exc:
-            raise ValueError(f"{part.strip()}: {exc}" if len(parts) > 1 else str(exc)) from None
+            raise ValueError(f"{part}: {exc}" if len(parts) > 1 else str(exc)) from None
     if len(set(urls)) < len(urls):
         raise ValueError("names the same URL twice")
     return ",".join(urls)

@@ -16,6 +16,8 @@ from typing import Any
 
 import requests
 
+from .config import split_urls
+
 PROMPT = [{"role": "user", "content": "Count from one to twenty."}]
 PROBE_TOKENS = 16
 
@@ -49,12 +51,6 @@ def _measure(response: requests.Response, started: float, is_token: Callable[[by
     return Timing(times[0] - started, times[-1] - times[0], len(times))
 
 
-def _split(ollama_url: str) -> list[str]:
-    """The hosts of a (normalized) ``CLAWWEB_OLLAMA_URL``. Not ``hosts.split_urls``: that module pulls in gevent
-    and prometheus_client, which a command line tool has no use for."""
-    return ollama_url.split(",")
-
-
 def _chat_body(model: str) -> dict[str, Any]:
     return {
         "model": model,
@@ -70,7 +66,8 @@ class Doctor:
         self, ollama_url: str, model: str, heartbeat_s: float, verify: bool | str = True, key: str | None = None
     ) -> None:
         """``ollama_url``: ``CLAWWEB_OLLAMA_URL`` as it is, one URL or several separated by commas."""
-        self.ollama_urls, self.model, self.heartbeat_s, self.verify = _split(ollama_url), model, heartbeat_s, verify
+        self.ollama_urls = split_urls(ollama_url)
+        self.model, self.heartbeat_s, self.verify = model, heartbeat_s, verify
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.checks: list[Check] = []
         self.direct: Timing | None = None  # the fastest host's, the floor the gateway is compared with
@@ -215,7 +212,7 @@ def warmup(ollama_url: str, model: str, wait_s: float) -> int:
     """Load ``model`` into every Ollama host (an empty generate request each), retrying while Ollama starts.
 
     Every host: the gateway prefers a host where the model is loaded, so one left cold would get no traffic."""
-    urls = _split(ollama_url)
+    urls = split_urls(ollama_url)
     deadline = time.monotonic() + wait_s
     statuses = [_warmup(url, model, deadline, wait_s, f"{url}: " if len(urls) > 1 else "") for url in urls]
     # With several hosts a 404 only means the model lives on the others, which the gateway sends it to.

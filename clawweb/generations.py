@@ -60,7 +60,35 @@ def sse_follow(log: EventLog, after: str, heartbeat_s: float) -> Iterator[bytes]
             yield sse.frame(data, event=event, id=entry_id)
 
 
-class Generation:
+class _Answer:
+    """What a reader sees of an answer, whichever process runs it."""
+
+    id: str
+    conversation_id: str
+    message_id: int
+    status: str
+    log: EventLog
+    _registry: Generations
+
+    @property
+    def last_event_id(self) -> str:
+        return self.log.last_id
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+            "status": self.status,
+            "last_event_id": self.last_event_id,
+            "events_url": f"/api/generations/{self.id}/events",
+        }
+
+    def follow(self, after: str, heartbeat_s: float) -> Iterator[bytes]:
+        return self._registry.counted(self.id, sse_follow(self.log, after, heartbeat_s))
+
+
+class Generation(_Answer):
     """An answer running in this process."""
 
     def __init__(
@@ -84,13 +112,6 @@ class Generation:
         self._finalizing = False
         registry.publish(self)
         self._greenlet = gevent.spawn(self._run)
-
-    @property
-    def last_event_id(self) -> str:
-        return self.log.last_id
-
-    def summary(self) -> dict[str, Any]:
-        return _summary(self.id, self.conversation_id, self.message_id, self.status, self.last_event_id)
 
     def _run(self) -> None:
         content: list[str] = []
@@ -158,11 +179,8 @@ class Generation:
     def join(self, timeout: float | None = None) -> None:
         self._greenlet.join(timeout)
 
-    def follow(self, after: str, heartbeat_s: float) -> Iterator[bytes]:
-        return self._registry.counted(self.id, sse_follow(self.log, after, heartbeat_s))
 
-
-class RemoteGeneration:
+class RemoteGeneration(_Answer):
     """An answer another worker or host runs, seen through Redis."""
 
     def __init__(
@@ -179,16 +197,6 @@ class RemoteGeneration:
         self._registry = registry
         self.log = registry.new_log(generation_id, writer=False)
 
-    @property
-    def last_event_id(self) -> str:
-        return self.log.last_id
-
-    def summary(self) -> dict[str, Any]:
-        return _summary(self.id, self.conversation_id, self.message_id, self.status, self.last_event_id)
-
-    def follow(self, after: str, heartbeat_s: float) -> Iterator[bytes]:
-        return self._registry.counted(self.id, sse_follow(self.log, after, heartbeat_s))
-
     def stop(self) -> None:
         """Ask the process that runs it to stop it, and wait (a few seconds at most) until it has."""
         self._registry.bus().publish("stop", self.id)
@@ -197,17 +205,6 @@ class RemoteGeneration:
             gevent.sleep(0.05)
             seen = self._registry.get(self.id)
             self.status, self.finished = (seen.status, seen.finished) if seen else ("stopped", True)
-
-
-def _summary(generation_id: str, conversation_id: str, message_id: int, status: str, last: str) -> dict[str, Any]:
-    return {
-        "id": generation_id,
-        "conversation_id": conversation_id,
-        "message_id": message_id,
-        "status": status,
-        "last_event_id": last,
-        "events_url": f"/api/generations/{generation_id}/events",
-    }
 
 
 AnyGeneration = Generation | RemoteGeneration

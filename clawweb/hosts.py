@@ -37,11 +37,6 @@ HOST_FAILURES = Counter(
 )
 
 
-def split_urls(value: str) -> tuple[str, ...]:
-    """``CLAWWEB_OLLAMA_URL`` as a list: one URL, or several separated by commas."""
-    return tuple(url.strip() for url in value.split(",") if url.strip())
-
-
 def model_key(name: str) -> str:
     """Ollama's name for a model: ``qwen3`` means ``qwen3:latest``."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"

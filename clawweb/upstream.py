@@ -25,7 +25,7 @@ import requests
 from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 
-from .config import Settings
+from .config import Settings, split_urls
 from .errors import ApiError
 from .hosts import (
     CHECK_TIMEOUT_S,
@@ -38,7 +38,6 @@ from .hosts import (
     monkey_patched,
     names_in,
     rank,
-    split_urls,
 )
 
 __all__ = ["OllamaClient", "OllamaTimeout", "OllamaUnreachable", "Opened", "get_client", "init_app", "model_key"]

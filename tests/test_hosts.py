@@ -22,9 +22,9 @@ import responses
 from flask.testing import FlaskClient
 
 from clawweb import create_app, hosts
-from clawweb.config import ConfigError, Settings, load_settings
+from clawweb.config import ConfigError, Settings, load_settings, split_urls
 from clawweb.errors import ApiError
-from clawweb.hosts import HealthChecker, Host, merge_listings, rank, split_urls
+from clawweb.hosts import HealthChecker, Host, merge_listings, rank
 from clawweb.simulator import answer_tokens
 from clawweb.upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
 
