@@ -23,7 +23,21 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from . import admission, api, auth, conversations, errors, health, metrics, openai_api, pages, shared, upstream
+    from . import (
+        account_page,
+        admission,
+        api,
+        auth,
+        conversations,
+        errors,
+        health,
+        login,
+        metrics,
+        openai_api,
+        pages,
+        shared,
+        upstream,
+    )
     from .config import load_settings
 
     settings = load_settings(os.environ, test_config)
@@ -41,8 +55,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     api.init_app(app, settings)
     conversations.init_app(app, settings)
     auth.init_app(app, settings)
+    login.init_app(app, settings)
     pages.init_app(app)
-    for blueprint in (api.bp, auth.bp, conversations.bp, health.bp, metrics.bp, openai_api.bp, pages.bp):
+    blueprints = (account_page.bp, api.bp, conversations.bp, health.bp, login.bp, metrics.bp, openai_api.bp, pages.bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     logging.getLogger("gunicorn.error").info(
         "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url

@@ -8,7 +8,6 @@ digest is enough to store them (a slow hash protects guessable secrets, not 256-
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from functools import cache
 from typing import Any
@@ -55,14 +54,17 @@ def authenticate(store: Store, name: str, password: str) -> dict[str, Any] | Non
     return user if user and matches and not user["disabled"] else None
 
 
-def session_stamp(user: dict[str, Any]) -> str:
-    """Stored in the session cookie: changing the password or disabling the user ends every session."""
-    state = f"{user['password_hash']}:{user['disabled']}".encode()
-    return hashlib.sha256(state).hexdigest()[:16]
+def set_password(store: Store, user_id: int, password: str, keep_session: int | None = None) -> None:
+    """A new password ends every session of the user but ``keep_session`` (the one that changed it)."""
+    store.update_user(user_id, password_hash=hash_password(password))
+    store.end_sessions(user_id, keep=keep_session)
 
 
-def stamp_matches(user: dict[str, Any], stamp: object) -> bool:
-    return isinstance(stamp, str) and stamp.isascii() and hmac.compare_digest(session_stamp(user), stamp)
+def set_disabled(store: Store, user_id: int, disabled: bool) -> None:
+    """Disabling ends every session at once; enabling again brings none of them back."""
+    store.update_user(user_id, disabled=int(disabled))
+    if disabled:
+        store.end_sessions(user_id)
 
 
 def key_digest(key: str) -> str:

@@ -16,7 +16,7 @@ from .admission import get_admission
 from .auth import identity
 from .config import Settings, get_settings
 from .errors import ApiError
-from .limits import SlidingWindow
+from .limits import Throttled, Window, make_window
 from .metrics import StreamStats
 from .relay import Relay, native_response, sse_response
 from .upstream import get_client, model_key
@@ -45,8 +45,8 @@ def allowed(model: str, settings: Settings) -> bool:
     return not settings.models or model_key(model) in {model_key(name) for name in settings.models}
 
 
-def _rate() -> SlidingWindow:
-    return cast(SlidingWindow, current_app.extensions["clawweb.rate"])
+def _rate() -> Window:
+    return cast(Window, current_app.extensions["clawweb.rate"])
 
 
 def admit(body: dict[str, Any]) -> Relay:
@@ -57,16 +57,21 @@ def admit(body: dict[str, Any]) -> Relay:
     if not allowed(body["model"], settings):
         raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
     client.require_model(body["model"])
-    wait = _rate().retry_after(who)
-    if wait:
+    try:
+        counted = _rate().reserve(who)
+    except Throttled as exc:
         raise ApiError(
             429,
-            f"more than {settings.rate_per_minute} answers a minute (CLAWWEB_RATE_PER_MINUTE); retry in {wait} s",
-            {"Retry-After": str(wait)},
-        )
+            f"more than {settings.rate_per_minute} answers a minute (CLAWWEB_RATE_PER_MINUTE); "
+            f"retry in {exc.retry_after} s",
+            {"Retry-After": str(exc.retry_after)},
+        ) from None
     admission = get_admission()
-    ticket = admission.enter(who)
-    _rate().hit(who)
+    try:
+        ticket = admission.enter(who)
+    except BaseException:
+        _rate().release(who, counted)  # refused by the queue: not an answer started
+        raise
     if settings.log_content:
         log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])
     stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
@@ -101,4 +106,6 @@ for _path in PASS_THROUGH:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["clawweb.rate"] = SlidingWindow(settings.rate_per_minute, 60.0)
+    app.extensions["clawweb.rate"] = make_window(
+        app.extensions.get("clawweb.redis"), "answers", settings.rate_per_minute, 60.0
+    )

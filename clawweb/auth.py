@@ -12,42 +12,27 @@ import hmac
 import logging
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
-from flask import (
-    Blueprint,
-    Flask,
-    Response,
-    current_app,
-    g,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import Flask, current_app, g, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as BaseResponse
 
-from . import accounts
+from . import accounts, sessions
 from .config import Settings, get_settings
 from .errors import ApiError
-from .i18n import LANG_TAGS, language, strings
-from .limits import SlidingWindow
 from .storage import Store
 
 log = logging.getLogger("gunicorn.error")
-bp = Blueprint("auth", __name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.login_form", "health.healthz", "health.readyz"})
-LOGIN_WINDOW_S = 15 * 60
+PUBLIC_ENDPOINTS = frozenset({"login.login", "login.login_form", "health.healthz", "health.readyz"})
 KEY_TOUCH_EVERY_S = 60  # resolution of a key's "last used" time
-ADDRESS_FACTOR = 5  # an office behind one NAT address shares it: the address gets more attempts than a name
 
 
 @dataclass(frozen=True)
@@ -55,6 +40,7 @@ class Identity:
     user_id: int | None  # None: open mode, no accounts
     name: str
     via: str  # session | key | open
+    session_id: int | None = None  # the server-side session, when via == "session"
 
 
 OPEN = Identity(None, "", "open")
@@ -84,18 +70,29 @@ class _Sessions(SecureCookieSessionInterface):
 
 
 def _secret_key(settings: Settings) -> str:
-    """``CLAWWEB_SECRET_KEY``, else the key file, created 0600 on first start (atomically: workers race)."""
+    """``CLAWWEB_SECRET_KEY``, else the key file, created 0600 on first start.
+
+    Workers start together on a new machine, so the file must never be seen half-written: the key is written
+    to a temporary file that is then hard-linked into place. ``link`` (unlike ``rename``) fails when the name
+    exists, so the first worker's key wins and every other worker reads that one.
+    """
     if settings.secret_key:
         return settings.secret_key
     path = Path(settings.secret_key_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(32))
-    log.info("created the session key in %s", path)
+    if not path.exists():
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_hex(32))
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(temporary, path)
+            log.info("created the session key in %s", path)
+        except FileExistsError:
+            pass  # another worker was first: use its key
+        finally:
+            os.unlink(temporary)
     return path.read_text().strip()
 
 
@@ -119,14 +116,31 @@ def _from_key(header: str) -> Identity:
     return Identity(row["user_id"], row["user_name"], "key")
 
 
+def _from_key_in_open_mode(header: str) -> Identity | None:
+    """In open mode a header that is not a live clawweb key is ignored: Ollama's own OpenAI recipe sends
+    ``api_key="ollama"`` ("required but ignored"), and many tools always send some key. A live key still says
+    who is asking (their conversations, their limits)."""
+    try:
+        return _from_key(header)
+    except ApiError:
+        global _told_ignored
+        if not _told_ignored:
+            log.debug("open mode: ignoring an Authorization header that is not a clawweb API key")
+            _told_ignored = True
+        return None
+
+
+_told_ignored = False
+
+
 def _from_session() -> Identity | None:
-    if "uid" not in session:
+    if "sid" not in session:
         return None
-    user = _store().user(user_id=session["uid"])
-    if user is None or user["disabled"] or not accounts.stamp_matches(user, session.get("stamp")):
-        session.clear()  # password changed, user disabled or deleted: this session is over
+    row = sessions.resolve(_store(), session["sid"], str(request.remote_addr))
+    if row is None:
+        session.clear()  # logged out elsewhere, password changed, user disabled: this session is over
         return None
-    return Identity(user["id"], user["name"], "session")
+    return Identity(row["user_id"], row["user_name"], "session", row["id"])
 
 
 def _cross_site() -> bool:
@@ -146,7 +160,7 @@ def _check_csrf(who: Identity) -> None:
         return
     if _cross_site():
         raise ApiError(403, "cross-site request refused")
-    if who.via != "session" and request.endpoint != "auth.login":
+    if who.via != "session" and request.endpoint != "login.login":
         return  # API keys are not sent by browsers on their own; open mode has no authority in its cookie
     sent = request.headers.get("X-CSRF-Token")
     if sent is None and request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
@@ -166,13 +180,18 @@ def _identify() -> BaseResponse | None:
     if request.endpoint == "static":
         return None  # the page's own files: public, and no database lookup for each of them
     header = request.headers.get("Authorization")
-    who = _from_key(header) if header else _from_session()
+    if not header:
+        who = _from_session()
+    elif settings.auth_required:
+        who = _from_key(header)
+    else:
+        who = _from_key_in_open_mode(header)
     if who is None and not settings.auth_required:
         who = OPEN
     if who is None and request.endpoint not in PUBLIC_ENDPOINTS and not _local_metrics():
         if _wants_page():  # back to the page after the login; a form post cannot be replayed, so not to that
             back = request.full_path.rstrip("?") if request.method == "GET" else None
-            return redirect(url_for("auth.login_form", next=back))
+            return redirect(url_for("login.login_form", next=back))
         message = "log in, or send an API key as 'Authorization: Bearer <key>'"
         raise ApiError(401, message, {"WWW-Authenticate": "Bearer"})
     g.identity = who or OPEN
@@ -185,78 +204,14 @@ def _local_metrics() -> bool:
     return request.endpoint == "metrics.exposition" and request.remote_addr in ("127.0.0.1", "::1")
 
 
-# --- login and logout -----------------------------------------------------------------------------------------
-
-
-def _login_page(error: str = "", status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    lang = language()
-    html = render_template(
-        "login.html",
-        error=error,
-        next=_safe_next(request.values.get("next")),
-        name=request.form.get("name", ""),
-        lang_tag=LANG_TAGS[lang],
-        t=strings(lang),
-    )
-    return Response(html, status, headers, content_type="text/html; charset=utf-8")
-
-
-def _safe_next(target: str | None) -> str:
-    """Only a path on this site: ``//evil.example`` or ``https://...`` would make the login an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
-
-
-def _throttles() -> tuple[SlidingWindow, SlidingWindow]:
-    """Failed logins per user name, and per address."""
-    return cast(tuple[SlidingWindow, SlidingWindow], current_app.extensions["clawweb.login_throttle"])
-
-
-@bp.get("/login")
-def login_form() -> BaseResponse:
-    if not get_settings().auth_required:
-        return redirect("/")
-    return _login_page()
-
-
-@bp.post("/login")
-def login() -> BaseResponse:
-    if not get_settings().auth_required:
-        return redirect("/")
-    t = strings(language())
-    name, password = request.form.get("name", ""), request.form.get("password", "")
-    pairs = tuple(zip(_throttles(), (name.strip().lower(), str(request.remote_addr)), strict=True))
-    wait = max(window.retry_after(key) for window, key in pairs)
-    if wait:
-        return _login_page(t["login_throttled"].format(s=wait), 429, {"Retry-After": str(wait)})
-    user = accounts.authenticate(_store(), name, password)
-    if user is None:
-        for window, key in pairs:
-            window.hit(key)
-        log.warning("login failed from %s", request.remote_addr)  # never the name tried, nor the password
-        return _login_page(t["login_failed"], 401)
-    pairs[0][0].clear(pairs[0][1])
-    session.clear()  # a fresh session (and CSRF token): nothing from before the login carries over
-    session.update(uid=user["id"], stamp=accounts.session_stamp(user), csrf=secrets.token_urlsafe(32))
-    session.permanent = True
-    log.info("login user=%s from %s", user["name"], request.remote_addr)
-    return redirect(_safe_next(request.form.get("next")))
-
-
-@bp.post("/logout")
-def logout() -> BaseResponse:
-    session.clear()
-    return redirect(url_for("auth.login_form") if get_settings().auth_required else "/")
-
-
 def init_app(app: Flask, settings: Settings) -> None:
     app.secret_key = _secret_key(settings)
     app.session_interface = _Sessions()
-    app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_NAME="clawweb")
-    app.extensions["clawweb.login_throttle"] = (
-        SlidingWindow(settings.login_attempts, LOGIN_WINDOW_S),
-        SlidingWindow(settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
+    app.config.update(
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_NAME="clawweb",
+        PERMANENT_SESSION_LIFETIME=sessions.LIFETIME_S,
     )
     app.before_request(_identify)
     app.context_processor(lambda: {"csrf_token": csrf_token})

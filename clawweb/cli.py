@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     for action, text in (("disable", "refuse logins and keys, end sessions"), ("enable", "allow again")):
         users.add_parser(action, help=text).add_argument("name")
     users.add_parser("list", help="every user")
+    sessions = users.add_parser("sessions", help="a user's logins (browsers); --revoke ends them all at once")
+    sessions.add_argument("name")
+    sessions.add_argument("--revoke", action="store_true", help="log the user out everywhere")
 
     keys = commands.add_parser("keys", help="API keys for programs").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="a new key for a user, shown once")
@@ -81,11 +84,21 @@ def _users(store: Store, args: argparse.Namespace) -> None:
         print(f"added user {name}")
     elif args.action == "passwd":
         user = _user(store, args.name)
-        store.update_user(user["id"], password_hash=accounts.hash_password(_password(args.password_stdin)))
-        print(f"new password for {args.name}; their other sessions have ended")
+        accounts.set_password(store, user["id"], _password(args.password_stdin))
+        print(f"new password for {args.name}; their sessions have ended")
     elif args.action in ("disable", "enable"):
-        store.update_user(_user(store, args.name)["id"], disabled=int(args.action == "disable"))
+        accounts.set_disabled(store, _user(store, args.name)["id"], args.action == "disable")
         print(f"{args.action}d {args.name}")
+    elif args.action == "sessions":
+        user = _user(store, args.name)
+        if args.revoke:
+            print(f"ended {store.end_sessions(user['id'])} session(s) of {args.name}")
+            return
+        for row in store.sessions(user["id"]):
+            print(
+                f"{row['id']:>5} since {_when(row['created_at'])}  last seen {_when(row['last_seen_at'])}  "
+                f"{row['address'] or '-':<15} {row['user_agent'] or '-'}"
+            )
     else:
         for user in store.users():
             state = "disabled" if user["disabled"] else "active"

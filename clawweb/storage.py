@@ -70,6 +70,20 @@ MIGRATIONS = [
     ALTER TABLE conversations ADD COLUMN user_id INTEGER REFERENCES users (id) ON DELETE CASCADE;
     CREATE INDEX conversations_user ON conversations (user_id, updated_at DESC);
     """,
+    """
+    -- A login: the cookie holds a random token, this table only its SHA-256 digest (like API keys). Ending a
+    -- session deletes its row, so a copied cookie stops working at once, and nothing brings it back.
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest TEXT NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        last_seen_at REAL NOT NULL,
+        user_agent TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX sessions_user ON sessions (user_id);
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -244,17 +258,64 @@ class Store:
         )
         return rows[0] if rows else None
 
-    def keys(self) -> list[dict[str, Any]]:
+    def keys(self, user_id: int | None = None) -> list[dict[str, Any]]:
+        """Every key (or one user's), newest last; never the key itself."""
         return self._execute(
             "SELECT api_keys.id, prefix, api_keys.name, users.name AS user_name, api_keys.created_at, "
-            "last_used_at, revoked_at FROM api_keys JOIN users ON users.id = api_keys.user_id ORDER BY api_keys.id"
+            "last_used_at, revoked_at FROM api_keys JOIN users ON users.id = api_keys.user_id "
+            "WHERE ? IS NULL OR api_keys.user_id = ? ORDER BY api_keys.id",
+            (user_id, user_id),
         )
 
-    def revoke_key(self, key_id: int) -> bool:
+    def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
+        """Revoke a live key (only if it is ``user_id``'s, when given)."""
         rows = self._execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id", (time.time(), key_id)
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND (? IS NULL OR user_id = ?) "
+            "RETURNING id",
+            (time.time(), key_id, user_id, user_id),
         )
         return bool(rows)
 
     def touch_key(self, key_id: int) -> None:
         self._execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (time.time(), key_id))
+
+    # --- sessions (see sessions.py) --------------------------------------------------------------------------
+
+    def add_session(self, digest: str, user_id: int, user_agent: str, address: str) -> dict[str, Any]:
+        now = time.time()
+        return self._execute(
+            "INSERT INTO sessions (digest, user_id, created_at, last_seen_at, user_agent, address) "
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            (digest, user_id, now, now, user_agent, address),
+        )[0]
+
+    def session(self, digest: str, created_after: float) -> dict[str, Any] | None:
+        """The live session with this digest, with its user's name and state."""
+        rows = self._execute(
+            "SELECT sessions.*, users.name AS user_name, users.disabled AS user_disabled FROM sessions "
+            "JOIN users ON users.id = sessions.user_id WHERE digest = ? AND sessions.created_at > ?",
+            (digest, created_after),
+        )
+        return rows[0] if rows else None
+
+    def sessions(self, user_id: int) -> list[dict[str, Any]]:
+        return self._execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY last_seen_at DESC", (user_id,))
+
+    def touch_session(self, session_id: int, address: str) -> None:
+        self._execute(
+            "UPDATE sessions SET last_seen_at = ?, address = ? WHERE id = ?", (time.time(), address, session_id)
+        )
+
+    def end_sessions(
+        self, user_id: int, *, session_id: int | None = None, keep: int | None = None, digest: str | None = None
+    ) -> int:
+        """End one of the user's sessions (by id or digest), or all of them but ``keep``; returns how many."""
+        rows = self._execute(
+            "DELETE FROM sessions WHERE user_id = ? AND (? IS NULL OR id = ?) AND (? IS NULL OR digest = ?) "
+            "AND (? IS NULL OR id != ?) RETURNING id",
+            (user_id, session_id, session_id, digest, digest, keep, keep),
+        )
+        return len(rows)
+
+    def end_expired_sessions(self, created_before: float) -> None:
+        self._execute("DELETE FROM sessions WHERE created_at <= ?", (created_before,))

@@ -240,6 +240,46 @@ def test_login_page_screenshots(browser: Browser, gateway: Gateway, name: str, o
         context.close()
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("account", {}),
+        ("account-dark", {"color_scheme": "dark"}),
+        ("account-phone", {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}),
+    ],
+)
+def test_account_page_creates_a_key_and_signs_out_elsewhere(
+    browser: Browser, gateway: Gateway, key: str, name: str, options: dict[str, Any]
+) -> None:
+    """The account page as a person uses it: a second browser is listed and signed out, a key is made and shown
+    once; nothing spills past the screen's edge (phone width), and screenshots for a person to look at."""
+    elsewhere = browser.new_context()
+    context = browser.new_context(**{"viewport": {"width": 1200, "height": 800}, "locale": "en-US", **options})
+    try:
+        other = elsewhere.new_page()
+        log_in(other, gateway)
+        page = context.new_page()
+        log_in(page, gateway)
+        page.locator(".account .user").click()
+        expect(page.locator("h1")).to_contain_text("Account")
+        expect(page.locator(".tag")).to_have_text("this browser")
+        page.fill("#key-name", "notebook")
+        page.locator("form[action='/account/keys'] button").click()
+        made = page.locator("#new-key").inner_text()
+        assert made.startswith("cw_")
+        assert requests.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {made}"}).ok
+        width = page.viewport_size["width"] if page.viewport_size else 0
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        screenshot(page, name)
+        page.locator("#end-others").click()
+        expect(page.locator("tr[data-session]")).to_have_count(1)
+        other.reload()
+        assert where(other)[0] == "/login"  # that browser was signed out
+    finally:
+        context.close()
+        elsewhere.close()
+
+
 # --- the Content-Security-Policy ------------------------------------------------------------------------------------
 
 LISTEN_FOR_VIOLATIONS = """() => {
