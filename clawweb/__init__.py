@@ -23,8 +23,21 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from . import admission, api, auth, conversations, errors, health, metrics, openai_api, pages, shared, upstream
-    from .config import load_settings
+    from . import (
+        admission,
+        api,
+        auth,
+        conversations,
+        edge,
+        errors,
+        health,
+        metrics,
+        openai_api,
+        pages,
+        shared,
+        upstream,
+    )
+    from .config import load_settings, redact_url
 
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
@@ -35,6 +48,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     errors.init_app(app)
+    edge.init_app(app, settings)  # first: its Host check runs before auth's _identify, and it wraps ProxyFix
     upstream.init_app(app, settings)
     shared.init_app(app, settings.redis_url)
     admission.init_app(app, settings)
@@ -45,6 +59,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (api.bp, auth.bp, conversations.bp, health.bp, metrics.bp, openai_api.bp, pages.bp):
         app.register_blueprint(blueprint)
     logging.getLogger("gunicorn.error").info(
-        "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url
+        "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, redact_url(settings.ollama_url)
     )
     return app
