@@ -18,8 +18,9 @@ except ConfigError as exc:
 
 # Where to listen; nginx proxies to this (loopback by default: the gateway is not meant to face the internet bare).
 bind = _settings.bind
-# gevent: each stream is a greenlet waiting on sockets, so one process holds thousands of them.
-worker_class = "gevent"
+# gevent: each stream is a greenlet waiting on sockets, so one process holds thousands of them. clawweb's subclass
+# adds a bound on the connections one address keeps waiting on its own bytes (CLAWWEB_MAX_PENDING_PER_ADDRESS).
+worker_class = "clawweb.worker.EdgeWorker"
 # One worker holds thousands of streams. Several need Redis: generations, their event logs (for resuming on any
 # worker), stop requests and the admission queue must be shared, else a reconnect to another worker loses all.
 workers = int(os.environ.get("CLAWWEB_WORKERS", "1"))
@@ -40,6 +41,13 @@ graceful_timeout = 20
 # Idle keep-alive connections between requests. Short on purpose: a stopping worker waits for idle ones to
 # time out before it exits (gunicorn does not close them), and nginx's upstream keepalive_timeout is below it.
 keepalive = 5
+# X-Forwarded-* are trusted in one place: ProxyFix in create_app, for exactly CLAWWEB_TRUSTED_PROXIES hops. gunicorn's
+# own handling would take X-Forwarded-Proto (and -Ssl, -Protocol, and SCRIPT_NAME from a header) from any loopback
+# peer by default, and from any peer at all on a unix socket, whatever that setting says: a local client could
+# make a plain-HTTP request look like TLS. So gunicorn trusts no peer and knows no scheme header.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
+forwarder_headers = ""
 # No control socket: unused here, and several instances (tests, the benchmark) would share its default path.
 control_socket_disable = True
 # Never preload: the app must be created after gevent monkey-patches the worker.

@@ -29,6 +29,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         api,
         auth,
         conversations,
+        edge,
         errors,
         health,
         login,
@@ -38,7 +39,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         shared,
         upstream,
     )
-    from .config import load_settings
+    from .config import load_settings, redact_url
 
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
@@ -49,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     errors.init_app(app)
+    edge.init_app(app, settings)  # first: its Host check runs before auth's _identify, and it wraps ProxyFix
     upstream.init_app(app, settings)
     shared.init_app(app, settings.redis_url)
     admission.init_app(app, settings)
@@ -61,6 +63,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     logging.getLogger("gunicorn.error").info(
-        "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, settings.ollama_url
+        "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, redact_url(settings.ollama_url)
     )
     return app

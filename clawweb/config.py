@@ -36,6 +36,20 @@ def split_urls(value: str) -> tuple[str, ...]:
     return tuple(url.strip() for url in value.split(",") if url.strip())
 
 
+def redact_url(text: str) -> str:
+    """A URL (or several, comma-separated) as it may be shown in logs, ``/readyz``, error messages and ``clawweb
+    doctor``: credentials (``http://user:pass@host``) become ``http://***@host``.
+
+    Everything between ``://`` and the last ``@`` before the next URL goes, so a password holding a comma or an
+    unencoded ``/`` is hidden too (a path with an ``@`` in it would be over-hidden, which is harmless)."""
+    parts = text.split("://")
+    for index in range(1, len(parts)):
+        _, at, rest = parts[index].rpartition("@")
+        if at:
+            parts[index] = "***@" + rest
+    return "://".join(parts)
+
+
 def _urls(raw: str) -> str:
     """One Ollama URL, or several separated by commas (``clawweb.hosts`` spreads requests over them). Kept as
     one normalized string, so code that only needs to name the upstream still can."""
@@ -84,6 +98,28 @@ def _flag(raw: str) -> bool:
 
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """Host names as the ``Host`` header carries them, lower-case, without a port (any port is accepted); a leading
+    dot (``.example.com``) also accepts every subdomain."""
+    names = []
+    for name in _names(raw.lower()):
+        name = "." + name[2:] if name.startswith("*.") else name
+        if "://" in name or "/" in name:
+            raise ValueError(f"{name}: a host name such as chat.example.com, not a URL")
+        bare = name.lstrip(".").rstrip(".")
+        if bare.startswith("[") and bare.endswith("]"):
+            bare = bare[1:-1]
+        try:
+            names.append(str(ipaddress.ip_address(bare)))
+            continue
+        except ValueError:
+            pass
+        if not bare or not all(part and part.replace("-", "").isalnum() and part.isascii() for part in bare.split(".")):
+            raise ValueError(f"{name}: not a host name (letters, digits, '-' and '.', no port)")
+        names.append(("." if name.startswith(".") else "") + bare)
+    return tuple(names)
 
 
 def _secret(raw: str) -> str:
@@ -170,6 +206,13 @@ class Settings:
     login_attempts: int = _setting(5, _positive_int, "failed logins per user name in 15 min (5x per address)")
     log_content: bool = _setting(False, _flag, "1: log message text (never passwords or keys)")
     redis_url: str = _setting("", _redis_url, "Redis for state shared by workers and hosts (empty: in memory)")
+    allowed_hosts: tuple[str, ...] = _setting(
+        (), _host_names, "Host names served besides loopback and the bind address (.example.com: with subdomains)"
+    )
+    body_timeout_s: float = _setting(30.0, _positive_float, "longest a request body may take to arrive (408 beyond)")
+    max_pending_per_address: int = _setting(
+        128, _positive_int, "connections one address may keep waiting on its own request bytes (429 beyond)"
+    )
 
     @property
     def auth_required(self) -> bool:
@@ -191,7 +234,8 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
         try:
             values[field.name] = field.metadata["parse"](str(raw))
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!s}: {exc}") from None
+            # Redacted: a URL setting may carry a password, and this line goes to the terminal or the journal.
+            raise ConfigError(redact_url(f"{name}={raw!s}: {exc}")) from None
     settings = Settings(**values)
     if settings.models and settings.default_model not in settings.models:
         raise ConfigError(f"CLAWWEB_MODELS must include CLAWWEB_DEFAULT_MODEL ({settings.default_model})")

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from .config import split_urls
+from .config import redact_url, split_urls
 
 PROMPT = [{"role": "user", "content": "Count from one to twenty."}]
 PROBE_TOKENS = 16
@@ -80,12 +80,13 @@ class Doctor:
         """Every Ollama host in turn: each must answer, since the gateway sends requests to any of them. With
         several, a host without the model is fine (requests for it go to the others) unless none has it."""
         several = len(self.ollama_urls) > 1
-        present = [self._ollama(url, f" at {url}" if several else "", several) for url in self.ollama_urls]
+        present = [self._ollama(url, f" at {redact_url(url)}" if several else "", several) for url in self.ollama_urls]
         if several and not any(present):
             self.check("model present", False, f"{self.model} on none of the hosts", f"ollama pull {self.model}")
 
     def _ollama(self, url: str, at: str, several: bool) -> bool:
-        """True when the host has the model."""
+        """True when the host has the model. ``url`` is used as configured, shown without its credentials."""
+        shown = redact_url(url)
         try:
             started = time.monotonic()
             version = requests.get(url + "/api/version", timeout=5).json()["version"]
@@ -93,14 +94,14 @@ class Doctor:
             self.check(
                 "ollama reachable" + at,
                 False,
-                f"{url}: {type(exc).__name__}",
+                f"{shown}: {type(exc).__name__}",
                 "start Ollama (systemctl start ollama) or set CLAWWEB_OLLAMA_URL",
             )
             return False
         self.check(
             "ollama reachable" + at,
             True,
-            f"{url}, version {version}, {(time.monotonic() - started) * 1000:.0f} ms",
+            f"{shown}, version {version}, {(time.monotonic() - started) * 1000:.0f} ms",
         )
         names = {m.get("name") for m in requests.get(url + "/api/tags", timeout=5).json()["models"]}
         if several and self.model not in names:
@@ -138,7 +139,7 @@ class Doctor:
             self.check(
                 "gateway reachable",
                 False,
-                f"{url}: {type(exc).__name__}",
+                f"{redact_url(url)}: {type(exc).__name__}",
                 "is clawweb running (systemctl status clawweb) and nginx proxying to it?",
             )
             return
@@ -180,7 +181,7 @@ class Doctor:
             "the proxy drops SSE comments: heartbeats cannot keep idle streams alive through it",
         )
         extra = f" (+{(timing.ttft_s - self.direct.ttft_s) * 1000:.0f} ms over direct)" if self.direct else ""
-        self.check("time to first token, through " + url, True, f"{timing.ttft_s * 1000:.0f} ms{extra}")
+        self.check("time to first token, through " + redact_url(url), True, f"{timing.ttft_s * 1000:.0f} ms{extra}")
         # One burst: all tokens within a fraction of the time Ollama took to write them.
         expected = self.direct.span_s if self.direct else 0.0
         streams = timing.arrivals > 1 and (expected < 0.2 or timing.span_s > expected / 4)
@@ -214,7 +215,7 @@ def warmup(ollama_url: str, model: str, wait_s: float) -> int:
     Every host: the gateway prefers a host where the model is loaded, so one left cold would get no traffic."""
     urls = split_urls(ollama_url)
     deadline = time.monotonic() + wait_s
-    statuses = [_warmup(url, model, deadline, wait_s, f"{url}: " if len(urls) > 1 else "") for url in urls]
+    statuses = [_warmup(url, model, deadline, wait_s, f"{redact_url(url)}: " if len(urls) > 1 else "") for url in urls]
     # With several hosts a 404 only means the model lives on the others, which the gateway sends it to.
     fine = {200, 404} if len(urls) > 1 else {200}
     return 0 if 200 in statuses and all(status in fine for status in statuses) else 1
@@ -229,6 +230,6 @@ def _warmup(url: str, model: str, deadline: float, wait_s: float, prefix: str) -
             return response.status_code
         except requests.ConnectionError:
             if time.monotonic() >= deadline:
-                print(f"warmup: Ollama at {url} did not answer within {wait_s:g} s", file=sys.stderr)
+                print(f"warmup: Ollama at {redact_url(url)} did not answer within {wait_s:g} s", file=sys.stderr)
                 return 0
             time.sleep(2)

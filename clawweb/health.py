@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
-from .config import get_settings
+from .auth import identity
+from .config import get_settings, redact_url
 from .upstream import get_client, model_key
 
 bp = Blueprint("health", __name__)
@@ -23,20 +25,36 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Some Ollama host answers within ``READY_TIMEOUT_S`` and lists the default model (a fresh check of every
-    host at once, which also refreshes what the gateway knows about them). ``hosts`` shows each one's state."""
+    host at once, which also refreshes what the gateway knows about them). ``hosts`` shows each one's state.
+
+    The detail (Ollama's URLs, each host's state, the reason in full) only to this machine and to callers with
+    an API key or a session: it maps the network behind the gateway. Anyone else gets the verdict alone."""
     settings, client = get_settings(), get_client()
     client.check(READY_TIMEOUT_S)
+    detail = _may_see_detail()
     hosts = [host.state(settings.default_model) for host in client.hosts]
     up = [host for host in client.hosts if host.up]
     if not up:
-        return _not_ready(client.unreachable_message(), hosts)
+        return _not_ready(client.unreachable_message() if detail else "Ollama is not reachable", hosts, detail)
     if not any(host.has(model_key(settings.default_model)) for host in up):
         where = "Ollama's /api/tags" if len(client.hosts) == 1 else "the /api/tags of any Ollama host that answers"
-        return _not_ready(f"default model '{settings.default_model}' is not in {where}", hosts)
-    return jsonify(status="ready", ollama=settings.ollama_url, model=settings.default_model, hosts=hosts)
+        return _not_ready(f"default model '{settings.default_model}' is not in {where}", hosts, detail)
+    if not detail:
+        return jsonify(status="ready")
+    ollama = redact_url(settings.ollama_url)
+    return jsonify(status="ready", ollama=ollama, model=settings.default_model, hosts=hosts)
 
 
-def _not_ready(message: str, hosts: list[dict[str, Any]]) -> Response:
-    response = jsonify(error=message, hosts=hosts)
+def _may_see_detail() -> bool:
+    if identity().via != "open":
+        return True
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback  # behind a proxy: the client's address
+    except ValueError:
+        return False  # a unix socket's peer, with no proxy to say who is behind it
+
+
+def _not_ready(message: str, hosts: list[dict[str, Any]], detail: bool) -> Response:
+    response = jsonify(error=message, hosts=hosts) if detail else jsonify(error=message)
     response.status_code = 503
     return response

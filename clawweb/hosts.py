@@ -17,6 +17,7 @@ import gevent
 from prometheus_client import Counter, Gauge
 
 from . import lifecycle
+from .config import redact_url
 
 log = logging.getLogger("gunicorn.error")
 
@@ -55,7 +56,7 @@ def names_in(listing: Any) -> frozenset[str]:
 class Host:
     """One Ollama server as this process sees it. Plain attributes: greenlets of one thread update them."""
 
-    url: str
+    url: str  # as configured, credentials included: for requests only
     index: int = 0
     up: bool = True  # until a check or a request says otherwise
     models: frozenset[str] | None = None  # /api/tags as model_keys; None until the host first answered
@@ -63,6 +64,10 @@ class Host:
     streams: int = 0  # requests this process has open to it; a stream counts from its start until it is closed
     problem: str = ""  # why it is down, short ("Connection refused"), for messages and /readyz
     error: Exception | None = field(default=None, repr=False)  # the full error of the last failure
+    label: str = field(init=False)  # the URL as it may be shown: in messages, /readyz, metrics, logs
+
+    def __post_init__(self) -> None:
+        self.label = redact_url(self.url)
 
     def has(self, key: str) -> bool:
         """Listed for sure (a host that never answered lists nothing yet)."""
@@ -70,27 +75,27 @@ class Host:
 
     def opened(self) -> None:
         self.streams += 1
-        HOST_STREAMS.labels(self.url).inc()
+        HOST_STREAMS.labels(self.label).inc()
 
     def closed(self) -> None:
         self.streams -= 1
-        HOST_STREAMS.labels(self.url).dec()
+        HOST_STREAMS.labels(self.label).dec()
 
     def answered(self, models: frozenset[str], loaded: frozenset[str] | None = None) -> None:
         self.up, self.models, self.problem, self.error = True, models, "", None
         if loaded is not None:
             self.loaded = loaded
-        HOST_UP.labels(self.url).set(1)
+        HOST_UP.labels(self.label).set(1)
 
     def failed(self, problem: str, error: Exception) -> None:
         self.up, self.problem, self.error = False, problem, error
-        HOST_UP.labels(self.url).set(0)
+        HOST_UP.labels(self.label).set(0)
 
     def state(self, model: str) -> dict[str, Any]:
         """What ``/readyz`` shows: health, load, and the default model only (never the whole model list)."""
         key = model_key(model)
         return {
-            "url": self.url,
+            "url": self.label,
             "up": self.up,
             "error": self.problem or None,
             "streams": self.streams,

@@ -25,7 +25,7 @@ import requests
 from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 
-from .config import Settings, split_urls
+from .config import Settings, redact_url, split_urls
 from .errors import ApiError
 from .hosts import (
     CHECK_TIMEOUT_S,
@@ -49,7 +49,8 @@ MERGED = ("/api/tags", "/api/ps")  # lists of models: with several hosts, the un
 
 
 class OllamaUnreachable(ApiError):
-    """Ollama refused or dropped the connection: a 502 that names the URL, so the operator knows where to look."""
+    """Ollama refused or dropped the connection: a 502 that names the URL (``Host.label``: without credentials), so
+    the operator knows where to look."""
 
     kind = "unreachable"
 
@@ -157,11 +158,11 @@ class OllamaClient:
                 method, host.url + path, data=data, headers=headers, stream=stream, timeout=timeout
             )
         except requests.ConnectionError as exc:  # includes ConnectTimeout
-            raise OllamaUnreachable(host.url, _reason(exc)) from None
+            raise OllamaUnreachable(host.label, _reason(exc)) from None
         except requests.Timeout:
             raise OllamaTimeout(timeout[1]) from None
         except requests.RequestException as exc:  # e.g. a body cut short: as good as unreachable
-            raise OllamaUnreachable(host.url, _reason(exc)) from None
+            raise OllamaUnreachable(host.label, _reason(exc)) from None
 
     def _fetch_names(self, host: Host, path: str, read_timeout: float) -> frozenset[str]:
         """The models ``host`` lists at ``path`` now; ``ApiError`` (502/504) when it cannot say."""
@@ -182,7 +183,7 @@ class OllamaClient:
         except ApiError as exc:
             host.failed(_problem(exc), exc)
         except Exception as exc:  # a bug, not the host's fault: say so, but keep the greenlet (and the log) clean
-            log.warning("checking Ollama at %s: %r", host.url, exc)
+            log.warning("checking Ollama at %s: %r", host.label, exc)
             host.failed(repr(exc), exc)
         else:
             host.answered(models, running)
@@ -216,7 +217,7 @@ class OllamaClient:
         """Why ``hosts`` cannot help: one host's own error as it was, or one 502 naming them all."""
         if len(hosts) == 1:
             return _again(hosts[0].error)
-        return HostsUnreachable([(h.url, h.problem or "down") for h in hosts])
+        return HostsUnreachable([(h.label, h.problem or "down") for h in hosts])
 
     def unreachable_message(self) -> str:
         """Why no host helps, as ``/readyz`` says it (the same words as a refused request)."""
@@ -317,7 +318,7 @@ class OllamaClient:
             try:  # failed before the first token: keep the small error body, free the connection, try the next host
                 response.content  # noqa: B018 - read now, kept by the response for whoever reports it
             except requests.RequestException as exc:
-                failure = OllamaUnreachable(host.url, _reason(exc))
+                failure = OllamaUnreachable(host.label, _reason(exc))
             finally:
                 response.close()
                 host.closed()
@@ -328,7 +329,7 @@ class OllamaClient:
     def _failed(self, host: Host, failure: requests.Response | ApiError, model: str | None) -> None:
         """Count a failed attempt and, with several hosts, learn from it until the next check says otherwise."""
         kind = getattr(failure, "kind", "status")
-        HOST_FAILURES.labels(host.url, kind).inc()
+        HOST_FAILURES.labels(host.label, kind).inc()
         if not self._several:
             return
         if isinstance(failure, OllamaUnreachable):
@@ -383,8 +384,8 @@ def _clearest(failures: Sequence[tuple[Host, requests.Response | ApiError]]) -> 
     if len(answers) < len(failures):
         timeouts = [f for _, f in failures if isinstance(f, OllamaTimeout)]
         if len(timeouts) == len(failures):
-            raise HostsTimedOut(timeouts[0].seconds, [host.url for host, _ in failures])
-        raise HostsUnreachable([(host.url, _failure_text(f)) for host, f in failures])
+            raise HostsTimedOut(timeouts[0].seconds, [host.label for host, _ in failures])
+        raise HostsUnreachable([(host.label, _failure_text(f)) for host, f in failures])
     return Opened(answers[0])
 
 
@@ -416,7 +417,7 @@ def _reason(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.Timeout):
         return "connection timed out"
     text = str(getattr(cause, "reason", None) or cause)
-    return text.rsplit("] ", 1)[-1] if "] " in text else text
+    return redact_url(text.rsplit("] ", 1)[-1] if "] " in text else text)  # should a library ever name the URL
 
 
 def init_app(app: Flask, settings: Settings) -> None:

@@ -7,7 +7,8 @@
 #   deploy/install.sh --render FILE            print FILE with the @PLACEHOLDERS@ filled in (used by the tests)
 #
 # Settings (environment): SERVER_NAME (_), HTTPS_PORT (443), HTTP_PORT (80), CERT, CERT_KEY, MAX_ACTIVE (4),
-# STREAM_TIMEOUT (600s), and the paths below.
+# STREAM_TIMEOUT (600s), CONN_PER_ADDRESS (100), LOGINS_PER_MINUTE (10), ANSWERS_PER_MINUTE (120) (nginx's
+# per-address limits, explained in nginx/clawweb.conf), and the paths below.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,8 +29,14 @@ DRY_RUN=0
 : "${MAX_ACTIVE:=4}"
 : "${MAX_BODY:=1m}"
 : "${STREAM_TIMEOUT:=600s}"
+: "${CONN_PER_ADDRESS:=100}"
+: "${LOGINS_PER_MINUTE:=10}"
+: "${ANSWERS_PER_MINUTE:=120}"
 : "${STATIC_ROOT:=$APP_DIR/static}"
 HTTPS_PORT_SUFFIX=$([ "$HTTPS_PORT" = 443 ] && echo "" || echo ":$HTTPS_PORT")
+# The names nginx serves are the Host names the app accepts (CLAWWEB_ALLOWED_HOSTS: the DNS rebinding guard);
+# "_" is nginx's catch-all, no name.
+ALLOWED_HOSTS=$(echo "$SERVER_NAME" | tr -s ' ' '\n' | grep -v '^_$' | paste -sd, - || true)
 
 render() {  # fill the @NAME@ placeholders of a deploy template
     sed -e "s|@UPSTREAM@|$BIND|g; s|@BIND@|$BIND|g; s|@SERVER_NAME@|$SERVER_NAME|g" \
@@ -37,7 +44,8 @@ render() {  # fill the @NAME@ placeholders of a deploy template
         -e "s|@CERT@|$CERT|g; s|@CERT_KEY@|$CERT_KEY|g; s|@MAX_BODY@|$MAX_BODY|g" \
         -e "s|@STREAM_TIMEOUT@|$STREAM_TIMEOUT|g; s|@STATIC_ROOT@|$STATIC_ROOT|g; s|@APP_DIR@|$APP_DIR|g" \
         -e "s|@VENV@|$VENV|g; s|@USER@|$CLAWWEB_USER|g; s|@ENV_FILE@|$ENV_FILE|g; s|@DATA_DIR@|$DATA_DIR|g" \
-        -e "s|@MAX_ACTIVE@|$MAX_ACTIVE|g" "$1"
+        -e "s|@MAX_ACTIVE@|$MAX_ACTIVE|g; s|@CONN_PER_ADDRESS@|$CONN_PER_ADDRESS|g" \
+        -e "s|@LOGINS_PER_MINUTE@|$LOGINS_PER_MINUTE|g; s|@ANSWERS_PER_MINUTE@|$ANSWERS_PER_MINUTE|g" "$1"
 }
 
 run() {  # every change goes through here, so --dry-run can show it
@@ -110,6 +118,8 @@ CLAWWEB_DEFAULT_MODEL=qwen3:32b
 CLAWWEB_BIND=$BIND
 CLAWWEB_DB=$DATA_DIR/clawweb.db
 CLAWWEB_TRUSTED_PROXIES=1
+# Host names this gateway serves (others get a 403); loopback names always work. See README, Accounts and security.
+$([ -n "$ALLOWED_HOSTS" ] && echo "CLAWWEB_ALLOWED_HOSTS=$ALLOWED_HOSTS" || echo "# CLAWWEB_ALLOWED_HOSTS=chat.example.com")
 # Accounts: add users with 'clawweb users add NAME', keys for programs with 'clawweb keys create NAME'.
 CLAWWEB_AUTH=required
 CLAWWEB_SECRET_KEY_FILE=$DATA_DIR/secret_key

@@ -16,7 +16,8 @@ for url in sys.argv[1].split(","):
         pass
 sys.exit(1)' "$url" 2>/dev/null; then
     sim_port=${CLAWWEB_SIMULATOR_PORT:-11435}
-    echo "clawweb: no Ollama answers at $url: using the built-in Ollama SIMULATOR on 127.0.0.1:$sim_port" \
+    shown=$("$py" -c 'import sys; from clawweb.config import redact_url; print(redact_url(sys.argv[1]))' "$url")
+    echo "clawweb: no Ollama answers at $shown: using the built-in Ollama SIMULATOR on 127.0.0.1:$sim_port" \
          "(canned answers, not a real model)" >&2
     "$py" -m clawweb.simulator --host 127.0.0.1 --port "$sim_port" &
     sim_pid=$!

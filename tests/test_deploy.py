@@ -41,9 +41,14 @@ def sim() -> Iterator[SimProcess]:
 
 @pytest.fixture(scope="module")
 def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    # As install.sh configures it: behind one proxy, accounts required.
+    # As install.sh configures it: behind one proxy, accounts required, the site's server name allowed.
     server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=0.3, trusted_proxies=1, auth="required"
+        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+        sim.url,
+        heartbeat_s=0.3,
+        trusted_proxies=1,
+        auth="required",
+        allowed_hosts="localhost",
     )
     yield server
     server.stop()
@@ -178,6 +183,94 @@ def test_login_cookie_is_secure_and_hsts_set_behind_tls(nginx: Nginx, key: str, 
     for header in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options"):
         assert header in page.headers
     assert requests.get(nginx.url + "/api/tags", verify=ca, timeout=5).status_code == 401
+
+
+def test_only_the_server_name_is_served(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+    # A name rebound to this host reaches nginx's only site (the default server) and is passed on as $host.
+    ca = str(certificate[0])
+    refused = requests.get(nginx.url + "/login", headers={"Host": "evil.example"}, verify=ca, timeout=5)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "Host 'evil.example' is not served here; add it to CLAWWEB_ALLOWED_HOSTS"
+    assert requests.get(nginx.url + "/login", headers={"Host": "localhost"}, verify=ca, timeout=5).status_code == 200
+
+
+TOO_MANY = {"error": "too many requests from your address at once; wait a few seconds and retry"}
+
+
+def tls_from(source: str, port: int, cert: Path) -> ssl.SSLSocket:
+    """A TLS connection to nginx from ``source`` (all of 127/8 is loopback): one client address per test."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return ssl.create_default_context(cafile=str(cert)).wrap_socket(raw, server_hostname="localhost")
+
+
+def answer(sock: ssl.SSLSocket) -> tuple[int, str, bytes]:
+    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]  # it only calls makefile()
+    response.begin()
+    return response.status, response.getheader("Content-Type", ""), response.read()
+
+
+def test_connections_beyond_the_per_address_limit_get_429(
+    gateway: Gateway, certificate: tuple[Path, Path], key: str, tmp_path: Path
+) -> None:
+    limited = Nginx(tmp_path / "nginx", gateway.port, *certificate, CONN_PER_ADDRESS="4")
+    chats_before = gateway.log.count('"POST /api/chat ')
+    slow = (
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    held = [tls_from("127.0.0.5", limited.https_port, certificate[0]) for _ in range(4)]
+    try:
+        for sock in held:
+            sock.sendall(slow)  # a body that never finishes: nginx waits for it, gunicorn never hears of it
+        for _ in range(3):
+            with tls_from("127.0.0.5", limited.https_port, certificate[0]) as extra:
+                extra.sendall(slow)
+                status, kind, body = answer(extra)
+            assert (status, kind, json.loads(body)) == (429, "application/json", TOO_MANY)
+        # Another address streams as usual meanwhile.
+        other = http.client.HTTPSConnection(
+            "localhost",
+            limited.https_port,
+            context=ssl.create_default_context(cafile=str(certificate[0])),
+            source_address=("127.0.0.6", 0),
+            timeout=10,
+        )
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        other.request("POST", "/api/chat", json.dumps(chat({"tokens": 3})), headers)
+        streamed = other.getresponse()
+        assert streamed.status == 200 and streamed.read().count(b'"done":false') == 3
+        other.close()
+    finally:
+        for sock in held:
+            sock.close()
+        limited.stop()
+    assert gateway.log.count('"POST /api/chat ') == chats_before + 1  # only the stream: bodies stay in nginx
+
+
+def test_a_burst_of_logins_beyond_the_rate_gets_429(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+    connection = http.client.HTTPSConnection(
+        "localhost",
+        nginx.https_port,
+        context=ssl.create_default_context(cafile=str(certificate[0])),
+        source_address=("127.0.0.7", 0),
+        timeout=10,
+    )
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    outcomes = []
+    try:
+        for attempt in range(30):
+            connection.request("POST", "/login", f"name=guess{attempt}&password=x", form)
+            response = connection.getresponse()
+            body = response.read()
+            kind = response.getheader("Content-Type", "")
+            outcomes.append("nginx" if response.status == 429 and json.loads(body) == TOO_MANY else kind)
+        connection.request("GET", "/login")
+        page = connection.getresponse()
+        page.read()
+    finally:
+        connection.close()
+    assert "nginx" not in outcomes[:11]  # a burst of 10 beyond the first passes to the app
+    assert outcomes.count("nginx") >= 15  # then one every 6 s (10 a minute)
+    assert page.status == 200  # the form itself is not limited
 
 
 def test_body_limit_matches_the_app(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
