@@ -16,12 +16,13 @@ from .eventlog import START, valid_cursor
 from .generations import AnyGeneration, Generations
 from .relay import streaming_response
 from .storage import Store
-from .validation import parse_json_object, request_body, validate_chat
+from .validation import parse_json_object, query_int, request_body, validate_chat
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 
 MAX_TITLE = 200
 PAGE_DEFAULT, PAGE_MAX = 50, 200
+OFFSET_MAX = 1_000_000_000  # far beyond anyone's conversations; SQLite's integers are 64-bit
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -96,10 +97,7 @@ def create_conversation() -> tuple[Response, int]:
 
 @bp.get("/conversations")
 def list_conversations() -> Response:
-    raw_limit, raw_offset = request.args.get("limit", str(PAGE_DEFAULT)), request.args.get("offset", "0")
-    if not (raw_limit.isdigit() and raw_offset.isdigit() and 0 < int(raw_limit) <= PAGE_MAX):
-        raise ApiError(400, f"'limit' must be 1..{PAGE_MAX} and 'offset' 0 or more")
-    limit, offset = int(raw_limit), int(raw_offset)
+    limit, offset = query_int("limit", PAGE_DEFAULT, 1, PAGE_MAX), query_int("offset", 0, 0, OFFSET_MAX)
     page = get_store().conversations(owner(), limit, offset)
     return jsonify(conversations=page, next_offset=offset + limit if len(page) == limit else None)
 

@@ -19,7 +19,10 @@ FINAL_EVENTS = frozenset({"done", "stopped", "error"})
 START = "0"  # the cursor before the first entry, for both stores
 Entry = tuple[str, str, bytes]  # (id, event type, data)
 
-_REDIS_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+# ASCII digits only (``\d`` and ``int()`` also take "١"), each part within Redis's 64-bit stream id fields: a
+# larger one, sent to XREAD, is an error in the middle of the response.
+_CURSOR = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_PART_MAX = 2**64 - 1
 
 
 def order(entry_id: str) -> tuple[int, int]:
@@ -29,7 +32,9 @@ def order(entry_id: str) -> tuple[int, int]:
 
 
 def valid_cursor(raw: str) -> bool:
-    return bool(_REDIS_ID.fullmatch(raw))
+    """An event id a reader may resume after: ``12`` (memory) or ``1732700000000-0`` (Redis), either store."""
+    found = _CURSOR.fullmatch(raw)
+    return found is not None and all(int(part) <= _PART_MAX for part in found.groups() if part is not None)
 
 
 class EventLog(Protocol):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -34,6 +35,13 @@ from .stream import CLOSED_EARLY, Failure
 log = logging.getLogger("gunicorn.error")
 
 RETRY_MS = 2000  # EventSource reconnect delay after a dropped connection
+# What ``new_id`` makes. Anything else names no generation, and must not reach Redis, where the id becomes part
+# of a key: ``<id>:log`` would name the event log stream, not a generation's hash.
+_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
 
 
 class Stopped(Exception):
@@ -99,7 +107,7 @@ class Generation(_Answer):
         message_id: int,
         relay: Relay,
     ) -> None:
-        self.id = secrets.token_hex(8)
+        self.id = new_id()
         self.conversation_id = conversation_id
         self.owner = owner  # the user id, None in open mode: only the owner can follow or stop it
         self.message_id = message_id
@@ -266,6 +274,8 @@ class Generations:
         return generation
 
     def get(self, generation_id: str) -> AnyGeneration | None:
+        if not _ID.fullmatch(generation_id):
+            return None
         self.sweep()
         local = self._by_id.get(generation_id)
         if local is not None or self._redis is None:

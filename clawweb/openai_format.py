@@ -114,7 +114,8 @@ def _options(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """An OpenAI chat request as an Ollama ``/api/chat`` body (still to pass ``validate_chat``)."""
+    """An OpenAI chat request as an Ollama ``/api/chat`` body, read field by field by exact name; it still
+    passes ``validate_chat``, whose canonical builder makes what Ollama receives (as for native requests)."""
     for name in UNSUPPORTED:
         if raw.get(name) not in (None, False, 0, "none", "auto", [], {}):
             raise OpenAIError(400, f"'{name}' is not supported by this gateway", name)

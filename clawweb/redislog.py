@@ -108,8 +108,8 @@ class RedisLog:
         while not lifecycle.stopping():  # else the reader reconnects (Last-Event-ID) to a worker that stays
             found: Any = self._redis.xread({self._key: cursor}, count=500, block=max(1, int(wait_s * 1000)))
             if not found:
-                if not self._redis.exists(self._key):
-                    return  # expired, or never existed: nothing will come
+                if self.caught_up(cursor):
+                    return  # expired, never existed, or ended before the cursor: nothing will come
                 yield None
                 continue
             for raw_id, fields in found[0][1]:

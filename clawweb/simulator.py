@@ -176,6 +176,7 @@ class Simulator:
             "disconnects": 0,
             "errors": 0,
             "last_request": None,
+            "last_body": None,  # the raw text, for tests of exactly what was forwarded (keys, duplicates)
             "last_headers": None,
         }
         return self.stats()
@@ -291,6 +292,7 @@ class Simulator:
             return self._error(sock, 404, f"model '{model}' not found")
         self._stats["requests"] += 1
         self._stats["last_request"], self._stats["last_headers"] = body, request.headers
+        self._stats["last_body"] = request.body.decode("utf-8", "replace")
         prompt = body.get("messages") if chat else body.get("prompt")
         if not prompt:  # a load (or unload) request: no generation, one final object
             reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"

@@ -1,18 +1,26 @@
-"""Validation of request bodies, before anything is opened towards Ollama.
+"""Validation of request bodies and query parameters, before anything is opened towards Ollama.
 
-Ollama accepts more fields than clawweb looks at; unknown fields pass through untouched so the official
-clients (which send ``tools``, ``format`` and friends) work unchanged; ``keep_alive`` is accepted but not
-forwarded (see ``validate_chat``).
+The ``/api/chat`` body is checked against the tables below (one per object Ollama decodes into a struct) by
+the canonicalizer in canonical.py, and the body sent upstream is built from the validated fields only, in their
+canonical spelling: a case variant of a field (``MODEL``, ``Options``, ``\\u212aeep_alive``) or a key given twice
+is a 400 naming it, because Ollama's Go decoder would read it as the field. Unknown keys are dropped, not passed
+through: Ollama ignores them too, and the official clients send only fields listed here (``tools``, ``format``,
+``options``, ``think``, ``keep_alive``...). ``keep_alive`` is accepted but not forwarded (see ``CHAT``).
+A route that forwards another Ollama body (``/api/generate``, ``/api/embed``, ``/api/show``) adds its table here
+and goes through the same ``canonical``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .canonical import OMIT, Field, Parse, Struct, canonical, list_of, object_pairs, struct
 from .config import Settings
 from .errors import ApiError
 
@@ -58,7 +66,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        body = json.loads(text)
+        body = json.loads(text, object_pairs_hook=object_pairs, parse_constant=_not_json, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -69,6 +77,18 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "request body must be a JSON object")
     _check_values(body)
     return body
+
+
+def _not_json(constant: str) -> Any:
+    raise ApiError(400, f"request body holds {constant}, which is not JSON (Ollama refuses it)")
+
+
+def _finite(digits: str) -> float:
+    """A JSON number as a float; one too large for a double (``1e999``) would be forwarded as ``Infinity``."""
+    value = float(digits)
+    if not math.isfinite(value):
+        raise ApiError(400, f"request body holds a number too large for a double ({digits[:40]})")
+    return value
 
 
 def _check_values(body: dict[str, Any]) -> None:
@@ -112,73 +132,174 @@ def _has_type(value: Any, kind: str) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def validate_options(options: Any, settings: Settings) -> dict[str, Any]:
-    """Known options only, each of the right type and within bounds; ``num_ctx`` clamped (a huge context would
-    exhaust GPU memory)."""
-    if not isinstance(options, dict):
-        raise ApiError(400, "'options' must be an object")
-    for key, value in options.items():
-        if key not in OPTIONS:
-            raise ApiError(400, f"'options.{key}' is not an option clawweb passes on ({', '.join(sorted(OPTIONS))})")
-        kind, low, high = OPTIONS[key]
+def _option(kind: str, low: float, high: float) -> Parse:
+    def parse(value: Any, where: str, settings: Settings) -> Any:
         if not _has_type(value, kind):
-            raise ApiError(400, f"'options.{key}' must be {kind}")
+            raise ApiError(400, f"'{where}' must be {kind}")
         size = len(value) if kind == _STRINGS else value
         if not low <= size <= high:
             bound = f"at most {high:g} strings" if kind == _STRINGS else f"between {low:g} and {high:g}"
-            raise ApiError(400, f"'options.{key}' must be {bound}")
+            raise ApiError(400, f"'{where}' must be {bound}")
         if kind == _STRINGS and any(len(item) > MAX_STOP_CHARS for item in value):
-            raise ApiError(400, f"'options.{key}' strings must be at most {MAX_STOP_CHARS} characters")
-    if options.get("num_ctx", 0) > settings.max_num_ctx:
-        options = {**options, "num_ctx": settings.max_num_ctx}
-    return dict(options)
+            raise ApiError(400, f"'{where}' strings must be at most {MAX_STOP_CHARS} characters")
+        return value
+
+    return parse
 
 
-def validate_messages(messages: Any, settings: Settings) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects")
-    if len(messages) > settings.max_messages:
-        raise ApiError(400, f"too many messages: {len(messages)} > {settings.max_messages} (CLAWWEB_MAX_MESSAGES)")
-    chars = 0
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ApiError(400, f"'messages[{i}]' must be an object")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise ApiError(400, f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise ApiError(400, f"'messages[{i}].content' must be a string")
-        thinking = message.get("thinking", "")
-        if not isinstance(thinking, str):
-            raise ApiError(400, f"'messages[{i}].thinking' must be a string")
-        images = message.get("images", [])
-        if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
-            raise ApiError(400, f"'messages[{i}].images' must be a list of base64 strings")
-        chars += len(content) + len(thinking)
+def _num_ctx(value: Any, where: str, settings: Settings) -> Any:
+    """Clamped, not refused (clients send their own favourite): a huge context would exhaust GPU memory."""
+    value = _option(*OPTIONS["num_ctx"])(value, where, settings)
+    return settings.max_num_ctx if value > settings.max_num_ctx else value
+
+
+# Options are a map in Ollama's Go (matched exactly, unknown ones ignored with a warning), but a table here like
+# any struct: a variant spelling is refused all the same, and an unknown option is refused with the list.
+OPTION_FIELDS = Struct(
+    {name: Field(_num_ctx if name == "num_ctx" else _option(*spec)) for name, spec in OPTIONS.items()},
+    unknown=f"is not an option clawweb passes on ({', '.join(sorted(OPTIONS))})",
+)
+
+
+# --- field parsers: (value, where, settings) -> the value to forward --------------------------------------------
+
+
+def _text(value: Any, where: str, settings: Settings) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, f"'{where}' must be a string")
+    return value
+
+
+def _model(value: Any, where: str, settings: Settings) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"'{where}' must be a non-empty string")
+    return value
+
+
+def _role(value: Any, where: str, settings: Settings) -> str:
+    if not isinstance(value, str) or value not in ROLES:
+        raise ApiError(400, f"'{where}' must be one of {', '.join(sorted(ROLES))}")
+    return value
+
+
+def _images(value: Any, where: str, settings: Settings) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(image, str) for image in value):
+        raise ApiError(400, f"'{where}' must be a list of base64 strings")
+    return value
+
+
+def _bool(value: Any, where: str, settings: Settings) -> bool:
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{where}' must be true or false")
+    return value
+
+
+def _value_object(value: Any, where: str, settings: Settings) -> Any:
+    """A free-form object (a JSON schema, tool-call arguments), forwarded as it is; null: not set."""
+    if value is None:
+        return OMIT
+    if not isinstance(value, dict):
+        raise ApiError(400, f"'{where}' must be an object")
+    return value
+
+
+def _think(value: Any, where: str, settings: Settings) -> Any:
+    if value is None:
+        return OMIT
+    if not isinstance(value, bool) and not (isinstance(value, str) and value in THINK_LEVELS):
+        raise ApiError(400, f'\'{where}\' must be true, false, "low", "medium" or "high"')
+    return value
+
+
+def _format(value: Any, where: str, settings: Settings) -> Any:
+    """``"json"`` or a JSON schema (a value); null and ``""`` mean "not set", as Ollama reads them."""
+    if value is None or value == "":
+        return OMIT
+    if value != "json" and not isinstance(value, dict):
+        raise ApiError(400, f"'{where}' must be \"json\" or a JSON schema object")
+    return value
+
+
+def _keep_alive(value: Any, where: str, settings: Settings) -> Any:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+        raise ApiError(400, f"'{where}' must be a duration string such as \"5m\" or a number of seconds")
+    return OMIT
+
+
+def _options(value: Any, where: str, settings: Settings) -> Any:
+    return OMIT if value is None else canonical(value, OPTION_FIELDS, where, settings)  # null: no options
+
+
+def _messages(value: Any, where: str, settings: Settings) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, f"'{where}' must be a non-empty list of {{role, content}} objects")
+    if len(value) > settings.max_messages:
+        raise ApiError(400, f"too many messages: {len(value)} > {settings.max_messages} (CLAWWEB_MAX_MESSAGES)")
+    messages = [canonical(message, MESSAGE, f"{where}[{i}]", settings) for i, message in enumerate(value)]
+    chars = sum(len(m.get("content", "")) + len(m.get("thinking", "")) for m in messages)
     if chars > settings.max_chars:
         raise ApiError(413, f"messages hold {chars} characters, more than {settings.max_chars} (CLAWWEB_MAX_CHARS)")
+    return messages
+
+
+# --- the tables: Ollama's api/types.go structs, the fields clawweb forwards -------------------------------------
+
+TOOL_CALL = Struct({"function": Field(struct(Struct({"name": Field(_text), "arguments": Field(_value_object)})))})
+MESSAGE = Struct(
+    {
+        "role": Field(_role, required=True),
+        "content": Field(_text),  # absent in the official client's assistant messages that only call tools
+        "thinking": Field(_text),
+        "images": Field(_images),
+        "tool_calls": Field(list_of(TOOL_CALL, nullable=True)),
+        "tool_name": Field(_text),
+    }
+)
+TOOL_FUNCTION = Struct(
+    {
+        "name": Field(_text),
+        "description": Field(_text),
+        "parameters": Field(_value_object),  # a JSON schema: a value, its keys are data
+    }
+)
+TOOL = Struct({"type": Field(_text), "function": Field(struct(TOOL_FUNCTION))})
+CHAT = Struct(
+    {
+        "model": Field(_model, default=lambda settings: settings.default_model),
+        "messages": Field(_messages, required=True),
+        "stream": Field(_bool),
+        "format": Field(_format),
+        "options": Field(_options),
+        "think": Field(_think),
+        "tools": Field(list_of(TOOL, nullable=True)),
+        # Not forwarded: on a shared GPU how long the model stays loaded is the operator's (OLLAMA_KEEP_ALIVE),
+        # and one client's keep_alive 0 would unload it for everyone (the next answer waits for a reload).
+        "keep_alive": Field(_keep_alive, forward=False),
+    }
+)
+
+
+def validate_options(options: Any, settings: Settings) -> dict[str, Any]:
+    """Known options only, each of the right type and within bounds; ``num_ctx`` clamped."""
+    return canonical(options, OPTION_FIELDS, "options", settings)
 
 
 def validate_chat(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Check an Ollama ``/api/chat`` body; return the body to forward (model filled in, num_ctx clamped)."""
-    body = dict(body)
-    model = body.setdefault("model", settings.default_model)
-    if not isinstance(model, str) or not model.strip():
-        raise ApiError(400, "'model' must be a non-empty string")
-    validate_messages(body.get("messages"), settings)
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false")
-    think = body.get("think")
-    if think is not None and not isinstance(think, bool) and not (isinstance(think, str) and think in THINK_LEVELS):
-        raise ApiError(400, '\'think\' must be true, false, "low", "medium" or "high"')
-    keep_alive = body.pop("keep_alive", None)
-    if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int | float)):
-        raise ApiError(400, "'keep_alive' must be a duration string such as \"5m\" or a number of seconds")
-    # Not forwarded: on a shared GPU how long the model stays loaded is the operator's (OLLAMA_KEEP_ALIVE), and
-    # one client's keep_alive 0 would unload it for everyone (the next answer waits for a reload).
-    if body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise ApiError(400, "'tools' must be a list")
-    if body.get("options") is not None:  # null is "no options", as for Ollama
-        body["options"] = validate_options(body["options"], settings)
-    return body
+    """Check an Ollama ``/api/chat`` body; return the body to forward: the validated fields only, in canonical
+    spelling (model filled in, num_ctx clamped, keep_alive and unknown keys left out)."""
+    return canonical(body, CHAT, "", settings)
+
+
+# --- query parameters -------------------------------------------------------------------------------------------
+
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: str.isdigit() and int() also take "²" and "١"
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    """The integer query parameter ``name`` (``default`` when absent), ``low``..``high`` or a 400."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise ApiError(400, f"'{name}' must be a whole number from {low} to {high}")
+    return int(raw)

@@ -32,18 +32,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, cast
+from urllib.parse import quote, urlencode
 
 import pytest
 import requests
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from clawweb.validation import OPTIONS, ROLES
 
-from .servers import Gateway
+from .servers import Gateway, RedisServer, require
 from .simproc import SimProcess, start_simulator
 
 MAX_BODY = 65536  # the fuzz gateway's CLAWWEB_MAX_BODY_BYTES: oversized bodies stay cheap to send
@@ -74,6 +74,7 @@ def examples(n: int) -> settings:
 @dataclass
 class Fuzz:
     gateway: Gateway
+    sim: SimProcess
     key: str
     worker_pid: int
     victim: str  # conversation the PATCH/messages/regenerate fuzzing aims at
@@ -118,24 +119,31 @@ def wait_for_generation(fuzz: Fuzz, generation_id: str) -> None:
 
 
 def conversation_with_answer(gateway: Gateway, headers: dict[str, str], title: str) -> str:
+    return answered(gateway, headers, title)[0]
+
+
+def answered(
+    gateway: Gateway, headers: dict[str, str], title: str, directive: str = "", wait: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """A new conversation with an answer (finished, unless not ``wait``): its id and the generation's summary."""
     created = requests.post(gateway.url + "/api/conversations", json={"title": title}, headers=headers, timeout=10)
     assert created.status_code == 201, created.text
     conversation_id = str(created.json()["id"])
     started = requests.post(
         f"{gateway.url}/api/conversations/{conversation_id}/messages",
-        json={"content": f"first message of the {title}", "think": False},
+        json={"content": f"first message of the {title}{directive}", "think": False},
         headers=headers,
         timeout=10,
     )
     assert started.status_code == 202, started.text
-    generation = started.json()["generation"]["id"]
+    generation: dict[str, Any] = started.json()["generation"]
+    url = f"{gateway.url}/api/generations/{generation['id']}"
     deadline = time.monotonic() + 10
-    while requests.get(f"{gateway.url}/api/generations/{generation}", headers=headers, timeout=10).json()[
-        "status"
-    ] not in ("done", "stopped", "error"):
+    while wait and generation["status"] not in ("done", "stopped", "error"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    return conversation_id
+        generation = requests.get(url, headers=headers, timeout=10).json()
+    return conversation_id, generation
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +161,7 @@ def fuzz(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         auth="required",
         max_body_bytes=MAX_BODY,
         login_attempts=100_000,  # the login fuzzing must reach the password check, not the throttle
+        heartbeat_s=0.2,  # a reader waiting past the end of a live answer hears something soon
     )
     try:
         key = gateway.new_user("fuzz", PASSWORD)
@@ -161,7 +170,7 @@ def fuzz(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         witness = conversation_with_answer(gateway, headers, "witness")
         victim = conversation_with_answer(gateway, headers, "victim")
         snapshot = requests.get(f"{gateway.url}/api/conversations/{witness}", headers=headers, timeout=10).content
-        yield Fuzz(gateway, key, worker, victim, witness, snapshot)
+        yield Fuzz(gateway, sim, key, worker, victim, witness, snapshot)
     finally:
         gateway.stop()
 
@@ -241,6 +250,25 @@ def check(
     return None
 
 
+class Repeated(dict[str, Any]):
+    """An object in which some key appeared more than once (the dict holds the last value, as ``json.loads``)."""
+
+
+def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return dict(items) if len({key for key, _ in items}) == len(items) else Repeated(items)
+
+
+def finite(digits: str) -> float:
+    value = float(digits)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("a number no double holds: Go's decoder refuses it")
+    return value
+
+
+def not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_object(data: bytes, empty_is_object: bool) -> dict[str, Any] | None:
     """The body as a JSON object, as a strict reader would take it; None when it is not one."""
     if empty_is_object and not data.strip():
@@ -248,7 +276,7 @@ def parse_object(data: bytes, empty_is_object: bool) -> dict[str, Any] | None:
     if len(data) > MAX_BODY:
         return None
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_float=finite, parse_constant=not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -265,8 +293,59 @@ def think_ok(value: Any) -> bool:
     return value is None or isinstance(value, bool) or (isinstance(value, str) and value in ("low", "medium", "high"))
 
 
+# The objects Ollama's Go decoder reads into structs (api/types.go), and the fields of each that clawweb forwards.
+CHAT_FIELDS = ("model", "messages", "stream", "format", "options", "think", "tools", "keep_alive")
+MESSAGE_FIELDS = ("role", "content", "thinking", "images", "tool_calls", "tool_name")
+TOOL_FIELDS, TOOL_FUNCTION_FIELDS = ("type", "function"), ("name", "description", "parameters")
+TOOL_CALL_FIELDS, TOOL_CALL_FUNCTION_FIELDS = ("function",), ("name", "arguments")
+
+
+def spelled_once(value: Any, fields: Any) -> bool:
+    """An object in which Go's decoder reads each field from one key spelled as the field: it matches keys
+    case-insensitively (U+212A KELVIN SIGN is a k, U+017F LONG S an s) and the last of several wins."""
+    if not isinstance(value, dict) or isinstance(value, Repeated):
+        return False
+    folded = [key.casefold() for key in value]
+    return len(set(folded)) == len(folded) and all(key in fields or key.casefold() not in fields for key in value)
+
+
 def options_ok(value: Any) -> bool:
-    return value is None or (isinstance(value, dict) and all(key in OPTIONS for key in value))
+    return value is None or (spelled_once(value, OPTIONS) and all(key in OPTIONS for key in value))
+
+
+def tools_ok(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, list)
+        and all(
+            spelled_once(tool, TOOL_FIELDS)
+            and ("function" not in tool or spelled_once(tool["function"], TOOL_FUNCTION_FIELDS))
+            for tool in value
+        )
+    )
+
+
+def tool_calls_ok(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, list)
+        and all(
+            spelled_once(call, TOOL_CALL_FIELDS)
+            and ("function" not in call or spelled_once(call["function"], TOOL_CALL_FUNCTION_FIELDS))
+            for call in value
+        )
+    )
+
+
+def format_ok(value: Any) -> bool:
+    return value in (None, "", "json") or isinstance(value, dict)
+
+
+def chat_message_ok(message: Any) -> bool:
+    return (
+        spelled_once(message, MESSAGE_FIELDS)
+        and message.get("role") in ROLES
+        and ("content" not in message or is_text(message["content"]))  # the official client omits it at times
+        and tool_calls_ok(message.get("tool_calls"))
+    )
 
 
 def known_model(value: Any) -> bool:
@@ -276,14 +355,37 @@ def known_model(value: Any) -> bool:
 def chat_ok(body: dict[str, Any]) -> bool:
     messages = body.get("messages")
     return (
-        known_model(body.get("model", MODEL))
+        spelled_once(body, CHAT_FIELDS)
+        and known_model(body.get("model", MODEL))
         and isinstance(messages, list)
         and bool(messages)
-        and all(isinstance(m, dict) and m.get("role") in ROLES and is_text(m.get("content")) for m in messages)
+        and all(chat_message_ok(m) for m in messages)
         and ("stream" not in body or isinstance(body["stream"], bool))
         and think_ok(body.get("think"))
         and options_ok(body.get("options"))
+        and tools_ok(body.get("tools"))
+        and format_ok(body.get("format"))
     )
+
+
+def forwarded_ok(sim: SimProcess) -> None:
+    """What reached the simulator for the last answer: each object Ollama reads as a struct holds forwarded
+    fields only, and no key anywhere appears twice."""
+    sent = json.loads(sim.stats()["last_body"], object_pairs_hook=pairs)
+    stack: list[Any] = [sent]
+    while stack:
+        value = stack.pop()
+        assert not isinstance(value, Repeated), sent
+        stack.extend(value.values() if isinstance(value, dict) else value if isinstance(value, list) else [])
+    structs: list[tuple[Any, tuple[str, ...]]] = [(sent, CHAT_FIELDS[:-1]), (sent.get("options") or {}, tuple(OPTIONS))]
+    for message in sent["messages"]:
+        structs.append((message, MESSAGE_FIELDS))
+        for call in message.get("tool_calls") or []:
+            structs += [(call, TOOL_CALL_FIELDS), (call.get("function") or {}, TOOL_CALL_FUNCTION_FIELDS)]
+    for tool in sent.get("tools") or []:
+        structs += [(tool, TOOL_FIELDS), (tool.get("function") or {}, TOOL_FUNCTION_FIELDS)]
+    for value, fields in structs:
+        assert set(value) <= set(fields), (value, fields)
 
 
 def conversation_ok(body: dict[str, Any]) -> bool:
@@ -335,6 +437,22 @@ FIELD_NAMES = [
     "system_prompt",
     *OPTIONS,
     "num_gpu",
+    # What Ollama's decoder reads as a field, and a check of the exact name would not.
+    "MODEL",
+    "Model",
+    "Messages",
+    "Options",
+    "\u212aeep_alive",
+    "\u017ftream",
+    "Think",
+    "Content",
+    "ROLE",
+    "NUM_CTX",
+    "Tools",
+    "tool_calls",
+    "tool_name",
+    "function",
+    "Function",
 ]
 
 
@@ -364,7 +482,10 @@ def field(valid: st.SearchStrategy[Any], surrogates: bool) -> st.SearchStrategy[
 
 @cache
 def options(surrogates: bool) -> st.SearchStrategy[Any]:
-    names = st.one_of(st.sampled_from([*OPTIONS, "num_gpu", "main_gpu", "use_mmap", ""]), texts(surrogates, 10))
+    names = st.one_of(
+        st.sampled_from([*OPTIONS, "num_gpu", "main_gpu", "use_mmap", "", "NUM_CTX", "Temperature", "\u017feed"]),
+        texts(surrogates, 10),
+    )
     values = st.one_of(
         st.integers(),
         st.integers(min_value=-(2**70), max_value=2**70),
@@ -377,6 +498,32 @@ def options(surrogates: bool) -> st.SearchStrategy[Any]:
     return st.one_of(st.none(), st.dictionaries(names, values, max_size=4), json_values(surrogates))
 
 
+def spelled(name: str) -> st.SearchStrategy[str]:
+    """A field's name, or now and then a spelling Go's decoder reads as it (and the gateway refuses)."""
+    variants = {name.upper(), name.capitalize(), name.replace("k", "\u212a").replace("s", "\u017f")} - {name}
+    return st.sampled_from([name] * 6 + sorted(variants))
+
+
+@cache
+def tool_calls(surrogates: bool) -> st.SearchStrategy[Any]:
+    function = st.dictionaries(
+        spelled("name") | spelled("arguments"), st.one_of(texts(surrogates), json_values(surrogates)), max_size=2
+    )
+    return st.dictionaries(spelled("function"), function | json_values(surrogates), max_size=1)
+
+
+@cache
+def tools(surrogates: bool) -> st.SearchStrategy[Any]:
+    """Tool definitions: their struct keys (possibly misspelled), their parameters a schema of any shape."""
+    function: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
+        st.one_of(spelled("name"), spelled("description"), spelled("parameters")),
+        st.one_of(texts(surrogates), json_values(surrogates), st.just({"properties": {"Name": {}, "name": {}}})),
+        max_size=3,
+    )
+    tool = st.dictionaries(spelled("type") | spelled("function"), st.just("function") | function, max_size=2)
+    return st.lists(tool | json_values(surrogates), max_size=2)
+
+
 @cache
 def messages(surrogates: bool) -> st.SearchStrategy[Any]:
     role = field(st.sampled_from(sorted(ROLES)), surrogates)
@@ -387,6 +534,8 @@ def messages(surrogates: bool) -> st.SearchStrategy[Any]:
             "content": field(texts(surrogates), surrogates),
             "images": field(st.lists(st.text(string.ascii_letters, max_size=8), max_size=2), surrogates),
             "thinking": field(texts(surrogates), surrogates),
+            "tool_calls": field(st.lists(tool_calls(surrogates), max_size=2), surrogates),
+            "tool_name": field(texts(surrogates), surrogates),
         },
     )
     valid = st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": texts(surrogates)}), min_size=1)
@@ -409,8 +558,8 @@ def shaped(route: str, surrogates: bool) -> st.SearchStrategy[dict[str, Any]]:
             "think": field(THINK, surrogates),
             "options": options(surrogates),
             "keep_alive": field(st.sampled_from(["5m", 0, -1, 3.5, "0s"]), surrogates),
-            "tools": field(st.lists(json_values(surrogates), max_size=2), surrogates),
-            "format": json_values(surrogates),
+            "tools": field(tools(surrogates), surrogates),
+            "format": st.one_of(json_values(surrogates), st.sampled_from(["json", "", {"type": "object"}])),
         }
     elif route in ("create", "patch"):
         required = {}
@@ -451,18 +600,29 @@ def valid(route: str, surrogates: bool) -> st.SearchStrategy[dict[str, Any]]:
         "options": st.fixed_dictionaries({}, optional={k: option_value(*spec) for k, spec in OPTIONS.items()}),
     }
     if route == "chat":
+        call = st.fixed_dictionaries(
+            {"function": st.fixed_dictionaries({"name": text, "arguments": st.dictionaries(text, json_values(False))})}
+        )
         message = st.fixed_dictionaries(
             {"role": st.sampled_from(sorted(ROLES)), "content": text},
-            optional={"images": st.lists(st.sampled_from(["aGVsbG8=", ""]), max_size=2), "thinking": text},
+            optional={
+                "images": st.lists(st.sampled_from(["aGVsbG8=", ""]), max_size=2),
+                "thinking": text,
+                "tool_calls": st.lists(call, max_size=2),
+                "tool_name": text,
+            },
         )
+        schema = st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(text, st.just({}))})
+        function = st.fixed_dictionaries({"name": text}, optional={"description": text, "parameters": schema})
+        valid_tool = st.fixed_dictionaries({"type": st.just("function"), "function": function})
         last = st.fixed_dictionaries({"role": st.just("user"), "content": text})
         optional = {
             **knobs,
             "model": st.just(MODEL),
             "stream": st.booleans(),
             "keep_alive": st.sampled_from(["5m", 0, -1, 3.5, "0s", None]),
-            "tools": st.lists(json_values(surrogates), max_size=2),
-            "format": st.sampled_from(["json", None, {"type": "object"}]),
+            "tools": st.lists(valid_tool, max_size=2),
+            "format": st.sampled_from(["json", None, "", {"type": "object", "properties": {"A": {}, "a": {}}}]),
         }
         messages = st.builds(lambda before, end: [*before, end], st.lists(message, max_size=3), last)
         return st.fixed_dictionaries({"messages": messages}, optional=optional)
@@ -661,6 +821,8 @@ def test_chat_never_fails_on_any_body(fuzz: Fuzz, flavour: str, body: Body, acce
     header = accept.draw(ACCEPT[flavour], label="Accept")
     answer = send(fuzz, "POST", "/api/chat", body, {"Accept": header} if header else None)
     check(answer, body, chat_ok)
+    if answer.status == 200:
+        forwarded_ok(fuzz.sim)
     if answer.status == 200 and flavour == "sse":
         assert answer.content_type.startswith("text/event-stream"), answer
     if answer.status == 200 and answer.content_type.startswith("text/event-stream"):
@@ -752,6 +914,313 @@ def test_login_form_never_fails(
 
 def fields_encoded(fields: dict[str, str]) -> bytes:
     return "&".join(f"{quote(k)}={quote(v)}" for k, v in fields.items()).encode()
+
+
+# --- URLs and headers: query strings, path segments, Last-Event-ID, Accept, Content-Type, Authorization -------
+
+
+@dataclass
+class Site:
+    """What the URL and header fuzzing aims at: the gateway above (in memory, accounts required), or two gateways
+    on one Redis (open mode), where a reader on the second follows answers the first runs (``RemoteGeneration``,
+    ``XREAD``). Each has a finished answer and one that streams for the whole module."""
+
+    name: str
+    urls: list[str]
+    headers: dict[str, str]
+    key: str  # an API key, or "" in open mode
+    conversation: str  # holds the finished answer
+    finished: dict[str, Any]  # its generation's summary
+    live: dict[str, Any]  # a generation that keeps streaming
+
+    @property
+    def generation_ids(self) -> set[str]:
+        return {self.finished["id"], self.live["id"]}
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"Site({self.name})")
+
+
+LIVE = '\n#sim {"tokens": 1000000, "tps": 20}'  # outlasts the module; stopped at the end
+
+
+def open_site(name: str, gateways: list[Gateway], headers: dict[str, str], key: str) -> Site:
+    first = gateways[0]
+    conversation, finished = answered(first, headers, f"{name} urls")
+    _, live = answered(first, headers, f"{name} live", LIVE, wait=False)
+    return Site(name, [g.url for g in gateways], headers, key, conversation, finished, live)
+
+
+def close_site(site: Site) -> None:
+    stopped = requests.delete(f"{site.urls[0]}/api/generations/{site.live['id']}", headers=site.headers, timeout=10)
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped", stopped.text
+
+
+@pytest.fixture(scope="module")
+def memory_site(fuzz: Fuzz) -> Iterator[Site]:
+    site = open_site("memory", [fuzz.gateway], fuzz.headers, fuzz.key)
+    yield site
+    close_site(site)
+
+
+@pytest.fixture(scope="module")
+def redis_site(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    require("redis-server")
+    directory = tmp_path_factory.mktemp("fuzz-redis")
+    redis_server = RedisServer(directory / "redis")
+    shared = {"redis_url": redis_server.url, "db": str(directory / "clawweb.db"), "heartbeat_s": 0.1, "auth": "off"}
+    gateways: list[Gateway] = []
+    try:
+        gateways += [Gateway(directory / f"gw{i}.log", sim.url, **shared) for i in (1, 2)]
+        site = open_site("redis", gateways, {}, "")
+        yield site
+        close_site(site)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        redis_server.stop()
+    for gateway in gateways:
+        assert "Traceback" not in gateway.log, gateway.log[-20_000:]
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def site(request: pytest.FixtureRequest) -> Site:
+    return cast(Site, request.getfixturevalue(f"{request.param}_site"))
+
+
+def cursor_ok(raw: str) -> bool:
+    """An event id as Redis takes it (memory ids are its first part): digits, 64 bits a part."""
+    parts = raw.split("-")
+    return 1 <= len(parts) <= 2 and all(
+        part.isascii() and part.isdigit() and len(part) <= 20 and int(part) < 2**64 for part in parts
+    )
+
+
+def whole_number_ok(raw: str | None, low: int, high: int) -> bool:
+    return raw is None or (raw.isascii() and raw.isdigit() and len(raw) <= 20 and low <= int(raw) <= high)
+
+
+NUMBERS = ["", "0", "1", "50", "200", "201", "-1", "+1", " 1", "1 ", "²", "١٢", "１", "1e3", "0x10", "007", "1.0"]
+NUMBERS += ["nan", str(2**63), str(2**64), "9" * 20, "9" * 21, "9" * 400]  # gunicorn's own 414 beyond 4 kB
+CURSORS = ["0", "0-0", "1-", "-", "1-2-3", "$", ">", "*", "+", "18446744073709551615-18446744073709551615"]
+
+
+def cursors(site: Site) -> st.SearchStrategy[str]:
+    """Event ids around the real ones (before, at and after the last of an answer), and junk."""
+    last = site.finished["last_event_id"]
+    ms, _, seq = last.partition("-")
+    near = [last, ms, f"{int(ms) + 1}", f"{int(ms) - 1}"]
+    if seq:  # a Redis id: the next sequence number, the next millisecond
+        near += [f"{ms}-{int(seq) + 1}", f"{int(ms) + 1}-0"]
+    return st.one_of(
+        st.sampled_from(near + CURSORS + NUMBERS),
+        st.integers(-1, 2**66).map(str),
+        st.tuples(st.integers(0, 2**65), st.integers(0, 2**65)).map(lambda pair: f"{pair[0]}-{pair[1]}"),
+        st.text(max_size=25),
+    )
+
+
+def error_shape(path: str, answer: Answer, accept: str | bytes | None = None) -> None:
+    """No 500; a 4xx of the API is JSON with a message, of a page when JSON is asked. Under /v1 it is OpenAI's
+    shape, except for a path no /v1 rule matches at all (a line break in it): the app's own 404 answers that."""
+    assert answer.status < 500, (path, answer.status, answer.content[:2000])
+    accepted = accept.decode("latin-1") if isinstance(accept, bytes) else accept or ""
+    wants_json = accepted.startswith("application/json")
+    if 400 <= answer.status < 500 and (path.startswith(("/api/", "/v1/")) or wants_json):
+        assert answer.content_type.startswith("application/json"), (path, answer)
+        error = json.loads(answer.content)["error"]
+        message = error["message"] if path.startswith("/v1/") and isinstance(error, dict) else error
+        assert isinstance(message, str) and message.strip(), (path, answer)
+
+
+def fetch(
+    site: Site, at: int, method: str, path: str, headers: dict[str, Any], live: bool = False, data: bytes | None = None
+) -> Answer:
+    """One request; a stream of the live answer is read to its second block (the opening, then a frame or a
+    heartbeat), every other body to its end: a stream cut short raises in ``requests`` and fails the test."""
+    with requests.request(
+        method, site.urls[at] + path, headers=headers, data=data, stream=True, timeout=TIMEOUT, allow_redirects=False
+    ) as response:
+        kind = response.headers.get("Content-Type", "")
+        if live and response.status_code == 200 and kind.startswith("text/event-stream"):
+            content = b""
+            for chunk in response.iter_content(chunk_size=None):
+                content += chunk
+                if content.count(b"\n\n") >= 2:
+                    break
+            assert content.count(b"\n\n") >= 2, f"the stream of a live answer ended: {content!r}"
+        else:
+            content = response.content
+        return Answer(response.status_code, kind, content)
+
+
+def events_complete(answer: Answer, live: bool) -> None:
+    """A 200 of ``/events`` is an SSE stream that opens as every one does and, for a finished answer, ends with
+    its final event (not cut in the middle: a reconnecting EventSource would resume from a wrong place)."""
+    if answer.status != 200:
+        return
+    assert answer.content_type.startswith("text/event-stream"), answer
+    assert answer.content.startswith(b"retry: 2000\n: ok\n\n"), answer.content[:200]
+    if not live:
+        last = answer.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert last.startswith((b"event: done\n", b"event: stopped\n", b"event: error\n")), answer.content[-500:]
+
+
+QUERY_NAMES = st.sampled_from(["limit", "offset", "after"]) | st.text(max_size=8)
+RAW_QUERY_JUNK = st.sampled_from(["", "&", "&&", "=", "%", "%ff", "%zz", "a=%80", "%00=1", ";", "+", "&=&"])
+
+
+@examples(150)
+@given(data=st.data())
+def test_query_strings_never_fail(site: Site, data: st.DataObject) -> None:
+    """Limits, offsets and cursors in the URL: a 400 naming the parameter, or the page/stream they ask for."""
+    route = data.draw(st.sampled_from(["list", "events", "events live", "conversation", "generation"]))
+    values = st.one_of(st.sampled_from(NUMBERS), cursors(site), st.integers(-(10**25), 10**25).map(str))
+    own = st.sampled_from(["limit", "offset"] if route == "list" else ["after"])  # the route's own, mostly
+    pairs = data.draw(st.lists(st.tuples(own | own | QUERY_NAMES, values), max_size=4), label="query")
+    junk = data.draw(RAW_QUERY_JUNK, label="raw junk")
+    live = route == "events live"
+    generation = site.live if live else site.finished
+    path = {
+        "list": "/api/conversations",
+        "events": f"/api/generations/{generation['id']}/events",
+        "events live": f"/api/generations/{generation['id']}/events",
+        "conversation": f"/api/conversations/{site.conversation}",
+        "generation": f"/api/generations/{generation['id']}",
+    }[route]
+    at = data.draw(st.sampled_from(range(len(site.urls))), label="gateway")
+    query = urlencode(pairs) + ("&" if pairs and junk else "") + junk
+    answer = fetch(site, at, "GET", f"{path}?{query}", site.headers, live)
+    event(f"{site.name} query {route} -> {answer.status}")
+    error_shape(path, answer)
+    first = {name: value for name, value in reversed(pairs)}  # Flask reads the first of a repeated parameter
+    if route == "list" and 200 <= answer.status < 300:
+        assert whole_number_ok(first.get("limit"), 1, 200) and whole_number_ok(first.get("offset"), 0, 10**9), pairs
+    if route.startswith("events"):
+        assert answer.status not in (200, 204) or not first.get("after") or cursor_ok(first["after"]), pairs
+        events_complete(answer, live)
+
+
+def segments(site: Site) -> st.SearchStrategy[str]:
+    """Path segments: other ids that name Redis keys (``<id>:log``), near misses of real ids, and any text."""
+    finished, live = site.finished["id"], site.live["id"]
+    near = [
+        finished,
+        live,
+        site.conversation,
+        f"{finished}:log",
+        f"{live}:log",
+        f"{finished}:x",
+        f"{site.conversation}:running",
+        finished.upper(),
+    ]
+    near += [finished + "0", finished[:-1], f"{finished}\x00", "%00", "%", "%zz", "%2e%2e", "%2F", "null", "0", "-1"]
+    near += ["*", "9" * 30, "x" * 3000, "ſ", "\u212a", "qwen3:32b", "QWEN3:32B", "..%2F..%2Fapi%2Fconversations"]
+    anything = st.text(min_size=1, max_size=30).filter(lambda text: text not in (".", ".."))  # dots: other paths
+    return st.one_of(st.sampled_from(near), st.sampled_from(near), anything)
+
+
+PATHS = [
+    ("GET", "/api/conversations/{}"),
+    ("DELETE", "/api/conversations/{}"),
+    ("GET", "/api/generations/{}"),
+    ("GET", "/api/generations/{}"),
+    ("GET", "/api/generations/{}/events"),
+    ("GET", "/api/generations/{}/events"),
+    ("DELETE", "/api/generations/{}"),
+    ("GET", "/c/{}"),
+    ("GET", "/v1/models/{}"),
+    ("POST", "/v1/{}"),
+    ("GET", "/api/{}"),
+    ("GET", "/{}"),
+]
+
+
+@examples(150)
+@given(data=st.data())
+def test_path_segments_never_fail(site: Site, data: st.DataObject) -> None:
+    """Ids in the URL that are nobody's: a 404 (JSON under /api and /v1), never a 500 from a key they name."""
+    method, template = data.draw(st.sampled_from(PATHS), label="route")
+    segment = data.draw(segments(site), label="segment")
+    quoted = data.draw(st.booleans(), label="quoted")  # raw, requests quotes what it must (and a '/' is a '/')
+    if method == "DELETE":  # never the module's own answers or conversation
+        assume(segment not in site.generation_ids and segment != site.conversation)
+    path = template.format(quote(segment, safe="") if quoted else segment)
+    accept = data.draw(st.sampled_from([None, "application/json", "text/html", "*/*"]), label="Accept")
+    headers = {**site.headers, **({"Accept": accept} if accept else {})}
+    live = segment == site.live["id"]
+    answer = fetch(site, data.draw(st.sampled_from(range(len(site.urls)))), method, path, headers, live)
+    event(f"{site.name} path {template} -> {answer.status}")
+    error_shape(path, answer, accept)
+    if 200 <= answer.status < 300 and template.startswith(("/api/conversations", "/api/generations", "/c/")):
+        assert segment in site.generation_ids | {site.conversation}, (path, answer)
+    if template.endswith("/events"):
+        events_complete(answer, live)
+
+
+def header_values() -> st.SearchStrategy[str | bytes]:
+    """What a client may put in a header that gunicorn's parser takes: tab, space, visible ASCII and any byte
+    from 0x80 (latin-1 text, UTF-8, or neither); no leading blank (requests refuses one)."""
+    latin = st.text(st.characters(codec="latin-1", exclude_categories=["Cc"]) | st.just("\t"), max_size=60)
+    utf8 = st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=30).map(lambda text: text.encode())
+    return st.one_of(latin.map(str.lstrip), utf8.map(bytes.lstrip))
+
+
+def as_header(value: str | bytes) -> bytes:
+    """A value as it can go on the wire: UTF-8 where latin-1 does not hold it, without the control characters
+    and leading blanks that gunicorn's parser (or requests) refuses before the app sees anything."""
+    if isinstance(value, str):
+        value = value.encode("latin-1") if all(ord(c) < 256 for c in value) else value.encode()
+    return re.sub(rb"[\x00-\x08\x0a-\x1f\x7f]", b"", value).lstrip(b" \t")
+
+
+AUTHORIZATION = ["", "Bearer", "Bearer ", "Bearer x", "bearer {key}", "Bearer {key}", "Bearer  {key}", "{key}"]
+AUTHORIZATION += ["Bearer {key}x", "Bearer {key}\t", "Basic Zm9vOmJhcg==", "Bearer ollama", "Token {key}", "Bearer é"]
+ACCEPTS = ["text/event-stream", "application/json", "application/x-ndjson", "*/*", "text/html", "text/*;q=0", "*/*;q=x"]
+MEDIA_TYPES = ["application/json", "application/json; charset=latin-1", "text/plain", "multipart/form-data"]
+MEDIA_TYPES += ["application/x-www-form-urlencoded", "application/json; boundary=", ";", "application/"]
+HEADER_ROUTES = {
+    "list": ("GET", "/api/conversations", None),
+    "create": ("POST", "/api/conversations", b'{"title": "from the header fuzzing"}'),
+    "events": ("GET", "/api/generations/{finished}/events", None),
+    "events live": ("GET", "/api/generations/{live}/events", None),
+    "chat": ("POST", "/api/chat", json.dumps(valid_base("chat")).encode()),
+    "page": ("GET", "/c/{conversation}", None),
+    "models": ("GET", "/v1/models", None),
+    "openai": ("POST", "/v1/chat/completions", json.dumps({"messages": valid_base("chat")["messages"]}).encode()),
+}
+
+
+@examples(150)
+@given(data=st.data())
+def test_headers_never_fail(site: Site, data: st.DataObject) -> None:
+    """Junk in the headers clients and proxies set: refused in the usual shape, or answered in full."""
+    route = data.draw(st.sampled_from(sorted(HEADER_ROUTES)), label="route")
+    method, template, body = HEADER_ROUTES[route]
+    path = template.format(finished=site.finished["id"], live=site.live["id"], conversation=site.conversation)
+    headers: dict[str, str | bytes] = dict(site.headers)
+    choices = {
+        "Last-Event-ID": cursors(site),
+        "Accept": st.sampled_from(ACCEPTS) | header_values(),
+        "Content-Type": st.sampled_from(MEDIA_TYPES) | header_values(),
+        "Authorization": st.sampled_from(AUTHORIZATION).map(lambda value: value.format(key=site.key)) | header_values(),
+    }
+    for name, values in choices.items():
+        if data.draw(st.booleans(), label=f"send {name}"):
+            headers[name] = as_header(data.draw(values, label=name))
+    live = route == "events live"
+    answer = fetch(site, data.draw(st.sampled_from(range(len(site.urls)))), method, path, headers, live, body)
+    event(f"{site.name} headers {route} -> {answer.status}")
+    accept = headers.get("Accept")
+    error_shape(path, answer, accept)
+    if route.startswith("events"):
+        events_complete(answer, live)
+    if answer.status == 200 and answer.content_type.startswith("application/x-ndjson"):
+        lines = [json.loads(line) for line in answer.content.splitlines() if line.strip()]
+        assert lines and lines[-1].get("done") is True, lines
+    if answer.status == 200 and route == "chat" and answer.content_type.startswith("text/event-stream"):
+        last = answer.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].split(b"data: ", 1)[-1]
+        assert b"event: error" not in answer.content and json.loads(last).get("done") is True, answer
 
 
 # --- afterwards: nothing died, nothing leaked into the log, the witness is untouched ------------------------------
@@ -852,3 +1321,78 @@ def test_regression_non_ascii_csrf_token(fuzz: Fuzz, where: str) -> None:
                 fuzz.gateway.url + "/api/conversations", json={}, headers={"X-CSRF-Token": b"\xe9"}, timeout=TIMEOUT
             )
         assert response.status_code < 500, (response.status_code, response.text[:300])
+
+
+# Item 13 of issue 14: 500s found by hand in URLs, each once a 500 (or a stream cut in the middle).
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("limit=%C2%B2", "limit"),  # "²": str.isdigit() took it, int() did not
+        ("limit=%D9%A1", "limit"),  # "١": both took it
+        ("offset=99999999999999999999", "offset"),  # past SQLite's 64-bit integers
+        ("limit=1&offset=%EF%BC%91", "offset"),  # a fullwidth "１"
+    ],
+)
+def test_regression_query_integers(memory_site: Site, query: str, named: str) -> None:
+    answer = fetch(memory_site, 0, "GET", f"/api/conversations?{query}", memory_site.headers)
+    assert answer.status == 400, answer
+    assert json.loads(answer.content)["error"].startswith(f"'{named}' must be a whole number from"), answer
+
+
+@pytest.mark.parametrize("suffix", [":log", ":log/events", "%3Alog"])
+def test_regression_a_generation_id_that_names_another_redis_key(redis_site: Site, suffix: str) -> None:
+    """``gen:<id>:log`` is the answer's event stream: HGETALL on it was a WRONGTYPE error, a 500."""
+    for at in range(len(redis_site.urls)):
+        answer = fetch(redis_site, at, "GET", f"/api/generations/{redis_site.finished['id']}{suffix}", {})
+        assert answer.status == 404 and b"no generation" in answer.content, answer
+
+
+@pytest.mark.parametrize("where", ["after", "Last-Event-ID"])
+def test_regression_redis_cursor_beyond_64_bits(redis_site: Site, where: str) -> None:
+    """A reader on the other process (``XREAD``) with a cursor Redis cannot hold: once a 200 whose stream was cut
+    when Redis refused the id; now a 400 before anything streams. The largest id Redis holds still streams."""
+    path = f"/api/generations/{redis_site.live['id']}/events"
+    for cursor, status in [("99999999999999999999", 400), ("18446744073709551615-18446744073709551615", 200)]:
+        query, headers = (f"?after={cursor}", {}) if where == "after" else ("", {"Last-Event-ID": cursor})
+        answer = fetch(redis_site, 1, "GET", path + query, headers, live=True)
+        assert answer.status == status, (cursor, answer)
+        error_shape(path, answer)
+        events_complete(answer, live=True)  # and a heartbeat after the opening: not cut
+
+
+def test_regression_a_remote_reader_past_the_end_stops_with_the_answer(redis_site: Site) -> None:
+    """A reader on the other process whose cursor lies beyond the answer's last event: once it heard heartbeats
+    until the finished stream expired (CLAWWEB_GENERATION_TTL_S); now its stream ends when the answer does."""
+    gateway = redis_site.urls[0]
+    _, generation = answered_on(gateway, '\n#sim {"tokens": 6, "tps": 20}')
+    headers = {"Last-Event-ID": "18446744073709551615-18446744073709551615"}
+    url = f"{redis_site.urls[1]}/api/generations/{generation['id']}/events"
+    heartbeats_after_the_end = 0
+    with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
+        assert response.status_code == 200
+        for block in sse_blocks(response):
+            assert block == b": keep-alive" or block.startswith(b"retry:"), block  # nothing after the cursor
+            state = requests.get(f"{gateway}/api/generations/{generation['id']}", timeout=TIMEOUT).json()
+            heartbeats_after_the_end += state["status"] == "done"
+            assert heartbeats_after_the_end <= 5, "the stream outlived its answer"
+    assert requests.get(url, headers=headers, timeout=TIMEOUT).status_code == 204
+
+
+def answered_on(url: str, directive: str) -> tuple[str, dict[str, Any]]:
+    conversation = requests.post(url + "/api/conversations", json={}, timeout=TIMEOUT).json()["id"]
+    started = requests.post(
+        f"{url}/api/conversations/{conversation}/messages", json={"content": "hi" + directive}, timeout=TIMEOUT
+    )
+    assert started.status_code == 202, started.text
+    return conversation, started.json()["generation"]
+
+
+def sse_blocks(response: requests.Response) -> Iterator[bytes]:
+    buffer = b""
+    for chunk in response.iter_content(chunk_size=None):
+        buffer += chunk
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            yield block
