@@ -128,6 +128,9 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What the CLI creates (a new database, its -wal/-shm) holds password hashes: the service's user's alone,
+    # whatever umask the operator's shell has. (The store creates its files 0600 itself; this covers the rest.)
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(os.environ)
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return warmup(settings.ollama_url, settings.default_model, args.wait)
     if args.command == "doctor":
         return _doctor(settings, args)
-    store = Store(settings.db)
+    # Never mark answers interrupted: the gateway may be running them right now.
+    store = Store(settings.db, mark_interrupted=False)
     try:
         (_users if args.command == "users" else _keys)(store, args)
     except ValueError as exc:

@@ -8,8 +8,11 @@ One thread also means one connection and no locking of our own; WAL keeps reader
 from __future__ import annotations
 
 import fcntl
+import logging
+import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +22,7 @@ from typing import Any, TypeVar, cast
 from gevent.threadpool import ThreadPool
 
 T = TypeVar("T")
+log = logging.getLogger("gunicorn.error")
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit an entry once released.
 MIGRATIONS = [
@@ -76,6 +80,38 @@ CONVERSATION_FIELDS = ("title", "model", "system_prompt")
 INTERRUPTED = "interrupted: the gateway process running it stopped"
 
 
+def private_file(path: str) -> str:
+    """``path``, created empty with mode 0600 if missing, whatever the umask (else ``tighten``-ed).
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode, so a private database
+    means private companions: the database file must not be left to sqlite3 to create (0644 minus the umask).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        tighten(path)
+        return path
+    try:
+        os.fchmod(fd, 0o600)  # a umask such as 0277 would have taken the owner's write bit
+    finally:
+        os.close(fd)
+    return path
+
+
+def tighten(path: str) -> None:
+    """An existing file that every local user may read (a database made before ``private_file``, under umask
+    022) loses the others' bits; the group's are the operator's choice."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o007:
+            os.chmod(path, mode & ~0o007)
+            log.warning("%s was readable by every local user (mode %04o); now %04o", path, mode, mode & ~0o007)
+    except FileNotFoundError:
+        pass
+    except PermissionError:  # not ours: say so, but a read-only command must still work
+        log.warning("%s is readable by every local user; chmod o-rwx it", path)
+
+
 @contextmanager
 def _migration_lock(path: str) -> Iterator[None]:
     """One migrator at a time: several workers start together on a new database (executescript commits any
@@ -83,7 +119,7 @@ def _migration_lock(path: str) -> Iterator[None]:
     if path == ":memory:":
         yield
         return
-    with open(f"{path}.migrate-lock", "w") as lock:
+    with open(private_file(f"{path}.migrate-lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -101,7 +137,11 @@ class Store:
 
     def _open(self, path: str, mark_interrupted: bool) -> None:
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # A new data directory is the service's alone (an existing one, maybe /tmp, is left as it is).
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_file(path)
+            for companion in (f"{path}-wal", f"{path}-shm"):  # left by a process from before this check
+                tighten(companion)
         db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions where needed
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout = 5000")
