@@ -12,8 +12,9 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from . import quotas
 from .admission import get_admission
-from .auth import identity
+from .auth import identity, owner
 from .config import Settings, get_settings
 from .errors import ApiError
 from .limits import SlidingWindow
@@ -51,8 +52,8 @@ def _rate() -> SlidingWindow:
 
 def admit(body: dict[str, Any]) -> Relay:
     """What every generation passes before anything streams: the model is offered here (403) and exists (404),
-    Ollama answers (502), this client is under its rate (429), and there is a slot or a place in the queue for
-    it (429/503)."""
+    Ollama answers (502), this client is under its rate and its answers a day (429), and there is a slot or a
+    place in the queue for it (429/503)."""
     settings, client, who = get_settings(), get_client(), client_id()
     if not allowed(body["model"], settings):
         raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
@@ -64,8 +65,13 @@ def admit(body: dict[str, Any]) -> Relay:
             f"more than {settings.rate_per_minute} answers a minute (CLAWWEB_RATE_PER_MINUTE); retry in {wait} s",
             {"Retry-After": str(wait)},
         )
+    give_back = quotas.count_answer(owner())  # 429 when today's answers are used up
     admission = get_admission()
-    ticket = admission.enter(who)
+    try:
+        ticket = admission.enter(who)
+    except BaseException:
+        give_back()  # refused a place: not an answer
+        raise
     _rate().hit(who)
     if settings.log_content:
         log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])

@@ -170,6 +170,18 @@ class Settings:
     login_attempts: int = _setting(5, _positive_int, "failed logins per user name in 15 min (5x per address)")
     log_content: bool = _setting(False, _flag, "1: log message text (never passwords or keys)")
     redis_url: str = _setting("", _redis_url, "Redis for state shared by workers and hosts (empty: in memory)")
+    quota_conversations: int = _setting(
+        10_000, _non_negative_int, "most conversations one user keeps (403 beyond; 0: no limit)"
+    )
+    quota_bytes: int = _setting(
+        500_000_000, _non_negative_int, "most UTF-8 bytes one user stores in conversations (413 beyond; 0: no limit)"
+    )
+    quota_answers_per_day: int = _setting(
+        2000, _non_negative_int, "answers one user may start per day, server time (429 beyond; 0: no limit)"
+    )
+    conversations_per_minute: int = _setting(
+        20, _non_negative_int, "conversations one user may create per minute (429 beyond; 0: no limit)"
+    )
 
     @property
     def auth_required(self) -> bool:
