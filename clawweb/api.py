@@ -12,8 +12,9 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from . import quotas
 from .admission import get_admission
-from .auth import identity
+from .auth import identity, owner
 from .config import Settings, get_settings
 from .errors import ApiError
 from .limits import Throttled, Window, make_window
@@ -51,8 +52,8 @@ def _rate() -> Window:
 
 def admit(body: dict[str, Any]) -> Relay:
     """What every generation passes before anything streams: the model is offered here (403) and exists (404),
-    Ollama answers (502), this client is under its rate (429), and there is a slot or a place in the queue for
-    it (429/503)."""
+    Ollama answers (502), this client is under its rate and its answers a day (429), and there is a slot or a
+    place in the queue for it (429/503)."""
     settings, client, who = get_settings(), get_client(), client_id()
     if not allowed(body["model"], settings):
         raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
@@ -66,11 +67,17 @@ def admit(body: dict[str, Any]) -> Relay:
             f"retry in {exc.retry_after} s",
             {"Retry-After": str(exc.retry_after)},
         ) from None
+    try:
+        give_back = quotas.count_answer(owner())  # 429 when today's answers are used up
+    except BaseException:
+        _rate().release(who, counted)
+        raise
     admission = get_admission()
     try:
         ticket = admission.enter(who)
-    except BaseException:
-        _rate().release(who, counted)  # refused by the queue: not an answer started
+    except BaseException:  # refused by the queue: not an answer started
+        _rate().release(who, counted)
+        give_back()
         raise
     if settings.log_content:
         log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])

@@ -79,7 +79,7 @@ def _secret_key(settings: Settings) -> str:
     if settings.secret_key:
         return settings.secret_key
     path = Path(settings.secret_key_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 0600
         try:

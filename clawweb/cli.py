@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import accounts
+from . import accounts, quotas
 from .config import ConfigError, Settings, load_settings
 from .doctor import Doctor, warmup
 from .storage import Store
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     sessions = users.add_parser("sessions", help="a user's logins (browsers); --revoke ends them all at once")
     sessions.add_argument("name")
     sessions.add_argument("--revoke", action="store_true", help="log the user out everywhere")
+    usage = users.add_parser("usage", help="what each user stores and answers today, against the quotas")
+    usage.add_argument("name", nargs="?", help="one user (default: every user, and open mode's if any)")
 
     keys = commands.add_parser("keys", help="API keys for programs").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="a new key for a user, shown once")
@@ -75,7 +77,7 @@ def _when(stamp: float | None) -> str:
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
 
 
-def _users(store: Store, args: argparse.Namespace) -> None:
+def _users(store: Store, settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "add":
         name = accounts.check_name(args.name)
         if store.user(name=name) is not None:
@@ -99,10 +101,35 @@ def _users(store: Store, args: argparse.Namespace) -> None:
                 f"{row['id']:>5} since {_when(row['created_at'])}  last seen {_when(row['last_seen_at'])}  "
                 f"{row['address'] or '-':<15} {row['user_agent'] or '-'}"
             )
+    elif args.action == "usage":
+        _usage(store, settings, args.name)
     else:
         for user in store.users():
             state = "disabled" if user["disabled"] else "active"
             print(f"{user['name']:<24} {state:<9} created {_when(user['created_at'])}")
+
+
+def _usage(store: Store, settings: Settings, name: str | None) -> None:
+    """One line per user: each figure against its quota (CLAWWEB_QUOTA_*, 0 = no limit)."""
+    owners: list[tuple[str, int | None]] = [(user["name"], user["id"]) for user in store.users()]
+    if name is not None:
+        owners = [(name, _user(store, name)["id"])]
+    day = quotas.today()
+    rows = [(label, store.usage(owner, day)) for label, owner in owners]
+    open_mode = store.usage(None, day)
+    if name is None and any(open_mode.values()):
+        rows.append(("(open mode)", open_mode))
+
+    def of(value: int, limit: int) -> str:
+        return f"{value} of {limit or 'no limit'}"
+
+    print(f"{'user':<24} {'conversations':<22} {'bytes stored':<28} answers today ({day})")
+    for label, figures in rows:
+        print(
+            f"{label:<24} {of(figures['conversations'], settings.quota_conversations):<22} "
+            f"{of(figures['bytes'], settings.quota_bytes):<28} "
+            f"{of(figures['answers_today'], settings.quota_answers_per_day)}"
+        )
 
 
 def _keys(store: Store, args: argparse.Namespace) -> None:
@@ -141,6 +168,9 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What the CLI creates (a new database, its -wal/-shm) holds password hashes: the service's user's alone,
+    # whatever umask the operator's shell has. (The store creates its files 0600 itself; this covers the rest.)
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(os.environ)
@@ -151,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return warmup(settings.ollama_url, settings.default_model, args.wait)
     if args.command == "doctor":
         return _doctor(settings, args)
-    store = Store(settings.db)
+    # Never mark answers interrupted: the gateway may be running them right now.
+    store = Store(settings.db, mark_interrupted=False)
     try:
-        (_users if args.command == "users" else _keys)(store, args)
+        if args.command == "users":
+            _users(store, settings, args)
+        else:
+            _keys(store, args)
     except ValueError as exc:
         print(f"clawweb: {exc}", file=sys.stderr)
         return 1

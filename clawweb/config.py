@@ -213,6 +213,18 @@ class Settings:
     max_pending_per_address: int = _setting(
         128, _positive_int, "connections one address may keep waiting on its own request bytes (429 beyond)"
     )
+    quota_conversations: int = _setting(
+        10_000, _non_negative_int, "most conversations one user keeps (403 beyond; 0: no limit)"
+    )
+    quota_bytes: int = _setting(
+        500_000_000, _non_negative_int, "most UTF-8 bytes one user stores in conversations (413 beyond; 0: no limit)"
+    )
+    quota_answers_per_day: int = _setting(
+        2000, _non_negative_int, "answers one user may start per day, server time (429 beyond; 0: no limit)"
+    )
+    conversations_per_minute: int = _setting(
+        20, _non_negative_int, "conversations one user may create per minute (429 beyond; 0: no limit)"
+    )
 
     @property
     def auth_required(self) -> bool:

@@ -7,8 +7,8 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from . import sse
-from .api import admit
+from . import quotas, sse
+from .api import admit, client_id
 from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError
@@ -28,6 +28,7 @@ OFFSET_MAX = 1_000_000_000  # far beyond anyone's conversations; SQLite's intege
 def init_app(app: Flask, settings: Settings) -> None:
     store = Store(settings.db, mark_interrupted=not settings.redis_url)
     app.extensions["clawweb.store"] = store
+    quotas.init_app(app, settings)
     app.extensions["clawweb.generations"] = Generations(
         store,
         settings.generation_ttl_s,
@@ -92,6 +93,7 @@ def create_conversation() -> tuple[Response, int]:
     settings = get_settings()
     fields = _conversation_fields(_body(), settings)
     fields.setdefault("model", settings.default_model)
+    quotas.check_new_conversation(owner(), client_id(), quotas.stored_size(fields))
     return jsonify(get_store().create_conversation(owner(), **fields)), 201
 
 
@@ -126,8 +128,11 @@ def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
 
 @bp.patch("/conversations/<conversation_id>")
 def update_conversation(conversation_id: str) -> Response:
-    _conversation_or_404(conversation_id)
+    conversation = _conversation_or_404(conversation_id)
     fields = _conversation_fields(_body(), get_settings())
+    added = quotas.stored_size({**conversation, **fields}) - quotas.stored_size(conversation)
+    if added > 0:  # making things smaller is always allowed, even over the quota
+        quotas.check_storing(owner(), added)
     return jsonify(get_store().update_conversation(conversation_id, **fields))
 
 
@@ -167,7 +172,8 @@ def _start(
         history.append({"role": "user", "content": new_user_message})
     model = knobs.get("model") or conversation["model"]
     body = validate_chat({**knobs, "model": model, "messages": history, "stream": True}, settings)
-    relay = admit(body)
+    quotas.check_storing(owner(), quotas.size(new_user_message or ""))  # 413 over the quota; 0: refused once over
+    relay = admit(body)  # also counts the answer for today's quota
     try:
         if replace is not None:
             store.delete_message(replace)

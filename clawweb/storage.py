@@ -8,8 +8,11 @@ One thread also means one connection and no locking of our own; WAL keeps reader
 from __future__ import annotations
 
 import fcntl
+import logging
+import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +22,7 @@ from typing import Any, TypeVar, cast
 from gevent.threadpool import ThreadPool
 
 T = TypeVar("T")
+log = logging.getLogger("gunicorn.error")
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit an entry once released.
 MIGRATIONS = [
@@ -84,10 +88,101 @@ MIGRATIONS = [
     );
     CREATE INDEX sessions_user ON sessions (user_id);
     """,
+    # Quotas (quotas.py): what each owner stores, kept up to date by triggers on every write, so checking a quota
+    # is one primary-key lookup however much is stored, and no code path can forget to count. Owner 0 is open
+    # mode (user ids start at 1). Bytes are UTF-8: titles and system prompts, messages' content and thinking.
+    """
+    CREATE TABLE quota_usage (
+        owner INTEGER PRIMARY KEY,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO quota_usage (owner, conversations, bytes)
+        SELECT ifnull(user_id, 0), count(*), sum(length(CAST(title AS BLOB)) + length(CAST(system_prompt AS BLOB))
+            + ifnull((SELECT sum(length(CAST(content AS BLOB)) + length(CAST(thinking AS BLOB))) FROM messages
+                      WHERE conversation_id = conversations.id), 0))
+        FROM conversations GROUP BY ifnull(user_id, 0);
+    CREATE TRIGGER quota_conversation_added AFTER INSERT ON conversations BEGIN
+        INSERT OR IGNORE INTO quota_usage (owner) VALUES (ifnull(NEW.user_id, 0));
+        UPDATE quota_usage SET conversations = conversations + 1,
+            bytes = bytes + length(CAST(NEW.title AS BLOB)) + length(CAST(NEW.system_prompt AS BLOB))
+            WHERE owner = ifnull(NEW.user_id, 0);
+    END;
+    CREATE TRIGGER quota_conversation_changed AFTER UPDATE OF title, system_prompt ON conversations BEGIN
+        UPDATE quota_usage SET bytes = bytes
+            + length(CAST(NEW.title AS BLOB)) + length(CAST(NEW.system_prompt AS BLOB))
+            - length(CAST(OLD.title AS BLOB)) - length(CAST(OLD.system_prompt AS BLOB))
+            WHERE owner = ifnull(NEW.user_id, 0);
+    END;
+    -- The messages first, while their conversation still says whose they are (ON DELETE CASCADE would delete
+    -- them after it, when the message trigger below can no longer find the owner).
+    CREATE TRIGGER quota_conversation_deleting BEFORE DELETE ON conversations BEGIN
+        DELETE FROM messages WHERE conversation_id = OLD.id;
+    END;
+    CREATE TRIGGER quota_conversation_deleted AFTER DELETE ON conversations BEGIN
+        UPDATE quota_usage SET conversations = conversations - 1,
+            bytes = bytes - length(CAST(OLD.title AS BLOB)) - length(CAST(OLD.system_prompt AS BLOB))
+            WHERE owner = ifnull(OLD.user_id, 0);
+    END;
+    CREATE TRIGGER quota_message_added AFTER INSERT ON messages BEGIN
+        UPDATE quota_usage SET bytes = bytes + length(CAST(NEW.content AS BLOB)) + length(CAST(NEW.thinking AS BLOB))
+            WHERE owner = (SELECT ifnull(user_id, 0) FROM conversations WHERE id = NEW.conversation_id);
+    END;
+    CREATE TRIGGER quota_message_changed AFTER UPDATE OF content, thinking ON messages BEGIN
+        UPDATE quota_usage SET bytes = bytes
+            + length(CAST(NEW.content AS BLOB)) + length(CAST(NEW.thinking AS BLOB))
+            - length(CAST(OLD.content AS BLOB)) - length(CAST(OLD.thinking AS BLOB))
+            WHERE owner = (SELECT ifnull(user_id, 0) FROM conversations WHERE id = NEW.conversation_id);
+    END;
+    CREATE TRIGGER quota_message_deleted AFTER DELETE ON messages BEGIN
+        UPDATE quota_usage SET bytes = bytes - length(CAST(OLD.content AS BLOB)) - length(CAST(OLD.thinking AS BLOB))
+            WHERE owner = (SELECT ifnull(user_id, 0) FROM conversations WHERE id = OLD.conversation_id);
+    END;
+    -- Answers started per owner and day (the server's local date): a counter, not a count of stored answers,
+    -- so deleting conversations or regenerating does not give answers back.
+    CREATE TABLE quota_answers (
+        owner INTEGER NOT NULL,
+        day TEXT NOT NULL,  -- YYYY-MM-DD
+        answers INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (owner, day)
+    );
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
 INTERRUPTED = "interrupted: the gateway process running it stopped"
+
+
+def private_file(path: str) -> str:
+    """``path``, created empty with mode 0600 if missing, whatever the umask (else ``tighten``-ed).
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode, so a private database
+    means private companions: the database file must not be left to sqlite3 to create (0644 minus the umask).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        tighten(path)
+        return path
+    try:
+        os.fchmod(fd, 0o600)  # a umask such as 0277 would have taken the owner's write bit
+    finally:
+        os.close(fd)
+    return path
+
+
+def tighten(path: str) -> None:
+    """An existing file that every local user may read (a database made before ``private_file``, under umask
+    022) loses the others' bits; the group's are the operator's choice."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o007:
+            os.chmod(path, mode & ~0o007)
+            log.warning("%s was readable by every local user (mode %04o); now %04o", path, mode, mode & ~0o007)
+    except FileNotFoundError:
+        pass
+    except PermissionError:  # not ours: say so, but a read-only command must still work
+        log.warning("%s is readable by every local user; chmod o-rwx it", path)
 
 
 @contextmanager
@@ -97,7 +192,7 @@ def _migration_lock(path: str) -> Iterator[None]:
     if path == ":memory:":
         yield
         return
-    with open(f"{path}.migrate-lock", "w") as lock:
+    with open(private_file(f"{path}.migrate-lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -115,7 +210,11 @@ class Store:
 
     def _open(self, path: str, mark_interrupted: bool) -> None:
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # A new data directory is the service's alone (an existing one, maybe /tmp, is left as it is).
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_file(path)
+            for companion in (f"{path}-wal", f"{path}-shm"):  # left by a process from before this check
+                tighten(companion)
         db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions where needed
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout = 5000")
@@ -184,6 +283,18 @@ class Store:
     def delete_conversation(self, conversation_id: str) -> None:
         self._execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
+    def usage(self, owner: int | None, day: str) -> dict[str, int]:
+        """What ``owner`` stores (conversations, UTF-8 bytes) and the answers it started on ``day``: two
+        primary-key lookups (the quota migration's triggers keep the figures)."""
+        key = 0 if owner is None else owner
+        rows = self._execute(
+            "SELECT ifnull((SELECT conversations FROM quota_usage WHERE owner = ?), 0) AS conversations, "
+            "ifnull((SELECT bytes FROM quota_usage WHERE owner = ?), 0) AS bytes, "
+            "ifnull((SELECT answers FROM quota_answers WHERE owner = ? AND day = ?), 0) AS answers_today",
+            (key, key, key, day),
+        )
+        return {name: int(value) for name, value in rows[0].items()}
+
     # --- messages --------------------------------------------------------------------------------------------
 
     def messages(self, conversation_id: str) -> list[dict[str, Any]]:
@@ -220,6 +331,23 @@ class Store:
 
     def delete_message(self, message_id: int) -> None:
         self._execute("DELETE FROM messages WHERE id = ?", (message_id,))
+
+    def count_answer(self, owner: int | None, day: str, limit: int) -> bool:
+        """Count one more answer for ``owner`` on ``day`` unless it has ``limit`` already (0: no limit); False
+        when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""
+        rows = self._execute(
+            "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) "
+            "DO UPDATE SET answers = answers + 1 WHERE ? = 0 OR answers < ? RETURNING answers",
+            (0 if owner is None else owner, day, limit, limit),
+        )
+        return bool(rows)
+
+    def uncount_answer(self, owner: int | None, day: str) -> None:
+        """Give back an answer counted by ``count_answer`` that was then not admitted."""
+        self._execute(
+            "UPDATE quota_answers SET answers = answers - 1 WHERE owner = ? AND day = ? AND answers > 0",
+            (0 if owner is None else owner, day),
+        )
 
     # --- users and API keys (see accounts.py for the hashing) ---------------------------------------------------
 

@@ -93,20 +93,10 @@ run cp -r "$SRC/clawweb" "$SRC/templates" "$SRC/static" "$SRC/deploy" "$SRC/wsgi
 [ -x "$ROOT$VENV/bin/python" ] || run python3 -m venv "$ROOT$VENV"
 run "$ROOT$VENV/bin/pip" install --quiet -r "$ROOT$APP_DIR/requirements.txt"
 run chown -R "$CLAWWEB_USER:$CLAWWEB_USER" "$ROOT$DATA_DIR"
-# The `clawweb` command (doctor, warmup, users, keys) for operators, with the service's settings. Run as root,
-# it reads the settings file (root-only) and then runs as the service's user, so the database files it
-# touches stay the service's.
-wrapper=$(mktemp)
-cat >"$wrapper" <<WRAPPER
-#!/bin/sh
-set -a; [ -r $ENV_FILE ] && . $ENV_FILE; set +a
-cd $APP_DIR || exit 1
-[ "\$(id -u)" = 0 ] && exec runuser -u $CLAWWEB_USER -- $VENV/bin/python -m clawweb "\$@"
-exec $VENV/bin/python -m clawweb "\$@"
-WRAPPER
-echo "+ install -D -m 0755 <clawweb command> $ROOT/usr/local/bin/clawweb"
-[ "$DRY_RUN" = 1 ] || install -D -m 0755 "$wrapper" "$ROOT/usr/local/bin/clawweb"
-rm -f "$wrapper"
+# The database holds password hashes, the key file signs sessions: the service's user's alone.
+run chmod 0700 "$ROOT$DATA_DIR"
+# The `clawweb` command (doctor, warmup, users, keys) for operators, with the service's settings (umask 077).
+install_file "$SRC/deploy/bin/clawweb" /usr/local/bin/clawweb 0755
 
 # 3. The settings file: written once, never overwritten (it is the operator's).
 if [ ! -f "$ROOT$ENV_FILE" ]; then

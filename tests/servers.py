@@ -108,8 +108,10 @@ class Gateway(ServerProcess):
             "CLAWWEB_BIND": f"127.0.0.1:{self.port}",
             "CLAWWEB_DB": str(log_path.parent / "clawweb.db"),
         }
-        # Tests start far more answers a minute than a person would: the rate limit has its own tests.
+        # Tests start far more answers (and conversations) than a person would: the limits have their own tests.
         settings.setdefault("rate_per_minute", 100_000)
+        settings.setdefault("conversations_per_minute", 0)
+        settings.setdefault("quota_answers_per_day", 0)
         env.update({f"CLAWWEB_{key.upper()}": str(value) for key, value in settings.items()})
         self.env = env
         super().__init__([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], log_path, env)

@@ -17,7 +17,14 @@ LEAK_PER_GENERATION = 1_500  # bytes: a kept log of 6 events (plus its Generatio
 
 def test_event_log_memory_returns_to_baseline(tmp_path: Path) -> None:
     sim = start_simulator("--ttft", "0", "--tps", "5000", "--tokens", "5")
-    settings = {"ollama_url": sim.url, "db": str(tmp_path / "c.db"), "generation_ttl_s": 0.05, "rate_per_minute": 10**6}
+    settings = {
+        "ollama_url": sim.url,
+        "db": str(tmp_path / "c.db"),
+        "generation_ttl_s": 0.05,
+        "rate_per_minute": 10**6,
+        "conversations_per_minute": 0,
+        "quota_answers_per_day": 0,
+    }
     app = create_app(settings)
     client = app.test_client()
     generations: Generations = app.extensions["clawweb.generations"]
