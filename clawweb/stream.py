@@ -39,22 +39,28 @@ ENDED = object()  # upstream body finished (normally right after the done line)
 HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
 
 
-def is_done(line: bytes) -> bool:
-    """The final chunk. Byte checks first: parsing every token line as JSON would cost more than relaying it,
-    and token chunks end with ``"done":false}`` (Ollama's field order), which is cheaper to see than to search."""
-    if line.endswith(b'"done":false}'):
-        return False
-    return b'"done":true' in line and json.loads(line).get("done") is True
+TOKEN_LINE_END = b'"done":false}'
 
 
-def error_message(line: bytes) -> str | None:
-    """The message of an ``{"error": ...}`` line, or None for an ordinary chunk."""
-    if not line.startswith(b'{"error"'):
-        return None
+def classify(line: bytes) -> tuple[bool, str | None]:
+    """(is the final chunk, the message of an ``{"error": ...}`` line) for one upstream line.
+
+    Ollama ends every token line with ``"done":false}`` (its field order, no spaces): seeing that is far cheaper
+    than parsing JSON, and a line that ends so is never the last one. Any other line is parsed, so an upstream
+    that writes ``"done": true`` (Python's json), orders fields otherwise or puts the error elsewhere is read
+    right: the shortcut may only ever skip work, never decide wrongly.
+    """
+    if line.endswith(TOKEN_LINE_END) and not line.startswith(b'{"error"'):
+        return False, None
     try:
-        return str(json.loads(line)["error"])
-    except (ValueError, KeyError):
-        return None
+        chunk = json.loads(line)
+    except ValueError:
+        return False, f"Ollama sent a line that is not JSON: {line[:80]!r}"
+    if not isinstance(chunk, dict):
+        return False, f"Ollama sent a line that is not a JSON object: {line[:80]!r}"
+    if "error" in chunk:
+        return False, str(chunk["error"])
+    return chunk.get("done") is True, None
 
 
 def _status_failure(response: requests.Response) -> Failure:
@@ -134,11 +140,11 @@ class UpstreamStream:
             while True:
                 item = self._queue.get()
                 if isinstance(item, bytes):
-                    message = error_message(item)
+                    done, message = classify(item)
                     if message is not None:
                         yield Failure(message, "error_line")
                         return
-                    if is_done(item):
+                    if done:
                         self.done = True  # before the yield, so the relay can tell the final line apart
                         yield item
                         return
