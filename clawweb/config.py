@@ -170,6 +170,12 @@ class Settings:
     login_attempts: int = _setting(5, _positive_int, "failed logins per user name in 15 min (5x per address)")
     log_content: bool = _setting(False, _flag, "1: log message text (never passwords or keys)")
     redis_url: str = _setting("", _redis_url, "Redis for state shared by workers and hosts (empty: in memory)")
+    send_timeout_s: float = _setting(
+        120.0, _non_negative_float, "cut a stream whose client accepted nothing this long (0: never)"
+    )
+    stream_buffer_bytes: int = _setting(
+        8 << 20, _positive_int, "most of an answer one stream holds for a slow client before reading pauses"
+    )
 
     @property
     def auth_required(self) -> bool:

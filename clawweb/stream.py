@@ -10,7 +10,8 @@ makes Ollama stop generating.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from urllib3.exceptions import ReadTimeoutError
 
 from . import lifecycle
 from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable, Opened
+
+log = logging.getLogger("gunicorn.error")
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,23 @@ def _is_timeout(exc: requests.RequestException) -> bool:
 class UpstreamStream:
     """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
 
-    def __init__(self, client: OllamaClient, body: dict[str, Any], heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        client: OllamaClient,
+        body: dict[str, Any],
+        heartbeat_s: float,
+        buffer_bytes: int,
+        on_end: Callable[[], None],
+    ) -> None:
+        """``buffer_bytes``: how much of the answer may wait here for a slow client; beyond it reading pauses
+        (memory stays bounded; Ollama then waits too). ``on_end``: called in the reader once the upstream response
+        is over, however much of it the client has still to read."""
         self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._buffered = 0  # bytes of lines read from upstream and not yet taken by ``events``
+        self._buffer_bytes = buffer_bytes
+        self._drained = gevent.event.Event()
+        self._paused = False
+        self._on_end = on_end
         self._opened: Opened | None = None  # the response, and the host it counts against until closed
         self._read_timeout_s = client.read_timeout_s
         self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
@@ -118,7 +136,12 @@ class UpstreamStream:
             for line in response.iter_lines(chunk_size=None):
                 if line:  # Ollama sends no blank lines; tolerate them anyway
                     self._heard = True
+                    self._buffered += len(line)
                     self._queue.put(line)
+                    if self._buffered > self._buffer_bytes:  # the client reads slower than Ollama writes
+                        self._paused = True
+                        self._drained.clear()
+                        self._drained.wait()
             self._queue.put(ENDED)
         except (OllamaUnreachable, OllamaTimeout) as exc:
             self._fail(Failure(exc.message, exc.kind, exc.status))
@@ -130,6 +153,16 @@ class UpstreamStream:
                 self._fail(Failure(CLOSED_EARLY, "closed", 502))
         finally:
             self.headers_received.set()
+            self._end_upstream()
+
+    def _end_upstream(self) -> None:
+        """Upstream is over: close its response (back to the pool, or Ollama stops) and tell the relay."""
+        try:
+            if self._opened is not None:
+                self._opened.close()
+            self._on_end()
+        except Exception:  # a reader greenlet must not die with a traceback; the relay's close retries the release
+            log.exception("ending an upstream stream")
 
     def _wake_for_shutdown(self) -> None:
         self._queue.put(lifecycle.SHUTDOWN)
@@ -140,6 +173,10 @@ class UpstreamStream:
             while True:
                 item = self._queue.get()
                 if isinstance(item, bytes):
+                    self._buffered -= len(item)
+                    if self._paused and self._buffered <= self._buffer_bytes // 2:
+                        self._paused = False
+                        self._drained.set()
                     done, message = classify(item)
                     if message is not None:
                         yield Failure(message, "error_line")
