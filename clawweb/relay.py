@@ -25,7 +25,6 @@ from .send_watch import WATCH
 from .stream import HEARTBEAT, Failure, UpstreamStream
 from .upstream import OllamaClient
 
-
 # How long a request waits, before its stream starts, for Ollama to answer or refuse: a refused connection or an
 # error status comes within milliseconds; a slow answer is a model loading, and heartbeats must flow meanwhile.
 OPEN_WAIT_S = 0.25

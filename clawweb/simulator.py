@@ -7,7 +7,8 @@ parallel slots with a silent queue, errors before and during the stream, and 403
 
 A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, ``ttft`` (s), ``tps``, ``text``,
 ``think_tokens``, ``error_after`` (an error line after N tokens), ``close_after`` (drop the connection after
-N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft`` when given), ``hang`` (send nothing, ever).
+N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft`` when given),
+``hang`` (send nothing, ever).
 Plain gevent sockets and a small HTTP/1.1 parser keep the per-token cost low: the benchmark runs thousands of
 streams through it on two cores.
 """
