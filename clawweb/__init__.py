@@ -40,6 +40,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         upstream,
     )
     from .config import load_settings, redact_url
+    from .drain import DrainBody
 
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
@@ -49,6 +50,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Trust exactly as many X-Forwarded-* hops as there are proxies we run; more would let clients spoof.
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    # Outermost: it must see the body as the server delivers it, and run after everything else is done.
+    app.wsgi_app = DrainBody(app.wsgi_app)  # type: ignore[method-assign]
     errors.init_app(app)
     edge.init_app(app, settings)  # first: its Host check runs before auth's _identify, and it wraps ProxyFix
     upstream.init_app(app, settings)

@@ -75,24 +75,27 @@ def admit(body: dict[str, Any]) -> Relay:
     admission = get_admission()
     try:
         ticket = admission.enter(who)
-    except BaseException:  # refused by the queue: not an answer started
-        _rate().release(who, counted)
+        stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
+        relay = Relay(client, body, admission, ticket, settings, stats)
+        if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is
+            relay.open_if_admitted()
+    except BaseException:
+        _rate().release(who, counted)  # refused by the queue, or by Ollama at once: not an answer started
         give_back()
         raise
     if settings.log_content:
         log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])
-    stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
-    return Relay(client, body, admission, ticket, settings, stats)
+    return relay
 
 
 @bp.post("/api/chat")
 def chat() -> Response:
     settings = get_settings()
     body = validate_chat(parse_json_object(request_body(settings.max_body_bytes)), settings)
-    relay = admit(body)
     if _wants_sse():
         body["stream"] = True  # SSE is a stream whatever the body said
-        return sse_response(relay)
+        return sse_response(admit(body))
+    relay = admit(body)
     return native_response(relay, stream=body.get("stream", True))
 
 

@@ -225,6 +225,12 @@ class Settings:
     conversations_per_minute: int = _setting(
         20, _non_negative_int, "conversations one user may create per minute (429 beyond; 0: no limit)"
     )
+    send_timeout_s: float = _setting(
+        120.0, _non_negative_float, "cut a stream whose client accepted nothing this long (0: never)"
+    )
+    stream_buffer_bytes: int = _setting(
+        8 << 20, _positive_int, "most of an answer one stream holds for a slow client before reading pauses"
+    )
 
     @property
     def auth_required(self) -> bool:

@@ -36,6 +36,7 @@ UPSTREAM_ERRORS = Counter("clawweb_upstream_errors", "Upstream failures by kind"
 DISCONNECTS = Counter("clawweb_client_disconnects", "Clients that left before the end of their stream")
 REFUSALS = Counter("clawweb_refusals", "Requests refused by admission control", ["reason"])
 STREAMS = Counter("clawweb_streams", "Finished streams by outcome", ["outcome"])
+SLOW_CLIENTS = Counter("clawweb_slow_clients_cut", "Streams cut because the client accepted nothing for too long")
 
 
 UPSTREAM_FAILURES = frozenset({"unreachable", "status", "error_line", "timeout", "closed"})

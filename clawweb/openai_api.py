@@ -182,5 +182,5 @@ def chat_completions() -> Response:
     completion = Completion(body["model"], include_usage)
     relay = admit(body)
     if body["stream"]:
-        return streaming_response(completion_frames(relay, completion), relay.close, headers=sse.HEADERS)
+        return streaming_response(completion_frames(relay, completion), relay.close, relay.cut, headers=sse.HEADERS)
     return whole_completion(relay, completion)

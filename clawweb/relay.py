@@ -14,15 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from flask import Response
+from flask import Response, request
 
 from . import lifecycle, sse
 from .admission import RETRY_AFTER_BUSY_S, Slots, Ticket
-from .config import Settings
-from .errors import error_response
+from .config import Settings, get_settings
+from .errors import ApiError, error_response
 from .metrics import StreamStats
+from .send_watch import WATCH
 from .stream import HEARTBEAT, Failure, UpstreamStream
 from .upstream import OllamaClient
+
+# How long a request waits, before its stream starts, for Ollama to answer or refuse: a refused connection or an
+# error status comes within milliseconds; a slow answer is a model loading, and heartbeats must flow meanwhile.
+OPEN_WAIT_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,26 @@ class Relay:
                     yield HEARTBEAT
         self.stats.admitted(ticket.queue_wait_s)
 
+    def open_if_admitted(self, wait_s: float = OPEN_WAIT_S) -> None:
+        """With a slot free at once, open the upstream request now and wait up to ``wait_s`` for its headers: what
+        Ollama says that quickly (refused, the model missing, a 5xx) is then the request's own status, raised as
+        ``ApiError`` before any stream starts. A model still loading just takes longer: the stream goes ahead."""
+        if not self._ticket.admitted:
+            return
+        stream = self.start()
+        stream.headers_received.wait(wait_s)
+        failure = stream.first_failure
+        if failure is not None:
+            self.outcome = failure.kind
+            self.close()
+            raise ApiError(failure.status or 502, failure.message)
+
     def start(self) -> UpstreamStream:
         """Open the upstream request (in its own greenlet); call once admitted."""
-        self.stream = UpstreamStream(self._client, self._body, self._settings.heartbeat_s)
+        settings = self._settings
+        self.stream = UpstreamStream(
+            self._client, self._body, settings.heartbeat_s, settings.stream_buffer_bytes, self._upstream_ended
+        )
         return self.stream
 
     def fetch_whole(self) -> requests.Response:
@@ -105,6 +127,15 @@ class Relay:
     def _fail(self, failure: Failure) -> Failure:
         self.outcome = failure.kind
         return failure
+
+    def cut(self) -> None:
+        """The client accepted nothing for too long and is being cut off (``send_watch``)."""
+        self.outcome = "slow_client"
+
+    def _upstream_ended(self) -> None:
+        """Ollama's part is over (done, failed, or stopped): its slot goes to the next request now, however much
+        of the answer the client still has to read."""
+        self._admission.release(self._ticket)
 
     def close(self) -> None:
         """Release everything: upstream connection (Ollama stops generating), slot or queue place, stats.
@@ -148,13 +179,23 @@ class _Body:
                 self._on_close()
 
 
-def streaming_response(chunks: Iterator[bytes], on_close: Callable[[], None] | None = None, **kwargs: Any) -> Response:
-    """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close``."""
+def streaming_response(
+    chunks: Iterator[bytes],
+    on_close: Callable[[], None] | None = None,
+    on_cut: Callable[[], None] = lambda: None,
+    **kwargs: Any,
+) -> Response:
+    """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close``.
+
+    Under gunicorn a client that accepts nothing for ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so)."""
+    timeout_s = get_settings().send_timeout_s
+    if timeout_s and "gunicorn.socket" in request.environ:
+        chunks = WATCH.watch(chunks, timeout_s, on_cut)
     return Response(_Body(chunks, on_close), direct_passthrough=True, **kwargs)
 
 
 def sse_response(relay: Relay) -> Response:
-    return streaming_response(sse_events(relay), relay.close, headers=sse.HEADERS)
+    return streaming_response(sse_events(relay), relay.close, relay.cut, headers=sse.HEADERS)
 
 
 def sse_events(relay: Relay) -> Iterator[bytes]:
@@ -200,7 +241,7 @@ def native_response(relay: Relay, stream: bool) -> Response:
             upstream = relay.fetch_whole()
             return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
         # Ollama's status is only known once the model is loaded and the first token exists: wait for it.
-        started = relay.start()
+        started = relay.stream or relay.start()
         started.headers_received.wait()
         failure = started.first_failure
         if failure is not None:
@@ -209,7 +250,7 @@ def native_response(relay: Relay, stream: bool) -> Response:
                 return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
             return error_response(failure.status or 502, failure.message)
         handed_over = True
-        return streaming_response(ndjson_lines(relay), relay.close, content_type="application/x-ndjson")
+        return streaming_response(ndjson_lines(relay), relay.close, relay.cut, content_type="application/x-ndjson")
     finally:
         if not handed_over:
             relay.close()

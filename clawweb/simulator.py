@@ -7,7 +7,8 @@ parallel slots with a silent queue, errors before and during the stream, and 403
 
 A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, ``ttft`` (s), ``tps``, ``text``,
 ``think_tokens``, ``error_after`` (an error line after N tokens), ``close_after`` (drop the connection after
-N tokens, like a crashed runner), ``status`` (an HTTP error before streaming), ``hang`` (send nothing, ever).
+N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft`` when given),
+``hang`` (send nothing, ever).
 Plain gevent sockets and a small HTTP/1.1 parser keep the per-token cost low: the benchmark runs thousands of
 streams through it on two cores.
 """
@@ -305,7 +306,8 @@ class Simulator:
             )
             return self._send(sock, 200, final)
         sim = self._directive(body, chat)
-        if "status" in sim:
+        if "status" in sim:  # with a "ttft": the error comes after that long (a model that fails to load)
+            self._wait(sock, float(sim.get("ttft", 0)))
             return self._error(sock, int(sim["status"]), "simulated error")
         if self._slots is not None and self._queued >= self.config.max_queue and self._slots.locked():
             return self._error(sock, 503, "server busy, please try again.  maximum pending requests exceeded")

@@ -10,7 +10,8 @@ makes Ollama stop generating.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from urllib3.exceptions import ReadTimeoutError
 
 from . import lifecycle
 from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable, Opened
+
+log = logging.getLogger("gunicorn.error")
 
 
 @dataclass(frozen=True)
@@ -39,22 +42,28 @@ ENDED = object()  # upstream body finished (normally right after the done line)
 HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
 
 
-def is_done(line: bytes) -> bool:
-    """The final chunk. Byte checks first: parsing every token line as JSON would cost more than relaying it,
-    and token chunks end with ``"done":false}`` (Ollama's field order), which is cheaper to see than to search."""
-    if line.endswith(b'"done":false}'):
-        return False
-    return b'"done":true' in line and json.loads(line).get("done") is True
+TOKEN_LINE_END = b'"done":false}'
 
 
-def error_message(line: bytes) -> str | None:
-    """The message of an ``{"error": ...}`` line, or None for an ordinary chunk."""
-    if not line.startswith(b'{"error"'):
-        return None
+def classify(line: bytes) -> tuple[bool, str | None]:
+    """(is the final chunk, the message of an ``{"error": ...}`` line) for one upstream line.
+
+    Ollama ends every token line with ``"done":false}`` (its field order, no spaces): seeing that is far cheaper
+    than parsing JSON, and a line that ends so is never the last one. Any other line is parsed, so an upstream
+    that writes ``"done": true`` (Python's json), orders fields otherwise or puts the error elsewhere is read
+    right: the shortcut may only ever skip work, never decide wrongly.
+    """
+    if line.endswith(TOKEN_LINE_END) and not line.startswith(b'{"error"'):
+        return False, None
     try:
-        return str(json.loads(line)["error"])
-    except (ValueError, KeyError):
-        return None
+        chunk = json.loads(line)
+    except ValueError:
+        return False, f"Ollama sent a line that is not JSON: {line[:80]!r}"
+    if not isinstance(chunk, dict):
+        return False, f"Ollama sent a line that is not a JSON object: {line[:80]!r}"
+    if "error" in chunk:
+        return False, str(chunk["error"])
+    return chunk.get("done") is True, None
 
 
 def _status_failure(response: requests.Response) -> Failure:
@@ -74,8 +83,23 @@ def _is_timeout(exc: requests.RequestException) -> bool:
 class UpstreamStream:
     """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
 
-    def __init__(self, client: OllamaClient, body: dict[str, Any], heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        client: OllamaClient,
+        body: dict[str, Any],
+        heartbeat_s: float,
+        buffer_bytes: int,
+        on_end: Callable[[], None],
+    ) -> None:
+        """``buffer_bytes``: how much of the answer may wait here for a slow client; beyond it reading pauses
+        (memory stays bounded; Ollama then waits too). ``on_end``: called in the reader once the upstream response
+        is over, however much of it the client has still to read."""
         self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._buffered = 0  # bytes of lines read from upstream and not yet taken by ``events``
+        self._buffer_bytes = buffer_bytes
+        self._drained = gevent.event.Event()
+        self._paused = False
+        self._on_end = on_end
         self._opened: Opened | None = None  # the response, and the host it counts against until closed
         self._read_timeout_s = client.read_timeout_s
         self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
@@ -112,7 +136,12 @@ class UpstreamStream:
             for line in response.iter_lines(chunk_size=None):
                 if line:  # Ollama sends no blank lines; tolerate them anyway
                     self._heard = True
+                    self._buffered += len(line)
                     self._queue.put(line)
+                    if self._buffered > self._buffer_bytes:  # the client reads slower than Ollama writes
+                        self._paused = True
+                        self._drained.clear()
+                        self._drained.wait()
             self._queue.put(ENDED)
         except (OllamaUnreachable, OllamaTimeout) as exc:
             self._fail(Failure(exc.message, exc.kind, exc.status))
@@ -124,6 +153,16 @@ class UpstreamStream:
                 self._fail(Failure(CLOSED_EARLY, "closed", 502))
         finally:
             self.headers_received.set()
+            self._end_upstream()
+
+    def _end_upstream(self) -> None:
+        """Upstream is over: close its response (back to the pool, or Ollama stops) and tell the relay."""
+        try:
+            if self._opened is not None:
+                self._opened.close()
+            self._on_end()
+        except Exception:  # a reader greenlet must not die with a traceback; the relay's close retries the release
+            log.exception("ending an upstream stream")
 
     def _wake_for_shutdown(self) -> None:
         self._queue.put(lifecycle.SHUTDOWN)
@@ -134,11 +173,15 @@ class UpstreamStream:
             while True:
                 item = self._queue.get()
                 if isinstance(item, bytes):
-                    message = error_message(item)
+                    self._buffered -= len(item)
+                    if self._paused and self._buffered <= self._buffer_bytes // 2:
+                        self._paused = False
+                        self._drained.set()
+                    done, message = classify(item)
                     if message is not None:
                         yield Failure(message, "error_line")
                         return
-                    if is_done(item):
+                    if done:
                         self.done = True  # before the yield, so the relay can tell the final line apart
                         yield item
                         return

@@ -124,6 +124,25 @@ def test_rejected_before_any_stream(gateway: Gateway, sim: SimProcess, body: byt
     assert sim.stats()["requests"] == 0
 
 
+@pytest.mark.parametrize(
+    ("directive", "status", "message"),
+    [
+        ({"status": 500}, 500, "simulated error"),
+        ({"status": 503}, 503, "simulated error"),
+        ({"close_after": 0}, 502, "Remote end closed connection without response"),
+    ],
+)
+def test_what_ollama_says_at_once_is_a_status_before_the_stream(
+    gateway: Gateway, sim: SimProcess, directive: dict[str, Any], status: int, message: str
+) -> None:
+    """An error status (or a close) that comes before the first token, while the request waits for Ollama to
+    answer, is the request's own status: an SSE client sees it as it would from Ollama."""
+    response = requests.post(gateway.url + "/api/chat", json=chat(directive), headers=SSE, timeout=10)
+    assert response.status_code == status and response.headers["Content-Type"] == "application/json"
+    assert message in response.json()["error"]
+    assert wait_for(lambda: sim.stats()["active"] == 0)
+
+
 def test_unreachable_ollama_is_a_502_naming_the_url(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     server = Gateway(tmp_path / "gunicorn.log", dead)
@@ -142,8 +161,7 @@ def test_unreachable_ollama_is_a_502_naming_the_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("directive", "frames_before", "message"),
     [
-        ({"status": 500}, 0, "simulated error"),
-        ({"status": 503}, 0, "simulated error"),
+        ({"status": 500, "ttft": 1.5}, 0, "simulated error"),  # after the wait for Ollama: in-band
         ({"error_after": 3}, 3, "simulated failure after 3 tokens"),
         ({"close_after": 2}, 2, "Ollama closed the stream before the answer was done"),
         ({"hang": True}, 0, f"Ollama sent nothing for {READ_TIMEOUT_S:g} s"),
@@ -163,7 +181,7 @@ def test_upstream_failures_become_an_error_event(
 
 def test_close_after_is_seen_as_broken_connection_or_early_close(gateway: Gateway) -> None:
     # The message differs by how the socket dies; either way it is an error frame, never a silent end.
-    _, received = stream(gateway, chat({"close_after": 0}))
+    _, received = stream(gateway, chat({"close_after": 0, "ttft": 1.5}))
     assert received[-1].event == "error"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from clawweb import sse
 from clawweb.config import ConfigError, Settings, load_settings
-from clawweb.stream import error_message, is_done
+from clawweb.stream import classify
 from clawweb.validation import validate_chat
 
 USER = [{"role": "user", "content": "hi"}]
@@ -161,17 +161,26 @@ def test_json_frame_never_holds_a_raw_line_separator() -> None:
 # --- line classification -------------------------------------------------------------------------------------
 
 
-def test_is_done_needs_the_real_field() -> None:
-    assert is_done(b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}')
-    assert not is_done(b'{"model":"m","message":{"role":"assistant","content":"\\"done\\":true"},"done":false}')
-    assert not is_done(b'{"done":false,"message":{"role":"assistant","content":"\\"done\\":true"}}')  # any order
-    # a tool call argument that happens to be "done": true is not the end
-    assert not is_done(b'{"message":{"tool_calls":[{"function":{"arguments":{"done":true}}}]},"done":false}')
-
-
-def test_error_message() -> None:
-    assert error_message(b'{"error":"out of memory"}') == "out of memory"
-    assert error_message(b'{"model":"m","done":false}') is None
+@pytest.mark.parametrize(
+    ("line", "done", "error"),
+    [
+        (b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}', True, None),
+        (b'{"model":"m","message":{"role":"assistant","content":"\\"done\\":true"},"done":false}', False, None),
+        (b'{"done":false,"message":{"role":"assistant","content":"\\"done\\":true"}}', False, None),  # any order
+        (b'{"message":{"tool_calls":[{"function":{"arguments":{"done":true}}}]},"done":false}', False, None),
+        # Ollama-compatible servers written in Python: spaces, other orders, no trailing newline.
+        (b'{"model": "m", "message": {"role": "assistant", "content": ""}, "done": true}', True, None),
+        (b'{"done": true, "model": "m"}', True, None),
+        (b'{ "done" : true }', True, None),
+        (b'{"model": "m", "done": false}', False, None),
+        (b'{"error":"out of memory"}', False, "out of memory"),
+        (b'{"error": "model runner crashed", "done": false}', False, "model runner crashed"),
+        (b'{"done":false}x', False, "Ollama sent a line that is not JSON: b'{\"done\":false}x'"),
+        (b"[1, 2]", False, "Ollama sent a line that is not a JSON object: b'[1, 2]'"),
+    ],
+)
+def test_classify_never_misses_the_end_or_an_error(line: bytes, done: bool, error: str | None) -> None:
+    assert classify(line) == (done, error)
 
 
 # --- thinking inside content (Ollama before 0.9) ---------------------------------------------------------------

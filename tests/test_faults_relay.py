@@ -1,0 +1,170 @@
+"""Faults on the relay path, for real: clients that stop reading (small receive buffers, nothing read), Ollama
+killed and restarted, bodies too large for the limit sent by clients that write before they read."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from .servers import Gateway, wait_for
+from .simproc import SimProcess, chat, start_simulator
+from .sseclient import events
+
+pytestmark = pytest.mark.faults
+
+
+def stalled_reader(gateway: Gateway, body: dict[str, object]) -> socket.socket:
+    """An SSE request from a client with a tiny receive buffer that then reads nothing at all."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gateway.port))
+    data = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
+    return sock
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    for family in text_string_to_metric_families(requests.get(gateway.url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"no metric {name}")
+
+
+@pytest.fixture
+def sim() -> Iterator[SimProcess]:
+    simulator = start_simulator("--ttft", "0.01", "--tps", "30000")
+    yield simulator
+    simulator.stop()
+
+
+def test_a_slot_is_free_once_ollama_is_done_however_slowly_the_client_reads(sim: SimProcess, tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, max_active=1, heartbeat_s=0.5, queue_timeout_s=30)
+    try:
+        slow = stalled_reader(gateway, chat({"tokens": 30_000}))  # ~4 MB of frames: far beyond the socket buffers
+        assert wait_for(lambda: sim.stats()["completed"] == 1, 15)  # Ollama finished the slow client's answer
+        assert metric(gateway, "clawweb_generations_active") == 0  # and its slot is free already
+        normal = requests.post(gateway.url + "/api/chat", json=chat({"tokens": 5}, stream=False), timeout=20)
+        assert normal.status_code == 200 and normal.json()["done"] is True
+        slow.close()
+    finally:
+        gateway.stop()
+    assert "Traceback" not in gateway.log
+
+
+def worker_rss(gateway: Gateway) -> int:
+    """Resident bytes of the gateway's one worker (the gunicorn master's child)."""
+    master = gateway.proc.pid
+    (worker,) = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    for line in Path(f"/proc/{worker}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_stream_holds_at_most_its_buffer_for_a_client_that_stops_reading(sim: SimProcess, tmp_path: Path) -> None:
+    """Ten clients that read nothing of 30000-token answers (~3 MB of lines each): without a bound the worker
+    took every answer into memory (+30 MB); with 50 kB per stream, reading upstream pauses instead."""
+    settings = {"stream_buffer_bytes": 50_000, "max_active": 10, "max_active_per_client": 10, "heartbeat_s": 0.5}
+    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, **settings)
+    try:
+        requests.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), timeout=10)  # warm the worker up
+        before = worker_rss(gateway)
+        slow = [stalled_reader(gateway, chat({"tokens": 30_000})) for _ in range(10)]
+        assert wait_for(lambda: sim.stats()["active"] == 10, 10)
+        assert not wait_for(lambda: worker_rss(gateway) - before > 12 << 20, 4)  # what 10 answers would cost
+        for sock in slow:
+            sock.close()
+        assert wait_for(lambda: sim.stats()["active"] == 0, 10)  # the clients left: upstream closed
+    finally:
+        gateway.stop()
+    assert "Traceback" not in gateway.log
+
+
+def test_a_client_that_accepts_nothing_is_cut_and_its_slot_freed(sim: SimProcess, tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, send_timeout_s=1, stream_buffer_bytes=50_000, heartbeat_s=0.5)
+    try:
+        slow = stalled_reader(gateway, chat({"tokens": 30_000}))
+        assert wait_for(lambda: "stream cut" in gateway.log, 15)
+        assert wait_for(lambda: sim.stats()["active"] == 0, 10)  # Ollama's request was closed
+        assert wait_for(lambda: "end=slow_client" in gateway.log, 5)
+        assert metric(gateway, "clawweb_slow_clients_cut_total") == 1
+        assert metric(gateway, "clawweb_generations_active") == 0
+        slow.settimeout(5)
+        while slow.recv(65536):  # what was in flight, then the server's close
+            pass
+        slow.close()
+        # Streams that are read are never cut, however long they last.
+        ok = requests.post(gateway.url + "/api/chat", json=chat({"tokens": 30, "tps": 10}), timeout=30)
+        assert ok.status_code == 200 and json.loads(ok.text.splitlines()[-1])["done"] is True
+    finally:
+        gateway.stop()
+    assert "Traceback" not in gateway.log
+
+
+def test_a_too_large_body_gets_its_413_even_from_clients_that_write_first(sim: SimProcess, tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path / "gunicorn.log", sim.url)
+    body = json.dumps(chat(filler="x" * (8 << 20))).encode()
+    try:
+        request = urllib.request.Request(gateway.url + "/api/chat", data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413 and "CLAWWEB_MAX_BODY_BYTES" in json.loads(refused.value.read())["error"]
+        response = requests.post(gateway.url + "/api/chat", data=body, timeout=30)
+        assert response.status_code == 413 and "CLAWWEB_MAX_BODY_BYTES" in response.json()["error"]
+        # A chunked body (no Content-Length) over the limit: the same answer.
+        chunked = requests.post(
+            gateway.url + "/api/chat", data=iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+        )
+        assert chunked.status_code == 413 and chunked.json()["error"]
+        assert requests.get(gateway.url + "/healthz", timeout=5).ok
+    finally:
+        gateway.stop()
+    assert "Traceback" not in gateway.log
+
+
+def test_ollama_down_is_a_502_before_any_stream_and_the_first_request_after_it_returns_works(
+    tmp_path: Path,
+) -> None:
+    sim = start_simulator("--ttft", "0.01", "--tps", "500")
+    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, heartbeat_s=0.5)
+    sse = {"Accept": "text/event-stream"}
+    conversation = requests.post(gateway.url + "/api/conversations", json={}, timeout=5).json()
+    messages_url = f"{gateway.url}/api/conversations/{conversation['id']}/messages"
+    v1 = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    try:
+        assert requests.post(gateway.url + "/api/chat", json=chat(), headers=sse, timeout=10).ok  # pooled
+        sim.signal(signal.SIGKILL)
+        sim.stop()  # reaps it and closes its log
+        for url, body, headers in (
+            (gateway.url + "/api/chat", chat(), sse),
+            (gateway.url + "/api/chat", chat(), {}),
+            (gateway.url + "/v1/chat/completions", v1, {}),
+            (messages_url, {"content": "hi"}, {}),
+        ):
+            refused = requests.post(url, json=body, headers=headers, timeout=10)
+            assert refused.status_code == 502, (url, refused.text)
+            assert "cannot reach Ollama" in json.dumps(refused.json()), url
+        assert requests.get(messages_url.rsplit("/", 1)[0], timeout=5).json()["messages"] == []  # nothing stored
+        sim = start_simulator("--ttft", "0.01", "--tps", "500", "--port", str(sim.port))
+        with requests.post(gateway.url + "/api/chat", json=chat(), headers=sse, stream=True, timeout=10) as back:
+            final = [e for e in events(back) if e.data_lines][-1]
+        assert back.status_code == 200 and final.json()["done"] is True
+        assert requests.post(messages_url, json={"content": "hi"}, timeout=10).status_code == 202
+    finally:
+        gateway.stop()
+        sim.stop()
+    assert "Traceback" not in gateway.log
