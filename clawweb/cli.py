@@ -19,6 +19,7 @@ from typing import Any
 from . import accounts, quotas
 from .config import ConfigError, Settings, load_settings
 from .doctor import Doctor, warmup
+from .doctor_state import database_checks, redis_checks
 from .storage import Store
 
 
@@ -152,6 +153,8 @@ def _keys(store: Store, args: argparse.Namespace) -> None:
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     run = Doctor(settings.ollama_url, settings.default_model, settings.heartbeat_s, args.ca or True, args.key)
     run.ollama()
+    database_checks(settings, run.check)
+    redis_checks(settings, run.check)  # with Redis, also the shared admission queue
     if args.url:
         run.gateway(args.url)
     if args.nginx_site:

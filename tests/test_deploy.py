@@ -19,7 +19,7 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway, Nginx, render_deploy, require, self_signed_certificate
+from .servers import ROOT, Gateway, Nginx, RedisServer, render_deploy, require, self_signed_certificate
 from .simproc import SimProcess, chat, start_simulator
 from .sseclient import Event, content_of, events
 
@@ -333,13 +333,13 @@ def test_install_dry_run_lists_every_action(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # a dry run changes nothing
 
 
-def doctor(sim_url: str, *args: str) -> tuple[int, dict[str, Any]]:
+def doctor(sim_url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
         [sys.executable, "-m", "clawweb", "doctor", "--json", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "CLAWWEB_OLLAMA_URL": sim_url},  # default heartbeat: 15 s
+        env={**os.environ, "CLAWWEB_OLLAMA_URL": sim_url, **(env or {})},  # default heartbeat: 15 s
         timeout=60,
     )
     return result.returncode, json.loads(result.stdout)
@@ -349,11 +349,40 @@ def failed(report: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["fix"] for c in report["checks"] if not c["ok"]}
 
 
-def test_doctor_passes_a_good_setup(nginx: Nginx, sim: SimProcess, certificate: tuple[Path, Path], key: str) -> None:
-    code, report = doctor(sim.url, "--url", nginx.url, "--ca", str(certificate[0]), "--key", key)
+def test_doctor_passes_a_good_setup(
+    nginx: Nginx, gateway: Gateway, sim: SimProcess, certificate: tuple[Path, Path], key: str
+) -> None:
+    args = ("--url", nginx.url, "--ca", str(certificate[0]), "--key", key)
+    code, report = doctor(sim.url, *args, env={"CLAWWEB_DB": gateway.env["CLAWWEB_DB"]})
     assert (code, failed(report)) == (0, {})
     names = [c["name"] for c in report["checks"]]
     assert "tokens arrive one by one" in names and f"time to first token, through {nginx.url}" in names
+    assert {"database writable", "database integrity", "database disk space"} <= set(names)
+
+
+def test_doctor_diagnoses_redis_the_queue_and_a_broken_database(sim: SimProcess, tmp_path: Path) -> None:
+    require("redis-server")
+    redis_server = RedisServer(tmp_path / "redis")
+    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, redis_url=redis_server.url, max_active=2)
+    env = {"CLAWWEB_DB": gateway.env["CLAWWEB_DB"], "CLAWWEB_REDIS_URL": redis_server.url, "CLAWWEB_MAX_ACTIVE": "2"}
+    try:
+        with requests.post(gateway.url + "/api/chat", json=chat({"tokens": 2000, "tps": 20}), stream=True) as held:
+            lines = held.iter_lines()  # kept: a dropped iterator would close the response
+            next(lines)  # the answer holds a slot while the doctor looks
+            code, report = doctor(sim.url, env=env)
+        figures = {c["name"]: c["figure"] for c in report["checks"]}
+        assert code == 0 and "1 of 2 slots held" in figures["queue"] and "127.0.0.1: 1" in figures["queue"]
+        assert figures["redis round trip"].endswith(redis_server.url.replace("redis://", "ms to redis://"))
+        redis_server.stop()
+        code, report = doctor(sim.url, env=env)
+        assert code == 1 and "start redis-server" in failed(report)["redis reachable"]
+    finally:
+        gateway.stop()
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)  # a header, then garbage
+    code, report = doctor(sim.url, env={"CLAWWEB_DB": str(broken)})
+    problems = failed(report)
+    assert code == 1 and ("database integrity" in problems or "database writable" in problems), problems
 
 
 def break_streaming(site: str) -> str:
