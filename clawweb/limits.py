@@ -47,16 +47,17 @@ class Window(Protocol):
 
 
 class SlidingWindow:
-    """In process memory: at most ``limit`` (time, token) pairs per key, exact."""
+    """In process memory: at most ``limit`` timestamps per key, exact. A reservation's token is its timestamp
+    (two taken in the same instant are interchangeable), so a key costs a float per attempt, no more."""
 
     def __init__(self, limit: int, window_s: float) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._hits: dict[str, deque[tuple[float, str]]] = {}
+        self._hits: dict[str, deque[float]] = {}
 
-    def _recent(self, key: str, now: float) -> deque[tuple[float, str]]:
+    def _recent(self, key: str, now: float) -> deque[float]:
         hits = self._hits.setdefault(key, deque())
-        while hits and hits[0][0] <= now - self.window_s:
+        while hits and hits[0] <= now - self.window_s:
             hits.popleft()
         return hits
 
@@ -68,15 +69,14 @@ class SlidingWindow:
                     del self._hits[stale]
         hits = self._recent(key, now)
         if len(hits) >= self.limit:
-            raise Throttled(max(1, math.ceil(hits[0][0] + self.window_s - now)))
-        token = secrets.token_hex(8)
-        hits.append((now, token))
-        return token
+            raise Throttled(max(1, math.ceil(hits[0] + self.window_s - now)))
+        hits.append(now)
+        return repr(now)
 
     def release(self, key: str, token: str) -> None:
         hits = self._hits.get(key)
-        if hits is not None:
-            self._hits[key] = deque(hit for hit in hits if hit[1] != token)
+        if hits is not None and float(token) in hits:
+            hits.remove(float(token))
 
     def clear(self, key: str) -> None:
         self._hits.pop(key, None)
