@@ -22,6 +22,10 @@ Entry = tuple[str, str, bytes]  # (id, event type, data)
 _REDIS_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
+class LogLost(Exception):
+    """The log disappeared before its final entry (Redis restarted empty, or it expired): nothing more will come."""
+
+
 def order(entry_id: str) -> tuple[int, int]:
     """Ids compare as (milliseconds, sequence); memory ids are (n, 0)."""
     ms, _, seq = entry_id.partition("-")
