@@ -9,12 +9,16 @@ import sys
 import tempfile
 
 from clawweb import lifecycle
-from clawweb.config import ConfigError, load_settings
+from clawweb.config import ConfigError, data_path_problem, load_settings
 
 try:
     _settings = load_settings(os.environ)
 except ConfigError as exc:
     sys.exit(f"clawweb: {exc}")
+# A read-only data directory: one line here, rather than every worker failing to boot with a traceback.
+_problem = data_path_problem("CLAWWEB_DB", _settings.db)
+if _problem:
+    sys.exit(f"clawweb: {_problem}")
 
 # Where to listen; nginx proxies to this (loopback by default: the gateway is not meant to face the internet bare).
 bind = _settings.bind

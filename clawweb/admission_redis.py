@@ -9,6 +9,7 @@ queued tickets, which ask for their new position (and take a slot when they may)
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from .metrics import ACTIVE, QUEUED
 from .shared import PREFIX, Bus
 
 LEASE_S = 30.0
+log = logging.getLogger("gunicorn.error")
 KEYS = [PREFIX + "adm:" + name for name in ("active", "queue", "owner", "clients", "leases", "seq")]
 
 # Drop the tickets whose lease ran out (their process died), then the command's own work.
@@ -140,8 +142,11 @@ class RedisAdmission:
         if self._mine.pop(ticket.id, None) is None:
             return
         ticket.position = -1
-        self._run(self._release, ticket.id)
-        self._bus.publish("admission", ticket.id)
+        try:
+            self._run(self._release, ticket.id)
+            self._bus.publish("admission", ticket.id)
+        except redis.RedisError as exc:  # no longer renewed, its lease frees the place once Redis answers again
+            log.warning("redis: releasing an admission place: %s; its lease frees it within %g s", exc, LEASE_S)
         self._publish_gauges()
 
     def wait(self, ticket: Ticket, timeout: float) -> bool:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -231,6 +233,9 @@ class Settings:
     stream_buffer_bytes: int = _setting(
         8 << 20, _positive_int, "most of an answer one stream holds for a slow client before reading pauses"
     )
+    checkpoint_s: float = _setting(
+        1.0, _non_negative_float, "save a streaming answer's text this often, for a crash (0: only at its end)"
+    )
 
     @property
     def auth_required(self) -> bool:
@@ -267,3 +272,27 @@ def get_settings() -> Settings:
     from flask import current_app  # here, not at the top: gunicorn.conf.py imports this module in the master
 
     return cast(Settings, current_app.extensions["clawweb.settings"])
+
+
+def data_path_problem(variable: str, path: str) -> str | None:
+    """Why the data file ``path`` (``CLAWWEB_DB``) cannot be created and written, or None.
+
+    SQLite writes beside the file too (``-wal``, ``-shm``), so its directory must be writable. gunicorn's master
+    checks this before any worker starts, so a read-only data directory is one line naming the path and the fix
+    instead of a traceback per worker and "Worker failed to boot".
+    """
+    if path == ":memory:":
+        return None
+    target = Path(path)
+    existing = target.parent
+    while not existing.exists():  # created on start: the nearest existing ancestor must allow it
+        existing = existing.parent
+    fix = f"make it writable for the user running clawweb, or set {variable} to a writable place"
+    if not existing.is_dir():
+        return f"{variable}={path}: {existing} is not a directory; set {variable} to a writable place"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "no write permission"
+        return f"{variable}={path}: the directory {existing} is not writable ({why}); {fix}"
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        return f"{variable}={path}: the file is not writable; {fix}"
+    return None

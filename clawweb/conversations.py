@@ -36,6 +36,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.extensions.get("clawweb.redis"),
         app.extensions.get("clawweb.bus"),
         lease_s=3 * settings.heartbeat_s,
+        checkpoint_s=settings.checkpoint_s,
     )
 
 
@@ -174,15 +175,20 @@ def _start(
     body = validate_chat({**knobs, "model": model, "messages": history, "stream": True}, settings)
     quotas.check_storing(owner(), quotas.size(new_user_message or ""))  # 413 over the quota; 0: refused once over
     relay = admit(body)  # also counts the answer for today's quota
+    added: list[int] = []
     try:
         if replace is not None:
             store.delete_message(replace)
         user = None if new_user_message is None else store.add_message(conversation["id"], "user", new_user_message)
+        added += [user["id"]] if user else []
         answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
+        added.append(answer["id"])
+        return user, get_generations().start(conversation["id"], conversation["user_id"], answer["id"], relay)
     except BaseException:
         relay.close()  # give the slot back: nothing will run it
+        for message_id in added:  # the request failed (a 503): it leaves nothing behind to answer 409 for
+            store.delete_message(message_id)
         raise
-    return user, get_generations().start(conversation["id"], conversation["user_id"], answer["id"], relay)
 
 
 @bp.post("/conversations/<conversation_id>/messages")
@@ -220,7 +226,7 @@ def follow_generation(generation_id: str) -> Response:
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or START
     if not valid_cursor(after):
         raise ApiError(400, "'Last-Event-ID' / 'after' must be an event id such as 12 or 1732700000000-0")
-    if generation.abandoned or generation.log.caught_up(after):
+    if generation.log.caught_up(after):
         return Response(status=204)  # nothing more, ever: 204 tells EventSource to stop reconnecting
     return streaming_response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
 

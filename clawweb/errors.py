@@ -1,11 +1,22 @@
-"""One error shape: ``{"error": "human readable message"}`` with the right status, for every route."""
+"""One error shape: ``{"error": "human readable message"}`` with the right status, for every route.
+
+A dependency that fails (the database, Redis) is ``Unavailable``: a 503 with ``Retry-After``, never a 500.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
+import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from .shared import unavailable_reason
+from .storage import StorageUnavailable
+
+RETRY_AFTER_UNAVAILABLE_S = 5
+log = logging.getLogger("gunicorn.error")
 
 
 class ApiError(Exception):
@@ -16,6 +27,15 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+
+
+class Unavailable(ApiError):
+    """A dependency cannot serve the request now: ``what`` (storage, shared state) and why, as a 503."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(503, f"{what} unavailable: {reason}", {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)})
+        self.what = what
+        self.reason = reason
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -53,6 +73,18 @@ def _handle_http_exception(exc: HTTPException) -> Response | HTTPException:
     return error_response(status, message, headers)
 
 
+def _handle_redis_error(exc: redis.RedisError) -> Response:
+    """Redis failed before the response started (any view, one place): 503, the details in the log."""
+    log.warning("redis on %s %s: %s", request.method, request.path, exc)
+    return _handle_api_error(Unavailable("shared state", unavailable_reason(exc)))
+
+
+def _handle_storage_error(exc: StorageUnavailable) -> Response:
+    """The disk or the database file failed: 503 (a full disk is a fault to report, not a bug)."""
+    log.warning("storage on %s %s: %s", request.method, request.path, exc.reason)
+    return _handle_api_error(Unavailable("storage", exc.reason))
+
+
 def _handle_unexpected(exc: Exception) -> Response:
     current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal error; the gateway log has the details")
@@ -61,4 +93,6 @@ def _handle_unexpected(exc: Exception) -> Response:
 def init_app(app: Flask) -> None:
     app.register_error_handler(ApiError, _handle_api_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(redis.RedisError, _handle_redis_error)
+    app.register_error_handler(StorageUnavailable, _handle_storage_error)
     app.register_error_handler(Exception, _handle_unexpected)

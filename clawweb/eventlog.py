@@ -25,6 +25,10 @@ _CURSOR = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 _PART_MAX = 2**64 - 1
 
 
+class LogLost(Exception):
+    """The log disappeared before its final entry (Redis restarted empty, or it expired): nothing more will come."""
+
+
 def order(entry_id: str) -> tuple[int, int]:
     """Ids compare as (milliseconds, sequence); memory ids are (n, 0)."""
     ms, _, seq = entry_id.partition("-")

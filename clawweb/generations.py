@@ -8,6 +8,14 @@ Finished logs stay for ``CLAWWEB_GENERATION_TTL_S`` so late readers get the end,
 In one process the log is in memory. With ``CLAWWEB_REDIS_URL`` it is a Redis Stream and the generation's state
 a Redis hash, so any worker or host can follow it (``RemoteGeneration``) or stop it (a published message to the
 process that runs it).
+
+Faults: ending an answer is a row of steps that each run whatever the one before did (a full disk, Redis away):
+store it (retried in the background when that fails), write the final event (in memory first: readers in this
+process always get it), bookkeeping, give the slot back. While it streams, the text so far is checkpointed to
+the database about every ``CLAWWEB_CHECKPOINT_S`` (all answers in one transaction), so a killed worker loses at
+most that much. With Redis the process running an answer renews its lease; when a process dies, whichever
+other process notices first (a reader asking, or the lease loop every process runs) ends its answers for
+everyone: a final ``error`` entry in the log, and the exact text the log holds stored as interrupted.
 """
 
 from __future__ import annotations
@@ -18,18 +26,18 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import gevent
 import redis
 
 from . import sse
-from .eventlog import FINAL_EVENTS, EventLog, MemoryLog
+from .eventlog import FINAL_EVENTS, Entry, EventLog, LogLost, MemoryLog
 from .redislog import Flusher, RedisLog
 from .relay import Queued, Relay
-from .shared import PREFIX, Bus
-from .storage import Store
+from .shared import PREFIX, Bus, Outage, unavailable_message
+from .storage import INTERRUPTED, StorageUnavailable, Store
 from .stream import CLOSED_EARLY, Failure
 
 log = logging.getLogger("gunicorn.error")
@@ -42,6 +50,31 @@ _ID = re.compile(r"[0-9a-f]{16}")
 
 def new_id() -> str:
     return secrets.token_hex(8)
+
+
+STORE_RETRY_S = 2.0  # an answer whose storing failed (a full disk) is tried again this often...
+STORE_RETRY_FOR_S = 300.0  # ...for this long; then it is given up, logged
+LEASES = PREFIX + "gen:leases"  # running answers by lease deadline: where the lease loop looks for dead ones
+
+# End an answer whose process stopped renewing its lease, unless it ended or was renewed meanwhile: atomic, so
+# of all the processes that notice, one ends it. KEYS: state, running, log, leases. ARGV: generation id, final
+# event, its data, log ttl (ms), state ttl (s). Returns 1 when this call ended it.
+_END_ABANDONED = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' or status == 'streaming' then
+  if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+  redis.call('HSET', KEYS[1], 'status', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[2], 'd', ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return 1
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 0
+"""
+# A finished answer gives up its conversation's "running" key, unless a newer answer holds it by now.
+_FORGET_RUNNING = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 
 
 class Stopped(Exception):
@@ -57,15 +90,34 @@ def split_thinking(content: str) -> tuple[str, str]:
     return thinking.strip(), answer.lstrip() if closed else ""
 
 
-def sse_follow(log: EventLog, after: str, heartbeat_s: float) -> Iterator[bytes]:
-    """SSE for one reader: every event after ``after``, then live ones; ends after the final event."""
+def text_of(entries: Iterable[Entry]) -> tuple[str, str]:
+    """(content, thinking) carried by an answer's ``token`` entries: exactly what its readers were shown."""
+    content, thinking = [], []
+    for _, event, data in entries:
+        if event == "token":
+            message = json.loads(data).get("message") or {}
+            content.append(message.get("content") or "")
+            thinking.append(message.get("thinking") or "")
+    return "".join(content), "".join(thinking)
+
+
+def sse_follow(events: EventLog, after: str, heartbeat_s: float) -> Iterator[bytes]:
+    """SSE for one reader: every event after ``after``, then live ones; ends after the final event, or with an
+    ``event: error`` when it cannot go on (Redis failed, the log is lost). Never by raising: the response has
+    started, and an exception would cut it mid-body (or become gunicorn's HTML 500 before the first byte)."""
     yield b"retry: %d\n" % RETRY_MS + sse.OPENING
-    for entry in log.follow(after, heartbeat_s):
-        if entry is None:
-            yield sse.HEARTBEAT
-        else:
-            entry_id, event, data = entry
-            yield sse.frame(data, event=event, id=entry_id)
+    try:
+        for entry in events.follow(after, heartbeat_s):
+            if entry is None:
+                yield sse.HEARTBEAT
+            else:
+                entry_id, event, data = entry
+                yield sse.frame(data, event=event, id=entry_id)
+    except redis.RedisError as exc:
+        log.warning("redis: a reader stopped following an answer: %s", exc)
+        yield sse.json_frame({"error": unavailable_message(exc)}, event="error")
+    except (LogLost, StorageUnavailable) as exc:
+        yield sse.json_frame({"error": str(exc)}, event="error")
 
 
 class _Answer:
@@ -113,7 +165,10 @@ class Generation(_Answer):
         self.message_id = message_id
         self.status = "queued"  # queued | streaming | done | stopped | error
         self.finished = False
-        self.abandoned = False  # only an answer of another process can be
+        self.pieces = 0  # token chunks so far
+        self.checkpointed = 0  # token chunks in the last checkpoint stored
+        self._content: list[str] = []
+        self._thinking: list[str] = []
         self._registry = registry
         self.log = registry.new_log(self.id)
         self._relay = relay
@@ -121,9 +176,14 @@ class Generation(_Answer):
         registry.publish(self)
         self._greenlet = gevent.spawn(self._run)
 
+    def text(self) -> tuple[str, str]:
+        """(content, thinking) so far. Joined once per call: the lists then hold one piece each, so the next
+        checkpoint copies the text once more rather than joining every token again."""
+        content, thinking = "".join(self._content), "".join(self._thinking)
+        self._content, self._thinking = [content], [thinking]
+        return content, thinking
+
     def _run(self) -> None:
-        content: list[str] = []
-        thinking: list[str] = []
         final: dict[str, Any] = {}
         status, error = "error", CLOSED_EARLY
         try:
@@ -137,8 +197,9 @@ class Generation(_Answer):
                         self.status = "streaming"
                         self._registry.publish(self)
                     message = chunk.get("message") or {}
-                    content.append(message.get("content") or "")
-                    thinking.append(message.get("thinking") or "")
+                    self._content.append(message.get("content") or "")
+                    self._thinking.append(message.get("thinking") or "")
+                    self.pieces += 1
                     self.log.append("token", event)
                 elif isinstance(event, Queued):
                     position = {"position": event.position, "active": event.active}
@@ -147,37 +208,54 @@ class Generation(_Answer):
                     error = event.message
         except Stopped:
             status, error = "stopped", ""
+        except Exception:  # a bug: the answer still ends, and says so
+            log.exception("answer %s failed", self.id)
+            status, error = "error", "internal error; the gateway log has the details"
         finally:
             self._finalizing = True
-            self._relay.close()  # closes the upstream response: Ollama stops generating
-            self._finish(status, error, "".join(content), "".join(thinking), final)
+            self._end(status, error, final)
 
-    def _finish(self, status: str, error: str, content: str, thinking: str, final: dict[str, Any]) -> None:
-        if not thinking:
-            thinking, content = split_thinking(content)
-        stats = self._relay.stats
-        ttft_ms = None if stats.first_token_at is None else round((stats.first_token_at - stats.started) * 1000, 1)
-        tokens = final.get("eval_count", stats.tokens)
-        rate = stats.tokens_per_s()
-        if final.get("eval_count") and final.get("eval_duration"):
-            rate = final["eval_count"] / final["eval_duration"] * 1e9
-        message = self._registry.store.finish_message(
-            self.message_id,
-            content=content,
-            thinking=thinking,
-            status=status,
-            error=error or None,
-            ttft_ms=ttft_ms,
-            tokens=tokens,
-            tokens_per_s=None if rate is None else round(rate, 2),
-        )
+    def _end(self, status: str, error: str, final: dict[str, Any]) -> None:
+        """Store, tell the readers, bookkeeping, give the slot back: each step runs whatever the one before did."""
+        fields = self._final_fields(status, error, final)
+        payload: dict[str, Any] = {}
+        try:
+            payload["message"] = self._registry.store.finish_message(self.message_id, **fields)
+        except Exception as exc:  # a full disk, a removed database file: the answer still ends
+            log.warning("answer %s (message %d) not stored: %s", self.id, self.message_id, exc)
+            payload["message"] = {"id": self.message_id, "conversation_id": self.conversation_id, **fields}
+            payload["warning"] = f"not saved yet ({exc}); the gateway keeps trying for a few minutes"
+            store, message_id = self._registry.store, self.message_id
+            self._registry.store_later(f"answer {self.id}", lambda: store.finish_message(message_id, **fields))
         self.status = status
-        payload: dict[str, Any] = {"message": message}
         if status == "error":
             payload["error"] = error
         self.log.append(status, json.dumps(payload).encode())
         self.finished = True
         self._registry.finished(self)
+        try:
+            self._relay.close()  # closes the upstream response (Ollama stops generating), gives the slot back
+        except Exception as exc:  # the admission's Redis is away: the slot's lease frees it
+            log.warning("answer %s: giving back its slot: %s", self.id, exc)
+
+    def _final_fields(self, status: str, error: str, final: dict[str, Any]) -> dict[str, Any]:
+        content, thinking = self.text()
+        if not thinking:
+            thinking, content = split_thinking(content)
+        stats = self._relay.stats
+        ttft_ms = None if stats.first_token_at is None else round((stats.first_token_at - stats.started) * 1000, 1)
+        rate = stats.tokens_per_s()
+        if final.get("eval_count") and final.get("eval_duration"):
+            rate = final["eval_count"] / final["eval_duration"] * 1e9
+        return {
+            "content": content,
+            "thinking": thinking,
+            "status": status,
+            "error": error or None,
+            "ttft_ms": ttft_ms,
+            "tokens": final.get("eval_count", stats.tokens),
+            "tokens_per_s": None if rate is None else round(rate, 2),
+        }
 
     def stop(self) -> None:
         """Stop the answer now: the upstream request is closed and the partial answer stored as stopped."""
@@ -189,18 +267,14 @@ class Generation(_Answer):
 
 
 class RemoteGeneration(_Answer):
-    """An answer another worker or host runs, seen through Redis."""
+    """An answer another worker or host runs (or ran), seen through Redis."""
 
-    def __init__(
-        self, registry: Generations, generation_id: str, state: dict[bytes, bytes], abandoned: bool = False
-    ) -> None:
-        """``abandoned``: not finished, but its process stopped renewing it (killed): it will never finish."""
+    def __init__(self, registry: Generations, generation_id: str, state: dict[bytes, bytes]) -> None:
         self.id = generation_id
         self.conversation_id = state[b"conversation_id"].decode()
         self.owner = int(state[b"owner"]) if state[b"owner"] else None
         self.message_id = int(state[b"message_id"])
-        self.abandoned = abandoned
-        self.status = "error" if abandoned else state[b"status"].decode()
+        self.status = state[b"status"].decode()
         self.finished = self.status in FINAL_EVENTS
         self._registry = registry
         self.log = registry.new_log(generation_id, writer=False)
@@ -232,9 +306,11 @@ class Generations:
         client: redis.Redis | None = None,
         bus: Bus | None = None,
         lease_s: float = 45.0,
+        checkpoint_s: float = 1.0,
     ) -> None:
         """``lease_s``: with Redis, how long a running answer stays "running" for the other processes after the
-        process that runs it last renewed it (every third of that): a killed worker's answer is known dead then."""
+        process that runs it last renewed it (every third of that): a killed worker's answer is known dead then.
+        ``checkpoint_s``: how often the text of streaming answers is stored (0: only when they end)."""
         self.store = store
         self._ttl_s = ttl_s
         self._cancel_without_readers_s = cancel_without_readers_s
@@ -242,10 +318,16 @@ class Generations:
         self._bus = bus
         self._flusher = Flusher(client) if client is not None else None
         self.lease_s = lease_s
-        self._renewer: gevent.Greenlet[[], None] | None = None
+        self._checkpoint_s = checkpoint_s
+        self._background = False
         self._by_id: dict[str, Generation] = {}
         self._readers: dict[str, int] = {}
         self._expiry: deque[tuple[float, str]] = deque()
+        self._unpublished: dict[str, Generation] = {}  # finished, but Redis was away when they said so
+        self._counting = Outage("redis: counting readers")
+        if client is not None:
+            self._end_abandoned_script = client.register_script(_END_ABANDONED)
+            self._forget_running = client.register_script(_FORGET_RUNNING)
         if bus is not None:
             bus.subscribe("stop", self._stop_requested)
 
@@ -259,19 +341,35 @@ class Generations:
     def new_log(self, generation_id: str, writer: bool = True) -> EventLog:
         if self._redis is None:
             return MemoryLog()
-        key = f"{PREFIX}gen:{generation_id}:log"
-        return RedisLog(self._redis, key, self._ttl_s, self._flusher if writer else None)
+        return RedisLog(self._redis, self._key(generation_id, "log"), self._ttl_s, self._flusher if writer else None)
+
+    @staticmethod
+    def _key(generation_id: str, part: str = "") -> str:
+        return f"{PREFIX}gen:{generation_id}" + (f":{part}" if part else "")
+
+    @staticmethod
+    def _running_key(conversation_id: str) -> str:
+        return f"{PREFIX}conv:{conversation_id}:running"
 
     def start(self, conversation_id: str, owner: int | None, message_id: int, relay: Relay) -> Generation:
-        if self._bus is not None:
-            self._bus.start()
-        if self._redis is not None and self._renewer is None:
-            self._renewer = gevent.spawn(self._renew_leases)
+        self._start_background()
         generation = Generation(self, conversation_id, owner, message_id, relay)
         self._by_id[generation.id] = generation
         if self._cancel_without_readers_s:
             gevent.spawn(self._cancel_if_unread, generation)
         return generation
+
+    def _start_background(self) -> None:
+        """The checkpoint loop and, with Redis, the subscriber and the lease loop: once, lazily (a process that
+        never serves an answer never connects)."""
+        if self._background:
+            return
+        self._background = True
+        if self._checkpoint_s:
+            gevent.spawn(self._checkpoint_loop)
+        if self._redis is not None:
+            self.bus().start()
+            gevent.spawn(self._lease_loop)
 
     def get(self, generation_id: str) -> AnyGeneration | None:
         if not _ID.fullmatch(generation_id):
@@ -280,58 +378,172 @@ class Generations:
         local = self._by_id.get(generation_id)
         if local is not None or self._redis is None:
             return local
-        state: Any = self._redis.hgetall(f"{PREFIX}gen:{generation_id}")
+        self._start_background()  # from now on this process also ends the answers of dead processes
+        state: Any = self._redis.hgetall(self._key(generation_id))
         if b"conversation_id" not in state:
             return None
-        running: Any = self._redis.get(f"{PREFIX}conv:{state[b'conversation_id'].decode()}:running")
-        alive = state[b"status"].decode() in FINAL_EVENTS or running == generation_id.encode()
-        return RemoteGeneration(self, generation_id, state, abandoned=not alive)
+        if state[b"status"].decode() not in FINAL_EVENTS:
+            running: Any = self._redis.get(self._running_key(state[b"conversation_id"].decode()))
+            if running != generation_id.encode():  # its process stopped renewing it: it died
+                state = self._end_abandoned(generation_id, state)
+        return RemoteGeneration(self, generation_id, state)
 
     def running_for(self, conversation_id: str) -> AnyGeneration | None:
         local = next((g for g in self._by_id.values() if g.conversation_id == conversation_id and not g.finished), None)
         if local is not None or self._redis is None:
             return local
-        running: Any = self._redis.get(f"{PREFIX}conv:{conversation_id}:running")
+        running: Any = self._redis.get(self._running_key(conversation_id))
         found = self.get(running.decode()) if running else None
         return found if found is not None and not found.finished else None
 
     def publish(self, generation: Generation) -> None:
-        """Make the generation's state visible to the other processes (with Redis; else nothing to do)."""
+        """Make the generation's state visible to the other processes (with Redis; else nothing to do). Never
+        raises: with Redis away, the lease loop publishes it again (a running answer's state every round)."""
         if self._redis is None:
             return
-        ttl = self._ttl_s if generation.finished else self.LIVE_TTL_S
-        key, running = f"{PREFIX}gen:{generation.id}", f"{PREFIX}conv:{generation.conversation_id}:running"
+        try:
+            self._publish([generation])
+        except redis.RedisError as exc:
+            log.warning("redis: publishing answer %s (%s): %s; retrying", generation.id, generation.status, exc)
+            if generation.finished:
+                self._unpublished[generation.id] = generation
+
+    def _publish(self, generations: Iterable[Generation]) -> None:
+        assert self._redis is not None
         pipe = self._redis.pipeline()
-        state = {
-            "conversation_id": generation.conversation_id,
-            "owner": "" if generation.owner is None else str(generation.owner),
-            "message_id": str(generation.message_id),
-            "status": generation.status,
-        }
-        pipe.hset(key, mapping=cast(Any, state))
-        pipe.expire(key, int(ttl) + 1)
-        if generation.finished:
-            pipe.delete(running)
-        else:
-            pipe.set(running, generation.id, px=int(self.lease_s * 1000))
+        deadline = time.time() + self.lease_s
+        for generation in generations:
+            ttl = self._ttl_s if generation.finished else self.LIVE_TTL_S
+            key, running = self._key(generation.id), self._running_key(generation.conversation_id)
+            state = {
+                "conversation_id": generation.conversation_id,
+                "owner": "" if generation.owner is None else str(generation.owner),
+                "message_id": str(generation.message_id),
+                "status": generation.status,
+            }
+            pipe.hset(key, mapping=cast(Any, state))
+            pipe.expire(key, int(ttl) + 1)
+            if generation.finished:
+                self._forget_running(keys=[running], args=[generation.id], client=pipe)
+                pipe.zrem(LEASES, generation.id)
+            else:
+                pipe.set(running, generation.id, px=int(self.lease_s * 1000))
+                pipe.zadd(LEASES, {generation.id: deadline})
         pipe.execute()
 
-    def _renew_leases(self) -> None:
-        """Keep this process's running answers "running" for the others; if it dies, their leases run out."""
+    def _lease_loop(self) -> None:
+        """Every third of the lease: renew this process's answers (their whole state, so a Redis that restarted
+        empty has them back), publish the ends Redis missed, and end the answers of processes that died."""
         assert self._redis is not None
+        outage = Outage("redis: renewing answers' leases")
         while True:
             gevent.sleep(self.lease_s / 3)
-            live = [g for g in self._by_id.values() if not g.finished]
-            if not live:
-                continue
-            pipe = self._redis.pipeline(transaction=False)
-            for generation in live:
-                key = f"{PREFIX}conv:{generation.conversation_id}:running"
-                pipe.set(key, generation.id, px=int(self.lease_s * 1000))
             try:
-                pipe.execute()
-            except redis.RedisError as exc:  # the next round tries again, within the lease
-                log.warning("redis: renewing %d answers' leases: %s", len(live), exc)
+                shown = [g for g in self._by_id.values() if not g.finished] + list(self._unpublished.values())
+                if shown:
+                    self._publish(shown)
+                    for generation in shown:
+                        self._unpublished.pop(generation.id, None)
+                expired: Any = self._redis.zrangebyscore(LEASES, "-inf", time.time(), start=0, num=100)
+                for raw in expired:
+                    generation_id = raw.decode()
+                    if generation_id in self._by_id:
+                        continue
+                    state: Any = self._redis.hgetall(self._key(generation_id))
+                    if b"conversation_id" in state:
+                        self._end_abandoned(generation_id, state)
+                    else:
+                        self._redis.zrem(LEASES, generation_id)
+                outage.ok()
+            except (redis.RedisError, StorageUnavailable) as exc:
+                outage.failed(exc)
+
+    def _end_abandoned(self, generation_id: str, state: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """End, for everyone, an answer whose process stopped renewing its lease; its state afterwards.
+
+        The text is the log's (exactly what readers were shown), unless Redis lost the log's head (a restart):
+        then the database's checkpoint, which it extends, is longer. If the dead process had stored the answer's
+        end but not yet told Redis, that end is what readers get.
+        """
+        assert self._redis is not None
+        message_id = int(state[b"message_id"])
+        content, thinking = text_of(cast(RedisLog, self.new_log(generation_id, writer=False)).entries())
+        stored = self.store.message(message_id) or {}
+        if not content.startswith(stored.get("content") or ""):
+            content, thinking = stored["content"], stored.get("thinking") or ""
+        ended = stored.get("status") not in (None, "streaming") and stored.get("error") != INTERRUPTED
+        if ended:
+            status, message = str(stored["status"]), stored
+        else:
+            if not thinking:
+                thinking, content = split_thinking(content)
+            status = "error"
+            message = {**stored, "content": content, "thinking": thinking, "status": status, "error": INTERRUPTED}
+        payload = {"message": message, **({"error": message["error"]} if status == "error" else {})}
+        keys = [
+            self._key(generation_id),
+            self._running_key(state[b"conversation_id"].decode()),
+            self._key(generation_id, "log"),
+            LEASES,
+        ]
+        args: list[str | int] = [
+            generation_id,
+            status,
+            json.dumps(payload),
+            int(self._ttl_s * 1000),
+            int(self._ttl_s) + 1,
+        ]
+        if self._end_abandoned_script(keys=keys, args=args) and not ended:
+            log.warning("answer %s: its process stopped; interrupted at %d characters", generation_id, len(content))
+            write = lambda: self.store.interrupt(message_id, content, thinking)  # noqa: E731
+            self._store_now_or_later(f"interrupted answer {generation_id}", write)
+        now: Any = self._redis.hgetall(keys[0])
+        return cast(dict[bytes, bytes], now) if b"conversation_id" in now else state
+
+    def _store_now_or_later(self, what: str, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except StorageUnavailable as exc:
+            log.warning("%s not stored: %s", what, exc)
+            self.store_later(what, write)
+
+    def store_later(self, what: str, write: Callable[[], object]) -> None:
+        """Try ``write`` again every ``STORE_RETRY_S`` for ``STORE_RETRY_FOR_S`` (a disk that filled up may have
+        room again), then give up, logged."""
+
+        def retry() -> None:
+            deadline, last = time.monotonic() + STORE_RETRY_FOR_S, ""
+            while time.monotonic() < deadline:
+                gevent.sleep(STORE_RETRY_S)
+                try:
+                    write()
+                except StorageUnavailable as exc:
+                    last = str(exc)
+                    continue
+                log.warning("%s: stored after all", what)
+                return
+            log.error("%s: not stored, given up after %.0f s: %s", what, STORE_RETRY_FOR_S, last)
+
+        gevent.spawn(retry)
+
+    def _checkpoint_loop(self) -> None:
+        """About every ``checkpoint_s``: the text so far of every answer that grew, in one transaction on the
+        storage thread (the event loop only joins strings), so that a crash loses at most that interval."""
+        outage = Outage("checkpointing answers")
+        while True:
+            gevent.sleep(self._checkpoint_s)
+            grown = [g for g in self._by_id.values() if not g.finished and g.pieces > g.checkpointed]
+            if not grown:
+                continue
+            marks = [(g, g.pieces) for g in grown]
+            try:
+                self.store.checkpoint({g.message_id: g.text() for g in grown})
+            except StorageUnavailable as exc:  # a full disk: the next round tries again, with more text
+                outage.failed(exc)
+                continue
+            outage.ok()
+            for generation, pieces in marks:
+                generation.checkpointed = pieces
 
     def finished(self, generation: Generation) -> None:
         self.publish(generation)
@@ -353,19 +565,27 @@ class Generations:
             self._reading(generation_id, -1)
 
     def _reading(self, generation_id: str, change: int) -> None:
+        """Never raises: the count only serves ``cancel_without_readers_s``, no reader fails for it."""
         if self._redis is not None:
-            key = f"{PREFIX}gen:{generation_id}:readers"  # its own key: a late reader must not recreate the state
-            pipe = self._redis.pipeline()
-            pipe.incrby(key, change)
-            pipe.expire(key, self.LIVE_TTL_S)
-            pipe.execute()
+            key = self._key(generation_id, "readers")  # its own key: a late reader must not recreate the state
+            try:
+                pipe = self._redis.pipeline()
+                pipe.incrby(key, change)
+                pipe.expire(key, self.LIVE_TTL_S)
+                pipe.execute()
+                self._counting.ok()
+            except redis.RedisError as exc:
+                self._counting.failed(exc)
         self._readers[generation_id] = self._readers.get(generation_id, 0) + change
         if not self._readers[generation_id]:
             del self._readers[generation_id]
 
     def readers(self, generation_id: str) -> int:
         if self._redis is not None:
-            return int(self._redis.get(f"{PREFIX}gen:{generation_id}:readers") or 0)
+            try:
+                return int(self._redis.get(self._key(generation_id, "readers")) or 0)
+            except redis.RedisError:
+                return 1  # unknown: never cancel an answer because Redis is away
         return self._readers.get(generation_id, 0)
 
     def _stop_requested(self, generation_id: str) -> None:

@@ -5,6 +5,10 @@ costs no round trip: readers in its own process follow the copy, and one ``Flush
 entries of every answer it runs to Redis together, every few milliseconds. Readers elsewhere
 block on ``XREAD``. A stream expires ``ttl_s`` after its final entry (a live one after hours: a crashed writer
 leaves nothing behind for good).
+
+While Redis is away the flusher keeps the entries and sends them, in order, once it answers again: readers
+elsewhere get a late answer, never one with a hole. A reader whose Redis fails gets the error (the caller turns
+it into a final in-band ``event: error``).
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import gevent.event
 import redis
 
 from . import lifecycle
-from .eventlog import FINAL_EVENTS, START, Entry, MemoryLog, order
+from .eventlog import FINAL_EVENTS, START, Entry, LogLost, MemoryLog, order
+from .shared import BLOCK_MAX_S, Outage
 
 log = logging.getLogger("gunicorn.error")
 
 MAX_ENTRIES = 100_000  # trimmed beyond this (approximately): an answer has far fewer
 LIVE_TTL_MS = 6 * 3_600_000
 LINGER_S = 0.005  # how far readers in other processes trail; fewer, fuller round trips to Redis
+RETRY_S = 0.5  # while Redis is away, how often the flusher tries again
+MAX_PENDING = 200_000  # entries kept for a Redis that is away (~20 MB); the oldest are dropped beyond
 
 
 class Flusher:
@@ -44,6 +51,8 @@ class Flusher:
             self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
+        outage = Outage("redis: sending event log entries")
+        retrying = False
         while True:
             self._wake.wait()
             gevent.sleep(LINGER_S)  # let entries from other answers join this round trip
@@ -51,15 +60,35 @@ class Flusher:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
-            pipe = self._redis.pipeline(transaction=False)
-            for key, entry_id, fields, expire_ms in batch:
-                pipe.xadd(key, cast(Any, fields), id=entry_id, maxlen=MAX_ENTRIES, approximate=True)
-                if expire_ms is not None:
-                    pipe.pexpire(key, expire_ms)
             try:
-                pipe.execute()
-            except redis.RedisError as exc:  # readers in other processes miss these; this process's do not
-                log.warning("redis: %d event log entries not stored: %s", len(batch), exc)
+                self._send(batch, retrying)
+            except redis.RedisError as exc:  # this process's readers have them already (the mirror)
+                outage.failed(exc)
+                self._pending[:0] = batch
+                if len(self._pending) > MAX_PENDING:
+                    log.error("redis: %d event log entries dropped", len(self._pending) - MAX_PENDING)
+                    del self._pending[: len(self._pending) - MAX_PENDING]
+                retrying = True
+                self._wake.set()
+                gevent.sleep(RETRY_S)
+            else:
+                outage.ok()
+                retrying = False
+
+    def _send(self, batch: list[tuple[str, str, dict[str, Any], int | None]], retrying: bool) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, entry_id, fields, expire_ms in batch:
+            pipe.xadd(key, cast(Any, fields), id=entry_id, maxlen=MAX_ENTRIES, approximate=True)
+            if expire_ms is not None:
+                pipe.pexpire(key, expire_ms)
+        if retrying:  # Redis may have restarted empty: a stream the XADDs recreate must still expire
+            ended = {key for key, _, _, expire_ms in batch if expire_ms is not None}
+            for key in {key for key, _, _, _ in batch} - ended:
+                pipe.pexpire(key, LIVE_TTL_MS)
+        for result in pipe.execute(raise_on_error=False):
+            # After a lost reply the same entries are sent again: Redis refuses those it has, which is fine.
+            if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
+                log.warning("redis: an event log entry was refused: %s", result)
 
 
 class RedisLog:
@@ -97,27 +126,42 @@ class RedisLog:
         self._last = (now_ms, 0) if now_ms > self._last[0] else (self._last[0], self._last[1] + 1)
         entry_id = f"{self._last[0]}-{self._last[1]}"
         self.finished = self.finished or event in FINAL_EVENTS
+        self._mirror.append(event, data, entry_id)  # first: this process's readers get it whatever Redis does
         self._flusher.add(self._key, entry_id, {"e": event, "d": data}, self._ttl_ms if self.finished else None)
-        return self._mirror.append(event, data, entry_id)
+        return entry_id
 
     def follow(self, after: str, wait_s: float) -> Iterator[Entry | None]:
         if self._mirror is not None:
             yield from self._mirror.follow(after, wait_s)
             return
         cursor = "0-0" if after == START else after
+        heartbeat_at = time.monotonic() + wait_s
         while not lifecycle.stopping():  # else the reader reconnects (Last-Event-ID) to a worker that stays
-            found: Any = self._redis.xread({self._key: cursor}, count=500, block=max(1, int(wait_s * 1000)))
+            # In steps shorter than the socket timeout: a long BLOCK would look like a Redis that stopped answering.
+            block_s = min(BLOCK_MAX_S, max(heartbeat_at - time.monotonic(), 0.001))
+            found: Any = self._redis.xread({self._key: cursor}, count=500, block=max(1, int(block_s * 1000)))
             if not found:
+                if time.monotonic() < heartbeat_at - 0.005:
+                    continue
+                if not self._redis.exists(self._key):
+                    raise LogLost(f"the event log {self._key} is gone before its end")
                 if self.caught_up(cursor):
-                    return  # expired, never existed, or ended before the cursor: nothing will come
+                    return  # it ended before the cursor: nothing will come
+                heartbeat_at = time.monotonic() + wait_s
                 yield None
                 continue
+            heartbeat_at = time.monotonic() + wait_s
             for raw_id, fields in found[0][1]:
                 cursor = raw_id.decode()
                 event = fields[b"e"].decode()
                 yield cursor, event, fields[b"d"]
                 if event in FINAL_EVENTS:
                     return
+
+    def entries(self) -> list[Entry]:
+        """Every entry Redis holds (to recover the text of an answer whose writer died)."""
+        found: Any = self._redis.xrange(self._key)
+        return [(raw_id.decode(), fields[b"e"].decode(), fields[b"d"]) for raw_id, fields in found]
 
     def caught_up(self, after: str) -> bool:
         if self._mirror is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import requests
 from flask import Response, request
 
@@ -22,6 +23,7 @@ from .config import Settings, get_settings
 from .errors import ApiError, error_response
 from .metrics import StreamStats
 from .send_watch import WATCH
+from .shared import unavailable_message
 from .stream import HEARTBEAT, Failure, UpstreamStream
 from .upstream import OllamaClient
 
@@ -72,10 +74,15 @@ class Relay:
                     message = f"waited {self._settings.queue_timeout_s:g} s for a free slot; retry later"
                     yield self._fail(Failure(message, "queue_timeout", 503))
                     return
-                if ticket.position != announced:
-                    announced = ticket.position
-                    yield Queued(ticket.position, self._admission.active)
-                if not self._admission.wait(ticket, min(heartbeat_s, max(deadline - time.monotonic(), 0))):
+                try:  # the queue is in Redis, and Redis went away: an in-band error, not an exception mid-stream
+                    if ticket.position != announced:
+                        announced = ticket.position
+                        yield Queued(ticket.position, self._admission.active)
+                    changed = self._admission.wait(ticket, min(heartbeat_s, max(deadline - time.monotonic(), 0)))
+                except redis.RedisError as exc:
+                    yield self._fail(Failure(unavailable_message(exc), "shared_state", 503))
+                    return
+                if not changed:
                     yield HEARTBEAT
         self.stats.admitted(ticket.queue_wait_s)
 

@@ -3,6 +3,11 @@
 Every query runs on one dedicated OS thread (a gevent ``ThreadPool`` of size 1): sqlite3 is blocking C code
 that gevent cannot patch, and a slow fsync or checkpoint on the event loop would stall every open stream.
 One thread also means one connection and no locking of our own; WAL keeps readers and the writer apart.
+
+The disk failing (full, I/O errors, read-only) is a fault, not a bug: ``StorageUnavailable`` (a 503, see
+errors.py) instead of a 500. The file being deleted or replaced under a running gateway is noticed before
+every write (its device and inode against the opened file's): writes are refused from then on, since they
+would go into a file that no longer has a name and is lost at the next start.
 """
 
 from __future__ import annotations
@@ -14,15 +19,32 @@ import secrets
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from gevent.threadpool import ThreadPool
 
+from .config import ConfigError, data_path_problem
+
 T = TypeVar("T")
 log = logging.getLogger("gunicorn.error")
+
+# SQLite's primary result codes that mean the disk or the file failed, not the query (those stay bugs: 500).
+FAULTS = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit an entry once released.
 MIGRATIONS = [
@@ -150,7 +172,22 @@ MIGRATIONS = [
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
-INTERRUPTED = "interrupted: the gateway process running it stopped"
+INTERRUPTED = "interrupted: the gateway process running this answer stopped"
+
+
+class StorageUnavailable(Exception):
+    """The disk or the database file failed (full, an I/O error, removed): the request gets a 503."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"storage unavailable: {reason}")
+        self.reason = reason
+
+
+def _capture(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Exception | None, Any]:
+    try:
+        return None, fn(*args)
+    except Exception as exc:
+        return exc, None
 
 
 def private_file(path: str) -> str:
@@ -199,16 +236,30 @@ def _migration_lock(path: str) -> Iterator[None]:
 
 class Store:
     def __init__(self, path: str, mark_interrupted: bool = True) -> None:
-        """``mark_interrupted``: answers left ``streaming`` by a dead process are marked as errors at start. Only
-        where this process is the only one: another worker's (or host's) answers may be streaming right now."""
+        """``mark_interrupted``: answers left ``streaming`` by a dead process are marked as errors at start (their
+        text so far, checkpointed while they streamed, is kept). Only where this process is the only one: another
+        worker's (or host's) answers may be streaming right now."""
         self._pool = ThreadPool(1)
         self._db: sqlite3.Connection | None = None
+        self._path = path
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._gone: str | None = None  # set once the file was removed or replaced: why writes are refused
         self._call(self._open, path, mark_interrupted)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return cast(T, self._pool.apply(fn, args))
+        """``fn(*args)`` on the storage thread. Its exception is raised here, in the caller: one raised in the
+        thread would also be printed by gevent as a traceback, and a full disk is a fault, not a bug."""
+        failure, result = self._pool.apply(_capture, (fn, args))
+        if failure is None:
+            return cast(T, result)
+        if isinstance(failure, sqlite3.Error) and getattr(failure, "sqlite_errorcode", 0) & 0xFF in FAULTS:
+            raise StorageUnavailable(f"{failure} ({self._path})") from failure
+        raise failure
 
     def _open(self, path: str, mark_interrupted: bool) -> None:
+        problem = data_path_problem("CLAWWEB_DB", path)
+        if problem:
+            raise ConfigError(problem)
         if path != ":memory:":
             # A new data directory is the service's alone (an existing one, maybe /tmp, is left as it is).
             Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -227,11 +278,40 @@ class Store:
                 db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
         if mark_interrupted:  # they cannot resume: say so instead of "streaming"
             db.execute("UPDATE messages SET status = 'error', error = ? WHERE status = 'streaming'", (INTERRUPTED,))
+        if path != ":memory:":
+            found = os.stat(path)
+            self._identity = (found.st_dev, found.st_ino)
         self._db = db
+
+    def _check_file(self) -> None:
+        """Refuse to write once the path no longer names the file opened (one stat: microseconds)."""
+        if self._gone is None and self._identity is not None:
+            try:
+                found = os.stat(self._path)
+                replaced = (found.st_dev, found.st_ino) != self._identity
+            except FileNotFoundError:
+                replaced = True
+            if replaced:
+                self._gone = (
+                    f"the database file {self._path} was removed or replaced since clawweb opened it; restart "
+                    "clawweb (nothing is written meanwhile: it would be lost with the old file)"
+                )
+        if self._gone is not None:
+            raise StorageUnavailable(self._gone)
+
+    def problem(self) -> str | None:
+        """Why the database cannot take writes (for ``/readyz``), or None."""
+        try:
+            self._call(self._check_file)
+        except StorageUnavailable as exc:
+            return str(exc)
+        return None
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
             assert self._db is not None
+            if not sql.startswith("SELECT"):
+                self._check_file()
             return [dict(row) for row in self._db.execute(sql, params).fetchall()]
 
         return self._call(run)
@@ -320,6 +400,40 @@ class Store:
             f"UPDATE messages SET {assignments} WHERE id = ? RETURNING *", (*values.values(), message_id)
         )
         return rows[0] if rows else {}
+
+    def message(self, message_id: int) -> dict[str, Any] | None:
+        rows = self._execute("SELECT * FROM messages WHERE id = ?", (message_id,))
+        return rows[0] if rows else None
+
+    def checkpoint(self, partials: Mapping[int, tuple[str, str]]) -> None:
+        """The text so far (content, thinking) of answers still streaming, by message id, in one transaction, so
+        that a crash loses at most the tokens since the last checkpoint. A finished answer is left as it is."""
+
+        def run() -> None:
+            assert self._db is not None
+            self._check_file()
+            rows = [(content, thinking, message_id) for message_id, (content, thinking) in partials.items()]
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "UPDATE messages SET content = ?, thinking = ? WHERE id = ? AND status = 'streaming'", rows
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
+
+        self._call(run)
+
+    def interrupt(self, message_id: int, content: str, thinking: str) -> None:
+        """An answer whose process died, with the text recovered for it. Only over what no one finished: a row
+        still streaming, or marked interrupted with its checkpointed text (``mark_interrupted`` came first)."""
+        self._execute(
+            "UPDATE messages SET status = 'error', error = ?, content = ?, thinking = ? WHERE id = ? "
+            "AND (status = 'streaming' OR (status = 'error' AND error = ?))",
+            (INTERRUPTED, content, thinking, message_id, INTERRUPTED),
+        )
 
     def mark_interrupted(self, conversation_id: str, started_before: float) -> None:
         """Answers still ``streaming`` that started before ``started_before`` and that nothing runs any more."""

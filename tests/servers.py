@@ -142,9 +142,10 @@ class Gateway(ServerProcess):
 class RedisServer(ServerProcess):
     """Debian's redis-server on a free loopback port, in memory only (no RDB/AOF files)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        """``port``: a restarted server takes its predecessor's (clients reconnect to the same URL)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
         super().__init__([*argv, "--dir", str(directory)], directory / "redis.log")

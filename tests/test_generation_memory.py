@@ -41,6 +41,8 @@ def test_event_log_memory_returns_to_baseline(tmp_path: Path) -> None:
     def settled() -> int:
         time.sleep(0.1)
         generations.sweep()
+        # The answer-rate window keeps the last minute's starts by design (bounded by the limit): not the log's.
+        app.extensions["clawweb.rate"].clear("127.0.0.1")
         gc.collect()
         return tracemalloc.get_traced_memory()[0]
 

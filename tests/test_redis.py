@@ -221,7 +221,10 @@ def test_an_answer_whose_worker_was_killed_is_known_dead_elsewhere(
         os.killpg(doomed.proc.pid, signal.SIGKILL)  # the master and its worker, no chance to clean up
         state = f"{survivor.url}/api/generations/{generation['id']}"
         assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=5)
-        assert requests.get(survivor.url + generation["events_url"], timeout=5).status_code == 204  # stop following
+        replay = read_events(survivor, generation, None)  # the log now ends with the error, for every reader
+        assert replay[-1].event == "error" and "interrupted" in replay[-1].json()["error"]
+        after_end = {"Last-Event-ID": replay[-1].id or ""}
+        assert requests.get(survivor.url + generation["events_url"], headers=after_end, timeout=5).status_code == 204
         conversation_url = f"{survivor.url}/api/conversations/{generation['conversation_id']}"
         answer = requests.get(conversation_url, timeout=5).json()["messages"][-1]
         assert answer["status"] == "error" and "interrupted" in answer["error"]
