@@ -82,10 +82,19 @@ def accounts_gw(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def proxied_gw(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def own_sim() -> Iterator[SimProcess]:
+    """A simulator for ``proxied_gw`` alone: its last request's headers are that gateway's, whatever the other
+    gateways of this module still send to theirs."""
+    simulator = start_simulator("--ttft", "0.02", "--tps", "200")
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def proxied_gw(own_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """As behind the deploy kit's nginx (one trusted proxy, accounts on), with two Ollama URLs carrying
     credentials: the simulator, and a port where nothing listens."""
-    urls = f"http://{CREDENTIALS}@127.0.0.1:{sim.port},http://{CREDENTIALS}@127.0.0.1:{free_port()}"
+    urls = f"http://{CREDENTIALS}@127.0.0.1:{own_sim.port},http://{CREDENTIALS}@127.0.0.1:{free_port()}"
     server = Gateway(tmp_path_factory.mktemp("proxied") / "gunicorn.log", urls, auth="required", trusted_proxies=1)
     yield from checked(server)
 
@@ -405,7 +414,10 @@ def test_x_forwarded_proto_from_a_trusted_proxy_counts(proxied_gw: Gateway, prox
 # --- 11. Ollama's URL is never shown with its credentials -----------------------------------------------------------
 
 
-def test_readyz_detail_only_for_this_machine_or_a_key(proxied_gw: Gateway, proxied_key: str, sim: SimProcess) -> None:
+def test_readyz_detail_only_for_this_machine_or_a_key(
+    proxied_gw: Gateway, proxied_key: str, own_sim: SimProcess
+) -> None:
+    sim = own_sim
     local = requests.get(proxied_gw.url + "/readyz", timeout=10)
     assert local.status_code == 200
     hosts = local.json()["hosts"]
@@ -419,8 +431,9 @@ def test_readyz_detail_only_for_this_machine_or_a_key(proxied_gw: Gateway, proxi
 
 
 def test_credentials_in_the_ollama_url_are_used_but_never_shown(
-    proxied_gw: Gateway, proxied_key: str, sim: SimProcess
+    proxied_gw: Gateway, proxied_key: str, own_sim: SimProcess
 ) -> None:
+    sim = own_sim
     shown = [
         requests.get(proxied_gw.url + "/readyz", timeout=10),
         requests.get(proxied_gw.url + "/metrics", timeout=10),  # host labels
