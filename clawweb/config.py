@@ -213,7 +213,7 @@ class Settings:
     )
     body_timeout_s: float = _setting(30.0, _positive_float, "longest a request body may take to arrive (408 beyond)")
     max_pending_per_address: int = _setting(
-        128, _positive_int, "connections one address may keep waiting on its own request bytes (429 beyond)"
+        512, _positive_int, "connections one address may keep waiting on its own request bytes (429 beyond)"
     )
     quota_conversations: int = _setting(
         10_000, _non_negative_int, "most conversations one user keeps (403 beyond; 0: no limit)"

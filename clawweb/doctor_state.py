@@ -6,6 +6,7 @@ Redis and database file the gateway uses, so they run beside a live gateway.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import time
@@ -82,10 +83,18 @@ def queue_checks(active: int, queued: int, holders: list[tuple[str, int]], setti
 
 
 def database_checks(settings: Settings, report: Report) -> None:
-    """The file is there and writable, the disk has room, and SQLite's quick check passes."""
+    """The file is there and writable, the disk has room, and SQLite's quick check passes. Before the gateway's
+    first start there is no file yet: that is fine where its directory can be made."""
     path = Path(settings.db)
     if not path.is_file():
-        report("database", False, f"{path} does not exist", "start the gateway once, or fix CLAWWEB_DB")
+        existing = next(parent for parent in path.absolute().parents if parent.exists())
+        creatable = os.access(existing, os.W_OK)
+        report(
+            "database",
+            creatable,
+            f"{path}: not created yet (the gateway creates it at its first start)",
+            f"{existing} must be writable by the service's user, or fix CLAWWEB_DB",
+        )
         return
     free = shutil.disk_usage(path.parent).free
     report(
