@@ -33,11 +33,8 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Two workers, each module on one of them (its servers and module fixtures stay together): 5 minutes here, 12 in
-# one. Tests marked `alone` are sensitive to a busy machine and run afterwards, by themselves.
 test: $(VENV)/.dev-deps system-deps lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m 'not alone'
-	$(BIN)/python -m pytest -m alone
+	$(BIN)/python -m pytest
 
 # Loopback benchmark: simulator direct vs nginx vs clawweb; prints markdown, writes bench/results/latest.*
 bench: $(VENV)/.dev-deps system-deps

@@ -208,7 +208,6 @@ def test_the_page_continues_an_answer_on_the_other_host(browser: Browser, pair: 
         context.close()
 
 
-@pytest.mark.alone  # under the parallel run it failed 2 of 3 times (never alone); the cause is not found yet
 def test_an_answer_whose_worker_was_killed_is_known_dead_elsewhere(
     redis_server: RedisServer, sim: SimProcess, tmp_path: Path
 ) -> None:
