@@ -517,9 +517,12 @@ def test_least_busy_two_long_streams_land_on_different_hosts(
             opened.append(response)
             first_token(response)
         assert (sim1.stats()["active"], sim2.stats()["active"]) == (1, 1)
-        metrics = requests.get(gateway.url + "/metrics", timeout=5).text
-        for sim in sims:
-            assert f'clawweb_upstream_host_streams{{host="{sim.url}"}} 1.0' in metrics
+
+        def both_counted() -> bool:  # the gauge follows the streams; a busy machine may show it a moment later
+            metrics = requests.get(gateway.url + "/metrics", timeout=5).text
+            return all(f'clawweb_upstream_host_streams{{host="{sim.url}"}} 1.0' in metrics for sim in sims)
+
+        assert wait_for(both_counted, timeout=5)
     finally:
         for response in opened:
             response.close()
