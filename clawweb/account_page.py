@@ -7,25 +7,20 @@ not repeat it), except creating a key: that answer shows the key, once, and is n
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, redirect, render_template, request
+from flask import Blueprint, Response, abort, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts
-from .auth import Identity, identity
+from .auth import Identity, identity, user_store
 from .i18n import LANG_TAGS, language, strings
 from .limits import Throttled
 from .login import check_password
-from .storage import Store
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
 MAX_KEY_NAME = 100
-
-
-def _store() -> Store:
-    return cast(Store, current_app.extensions["clawweb.store"])
 
 
 def _user() -> Identity:
@@ -68,8 +63,8 @@ def _page(status: int = 200, notice: str = "", error: str = "", new_key: str = "
         "account.html",
         user=who.name,
         current_session=who.session_id,
-        sessions=_store().sessions(who.user_id),
-        keys=[key for key in _store().keys(who.user_id) if key["revoked_at"] is None],
+        sessions=user_store().sessions(who.user_id),
+        keys=[key for key in user_store().keys(who.user_id) if key["revoked_at"] is None],
         when=_when,
         browser_label=browser_label,
         notice=notice,
@@ -94,7 +89,7 @@ def show() -> Response:
 def end_session(session_id: int) -> BaseResponse:
     who = _user()
     assert who.user_id is not None
-    _store().end_sessions(who.user_id, session_id=session_id)
+    user_store().end_sessions(who.user_id, session_id=session_id)
     return _back()
 
 
@@ -102,7 +97,7 @@ def end_session(session_id: int) -> BaseResponse:
 def end_other_sessions() -> BaseResponse:
     who = _user()
     assert who.user_id is not None
-    _store().end_sessions(who.user_id, keep=who.session_id)
+    user_store().end_sessions(who.user_id, keep=who.session_id)
     return _back()
 
 
@@ -111,7 +106,7 @@ def create_key() -> Response:
     who = _user()
     assert who.user_id is not None
     name = " ".join(request.form.get("name", "").split())[:MAX_KEY_NAME]
-    key, _ = accounts.create_key(_store(), who.user_id, name)
+    key, _ = accounts.create_key(user_store(), who.user_id, name)
     return _page(201, new_key=key)
 
 
@@ -119,7 +114,7 @@ def create_key() -> Response:
 def revoke_key(key_id: int) -> BaseResponse:
     who = _user()
     assert who.user_id is not None
-    _store().revoke_key(key_id, who.user_id)  # somebody else's key id: nothing happens
+    user_store().revoke_key(key_id, who.user_id)  # somebody else's key id: nothing happens
     return _back()
 
 
@@ -139,7 +134,7 @@ def change_password() -> Response:
     if new != again:
         return _page(400, error=t["password_mismatch"])
     try:
-        accounts.set_password(_store(), who.user_id, new, keep_session=who.session_id)
+        accounts.set_password(user_store(), who.user_id, new, keep_session=who.session_id)
     except ValueError as exc:  # too short or too long
         return _page(400, error=str(exc))
     return _page(notice=t["password_changed"])

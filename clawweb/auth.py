@@ -96,7 +96,8 @@ def _secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def _store() -> Store:
+def user_store() -> Store:
+    """The store that holds users, keys and sessions (the app's one ``Store``)."""
     return cast(Store, current_app.extensions["clawweb.store"])
 
 
@@ -110,9 +111,9 @@ def _from_key(header: str) -> Identity:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "the Authorization header must be 'Bearer <API key>'", {"WWW-Authenticate": "Bearer"})
-    row = accounts.user_for_key(_store(), key.strip())
+    row = accounts.user_for_key(user_store(), key.strip())
     if row["last_used_at"] is None or time.time() - row["last_used_at"] > KEY_TOUCH_EVERY_S:
-        _store().touch_key(row["id"])  # not on every request: a write before each stream would cost latency
+        user_store().touch_key(row["id"])  # not on every request: a write before each stream would cost latency
     return Identity(row["user_id"], row["user_name"], "key")
 
 
@@ -136,7 +137,7 @@ _told_ignored = False
 def _from_session() -> Identity | None:
     if "sid" not in session:
         return None
-    row = sessions.resolve(_store(), session["sid"], str(request.remote_addr))
+    row = sessions.resolve(user_store(), session["sid"], str(request.remote_addr))
     if row is None:
         session.clear()  # logged out elsewhere, password changed, user disabled: this session is over
         return None

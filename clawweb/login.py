@@ -21,11 +21,10 @@ from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts, sessions
-from .auth import identity
+from .auth import identity, user_store
 from .config import Settings, get_settings
 from .i18n import LANG_TAGS, language, strings
 from .limits import Throttled, Window, make_window
-from .storage import Store
 
 log = logging.getLogger("gunicorn.error")
 bp = Blueprint("login", __name__)
@@ -35,10 +34,6 @@ ADDRESS_FACTOR = 5  # an office behind one NAT address shares it: the address ge
 DEVICE_COOKIE = "clawweb_device"
 DEVICE_MAX_AGE_S = 365 * 24 * 3600
 DEVICE_NAMES = 10  # user names one browser is remembered for
-
-
-def _store() -> Store:
-    return cast(Store, current_app.extensions["clawweb.store"])
 
 
 def safe_next(target: str | None) -> str:
@@ -102,7 +97,7 @@ def check_password(name: str, password: str) -> dict[str, Any] | None:
         for window, key, token in held:
             window.release(key, token)
         raise
-    user = accounts.authenticate(_store(), name, password)
+    user = accounts.authenticate(user_store(), name, password)
     if user is not None:  # a right password is not a failure, and forgives this budget's earlier ones
         for window, key, token in held:
             window.release(key, token)
@@ -144,7 +139,7 @@ def login() -> BaseResponse:
     if user is None:
         log.warning("login failed from %s", request.remote_addr)  # never the name tried, nor the password
         return _login_page(t["login_failed"], 401)
-    token, _ = sessions.start(_store(), user["id"], request.user_agent.string, str(request.remote_addr))
+    token, _ = sessions.start(user_store(), user["id"], request.user_agent.string, str(request.remote_addr))
     session.clear()  # a fresh session (and CSRF token): nothing from before the login carries over
     session.update(sid=token, csrf=secrets.token_urlsafe(32))
     session.permanent = True
@@ -158,7 +153,7 @@ def login() -> BaseResponse:
 def logout() -> BaseResponse:
     who = identity()
     if who.via == "session" and who.user_id is not None:
-        sessions.end(_store(), who.user_id, session.get("sid"))
+        sessions.end(user_store(), who.user_id, session.get("sid"))
     session.clear()
     return redirect(url_for("login.login_form") if get_settings().auth_required else "/")
 
