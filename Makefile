@@ -33,8 +33,10 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two processes, each module on one of them (its servers and module fixtures stay together): the suite waits on
+# real servers far more than it computes (8 minutes here, 13 in one process).
 test: $(VENV)/.dev-deps system-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Loopback benchmark: simulator direct vs nginx vs clawweb; prints markdown, writes bench/results/latest.*
 bench: $(VENV)/.dev-deps system-deps
