@@ -467,8 +467,12 @@ class Generations:
         """
         assert self._redis is not None
         message_id = int(state[b"message_id"])
-        content, thinking = text_of(cast(RedisLog, self.new_log(generation_id, writer=False)).entries())
         stored = self.store.message(message_id) or {}
+        if stored.get("conversation_id") != state[b"conversation_id"].decode():
+            # Not in this process's database: another installation shares the Redis (a different database, the
+            # same keys). Its own processes end it; ending it here would overwrite an unrelated message.
+            return state
+        content, thinking = text_of(cast(RedisLog, self.new_log(generation_id, writer=False)).entries())
         if not content.startswith(stored.get("content") or ""):
             content, thinking = stored["content"], stored.get("thinking") or ""
         ended = stored.get("status") not in (None, "streaming") and stored.get("error") != INTERRUPTED

@@ -237,3 +237,37 @@ def test_an_answer_whose_worker_was_killed_is_known_dead_elsewhere(
         doomed.stop()
         survivor.stop()
     assert "Traceback" not in survivor.log
+
+
+def test_an_installation_sharing_the_redis_leaves_the_others_answers_alone(
+    redis_server: RedisServer, sim: SimProcess, tmp_path: Path
+) -> None:
+    """Two installations on one Redis, each with its own database (a staging and a production gateway on the
+    same redis-server, say): when one's worker dies, the other must not end its answer. It cannot see that
+    database, and ending it would write the text into its own message of the same id."""
+    foreign = Gateway(tmp_path / "foreign.log", sim.url, redis_url=redis_server.url, heartbeat_s=0.3)
+    directory = tmp_path / "ours"
+    directory.mkdir()
+    shared = {"redis_url": redis_server.url, "db": str(directory / "clawweb.db"), "heartbeat_s": 0.3}
+    doomed = Gateway(directory / "doomed.log", sim.url, **shared)
+    survivor: Gateway | None = None
+    try:
+        theirs = start_answer(foreign, {"tokens": 2})  # message ids 1 and 2 there: the same as ours below
+        assert tokens_of(read_events(foreign, theirs, None)) == "".join(answer_tokens(2))
+        conversation_url = f"{foreign.url}/api/conversations/{theirs['conversation_id']}"
+        before = requests.get(conversation_url, timeout=5).json()["messages"]
+        ours = start_answer(doomed, {"tokens": 400, "tps": 20})
+        assert ours["message_id"] == theirs["message_id"]
+        assert tokens_of(read_events(foreign, ours, None, limit=3))  # the foreign one follows it: it knows of it
+        os.killpg(doomed.proc.pid, signal.SIGKILL)
+        time.sleep(3)  # ten rounds of the foreign lease loop
+        assert requests.get(f"{foreign.url}/api/generations/{ours['id']}", timeout=5).json()["status"] == "streaming"
+        assert requests.get(conversation_url, timeout=5).json()["messages"] == before
+        survivor = Gateway(directory / "survivor.log", sim.url, **shared)  # one of its own: it ends it
+        state = f"{survivor.url}/api/generations/{ours['id']}"
+        assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=15)
+    finally:
+        for gateway in (foreign, doomed, survivor):
+            if gateway is not None:
+                gateway.stop()
+    assert "Traceback" not in foreign.log
