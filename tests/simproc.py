@@ -31,8 +31,9 @@ class SimProcess(ServerProcess):
         self.url = found[0]
         self.port = int(self.url.rsplit(":", 1)[1])
 
-    def stats(self) -> dict[str, Any]:
-        return dict(requests.get(self.url + "/_sim/stats", timeout=5).json())
+    def stats(self, timeout: float = 5) -> dict[str, Any]:
+        """``timeout``: a simulator writing many fast streams at once may take longer to answer."""
+        return dict(requests.get(self.url + "/_sim/stats", timeout=timeout).json())
 
     def reset(self) -> dict[str, Any]:
         return dict(requests.post(self.url + "/_sim/reset", timeout=5).json())

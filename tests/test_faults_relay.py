@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -93,23 +94,37 @@ def worker_rss(gateway: Gateway) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_a_stream_holds_at_most_its_buffer_for_a_client_that_stops_reading(
-    sim: SimProcess, tmp_path: Path, stalled_reader: StalledReader
-) -> None:
-    """Six clients that read nothing of 20000-token answers (~2 MB of lines each): without a bound the worker
-    took every answer into memory (+17 MB); with 50 kB per stream, reading upstream pauses instead."""
-    settings = {"stream_buffer_bytes": 50_000, "max_active": 6, "max_active_per_client": 6, "heartbeat_s": 0.5}
-    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, **settings)
-    try:
-        requests.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), timeout=10)  # warm the worker up
-        before = worker_rss(gateway)
-        for _ in range(6):
-            stalled_reader(gateway, chat({"tokens": 20_000, "tps": 4000}))
-        wait_for(lambda: sim.stats()["completed"] == 7, 10)  # the kernel's buffers may take the rest meanwhile
-        assert worker_rss(gateway) - before < 8 << 20
-    finally:
-        gateway.stop()
-    assert "Traceback" not in gateway.log
+def test_a_stream_holds_at_most_its_buffer_for_a_client_that_stops_reading(sim: SimProcess, tmp_path: Path) -> None:
+    """Six clients that read nothing of 60000-token answers (~6 MB of lines each: more than the kernel's socket
+    buffers take). The yardstick first: with the bound lifted (what the worker did before it had one) it takes
+    every answer into memory (+43 MB here). Then with 50 kB per stream, in the time the yardstick took to read
+    everything, reading from Ollama pauses: the six answers wait upstream and the worker grows by under 8 MB."""
+
+    def six_stalled(buffer_bytes: int, wait_s: float) -> tuple[int, int, float]:
+        """(RSS growth, answers Ollama finished, seconds until all six were, or ``wait_s``)."""
+        settings = {"stream_buffer_bytes": buffer_bytes, "max_active": 6, "max_active_per_client": 6}
+        gateway = Gateway(tmp_path / f"gunicorn-{buffer_bytes}.log", sim.url, heartbeat_s=0.5, **settings)
+        clients: list[socket.socket] = []
+        try:
+            requests.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), timeout=10)  # warm the worker up
+            before, completed = worker_rss(gateway), sim.stats()["completed"]
+            started = time.monotonic()
+            clients = [_stalled(gateway, chat({"tokens": 60_000, "tps": 30_000})) for _ in range(6)]
+            wait_for(lambda: sim.stats(timeout=30)["completed"] == completed + 6, wait_s)
+            finished = sim.stats()["completed"] - completed
+            return worker_rss(gateway) - before, finished, time.monotonic() - started
+        finally:
+            for client in clients:  # first: the worker's graceful stop would wait for their streams
+                client.close()
+            gateway.stop()
+            assert "Traceback" not in gateway.log
+
+    grown, finished, took = six_stalled(1 << 30, wait_s=60)
+    print(f"without a bound: +{grown / 1e6:.1f} MB, {finished} of 6 read whole in {took:.1f} s")
+    assert finished == 6 and grown > 24 << 20  # the scenario shows a missing bound
+    grown, finished, _ = six_stalled(50_000, wait_s=took * 1.5)
+    print(f"with 50 kB per stream: +{grown / 1e6:.1f} MB, {finished} of 6 read whole")
+    assert finished == 0 and grown < 8 << 20
 
 
 def test_a_client_that_accepts_nothing_is_cut_and_its_slot_freed(
