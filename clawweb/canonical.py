@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
-from .errors import ApiError
+from .errors import ApiError, InvalidField
 
 Parse = Callable[[Any, str, Settings], Any]
 """A field's parser: (the value, where it is, e.g. ``messages[2].role``, settings) -> the value to forward, or
@@ -86,28 +86,28 @@ def _at(where: str, key: str) -> str:
 def canonical(value: Any, shape: Struct, where: str, settings: Settings) -> dict[str, Any]:
     """``value`` checked against ``shape``: the object to forward, or an ``ApiError`` (400) naming the key."""
     if not isinstance(value, dict):
-        raise ApiError(400, f"'{where or 'request body'}' must be an object")
+        raise InvalidField(where, "must be an object") if where else ApiError(400, "'request body' must be an object")
     if isinstance(value, RepeatedKeys):
-        raise ApiError(400, f"'{_at(where, value.repeated)}' appears more than once; send each field once")
+        raise InvalidField(_at(where, value.repeated), "appears more than once; send each field once")
     seen: dict[str, str] = {}
     for key in value:
         folded = key.casefold()
         if folded in seen:
             first, spelled = _at(where, seen[folded]), shape.folded.get(folded, seen[folded])
-            message = f"'{_at(where, key)}' and '{first}' are one key to Ollama (it matches keys case-insensitively)"
-            raise ApiError(400, f"{message}; send it once, spelled '{spelled}'")
+            problem = f"and '{first}' are one key to Ollama (it matches keys case-insensitively)"
+            raise InvalidField(_at(where, key), f"{problem}; send it once, spelled '{spelled}'")
         seen[folded] = key
         name = shape.folded.get(folded)
         if name is not None and name != key:
-            raise ApiError(400, f"'{_at(where, key)}' is not a field; the field is '{_at(where, name)}'")
+            raise InvalidField(_at(where, key), f"is not a field; the field is '{_at(where, name)}'")
         if name is None and shape.unknown is not None:
-            raise ApiError(400, f"'{_at(where, key)}' {shape.unknown}")
+            raise InvalidField(_at(where, key), shape.unknown)
     forwarded: dict[str, Any] = {}
     for name, spec in shape.fields.items():
         if name in value:
             parsed = spec.parse(value[name], _at(where, name), settings)
         elif spec.required:
-            raise ApiError(400, f"'{_at(where, name)}' is required")
+            raise InvalidField(_at(where, name), "is required")
         elif spec.default is not None:
             parsed = spec.default(settings)
         else:
@@ -129,7 +129,7 @@ def list_of(shape: Struct, nullable: bool = False) -> Parse:
         if value is None and nullable:
             return OMIT
         if not isinstance(value, list):
-            raise ApiError(400, f"'{where}' must be a list")
+            raise InvalidField(where, "must be a list")
         return [canonical(item, shape, f"{where}[{i}]", settings) for i, item in enumerate(value)]
 
     return parse

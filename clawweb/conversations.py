@@ -11,7 +11,7 @@ from . import quotas, sse
 from .api import admit, client_id
 from .auth import owner
 from .config import Settings, get_settings
-from .errors import ApiError
+from .errors import ApiError, InvalidField
 from .eventlog import START, valid_cursor
 from .generations import AnyGeneration, Generations
 from .relay import streaming_response
@@ -58,9 +58,9 @@ def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ApiError(400, f"'{name}' must be a string")
+        raise InvalidField(name, "must be a string")
     if len(value) > limit:
-        raise ApiError(400, f"'{name}' is longer than {limit} characters")
+        raise InvalidField(name, f"is longer than {limit} characters")
     return value
 
 
@@ -71,7 +71,7 @@ def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, 
         "system_prompt": _text_field(body, "system_prompt", settings.max_chars),
     }
     if fields["model"] is not None and not fields["model"].strip():
-        raise ApiError(400, "'model' must be a non-empty string")
+        raise InvalidField("model", "must be a non-empty string")
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -197,7 +197,7 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
     body = _body()
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():
-        raise ApiError(400, "'content' must be a non-empty string")
+        raise InvalidField("content", "must be a non-empty string")
     user, generation = _start(conversation, content, _answer_options(body))
     if not conversation["title"]:
         get_store().update_conversation(conversation_id, title=" ".join(content.split())[:60])

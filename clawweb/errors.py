@@ -1,6 +1,20 @@
-"""One error shape: ``{"error": "human readable message"}`` with the right status, for every route.
+"""The one error vocabulary: what a refused request is told, as ``{"error": message}`` with the right status.
 
-A dependency that fails (the database, Redis) is ``Unavailable``: a 503 with ``Retry-After``, never a 500.
+Refusals before a stream starts are ``ApiError``s; they carry their meaning in fields, never only in their text:
+``status``, ``message`` (for people), ``field`` (the request field at fault, e.g. ``options.temperature``) and
+``code`` (for programs, e.g. ``model_not_found``). The OpenAI routes build OpenAI's error shape from those
+fields (``param``, ``code``); every other route answers ``{"error": message}``::
+
+    ApiError                  a request refused before its stream: status, message, field, code
+    ├── InvalidField          400: one field is wrong; message = "'<field>' <problem>", renamable (OpenAI's names)
+    ├── Refused               429/503: the admission queue (admission.py)
+    ├── Unavailable           503 + Retry-After: a dependency failed (storage, shared state)
+    ├── OllamaUnreachable     502: no Ollama host answered (upstream.py)
+    └── OllamaTimeout         504: Ollama took too long to start answering (upstream.py)
+
+Not refusals, mapped here to statuses: ``StorageUnavailable`` (the disk, the database file: 503) and any
+``redis.RedisError`` (shared state: 503); anything else is a bug (500, logged). After a stream has started
+nothing is raised to the client: the relay's ``Failure`` events become an in-band ``event: error``.
 """
 
 from __future__ import annotations
@@ -22,11 +36,37 @@ log = logging.getLogger("gunicorn.error")
 class ApiError(Exception):
     """Raised anywhere before a stream starts; becomes a JSON error response."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    kind = "status"  # what failed, for metrics and the relay's Failure: a status; Ollama's errors say more
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.field = field
+        self.code = code
+
+
+class InvalidField(ApiError):
+    """One request field is wrong: ``'<field>' <problem>``. The message is built from the two, so a translator
+    (the OpenAI routes call ``options.num_predict`` ``max_tokens``) renames the field without editing text."""
+
+    field: str
+
+    def __init__(self, field: str, problem: str, status: int = 400) -> None:
+        super().__init__(status, f"'{field}' {problem}", field=field)
+        self.problem = problem
+
+    def renamed(self, field: str) -> InvalidField:
+        return InvalidField(field, self.problem, self.status)
 
 
 class Unavailable(ApiError):

@@ -23,7 +23,7 @@ from .admission import RETRY_AFTER_BUSY_S
 from .api import PASS_THROUGH_TIMEOUT_S, admit, allowed
 from .config import Settings, get_settings
 from .errors import ApiError, too_large_message
-from .openai_format import DONE, Completion, OpenAIError, error_body, finish_reason, to_ollama
+from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
 from .relay import Queued, Relay, streaming_response
 from .stream import HEARTBEAT, Failure
 from .upstream import OllamaTimeout, get_client, model_key
@@ -43,10 +43,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 # (``_identify``): Flask picks handlers by ``request.blueprint``, which comes from the matched URL rule.
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
-    # validate_chat's messages start with the field they are about: "'messages[0].role' must be ..."
-    named = re.match(r"'([\w.\[\]]+)'", exc.message)
-    param = getattr(exc, "param", None) or (named.group(1) if named else None)
-    return error_response(exc.status, exc.message, exc.headers, param=param, code=getattr(exc, "code", None))
+    return error_response(exc.status, exc.message, exc.headers, param=exc.field, code=exc.code)
 
 
 @bp.errorhandler(HTTPException)
@@ -107,7 +104,7 @@ def models() -> Response:
 def model(name: str) -> Response:
     found = [m for m in _models(get_settings()) if model_key(m["id"]) == model_key(name)]
     if not found:
-        raise OpenAIError(404, f"model '{name}' not found", "model", "model_not_found")
+        raise ApiError(404, f"model '{name}' not found", field="model", code="model_not_found")
     return jsonify(found[0])
 
 

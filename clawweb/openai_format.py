@@ -15,7 +15,7 @@ from typing import Any
 
 from . import sse
 from .config import Settings
-from .errors import ApiError
+from .errors import InvalidField
 from .validation import validate_options
 
 DONE = b"data: [DONE]\n\n"
@@ -46,14 +46,6 @@ UNSUPPORTED = (
 ).split()
 
 
-class OpenAIError(ApiError):
-    """An ``ApiError`` that names the request field at fault (OpenAI's ``param``) and a machine-readable code."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(status, message)
-        self.param, self.code = param, code
-
-
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     kind, default_code = ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
@@ -67,7 +59,7 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
     if content is None or isinstance(content, str):
         return content or "", []
     if not isinstance(content, list):
-        raise OpenAIError(400, f"'{where}' must be a string or a list of content parts", where)
+        raise InvalidField(where, "must be a string or a list of content parts")
     texts: list[str] = []
     images: list[str] = []
     for j, part in enumerate(content):
@@ -79,20 +71,20 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
             images.append(url.split(",", 1)[1])
         else:
             message = "must be a text part, or an image_url part with a base64 data: URL (the gateway fetches nothing)"
-            raise OpenAIError(400, f"'{where}[{j}]' {message}", f"{where}[{j}]")
+            raise InvalidField(f"{where}[{j}]", message)
     return "\n".join(texts), images
 
 
 def _messages(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
-        raise OpenAIError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
+        raise InvalidField("messages", "must be a non-empty list of {role, content} objects")
     messages = []
     for i, message in enumerate(raw):
         role = message.get("role") if isinstance(message, dict) else None
         role = "system" if role == "developer" else role
         if role not in ("system", "user", "assistant") or message.get("tool_calls"):
             text = "must be system, developer, user or assistant (tool calling is not offered here)"
-            raise OpenAIError(400, f"'messages[{i}].role' {text}", f"messages[{i}].role")
+            raise InvalidField(f"messages[{i}].role", text)
         content, images = _content(message.get("content"), f"messages[{i}].content")
         messages.append({"role": role, "content": content, **({"images": images} if images else {})})
     return messages
@@ -106,10 +98,10 @@ def _options(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
             continue
         try:
             options.update(validate_options({key: [value] if isinstance(value, str) else value}, settings))
-        except ApiError as exc:
-            raise OpenAIError(exc.status, exc.message.replace(f"'options.{key}'", f"'{name}'"), name) from None
+        except InvalidField as exc:  # named as Ollama's option: say it as the client sent it
+            raise exc.renamed(name + exc.field.removeprefix(f"options.{key}")) from None
         if key == "num_predict" and options[key] < 1:
-            raise OpenAIError(400, f"'{name}' must be at least 1", name)
+            raise InvalidField(name, "must be at least 1")
     return options
 
 
@@ -118,11 +110,11 @@ def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     passes ``validate_chat``, whose canonical builder makes what Ollama receives (as for native requests)."""
     for name in UNSUPPORTED:
         if raw.get(name) not in (None, False, 0, "none", "auto", [], {}):
-            raise OpenAIError(400, f"'{name}' is not supported by this gateway", name)
+            raise InvalidField(name, "is not supported by this gateway")
     if raw.get("n") not in (None, 1):
-        raise OpenAIError(400, "'n' must be 1: one answer per request", "n")
+        raise InvalidField("n", "must be 1: one answer per request")
     if not isinstance(raw.get("stream", False), bool | None):
-        raise OpenAIError(400, "'stream' must be true or false", "stream")
+        raise InvalidField("stream", "must be true or false")
     body: dict[str, Any] = {"messages": _messages(raw.get("messages")), "stream": bool(raw.get("stream"))}
     if raw.get("model") is not None:
         body["model"] = raw["model"]
@@ -131,7 +123,7 @@ def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     effort = raw.get("reasoning_effort")
     if effort is not None:
         if effort not in THINK:
-            raise OpenAIError(400, f"'reasoning_effort' must be one of {', '.join(THINK)}", "reasoning_effort")
+            raise InvalidField("reasoning_effort", f"must be one of {', '.join(THINK)}")
         body["think"] = THINK[effort]
     form = raw.get("response_format") or {"type": "text"}
     schema = (form.get("json_schema") or {}).get("schema") if isinstance(form, dict) else None
@@ -140,8 +132,7 @@ def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     elif isinstance(schema, dict) and form.get("type") == "json_schema":
         body["format"] = schema
     elif not isinstance(form, dict) or form.get("type") != "text":
-        message = "'response_format' must be text, json_object, or json_schema with a schema"
-        raise OpenAIError(400, message, "response_format")
+        raise InvalidField("response_format", "must be text, json_object, or json_schema with a schema")
     return body
 
 

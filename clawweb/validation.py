@@ -22,7 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .canonical import OMIT, Field, Parse, Struct, canonical, list_of, object_pairs, struct
 from .config import Settings
-from .errors import ApiError
+from .errors import ApiError, InvalidField
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 THINK_LEVELS = frozenset({"low", "medium", "high"})
@@ -135,13 +135,13 @@ def _has_type(value: Any, kind: str) -> bool:
 def _option(kind: str, low: float, high: float) -> Parse:
     def parse(value: Any, where: str, settings: Settings) -> Any:
         if not _has_type(value, kind):
-            raise ApiError(400, f"'{where}' must be {kind}")
+            raise InvalidField(where, f"must be {kind}")
         size = len(value) if kind == _STRINGS else value
         if not low <= size <= high:
             bound = f"at most {high:g} strings" if kind == _STRINGS else f"between {low:g} and {high:g}"
-            raise ApiError(400, f"'{where}' must be {bound}")
+            raise InvalidField(where, f"must be {bound}")
         if kind == _STRINGS and any(len(item) > MAX_STOP_CHARS for item in value):
-            raise ApiError(400, f"'{where}' strings must be at most {MAX_STOP_CHARS} characters")
+            raise InvalidField(where, f"strings must be at most {MAX_STOP_CHARS} characters")
         return value
 
     return parse
@@ -166,31 +166,31 @@ OPTION_FIELDS = Struct(
 
 def _text(value: Any, where: str, settings: Settings) -> str:
     if not isinstance(value, str):
-        raise ApiError(400, f"'{where}' must be a string")
+        raise InvalidField(where, "must be a string")
     return value
 
 
 def _model(value: Any, where: str, settings: Settings) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"'{where}' must be a non-empty string")
+        raise InvalidField(where, "must be a non-empty string")
     return value
 
 
 def _role(value: Any, where: str, settings: Settings) -> str:
     if not isinstance(value, str) or value not in ROLES:
-        raise ApiError(400, f"'{where}' must be one of {', '.join(sorted(ROLES))}")
+        raise InvalidField(where, f"must be one of {', '.join(sorted(ROLES))}")
     return value
 
 
 def _images(value: Any, where: str, settings: Settings) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(image, str) for image in value):
-        raise ApiError(400, f"'{where}' must be a list of base64 strings")
+        raise InvalidField(where, "must be a list of base64 strings")
     return value
 
 
 def _bool(value: Any, where: str, settings: Settings) -> bool:
     if not isinstance(value, bool):
-        raise ApiError(400, f"'{where}' must be true or false")
+        raise InvalidField(where, "must be true or false")
     return value
 
 
@@ -199,7 +199,7 @@ def _value_object(value: Any, where: str, settings: Settings) -> Any:
     if value is None:
         return OMIT
     if not isinstance(value, dict):
-        raise ApiError(400, f"'{where}' must be an object")
+        raise InvalidField(where, "must be an object")
     return value
 
 
@@ -207,7 +207,7 @@ def _think(value: Any, where: str, settings: Settings) -> Any:
     if value is None:
         return OMIT
     if not isinstance(value, bool) and not (isinstance(value, str) and value in THINK_LEVELS):
-        raise ApiError(400, f'\'{where}\' must be true, false, "low", "medium" or "high"')
+        raise InvalidField(where, 'must be true, false, "low", "medium" or "high"')
     return value
 
 
@@ -216,13 +216,13 @@ def _format(value: Any, where: str, settings: Settings) -> Any:
     if value is None or value == "":
         return OMIT
     if value != "json" and not isinstance(value, dict):
-        raise ApiError(400, f"'{where}' must be \"json\" or a JSON schema object")
+        raise InvalidField(where, 'must be "json" or a JSON schema object')
     return value
 
 
 def _keep_alive(value: Any, where: str, settings: Settings) -> Any:
     if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
-        raise ApiError(400, f"'{where}' must be a duration string such as \"5m\" or a number of seconds")
+        raise InvalidField(where, 'must be a duration string such as "5m" or a number of seconds')
     return OMIT
 
 
@@ -232,13 +232,15 @@ def _options(value: Any, where: str, settings: Settings) -> Any:
 
 def _messages(value: Any, where: str, settings: Settings) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise ApiError(400, f"'{where}' must be a non-empty list of {{role, content}} objects")
+        raise InvalidField(where, "must be a non-empty list of {role, content} objects")
     if len(value) > settings.max_messages:
-        raise ApiError(400, f"too many messages: {len(value)} > {settings.max_messages} (CLAWWEB_MAX_MESSAGES)")
+        problem = f"too many messages: {len(value)} > {settings.max_messages} (CLAWWEB_MAX_MESSAGES)"
+        raise ApiError(400, problem, field=where)
     messages = [canonical(message, MESSAGE, f"{where}[{i}]", settings) for i, message in enumerate(value)]
     chars = sum(len(m.get("content", "")) + len(m.get("thinking", "")) for m in messages)
     if chars > settings.max_chars:
-        raise ApiError(413, f"messages hold {chars} characters, more than {settings.max_chars} (CLAWWEB_MAX_CHARS)")
+        problem = f"messages hold {chars} characters, more than {settings.max_chars} (CLAWWEB_MAX_CHARS)"
+        raise ApiError(413, problem, field=where)
     return messages
 
 
@@ -301,5 +303,5 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
     if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise ApiError(400, f"'{name}' must be a whole number from {low} to {high}")
+        raise InvalidField(name, f"must be a whole number from {low} to {high}")
     return int(raw)
