@@ -30,7 +30,11 @@ def sim() -> Iterator[SimProcess]:
 @pytest.fixture(scope="module")
 def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=1, upstream_label="Ollama simulator"
+        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+        sim.url,
+        heartbeat_s=1,
+        upstream_label="Ollama simulator",
+        simulator=1,
     )
     yield server
     server.stop()
