@@ -187,7 +187,9 @@ def measure(work: Path, screenshot: Path | None = None, trace: Path | None = Non
     work.mkdir(parents=True, exist_ok=True)
     sim = SimProcess("--ttft", "0.2", "--tps", str(TPS))
     try:
-        gateway = Gateway(work / "gunicorn.log", sim.url, upstream_label="Ollama simulator", log_level="warning")
+        gateway = Gateway(
+            work / "gunicorn.log", sim.url, upstream_label="Ollama simulator", simulator=1, log_level="warning"
+        )
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -187,7 +187,7 @@ class Settings:
     max_messages: int = _setting(1000, _positive_int, "most messages in one chat request")
     max_chars: int = _setting(1_000_000, _positive_int, "most characters of message content per request")
     max_num_ctx: int = _setting(32768, _positive_int, "options.num_ctx is clamped to this")
-    upstream_label: str = _setting("Ollama", _text, "what the upstream is called in logs and on the page")
+    upstream_label: str = _setting("Ollama", _text, "what the upstream is called in logs")
     max_active: int = _setting(4, _positive_int, "generations streaming from Ollama at once")
     max_queue: int = _setting(256, _positive_int, "requests waiting for a slot (503 beyond)")
     max_active_per_client: int = _setting(3, _positive_int, "active-or-queued requests per client (429 beyond)")
@@ -235,6 +235,9 @@ class Settings:
     )
     checkpoint_s: float = _setting(
         1.0, _non_negative_float, "save a streaming answer's text this often, for a crash (0: only at its end)"
+    )
+    simulator: bool = _setting(
+        False, _flag, "1: the upstream is the built-in Ollama simulator (canned answers); the chat page says so"
     )
 
     @property

@@ -37,7 +37,7 @@ def _page(conversation: dict[str, Any] | None) -> str:
         user=identity().name,
         generation=conversation["generation"] if conversation else None,
         model=conversation["model"] if conversation else settings.default_model,
-        simulated="simulator" in settings.upstream_label.lower(),
+        simulated=settings.simulator,
         lang=lang,
         lang_tag=LANG_TAGS[lang],
         t=strings(lang),

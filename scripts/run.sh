@@ -23,6 +23,7 @@ sys.exit(1)' "$url" 2>/dev/null; then
     sim_pid=$!
     trap 'kill $sim_pid 2>/dev/null' EXIT
     export CLAWWEB_OLLAMA_URL="http://127.0.0.1:$sim_port"
+    export CLAWWEB_SIMULATOR=1  # the chat page shows a banner: these answers are canned
     export CLAWWEB_UPSTREAM_LABEL="Ollama simulator"
     for _ in $(seq 50); do
         "$py" -c 'import sys, requests; requests.get(sys.argv[1], timeout=1)' "$CLAWWEB_OLLAMA_URL" 2>/dev/null && break

@@ -25,7 +25,10 @@
   const RETRY_MAX_MS = 30000;
 
   let conversationId = body.dataset.conversationId || null;
-  let current = null; // the answer being followed: {generation, view, lastId, retryMs, es, timer}
+  let current = null; // the Follower of the answer being followed, if any
+
+  // A copy of the page's markup for a piece chat.js adds (a <template> rendered by the server's own macro).
+  const fromTemplate = (id) => document.getElementById(id).content.firstElementChild.cloneNode(true);
 
   // --- Markdown -------------------------------------------------------------------------------------------
 
@@ -200,22 +203,7 @@
 
   function messageArticle(role) {
     $(".empty")?.remove();
-    const article = document.createElement("article");
-    article.className = `message ${role}`;
-    const roleEl = Object.assign(document.createElement("div"), { className: "role", textContent: role === "user" ? T.you : T.assistant });
-    const content = Object.assign(document.createElement("div"), { className: role === "user" ? "content" : "content markdown" });
-    article.append(roleEl);
-    if (role === "assistant") {
-      const details = document.createElement("details");
-      details.className = "thinking";
-      details.hidden = true;
-      details.append(Object.assign(document.createElement("summary"), { textContent: T.thought }));
-      details.append(Object.assign(document.createElement("div"), { className: "thinking-text" }));
-      article.append(details, content, Object.assign(document.createElement("div"), { className: "meta" }));
-      article.dataset.status = "streaming";
-    } else {
-      article.append(content);
-    }
+    const article = fromTemplate(`message-${role}`);
     messagesEl.append(article);
     scrollToBottom();
     return article;
@@ -238,75 +226,99 @@
     queueEl.textContent = position == null ? "" : position <= 1 ? T.queued_next : fmt(T.queued_ahead, { n: position - 1 });
   }
 
-  function follow(generation, view, after) {
-    current = { generation, view, lastId: after, retryMs: RETRY_MIN_MS, es: null, timer: 0 };
-    setBusy(true);
-    open(current);
-  }
-
-  function open(following) {
-    if (current !== following) return;
-    setConnection("connecting");
-    // The cursor is in the URL for this new EventSource; its own reconnects send Last-Event-ID.
-    const es = new EventSource(`${following.generation.events_url}?after=${following.lastId}`);
-    following.es = es;
-    es.onopen = () => {
-      setConnection("open");
-      following.retryMs = RETRY_MIN_MS;
-    };
-    es.addEventListener("queued", (event) => {
-      following.lastId = event.lastEventId;
-      showQueue(JSON.parse(event.data).position);
-    });
-    es.addEventListener("token", (event) => {
-      following.lastId = event.lastEventId;
-      showQueue(null);
-      const message = JSON.parse(event.data).message || {};
-      following.view.add(message.content || "", message.thinking || "");
-    });
-    for (const type of FINAL_EVENTS) {
-      es.addEventListener(type, (event) => {
-        const payload = JSON.parse(event.data);
-        finish(following, payload.message, payload.error);
-      });
+  // Follows one generation's SSE events into its view. The stream opens at a cursor in the URL; EventSource's
+  // own reconnects resume with Last-Event-ID; a close for good asks the API what happened, then ends the answer
+  // or opens again later. Only the current follower acts: one that was replaced ignores what still arrives.
+  class Follower {
+    constructor(generation, view, after) {
+      this.generation = generation;
+      this.view = view;
+      this.lastId = after;
+      this.retryMs = RETRY_MIN_MS;
+      this.es = null;
+      this.timer = 0;
     }
-    es.onerror = () => {
+
+    get current() {
+      return current === this;
+    }
+
+    open() {
+      if (!this.current) return;
+      setConnection("connecting");
+      const es = new EventSource(`${this.generation.events_url}?after=${this.lastId}`);
+      this.es = es;
+      es.onopen = () => {
+        setConnection("open");
+        this.retryMs = RETRY_MIN_MS;
+      };
+      es.addEventListener("queued", (event) => {
+        this.lastId = event.lastEventId;
+        showQueue(JSON.parse(event.data).position);
+      });
+      es.addEventListener("token", (event) => {
+        this.lastId = event.lastEventId;
+        showQueue(null);
+        const message = JSON.parse(event.data).message || {};
+        this.view.add(message.content || "", message.thinking || "");
+      });
+      for (const type of FINAL_EVENTS) {
+        es.addEventListener(type, (event) => {
+          const payload = JSON.parse(event.data);
+          this.end(payload.message, payload.error);
+        });
+      }
+      es.onerror = () => this.error(es);
+    }
+
+    error(es) {
       if (es.readyState === EventSource.CONNECTING) {
         setConnection("closed"); // the browser reconnects by itself, sending Last-Event-ID
         return;
       }
       es.close(); // closed for good (a non-200: 204 when finished, 404 after a restart): find out what happened
       setConnection("closed");
-      recover(following);
-    };
-  }
-
-  async function recover(following) {
-    if (current !== following) return;
-    try {
-      const response = await fetch(`/api/generations/${following.generation.id}`);
-      const state = response.ok ? await response.json() : null;
-      if (!state || FINAL_EVENTS.includes(state.status)) {
-        const stored = await loadConversation();
-        const message = stored && stored.messages.find((m) => m.id === following.generation.message_id);
-        if (message && message.status !== "streaming") return finish(following, message, message.error);
-      }
-    } catch (_) {
-      // offline: try again later
+      this.recover();
     }
-    following.timer = setTimeout(() => open(following), following.retryMs);
-    following.retryMs = Math.min(following.retryMs * 2, RETRY_MAX_MS);
+
+    async recover() {
+      if (!this.current) return;
+      try {
+        const response = await fetch(`/api/generations/${this.generation.id}`);
+        const state = response.ok ? await response.json() : null;
+        if (!state || FINAL_EVENTS.includes(state.status)) {
+          const stored = await loadConversation();
+          const message = stored && stored.messages.find((m) => m.id === this.generation.message_id);
+          if (message && message.status !== "streaming") return this.end(message, message.error);
+        }
+      } catch (_) {
+        // offline: try again later
+      }
+      this.timer = setTimeout(() => this.open(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
+    }
+
+    // Ask the server to stop the model; the stream's `stopped` event then ends the answer.
+    stop() {
+      api("DELETE", `/api/generations/${this.generation.id}`).catch(() => {});
+    }
+
+    end(message, error) {
+      if (!this.current) return;
+      this.es?.close();
+      clearTimeout(this.timer);
+      current = null;
+      this.view.finish(message, error);
+      showQueue(null);
+      setConnection("idle");
+      setBusy(false);
+    }
   }
 
-  function finish(following, message, error) {
-    if (current !== following) return;
-    following.es?.close();
-    clearTimeout(following.timer);
-    current = null;
-    following.view.finish(message, error);
-    showQueue(null);
-    setConnection("idle");
-    setBusy(false);
+  function follow(generation, view, after) {
+    current = new Follower(generation, view, after);
+    setBusy(true);
+    current.open();
   }
 
   // --- Actions --------------------------------------------------------------------------------------------
@@ -343,10 +355,10 @@
     document.title = title;
     let item = document.querySelector(`.conversation-list li[data-id="${conversationId}"]`);
     if (!item) {
-      item = document.createElement("li");
+      item = fromTemplate("conversation-row");
       item.dataset.id = conversationId;
-      item.className = "current";
-      item.append(Object.assign(document.createElement("a"), { href: `/c/${conversationId}` }));
+      item.classList.add("current");
+      item.querySelector("a").setAttribute("href", `/c/${conversationId}`);
       $(".conversation-list").prepend(item);
     }
     item.querySelector("a").textContent = title;
@@ -403,9 +415,7 @@
       $("#composer").requestSubmit();
     }
   });
-  stopButton.addEventListener("click", () => {
-    if (current) api("DELETE", `/api/generations/${current.generation.id}`).catch(() => {});
-  });
+  stopButton.addEventListener("click", () => current?.stop());
   regenerateButton.addEventListener("click", regenerate);
 
   $("#save-system").addEventListener("click", async (event) => {
@@ -432,22 +442,32 @@
   }
 
   $("#menu").addEventListener("click", () => $("#sidebar").classList.toggle("open"));
-  for (const item of document.querySelectorAll(".conversation-list li")) {
+
+  async function rename(item) {
     const id = item.dataset.id;
-    item.querySelector(".rename").addEventListener("click", async () => {
-      const title = prompt(T.rename_prompt, item.querySelector("a").textContent);
-      if (title === null || !title.trim()) return;
-      await api("PATCH", `/api/conversations/${id}`, { title: title.trim() });
-      item.querySelector("a").textContent = title.trim();
-      if (id === conversationId) $(".topbar h1").textContent = title.trim();
-    });
-    item.querySelector(".delete").addEventListener("click", async () => {
-      if (!confirm(T.delete_confirm)) return;
-      await api("DELETE", `/api/conversations/${id}`);
-      if (id === conversationId) location.assign("/");
-      else item.remove();
-    });
+    const title = prompt(T.rename_prompt, item.querySelector("a").textContent);
+    if (title === null || !title.trim()) return;
+    await api("PATCH", `/api/conversations/${id}`, { title: title.trim() });
+    item.querySelector("a").textContent = title.trim();
+    if (id === conversationId) $(".topbar h1").textContent = title.trim();
   }
+
+  async function remove(item) {
+    const id = item.dataset.id;
+    if (!confirm(T.delete_confirm)) return;
+    await api("DELETE", `/api/conversations/${id}`);
+    if (id === conversationId) location.assign("/");
+    else item.remove();
+  }
+
+  // One listener for the whole list: it serves the rows the server rendered and those added on the page alike.
+  $(".conversation-list").addEventListener("click", (event) => {
+    const button = event.target.closest("button.rename, button.delete");
+    if (!button) return;
+    const item = button.closest("li");
+    if (button.classList.contains("rename")) rename(item);
+    else remove(item);
+  });
 
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
 

@@ -40,6 +40,7 @@ def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         auth="required",
         heartbeat_s=1,
         upstream_label="Ollama simulator",
+        simulator=1,
     )
     yield server
     server.stop()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import APIResponse, Browser, Locator, Page, expect
 
 from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
 
@@ -29,7 +30,11 @@ def sim() -> Iterator[SimProcess]:
 @pytest.fixture(scope="module")
 def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, heartbeat_s=1, upstream_label="Ollama simulator"
+        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+        sim.url,
+        heartbeat_s=1,
+        upstream_label="Ollama simulator",
+        simulator=1,
     )
     yield server
     server.stop()
@@ -125,6 +130,49 @@ def test_network_drop_reconnects_and_loses_nothing(browser: Browser, gateway: Ga
     finally:
         context.close()
         proxy.close()
+
+
+def test_a_conversation_started_on_the_page_can_be_renamed_and_deleted_at_once(page: Page, gateway: Gateway) -> None:
+    """Its sidebar row comes from the same markup as the server's, and one listener on the list serves both."""
+
+    def conversation_id() -> str:
+        expect(page).to_have_url(re.compile(r"/c/\w+$"))
+        return page.url.rsplit("/", 1)[1]
+
+    def stored(cid: str) -> APIResponse:
+        return page.request.get(f"{gateway.url}/api/conversations/{cid}")
+
+    def click(row: Locator, button: str, answer: str | None = None) -> None:
+        page.once("dialog", lambda dialog: dialog.accept(*([answer] if answer else [])))
+        row.hover()  # the row's buttons show on hover
+        row.locator(button).click()
+
+    ask(page, "Started before")
+    wait_status(page, "done")
+    earlier = conversation_id()
+    page.goto(gateway.url + "/")
+    ask(page, "Started on the page")
+    wait_status(page, "done")
+    started = conversation_id()
+    page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
+    row = page.locator(f'.conversation-list li[data-id="{started}"]')
+    expect(row).to_have_class("current")
+
+    click(row, ".rename", "Renamed on the page")
+    expect(row.locator("a")).to_have_text("Renamed on the page")
+    expect(page.locator(".topbar h1")).to_have_text("Renamed on the page")
+    assert stored(started).json()["title"] == "Renamed on the page"
+
+    other = page.locator(f'.conversation-list li[data-id="{earlier}"]')  # a row the server rendered
+    click(other, ".delete")
+    expect(other).to_have_count(0)
+    assert stored(earlier).status == 404
+    assert page.evaluate("window.sameDocument") is True
+
+    click(row, ".delete")  # the open conversation: back to a new chat
+    expect(page).to_have_url(gateway.url + "/")
+    expect(page.locator(f'.conversation-list li[data-id="{started}"]')).to_have_count(0)
+    assert stored(started).status == 404
 
 
 def test_model_output_cannot_run_script(page: Page) -> None:

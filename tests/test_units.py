@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clawweb import sse
+from clawweb import create_app, sse
 from clawweb.config import ConfigError, Settings, load_settings
 from clawweb.stream import classify
 from clawweb.validation import validate_chat
@@ -199,6 +199,27 @@ def test_split_thinking(content: str, expected: tuple[str, str]) -> None:
     from clawweb.generations import split_thinking
 
     assert split_thinking(content) == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "labelled"),
+    [
+        ({"simulator": "1"}, True),
+        ({}, False),
+        ({"upstream_label": "Ollama simulator"}, False),  # a name in the logs, not the mode
+    ],
+)
+def test_the_page_says_simulator_exactly_when_the_setting_does(
+    tmp_path: Path, settings: dict[str, str], labelled: bool
+) -> None:
+    app = create_app({"db": str(tmp_path / "clawweb.db"), "secret_key_file": str(tmp_path / "key"), **settings})
+    try:
+        page = app.test_client().get("/")
+    finally:
+        app.extensions["clawweb.store"].close()
+    assert page.status_code == 200
+    banner = '<p class="banner" role="note">Simulator: no Ollama was found, answers are canned text.</p>'
+    assert (banner in page.text) is labelled
 
 
 def test_readme_lists_every_setting() -> None:
