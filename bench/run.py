@@ -32,7 +32,7 @@ import gevent.pool  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import (  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     Gateway,
     Nginx,
     RedisServer,
@@ -40,8 +40,8 @@ from tests.servers import (  # noqa: E402
     free_port,
     self_signed_certificate,
 )
-from tests.simproc import SimProcess  # noqa: E402
-from tests.simproc import chat as sim_chat  # noqa: E402
+from tests.support.simproc import SimProcess  # noqa: E402
+from tests.support.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOG_STREAMS = 100  # answers followed at once through the chat API's event log

@@ -1,4 +1,4 @@
-"""Shared fixtures: a Flask app for unit tests (flaskr style); real servers live in ``servers.py``."""
+"""Shared fixtures: a Flask app for unit tests (flaskr style); real servers live in ``support/servers.py``."""
 
 from __future__ import annotations
 
@@ -13,17 +13,9 @@ from playwright.sync_api import Browser, sync_playwright
 
 from clawweb import create_app
 
+from .support.chromium import CHROMIUM, CHROMIUM_ARGS
+
 OLLAMA = "http://127.0.0.1:11434"
-CHROMIUM = "/usr/bin/chromium"
-# As root, without a sandbox; no background networking (this machine has no internet, Chromium would retry).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.servers import Gateway
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import Event, content_of, events
 
 SSE = {"Accept": "text/event-stream"}
 

@@ -18,8 +18,8 @@ from clawweb import create_app
 from clawweb.config import ConfigError, load_settings
 from clawweb.storage import MIGRATIONS, Store
 
-from .servers import Gateway
-from .simproc import SimProcess, chat, start_simulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess, chat, start_simulator
 
 PASSWORD = "correct horse battery"
 MARKER = "zebra-quartz-marker"  # message text that must never reach the log unless asked for

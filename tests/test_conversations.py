@@ -15,9 +15,9 @@ import requests
 
 from clawweb.simulator import answer_tokens, thinking_tokens
 
-from .servers import Gateway
-from .simproc import SimProcess, start_simulator
-from .sseclient import Event, events
+from .support.servers import Gateway
+from .support.simproc import SimProcess, start_simulator
+from .support.sseclient import Event, events
 
 
 @pytest.fixture(scope="module")

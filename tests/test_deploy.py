@@ -19,9 +19,9 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway, Nginx, RedisServer, render_deploy, require, self_signed_certificate
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.servers import ROOT, Gateway, Nginx, RedisServer, render_deploy, require, self_signed_certificate
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import Event, content_of, events
 
 PASSWORD = "a deploy test password"
 

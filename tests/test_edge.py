@@ -26,8 +26,8 @@ from clawweb.config import ConfigError, load_settings, redact_url
 from clawweb.edge import hostname
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway, free_port
-from .simproc import SimProcess, chat, start_simulator
+from .support.servers import ROOT, Gateway, free_port
+from .support.simproc import SimProcess, chat, start_simulator
 
 PASSWORD = "an edge test password"
 EVIL = "evil.example"

@@ -21,9 +21,9 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import BIN, ROOT, Gateway, RedisServer, free_port, require, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, events
+from .support.servers import BIN, ROOT, Gateway, RedisServer, free_port, require, wait_for
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import Event, events
 
 pytestmark = pytest.mark.faults
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .servers import Gateway, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import events
+from .support.servers import Gateway, wait_for
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import events
 
 pytestmark = pytest.mark.faults
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import requests
 
-from .servers import ROOT, Gateway, render_deploy, wait_for
-from .simproc import start_simulator
+from .support.servers import ROOT, Gateway, render_deploy, wait_for
+from .support.simproc import start_simulator
 
 PASSWORD = "a file modes password"
 

@@ -13,9 +13,9 @@ import openai
 import pytest
 import requests
 
-from .foreign_ollama import MODEL, WORDS, ForeignOllama
-from .servers import Gateway
-from .sseclient import content_of, events
+from .support.foreign_ollama import MODEL, WORDS, ForeignOllama
+from .support.servers import Gateway
+from .support.sseclient import content_of, events
 
 ANSWER = "".join(WORDS)
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -15,8 +15,8 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway
-from .simproc import SimProcess, start_simulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess, start_simulator
 
 MODEL = "qwen3:32b"
 HI = [{"role": "user", "content": "hi"}]

@@ -43,8 +43,8 @@ from hypothesis.control import currently_in_test_context
 
 from clawweb.validation import OPTIONS, ROLES
 
-from .servers import Gateway, RedisServer, require
-from .simproc import SimProcess, start_simulator
+from .support.servers import Gateway, RedisServer, require
+from .support.simproc import SimProcess, start_simulator
 
 MAX_BODY = 65536  # the fuzz gateway's CLAWWEB_MAX_BODY_BYTES: oversized bodies stay cheap to send
 MODEL = "qwen3:32b"  # the one model the simulator lists, and the gateway's default

@@ -10,7 +10,7 @@ from pathlib import Path
 from clawweb import create_app
 from clawweb.generations import Generations
 
-from .simproc import start_simulator
+from .support.simproc import start_simulator
 
 LEAK_PER_GENERATION = 1_500  # bytes: a kept log of 6 events (plus its Generation) is well above this
 

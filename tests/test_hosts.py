@@ -28,9 +28,9 @@ from clawweb.hosts import HealthChecker, Host, merge_listings, rank
 from clawweb.simulator import answer_tokens
 from clawweb.upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
 
-from .servers import Gateway, wait_for
-from .simproc import SimProcess, chat
-from .sseclient import Event, content_of, events
+from .support.servers import Gateway, wait_for
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, content_of, events
 
 A, B = "http://127.0.0.1:11434", "http://127.0.0.1:11436"
 SSE = {"Accept": "text/event-stream"}

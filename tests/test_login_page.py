@@ -16,8 +16,8 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, e
 
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway
-from .simproc import SimProcess, start_simulator
+from .support.servers import ROOT, Gateway
+from .support.simproc import SimProcess, start_simulator
 
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 USER = "alice"

@@ -15,9 +15,9 @@ import requests
 
 from clawweb.simulator import answer_tokens, thinking_tokens
 
-from .servers import Gateway, wait_for
-from .simproc import SimProcess, start_simulator
-from .sseclient import events
+from .support.servers import Gateway, wait_for
+from .support.simproc import SimProcess, start_simulator
+from .support.sseclient import events
 
 HEARTBEAT_S = 0.3
 MODEL = "qwen3:32b"

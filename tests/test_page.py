@@ -13,8 +13,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
 
-from .servers import ROOT, CuttableProxy, Gateway
-from .simproc import SimProcess, start_simulator
+from .support.servers import ROOT, CuttableProxy, Gateway
+from .support.simproc import SimProcess, start_simulator
 
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 

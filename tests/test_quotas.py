@@ -15,9 +15,9 @@ import requests
 
 from clawweb.storage import MIGRATIONS, Store
 
-from .servers import Gateway
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import events
+from .support.servers import Gateway
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import events
 
 QUOTA_BYTES = 20_000
 

@@ -22,9 +22,9 @@ from playwright.sync_api import Browser, expect
 
 from clawweb.simulator import answer_tokens
 
-from .servers import BIN, ROOT, Gateway, RedisServer, require, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.servers import BIN, ROOT, Gateway, RedisServer, require, wait_for
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import Event, content_of, events
 
 SSE = {"Accept": "text/event-stream"}
 

@@ -16,9 +16,9 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway, free_port, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.servers import Gateway, free_port, wait_for
+from .support.simproc import SimProcess, chat, start_simulator
+from .support.sseclient import Event, content_of, events
 
 HEARTBEAT_S = 0.3
 READ_TIMEOUT_S = 2.5

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .servers import BIN, ROOT, ServerProcess, free_port
-from .sseclient import content_of, events
+from .support.servers import BIN, ROOT, ServerProcess, free_port
+from .support.sseclient import content_of, events
 
 
 def test_make_run_falls_back_to_the_simulator_and_says_so(tmp_path: Path) -> None:

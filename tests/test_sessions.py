@@ -17,8 +17,8 @@ import requests
 from clawweb import auth
 from clawweb.config import load_settings
 
-from .servers import Gateway, RedisServer, require, wait_for
-from .simproc import SimProcess, chat, start_simulator
+from .support.servers import Gateway, RedisServer, require, wait_for
+from .support.simproc import SimProcess, chat, start_simulator
 from .test_auth import PASSWORD, bearer, form_token, log_in, page_token
 
 ATTEMPTS = 5

@@ -14,7 +14,7 @@ import requests
 
 from clawweb.simulator import SimConfig, answer_tokens, default_tokens, go_json, rfc3339, thinking_tokens, tokenize
 
-from .simproc import SimProcess, start_simulator
+from .support.simproc import SimProcess, start_simulator
 
 
 @pytest.fixture(scope="module")
