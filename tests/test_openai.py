@@ -15,8 +15,9 @@ import requests
 
 from clawweb.simulator import answer_tokens, thinking_tokens
 
+from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
-from .support.simproc import SimProcess, start_simulator
+from .support.simproc import SimProcess
 from .support.sseclient import events
 
 HEARTBEAT_S = 0.3
@@ -24,21 +25,15 @@ MODEL = "qwen3:32b"
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator(
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator(
         "--ttft", "0.05", "--tps", "100", "--tokens", "12", "--model", MODEL, "--model", "llama3:8b"
     )
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    log = tmp_path_factory.mktemp("gateway") / "gunicorn.log"
-    server = Gateway(log, sim.url, auth="required", heartbeat_s=HEARTBEAT_S, read_timeout_s=2.5)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log and "MonkeyPatchWarning" not in server.log, server.log
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, auth="required", heartbeat_s=HEARTBEAT_S, read_timeout_s=2.5)
 
 
 @pytest.fixture(scope="module")
@@ -319,28 +314,23 @@ def test_client_leaving_a_stream_closes_upstream(client: openai.OpenAI, sim: Sim
     assert sim.stats()["completed"] == 0 and sim.stats()["active"] == 0
 
 
-def test_allow_list_queue_and_rate_limit_apply(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> None:
-    log = tmp_path_factory.mktemp("limited") / "gunicorn.log"
-    server = Gateway(log, sim.url, auth="required", models=MODEL, rate_per_minute=2, max_active=1)
-    try:
-        key = server.new_user("ann")
-        with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as limited:
-            assert [m.id for m in limited.models.list().data] == [MODEL]
-            with pytest.raises(openai.PermissionDeniedError) as denied:
-                limited.chat.completions.create(model="llama3:8b", messages=ask())
-            assert denied.value.body["type"] == "permission_error"  # type: ignore[index]
-            # One stream holds the only slot; the next waits in the queue with its place as a comment.
-            holding = limited.chat.completions.create(model=MODEL, messages=ask({"tokens": 10, "tps": 20}), stream=True)
-            next(iter(holding))
-            body = {"model": MODEL, "messages": ask({"tokens": 2}), "stream": True, "reasoning_effort": "none"}
-            queued = list(events(post(server, key, body, stream=True)))
-            assert ["queued position=1 active=1"] in [e.comments for e in queued]
-            assert json.loads(queued[-2].data)["choices"][0]["finish_reason"] == "stop"
-            assert len(list(holding)) > 10
-            with pytest.raises(openai.RateLimitError) as limit:
-                limited.chat.completions.create(model=MODEL, messages=ask())
-            assert int(limit.value.response.headers["Retry-After"]) > 0
-            assert limit.value.code == "rate_limit_exceeded"
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log, server.log
+def test_allow_list_queue_and_rate_limit_apply(sim: SimProcess, start_gateway: StartGateway) -> None:
+    server = start_gateway(sim.url, auth="required", models=MODEL, rate_per_minute=2, max_active=1)
+    key = server.new_user("ann")
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as limited:
+        assert [m.id for m in limited.models.list().data] == [MODEL]
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            limited.chat.completions.create(model="llama3:8b", messages=ask())
+        assert denied.value.body["type"] == "permission_error"  # type: ignore[index]
+        # One stream holds the only slot; the next waits in the queue with its place as a comment.
+        holding = limited.chat.completions.create(model=MODEL, messages=ask({"tokens": 10, "tps": 20}), stream=True)
+        next(iter(holding))
+        body = {"model": MODEL, "messages": ask({"tokens": 2}), "stream": True, "reasoning_effort": "none"}
+        queued = list(events(post(server, key, body, stream=True)))
+        assert ["queued position=1 active=1"] in [e.comments for e in queued]
+        assert json.loads(queued[-2].data)["choices"][0]["finish_reason"] == "stop"
+        assert len(list(holding)) > 10
+        with pytest.raises(openai.RateLimitError) as limit:
+            limited.chat.completions.create(model=MODEL, messages=ask())
+        assert int(limit.value.response.headers["Retry-After"]) > 0
+        assert limit.value.code == "rate_limit_exceeded"
