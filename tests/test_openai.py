@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -108,7 +109,7 @@ def test_whole_answer_with_reasoning(client: openai.OpenAI) -> None:
 
 def test_stream_arrives_token_by_token(client: openai.OpenAI, sim: SimProcess) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=ask({"tokens": 8, "tps": 10}), reasoning_effort="none", stream=True
+        model=MODEL, messages=ask({"tokens": 10, "tps": 10}), reasoning_effort="none", stream=True
     )
     chunks, times = [], []
     for chunk in stream:  # ends by itself at `data: [DONE]`
@@ -117,9 +118,11 @@ def test_stream_arrives_token_by_token(client: openai.OpenAI, sim: SimProcess) -
     assert chunks[0].choices[0].delta.role == "assistant"
     assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
     tokens = [(c.choices[0].delta.content, t) for c, t in zip(chunks, times, strict=True) if c.choices[0].delta.content]
-    assert "".join(text for text, _ in tokens) == "".join(answer_tokens(8))
+    assert "".join(text for text, _ in tokens) == "".join(answer_tokens(10))
     gaps = [b[1] - a[1] for a, b in zip(tokens, tokens[1:], strict=False)]
-    assert min(gaps) > 0.05, gaps  # one token every 100 ms; a buffering relay would deliver them in one burst
+    # One token every 100 ms. A relay that buffers delivers them in one burst: every gap near 0. A busy machine
+    # may bunch a few (the simulator catches up on its schedule after a stall), never most of them.
+    assert statistics.median(gaps) > 0.05, gaps
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage is None
     assert sim.stats()["last_request"]["stream"] is True and sim.stats()["completed"] == 1
 
