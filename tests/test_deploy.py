@@ -206,7 +206,7 @@ def tls_from(source: str, port: int, cert: Path) -> ssl.SSLSocket:
 
 
 def answer(sock: ssl.SSLSocket) -> tuple[int, str, bytes]:
-    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]  # it only calls makefile()
+    response = http.client.HTTPResponse(sock)
     response.begin()
     return response.status, response.getheader("Content-Type", ""), response.read()
 

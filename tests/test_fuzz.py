@@ -414,7 +414,7 @@ def message_ok(body: dict[str, Any]) -> bool:
 @cache
 def texts(surrogates: bool, max_size: int = 30) -> st.SearchStrategy[str]:
     """Any text (every Unicode category, lone surrogates when asked); never a simulator ``#sim`` directive."""
-    alphabet = st.characters(exclude_categories=() if surrogates else ("Cs",))
+    alphabet = st.characters(exclude_categories=[] if surrogates else ["Cs"])
     return st.text(alphabet, max_size=max_size).filter(lambda text: "#sim" not in text)
 
 
@@ -633,13 +633,14 @@ def valid(route: str, surrogates: bool) -> st.SearchStrategy[dict[str, Any]]:
 
 
 def valid_base(route: str) -> dict[str, Any]:
-    return {
+    bases: dict[str, dict[str, Any]] = {
         "chat": {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "think": False},
         "create": {"title": "t", "model": MODEL, "system_prompt": "be brief"},
         "patch": {"title": "t"},
         "messages": {"content": "hello", "think": False},
         "regenerate": {"think": False},
-    }[route]
+    }
+    return bases[route]
 
 
 def dumps(value: Any) -> bytes:
@@ -689,9 +690,9 @@ def bodies(draw: st.DrawFn, route: str) -> Body:
     if kind == "raw bytes":
         data = draw(st.binary(max_size=300))
     elif kind == "non-utf8":
-        text = dumps(draw(st.one_of(st.just(base), shaped(route, surrogates))))
-        at = draw(st.integers(0, len(text)))
-        data = text[:at] + draw(BAD_UTF8) + text[at:]
+        encoded = dumps(draw(st.one_of(st.just(base), shaped(route, surrogates))))
+        at = draw(st.integers(0, len(encoded)))
+        data = encoded[:at] + draw(BAD_UTF8) + encoded[at:]
         if draw(st.booleans()):  # a whole body in another encoding (UTF-16/32 with a BOM, latin-1 with a non-ASCII)
             encoding = draw(st.sampled_from(["utf-16", "utf-32", "latin-1"]))
             data = json.dumps({**base, "title": "caf\u00e9"}, ensure_ascii=False).encode(encoding)

@@ -252,7 +252,7 @@ def test_a_404_takes_the_model_off_that_hosts_list() -> None:
     responses.post(f"{first}/api/chat", status=404, json={"error": "model 'qwen3:32b' not found"})
     responses.post(f"{second}/api/chat", json=DONE)
     chat_through(client)
-    assert host(client, first).models == {"other:1"} and host(client, first).up
+    assert host(client, first).models == frozenset({"other:1"}) and host(client, first).up
     assert host(client, second).loaded == {"qwen3:32b"}  # it answered: the model is loaded there now
     for _ in range(3):
         assert chat_through(client) == (second, 200)

@@ -3,6 +3,7 @@ file, open redirects, and the limits across workers through Redis. All against a
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import re
 import threading
@@ -73,11 +74,11 @@ def all_at_once(attempts: list[Callable[[], int]]) -> list[int]:
 
 def prepared(gateway: Gateway, guesses: list[tuple[str, str]]) -> list[Callable[[], int]]:
     """One browser per guess, each with its login form's token already fetched, so only the posts race."""
-    attempts = []
+    attempts: list[Callable[[], int]] = []
     for name, password in guesses:
         session = requests.Session()
         token = form_token(session.get(gateway.url + "/login", timeout=5).text)
-        attempts.append(lambda s=session, t=token, n=name, p=password: post_login(gateway, s, t, n, p))
+        attempts.append(functools.partial(post_login, gateway, session, token, name, password))
     return attempts
 
 

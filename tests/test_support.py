@@ -20,13 +20,14 @@ def test_a_clean_log_passes() -> None:
 
 
 def test_a_traceback_is_caught_and_shown_from_its_start() -> None:
+    missing: dict[str, int] = {}
     try:
-        {}["missing"]
+        missing["key"]
     except KeyError:
         printed = traceback.format_exc()
     problem = log_problem(GUNICORN + printed)
     assert problem is not None and problem.startswith("Traceback (most recent call last):")
-    assert "KeyError: 'missing'" in problem
+    assert "KeyError: 'key'" in problem
 
 
 class MonkeyPatchWarning(RuntimeWarning):

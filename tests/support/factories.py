@@ -25,9 +25,9 @@ class StartSimulator(Protocol):
 
 
 class StartGateway(Protocol):
-    def __call__(self, ollama_url: str, *, log: Path | None = None, **settings: object) -> Gateway:
-        """clawweb under gunicorn; ``log`` defaults to ``gunicorn.log`` in a fresh directory (which holds its
-        database too, unless ``db`` is among ``settings``)."""
+    def __call__(self, ollama_url: str, **settings: object) -> Gateway:
+        """clawweb under gunicorn, logging into ``gunicorn.log`` in a fresh directory (which holds its database
+        too, unless ``db`` is among ``settings``)."""
         ...
 
 
@@ -53,8 +53,8 @@ class Started:
     def simulator(self, *args: str) -> SimProcess:
         return self._keep(SimProcess(*args))
 
-    def gateway(self, ollama_url: str, *, log: Path | None = None, **settings: object) -> Gateway:
-        return self._keep(Gateway(log or self._directory("gw") / "gunicorn.log", ollama_url, **settings))
+    def gateway(self, ollama_url: str, **settings: object) -> Gateway:
+        return self._keep(Gateway(self._directory("gw") / "gunicorn.log", ollama_url, **settings))
 
     def redis(self, directory: Path | None = None, port: int | None = None) -> RedisServer:
         return self._keep(RedisServer(directory or self._directory("redis"), port))
