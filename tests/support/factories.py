@@ -11,9 +11,9 @@ from typing import Protocol, TypeVar
 from .servers import Gateway, RedisServer, ServerProcess
 from .simproc import SimProcess
 
-# A traceback, or a line as ``warnings`` prints one (``file.py:12: DeprecationWarning: ...``): gevent's
-# MonkeyPatchWarning is one, and a warning on a worker's stderr fails no test unless someone reads the log.
-LOG_PROBLEM = re.compile(r"^Traceback |^\S.*:\d+: \w*Warning: ", re.MULTILINE)
+# A traceback (wherever a log line puts it), or a line as ``warnings`` prints one (``file.py:12: DeprecationWarning:
+# ...``): gevent's MonkeyPatchWarning is one, and a warning on a worker's stderr fails no test unless someone looks.
+LOG_PROBLEM = re.compile(r"Traceback|^\S.*:\d+: \w*Warning: ", re.MULTILINE)
 EXCERPT = 6_000  # characters of the log from the first problem on: the traceback, not the whole day
 S = TypeVar("S", bound=ServerProcess)
 
