@@ -1,9 +1,9 @@
-# clawweb: `make run` serves the chat on http://127.0.0.1:8080, `make test` runs the whole suite.
+# clawweb: `make run` serves the chat on http://127.0.0.1:8080, `make test` runs the whole suite, `make unit` the quick part.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench system-deps clean
+.PHONY: run test unit lint format bench system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ format: $(VENV)/.dev-deps
 # real servers far more than it computes (8 minutes here, 13 in one process).
 test: $(VENV)/.dev-deps system-deps lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The in-process tests alone (no simulator, gunicorn, Redis, nginx or browser): the quick loop, ~20 s here.
+unit: $(VENV)/.dev-deps
+	$(BIN)/python -m pytest -m "not integration"
 
 # Loopback benchmark: simulator direct vs nginx vs clawweb; prints markdown, writes bench/results/latest.*
 bench: $(VENV)/.dev-deps system-deps

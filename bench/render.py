@@ -26,9 +26,9 @@ from playwright.sync_api import Browser, sync_playwright  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 from clawweb.simulator import answer_tokens  # noqa: E402
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the tests' Chromium, launched the same way)
-from tests.servers import Gateway  # noqa: E402
-from tests.simproc import SimProcess  # noqa: E402
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the tests' Chromium, launched the same way)
+from tests.support.servers import Gateway  # noqa: E402
+from tests.support.simproc import SimProcess  # noqa: E402
 
 TOKENS, TPS = 4000, 100
 

@@ -32,7 +32,7 @@ import gevent.pool  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import (  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     Gateway,
     Nginx,
     RedisServer,
@@ -40,8 +40,8 @@ from tests.servers import (  # noqa: E402
     free_port,
     self_signed_certificate,
 )
-from tests.simproc import SimProcess  # noqa: E402
-from tests.simproc import chat as sim_chat  # noqa: E402
+from tests.support.simproc import SimProcess  # noqa: E402
+from tests.support.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOG_STREAMS = 100  # answers followed at once through the chat API's event log
@@ -377,19 +377,20 @@ def main() -> None:
     # --- 4. The chat page's answers through the event log: in memory, and in Redis (CLAWWEB_REDIS_URL) -------
     redis_server = RedisServer(work / "redis")
     redis_pid = redis_server.proc.pid
-    log_rows, by_mode = [], {}
+    log_rows: list[list[str]] = []
+    by_mode: dict[str, dict[str, float]] = {}
     for mode, extra in (("in memory", {}), ("Redis", {"redis_url": redis_server.url})):
         gateway.stop()
         gateway = start_gateway(work / f"gw-{len(by_mode)}.log", sim.url, **extra)
         worker = children(gateway.proc.pid)[0]
-        before = cpu_seconds(worker), cpu_seconds(redis_pid)
+        worker_before, redis_before = cpu_seconds(worker), cpu_seconds(redis_pid)
         pool = gevent.pool.Pool(LOG_STREAMS)
         jobs = [pool.spawn(run_generation, gateway.port, 200) for _ in range(LOG_STREAMS)]
         gevent.joinall(jobs)
         result = summarize([job.value for job in jobs])
         tokens = result["tokens"] or float("nan")
-        result["cpu_s_per_1k_tokens"] = (cpu_seconds(worker) - before[0]) / tokens * 1000
-        result["redis_cpu_s_per_1k_tokens"] = (cpu_seconds(redis_pid) - before[1]) / tokens * 1000
+        result["cpu_s_per_1k_tokens"] = (cpu_seconds(worker) - worker_before) / tokens * 1000
+        result["redis_cpu_s_per_1k_tokens"] = (cpu_seconds(redis_pid) - redis_before) / tokens * 1000
         by_mode[mode] = result
         base = by_mode["in memory"]
         log_rows.append(

@@ -1,10 +1,20 @@
-"""Shared fixtures: a Flask app for unit tests (flaskr style); real servers live in ``servers.py``."""
+"""Shared fixtures: a Flask app for in-process tests (flaskr style), and factories that start real servers for a
+test (``start_simulator``, ``start_gateway``, ``start_redis``) or for a whole module (``start_module_*``, for
+modules that share their servers: ``pytest -n 2 --dist loadfile`` keeps a module in one process). The factory
+stops what it started and then fails the test if a gateway's log holds a traceback or a Python warning.
+
+Markers follow from the fixtures: a test using a factory is ``integration``, one using ``start_*redis`` is
+``redis`` too, one using ``browser`` is ``browser``; ``make unit`` runs the others, and those may start no
+process at all (a test that does must say ``integration`` itself)."""
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from flask import Flask
@@ -13,17 +23,11 @@ from playwright.sync_api import Browser, sync_playwright
 
 from clawweb import create_app
 
+from .support.chromium import CHROMIUM, CHROMIUM_ARGS
+from .support.factories import Started, StartGateway, StartRedis, StartSimulator
+from .support.servers import require
+
 OLLAMA = "http://127.0.0.1:11434"
-CHROMIUM = "/usr/bin/chromium"
-# As root, without a sandbox; no background networking (this machine has no internet, Chromium would retry).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
@@ -50,3 +54,96 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+# --- real servers ------------------------------------------------------------------------------------------------
+
+SERVER_FACTORIES = {
+    "start_simulator",
+    "start_gateway",
+    "start_redis",
+    "start_module_simulator",
+    "start_module_gateway",
+    "start_module_redis",
+}
+REDIS_FACTORIES = {"start_redis", "start_module_redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & SERVER_FACTORIES or "browser" in names:
+            item.add_marker(pytest.mark.integration)
+        if names & REDIS_FACTORIES:
+            item.add_marker(pytest.mark.redis)
+        if "browser" in names:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(autouse=True)
+def _in_process_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``integration`` starts no process: ``make unit`` stays in-process (and fast)."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it `integration`")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(os, "fork", refuse)  # multiprocessing's fork context, say
+
+
+def _servers(directory: Callable[[str], Path]) -> Iterator[Started]:
+    started = Started(directory)
+    yield started
+    problems = started.close()
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture
+def _started(tmp_path: Path) -> Iterator[Started]:
+    counter = itertools.count(1)
+
+    def directory(name: str) -> Path:
+        made = tmp_path / f"{name}{next(counter)}"
+        made.mkdir()
+        return made
+
+    yield from _servers(directory)
+
+
+@pytest.fixture(scope="module")
+def _module_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    yield from _servers(tmp_path_factory.mktemp)
+
+
+@pytest.fixture
+def start_simulator(_started: Started) -> StartSimulator:
+    return _started.simulator
+
+
+@pytest.fixture
+def start_gateway(_started: Started) -> StartGateway:
+    return _started.gateway
+
+
+@pytest.fixture
+def start_redis(_started: Started) -> StartRedis:
+    require("redis-server")
+    return _started.redis
+
+
+@pytest.fixture(scope="module")
+def start_module_simulator(_module_started: Started) -> StartSimulator:
+    return _module_started.simulator
+
+
+@pytest.fixture(scope="module")
+def start_module_gateway(_module_started: Started) -> StartGateway:
+    return _module_started.gateway
+
+
+@pytest.fixture(scope="module")
+def start_module_redis(_module_started: Started) -> StartRedis:
+    require("redis-server")
+    return _module_started.redis

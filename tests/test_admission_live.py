@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,24 +13,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, content_of, events
 
 SSE = {"Accept": "text/event-stream"}
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--parallel", "2", "--ttft", "0.05", "--tps", "40")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--parallel", "2", "--ttft", "0.05", "--tps", "40")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(
         sim.url,
         heartbeat_s=0.3,
         max_active=2,
@@ -41,8 +37,6 @@ def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         trusted_proxies=1,
         auth="off",  # clients told apart by address (X-Forwarded-For), as behind a proxy that authenticates
     )
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -143,31 +137,22 @@ def test_a_queued_client_that_leaves_frees_its_place(gateway: Gateway, sim: SimP
             response.close()
 
 
-def test_readyz_follows_the_simulator(tmp_path: Path) -> None:
+def test_readyz_follows_the_simulator(start_simulator: StartSimulator, start_gateway: StartGateway) -> None:
     simulator = start_simulator()
-    server = Gateway(tmp_path / "gunicorn.log", simulator.url)
-    try:
-        assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
-        ready = requests.get(server.url + "/readyz", timeout=5)
-        assert ready.status_code == 200 and ready.json()["model"] == "qwen3:32b"
-        simulator.stop()
-        down = requests.get(server.url + "/readyz", timeout=5)
-        assert down.status_code == 503
-        assert f"cannot reach Ollama at {simulator.url}" in down.json()["error"]
-        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200  # alive, just not ready
-        simulator = start_simulator("--port", str(simulator.port))
-        assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
-        missing = start_simulator("--model", "llama3:8b")
-        other = Gateway(tmp_path / "other.log", missing.url)
-        try:
-            wrong = requests.get(other.url + "/readyz", timeout=5)
-            assert wrong.status_code == 503 and "qwen3:32b" in wrong.json()["error"]
-        finally:
-            other.stop()
-            missing.stop()
-    finally:
-        server.stop()
-        simulator.stop()
+    server = start_gateway(simulator.url)
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(server.url + "/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["model"] == "qwen3:32b"
+    simulator.stop()
+    down = requests.get(server.url + "/readyz", timeout=5)
+    assert down.status_code == 503
+    assert f"cannot reach Ollama at {simulator.url}" in down.json()["error"]
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200  # alive, just not ready
+    start_simulator("--port", str(simulator.port))
+    assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
+    missing = start_simulator("--model", "llama3:8b")
+    wrong = requests.get(start_gateway(missing.url).url + "/readyz", timeout=5)
+    assert wrong.status_code == 503 and "qwen3:32b" in wrong.json()["error"]
 
 
 def test_metrics_move_as_streams_run_and_each_stream_logs_one_line(gateway: Gateway) -> None:

@@ -7,7 +7,6 @@ import os
 import re
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +17,28 @@ from clawweb import create_app
 from clawweb.config import ConfigError, load_settings
 from clawweb.storage import MIGRATIONS, Store
 
-from .servers import Gateway
-from .simproc import SimProcess, chat, start_simulator
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess, chat
 
 PASSWORD = "correct horse battery"
 MARKER = "zebra-quartz-marker"  # message text that must never reach the log unless asked for
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "200", "--model", "qwen3:32b", "--model", "llama3:8b")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "200", "--model", "qwen3:32b", "--model", "llama3:8b")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(tmp_path_factory.mktemp("gw") / "gunicorn.log", sim.url, auth="required", heartbeat_s=0.3)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, auth="required", heartbeat_s=0.3)
 
 
 @pytest.fixture(scope="module")
-def limited(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def limited(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     """Tight limits, a model allow-list, and message text logged on purpose."""
-    server = Gateway(
-        tmp_path_factory.mktemp("limited") / "gunicorn.log",
+    return start_module_gateway(
         sim.url,
         auth="required",
         rate_per_minute=2,
@@ -52,8 +46,6 @@ def limited(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         models="qwen3:32b",
         log_content=1,
     )
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

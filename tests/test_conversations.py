@@ -6,8 +6,6 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,30 +13,25 @@ import requests
 
 from clawweb.simulator import answer_tokens, thinking_tokens
 
-from .servers import Gateway
-from .simproc import SimProcess, start_simulator
-from .sseclient import Event, events
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess
+from .support.sseclient import Event, events
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "50")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "50")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(
         sim.url,
         heartbeat_s=0.3,
         max_active_per_client=50,
         max_active=50,
     )
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
 
 
 @pytest.fixture(autouse=True)
@@ -267,48 +260,44 @@ def test_finished_generation_with_nothing_left_is_204(gateway: Gateway) -> None:
     assert response.status_code == 204  # EventSource stops reconnecting
 
 
-def test_worker_restart_mid_answer_ends_cleanly_and_keeps_the_partial_text(tmp_path: Path, sim: SimProcess) -> None:
-    server = Gateway(tmp_path / "gunicorn.log", sim.url, heartbeat_s=0.3)
-    try:
-        conversation = new_conversation(server)
-        generation = ask(server, conversation["id"], {"tokens": 1000, "tps": 20})["generation"]
-        with requests.get(server.url + generation["events_url"], stream=True, timeout=10) as response:
-            reader = events(response)
-            next(e for e in reader if e.event == "token")
-            server.signal(signal.SIGHUP)
-            rest = [e for e in reader if e.data_lines]
-        assert rest[-1].event == "error"
-        assert rest[-1].json()["error"] == "the gateway is restarting; please retry"
-        partial = rest[-1].json()["message"]
-        assert partial["status"] == "error" and partial["content"]
-        assert "".join(answer_tokens(1000)).startswith(partial["content"])
+def test_worker_restart_mid_answer_ends_cleanly_and_keeps_the_partial_text(
+    sim: SimProcess, start_gateway: StartGateway
+) -> None:
+    server = start_gateway(sim.url, heartbeat_s=0.3)
+    conversation = new_conversation(server)
+    generation = ask(server, conversation["id"], {"tokens": 1000, "tps": 20})["generation"]
+    with requests.get(server.url + generation["events_url"], stream=True, timeout=10) as response:
+        reader = events(response)
+        next(e for e in reader if e.event == "token")
+        server.signal(signal.SIGHUP)
+        rest = [e for e in reader if e.data_lines]
+    assert rest[-1].event == "error"
+    assert rest[-1].json()["error"] == "the gateway is restarting; please retry"
+    partial = rest[-1].json()["message"]
+    assert partial["status"] == "error" and partial["content"]
+    assert "".join(answer_tokens(1000)).startswith(partial["content"])
 
-        def stored() -> dict[str, Any]:
-            return dict(requests.get(f"{server.url}/api/conversations/{conversation['id']}", timeout=5).json())
+    def stored() -> dict[str, Any]:
+        return dict(requests.get(f"{server.url}/api/conversations/{conversation['id']}", timeout=5).json())
 
-        deadline = time.monotonic() + 5  # the new worker serves the same conversation from the database
-        while time.monotonic() < deadline:
-            try:
-                if stored()["messages"][-1]["content"] == partial["content"]:
-                    break
-            except (requests.RequestException, KeyError):
-                pass
-            time.sleep(0.1)
-        assert stored()["messages"][-1]["status"] == "error"
-    finally:
-        server.stop()
+    deadline = time.monotonic() + 5  # the new worker serves the same conversation from the database
+    while time.monotonic() < deadline:
+        try:
+            if stored()["messages"][-1]["content"] == partial["content"]:
+                break
+        except (requests.RequestException, KeyError):
+            pass
+        time.sleep(0.1)
+    assert stored()["messages"][-1]["status"] == "error"
 
 
-def test_cancel_without_readers_when_configured(tmp_path: Path, sim: SimProcess) -> None:
-    server = Gateway(tmp_path / "gunicorn.log", sim.url, cancel_without_readers_s=0.5)
-    try:
-        conversation = new_conversation(server)
-        ask(server, conversation["id"], {"tokens": 1000, "tps": 20})
-        deadline = time.monotonic() + 5
-        while sim.stats()["disconnects"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sim.stats()["disconnects"] == 1
-        messages = requests.get(f"{server.url}/api/conversations/{conversation['id']}", timeout=5).json()["messages"]
-        assert messages[-1]["status"] == "stopped"
-    finally:
-        server.stop()
+def test_cancel_without_readers_when_configured(sim: SimProcess, start_gateway: StartGateway) -> None:
+    server = start_gateway(sim.url, cancel_without_readers_s=0.5)
+    conversation = new_conversation(server)
+    ask(server, conversation["id"], {"tokens": 1000, "tps": 20})
+    deadline = time.monotonic() + 5
+    while sim.stats()["disconnects"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.stats()["disconnects"] == 1
+    messages = requests.get(f"{server.url}/api/conversations/{conversation['id']}", timeout=5).json()["messages"]
+    assert messages[-1]["status"] == "stopped"

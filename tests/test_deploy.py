@@ -19,9 +19,12 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway, Nginx, RedisServer, render_deploy, require, self_signed_certificate
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.factories import StartGateway, StartRedis, StartSimulator
+from .support.servers import ROOT, Gateway, Nginx, render_deploy, require, self_signed_certificate
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, content_of, events
+
+pytestmark = pytest.mark.integration  # nginx, systemd-analyze, install.sh, caddy: real programs throughout
 
 PASSWORD = "a deploy test password"
 
@@ -33,25 +36,20 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "20")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "20")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     # As install.sh configures it: behind one proxy, accounts required, the site's server name allowed.
-    server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+    return start_module_gateway(
         sim.url,
         heartbeat_s=0.3,
         trusted_proxies=1,
         auth="required",
         allowed_hosts="localhost",
     )
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +97,22 @@ def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple
 
 
 def test_silence_longer_than_proxy_timeout_survives_thanks_to_heartbeats(
-    nginx: Nginx, certificate: tuple[Path, Path], sim: SimProcess, tmp_path: Path, key: str
+    nginx: Nginx,
+    certificate: tuple[Path, Path],
+    sim: SimProcess,
+    tmp_path: Path,
+    key: str,
+    start_gateway: StartGateway,
 ) -> None:
     body = chat({"tokens": 3, "ttft": 2.5})  # 2.5 s of silence, proxy_read_timeout 1 s
     assert content_of(stream_via(nginx.url, body, certificate[0], key)) == "".join(answer_tokens(3))
     # The same without heartbeats in time (5 s): nginx cuts the silent stream, no answer arrives.
-    quiet = Gateway(tmp_path / "quiet.log", sim.url, heartbeat_s=5)
+    quiet = start_gateway(sim.url, heartbeat_s=5)
     proxy = Nginx(tmp_path / "nginx", quiet.port, *certificate, STREAM_TIMEOUT="1s")
     try:
         assert content_of(stream_via(proxy.url, body, certificate[0], None)) == ""  # open mode: loopback
     finally:
         proxy.stop()
-        quiet.stop()
 
 
 def test_http2_and_redirect(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
@@ -204,7 +206,7 @@ def tls_from(source: str, port: int, cert: Path) -> ssl.SSLSocket:
 
 
 def answer(sock: ssl.SSLSocket) -> tuple[int, str, bytes]:
-    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]  # it only calls makefile()
+    response = http.client.HTTPResponse(sock)
     response.begin()
     return response.status, response.getheader("Content-Type", ""), response.read()
 
@@ -360,26 +362,23 @@ def test_doctor_passes_a_good_setup(
     assert {"database writable", "database integrity", "database disk space"} <= set(names)
 
 
-def test_doctor_diagnoses_redis_the_queue_and_a_broken_database(sim: SimProcess, tmp_path: Path) -> None:
-    require("redis-server")
-    redis_server = RedisServer(tmp_path / "redis")
-    gateway = Gateway(tmp_path / "gunicorn.log", sim.url, redis_url=redis_server.url, max_active=2)
+def test_doctor_diagnoses_redis_the_queue_and_a_broken_database(
+    sim: SimProcess, tmp_path: Path, start_gateway: StartGateway, start_redis: StartRedis
+) -> None:
+    redis_server = start_redis()
+    gateway = start_gateway(sim.url, redis_url=redis_server.url, max_active=2)
     env = {"CLAWWEB_DB": gateway.env["CLAWWEB_DB"], "CLAWWEB_REDIS_URL": redis_server.url, "CLAWWEB_MAX_ACTIVE": "2"}
-    try:
-        with requests.post(gateway.url + "/api/chat", json=chat({"tokens": 2000, "tps": 20}), stream=True) as held:
-            lines = held.iter_lines()  # kept: a dropped iterator would close the response
-            next(lines)  # the answer holds a slot while the doctor looks
-            code, report = doctor(sim.url, env=env)
-        figures = {c["name"]: c["figure"] for c in report["checks"]}
-        assert (code, failed(report)) == (0, {})
-        assert "1 of 2 slots held" in figures["queue"] and "127.0.0.1: 1" in figures["queue"]
-        assert figures["redis round trip"].endswith(redis_server.url.replace("redis://", "ms to redis://"))
-        redis_server.stop()
+    with requests.post(gateway.url + "/api/chat", json=chat({"tokens": 2000, "tps": 20}), stream=True) as held:
+        lines = held.iter_lines()  # kept: a dropped iterator would close the response
+        next(lines)  # the answer holds a slot while the doctor looks
         code, report = doctor(sim.url, env=env)
-        assert code == 1 and "start redis-server" in failed(report)["redis reachable"]
-    finally:
-        gateway.stop()
-        redis_server.stop()  # again, if the check above failed first: stop() does nothing the second time
+    figures = {c["name"]: c["figure"] for c in report["checks"]}
+    assert (code, failed(report)) == (0, {})
+    assert "1 of 2 slots held" in figures["queue"] and "127.0.0.1: 1" in figures["queue"]
+    assert figures["redis round trip"].endswith(redis_server.url.replace("redis://", "ms to redis://"))
+    redis_server.stop()
+    code, report = doctor(sim.url, env=env)
+    assert code == 1 and "start redis-server" in failed(report)["redis reachable"]
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)  # a header, then garbage
     code, report = doctor(sim.url, env={"CLAWWEB_DB": str(broken)})
@@ -413,7 +412,7 @@ def test_doctor_names_a_buffering_proxy(
     assert "proxy_read_timeout" in problems["proxy timeout above heartbeat"]
 
 
-def test_doctor_names_a_stopped_ollama() -> None:
+def test_doctor_names_a_stopped_ollama(start_simulator: StartSimulator) -> None:
     simulator = start_simulator()
     simulator.stop()
     code, report = doctor(simulator.url)

@@ -14,8 +14,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ollama
@@ -26,8 +24,9 @@ from clawweb.config import ConfigError, load_settings, redact_url
 from clawweb.edge import hostname
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway, free_port
-from .simproc import SimProcess, chat, start_simulator
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import ROOT, Gateway, free_port
+from .support.simproc import SimProcess, chat
 
 PASSWORD = "an edge test password"
 EVIL = "evil.example"
@@ -36,67 +35,43 @@ SSE = "text/event-stream"
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "200")
-    yield simulator
-    simulator.stop()
-
-
-def checked(server: Gateway) -> Iterator[Gateway]:
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "200")
 
 
 @pytest.fixture(scope="module")
-def open_gw(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def open_gw(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     """Open mode (loopback bind, no proxy), two extra names; per-client limit out of the way for the burst."""
-    server = Gateway(
-        tmp_path_factory.mktemp("open") / "gunicorn.log",
-        sim.url,
-        allowed_hosts="chat.example,.lan.example",
-        max_active_per_client=5000,
-    )
-    yield from checked(server)
+    return start_module_gateway(sim.url, allowed_hosts="chat.example,.lan.example", max_active_per_client=5000)
 
 
 @pytest.fixture(scope="module")
-def slow_gw(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def slow_gw(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     """A small worker (40 connections) so that slow clients could take all of it."""
-    server = Gateway(
-        tmp_path_factory.mktemp("slow") / "gunicorn.log",
-        sim.url,
-        worker_connections=40,
-        body_timeout_s=2,
-        max_pending_per_address=10,
-    )
-    yield from checked(server)
+    return start_module_gateway(sim.url, worker_connections=40, body_timeout_s=2, max_pending_per_address=10)
 
 
 @pytest.fixture(scope="module")
-def accounts_gw(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def accounts_gw(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     """Accounts on, nobody trusted in front: whatever X-Forwarded-* a client sends counts for nothing."""
-    server = Gateway(tmp_path_factory.mktemp("accounts") / "gunicorn.log", sim.url, auth="required", body_timeout_s=2)
+    server = start_module_gateway(sim.url, auth="required", body_timeout_s=2)
     server.new_user("ops", PASSWORD)
-    yield from checked(server)
+    return server
 
 
 @pytest.fixture(scope="module")
-def own_sim() -> Iterator[SimProcess]:
+def own_sim(start_module_simulator: StartSimulator) -> SimProcess:
     """A simulator for ``proxied_gw`` alone: its last request's headers are that gateway's, whatever the other
     gateways of this module still send to theirs."""
-    simulator = start_simulator("--ttft", "0.02", "--tps", "200")
-    yield simulator
-    simulator.stop()
+    return start_module_simulator("--ttft", "0.02", "--tps", "200")
 
 
 @pytest.fixture(scope="module")
-def proxied_gw(own_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def proxied_gw(own_sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     """As behind the deploy kit's nginx (one trusted proxy, accounts on), with two Ollama URLs carrying
     credentials: the simulator, and a port where nothing listens."""
     urls = f"http://{CREDENTIALS}@127.0.0.1:{own_sim.port},http://{CREDENTIALS}@127.0.0.1:{free_port()}"
-    server = Gateway(tmp_path_factory.mktemp("proxied") / "gunicorn.log", urls, auth="required", trusted_proxies=1)
-    yield from checked(server)
+    return start_module_gateway(urls, auth="required", trusted_proxies=1)
 
 
 @pytest.fixture(scope="module")
@@ -450,14 +425,12 @@ def test_credentials_in_the_ollama_url_are_used_but_never_shown(
     assert "relaying to Ollama at http://***@127.0.0.1:" in proxied_gw.log
 
 
-def test_an_unreachable_url_is_named_without_its_credentials(tmp_path: Path) -> None:
+def test_an_unreachable_url_is_named_without_its_credentials(start_gateway: StartGateway) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    server = Gateway(tmp_path / "gunicorn.log", f"http://{CREDENTIALS}@{dead}")
-    try:
-        refused = requests.post(server.url + "/api/chat", json=chat(), timeout=10)
-        down = requests.get(server.url + "/readyz", timeout=10)
-    finally:
-        server.stop()
+    server = start_gateway(f"http://{CREDENTIALS}@{dead}")
+    refused = requests.post(server.url + "/api/chat", json=chat(), timeout=10)
+    down = requests.get(server.url + "/readyz", timeout=10)
+    server.stop()  # its whole log, for the check below
     assert refused.status_code == 502
     assert refused.json()["error"] == f"cannot reach Ollama at http://***@{dead}: Connection refused"
     assert down.status_code == 503 and f"http://***@{dead}" in down.json()["error"]

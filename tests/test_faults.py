@@ -21,11 +21,12 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import BIN, ROOT, Gateway, RedisServer, free_port, require, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, events
+from .support.factories import StartGateway, StartRedis, StartSimulator
+from .support.servers import BIN, ROOT, Gateway, free_port, wait_for
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, events
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.integration]  # every test here starts real processes
 
 SSE = {"Accept": "text/event-stream"}
 # One connection per request: an idle keep-alive connection held by a response object would make each
@@ -36,17 +37,8 @@ FINAL = ("done", "stopped", "error")
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "40")
-    yield simulator
-    simulator.stop()
-
-
-def checked_stop(*gateways: Gateway) -> None:
-    for gateway in gateways:
-        gateway.stop()
-    for gateway in gateways:
-        assert "Traceback" not in gateway.log, gateway.log
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "40")
 
 
 def start_answer(gateway: Gateway, directive: dict[str, Any], conversation_id: str | None = None) -> dict[str, Any]:
@@ -165,81 +157,73 @@ def assert_unavailable(response: requests.Response, what: str) -> None:
 
 
 def test_a_reader_on_another_process_ends_with_an_error_and_the_exact_text_when_the_writer_is_killed(
-    sim: SimProcess, tmp_path: Path
+    sim: SimProcess, tmp_path: Path, start_gateway: StartGateway, start_redis: StartRedis
 ) -> None:
-    require("redis-server")
-    redis_server = RedisServer(tmp_path / "redis")
+    redis_server = start_redis()
     heartbeat_s = 0.2  # the lease is three heartbeats
     shared = {"redis_url": redis_server.url, "db": str(tmp_path / "clawweb.db"), "heartbeat_s": heartbeat_s}
-    doomed, survivor = (Gateway(tmp_path / f"{name}.log", sim.url, **shared) for name in ("doomed", "survivor"))
-    try:
-        generation = start_answer(doomed, {"tokens": 400, "tps": 20})
-        reader = Reader(survivor.url + generation["events_url"])
-        reader.wait_for_tokens(10)
-        os.killpg(doomed.proc.pid, signal.SIGKILL)  # the master and its worker: no chance to clean up
-        killed_at = time.monotonic()
-        reader.join(30)
-        final = reader.final
-        assert final is not None and final.event == "error", reader.received[-3:]
-        print(f"kill -> the reader's final frame: {final.at - killed_at:.2f} s (lease {3 * heartbeat_s:g} s)")
-        assert "the gateway process running this answer stopped" in final.json()["error"]
-        last_token = max(i for i, e in enumerate(reader.received) if e.event == "token")
-        waited = reader.received[last_token + 1 : -1]
-        assert all(e.is_comment for e in waited) and len(waited) <= 12  # about the lease's 3 heartbeats
-        shown = "".join(reader.tokens)
-        assert final.json()["message"]["content"] == shown
-        # Stored then, by whoever noticed, before anyone opened the conversation: read the file itself.
-        with sqlite3.connect(tmp_path / "clawweb.db") as db:
-            status, content = db.execute(
-                "SELECT status, content FROM messages WHERE id = ?", (generation["message_id"],)
-            ).fetchone()
-        assert (status, content) == ("error", shown)
-        print(f"characters shown {len(shown)}, stored {len(content)}")
-        state = http.get(f"{survivor.url}/api/generations/{generation['id']}", timeout=5).json()
-        answer = stored_answer(survivor, generation["conversation_id"])
-        assert state["status"] == answer["status"] == "error" and answer["content"] == shown
-        again = Reader(
-            survivor.url + start_answer(survivor, {"tokens": 3}, generation["conversation_id"])["events_url"]
-        )
-        again.join(10)  # a new message is taken (no 409): the answer is over for everyone
-        assert again.final is not None and again.final.event == "done"
-    finally:
-        checked_stop(survivor)
-        doomed.stop()
-        redis_server.stop()
+    doomed, survivor = start_gateway(sim.url, **shared), start_gateway(sim.url, **shared)
+    generation = start_answer(doomed, {"tokens": 400, "tps": 20})
+    reader = Reader(survivor.url + generation["events_url"])
+    reader.wait_for_tokens(10)
+    os.killpg(doomed.proc.pid, signal.SIGKILL)  # the master and its worker: no chance to clean up
+    killed_at = time.monotonic()
+    reader.join(30)
+    final = reader.final
+    assert final is not None and final.event == "error", reader.received[-3:]
+    print(f"kill -> the reader's final frame: {final.at - killed_at:.2f} s (lease {3 * heartbeat_s:g} s)")
+    assert "the gateway process running this answer stopped" in final.json()["error"]
+    last_token = max(i for i, e in enumerate(reader.received) if e.event == "token")
+    waited = reader.received[last_token + 1 : -1]
+    assert all(e.is_comment for e in waited) and len(waited) <= 12  # about the lease's 3 heartbeats
+    shown = "".join(reader.tokens)
+    assert final.json()["message"]["content"] == shown
+    # Stored then, by whoever noticed, before anyone opened the conversation: read the file itself.
+    with sqlite3.connect(tmp_path / "clawweb.db") as db:
+        status, content = db.execute(
+            "SELECT status, content FROM messages WHERE id = ?", (generation["message_id"],)
+        ).fetchone()
+    assert (status, content) == ("error", shown)
+    print(f"characters shown {len(shown)}, stored {len(content)}")
+    state = http.get(f"{survivor.url}/api/generations/{generation['id']}", timeout=5).json()
+    answer = stored_answer(survivor, generation["conversation_id"])
+    assert state["status"] == answer["status"] == "error" and answer["content"] == shown
+    again = Reader(survivor.url + start_answer(survivor, {"tokens": 3}, generation["conversation_id"])["events_url"])
+    again.join(10)  # a new message is taken (no 409): the answer is over for everyone
+    assert again.final is not None and again.final.event == "done"
 
 
-def test_a_killed_worker_keeps_the_text_its_readers_saw_to_within_a_checkpoint(sim: SimProcess, tmp_path: Path) -> None:
+def test_a_killed_worker_keeps_the_text_its_readers_saw_to_within_a_checkpoint(
+    sim: SimProcess, start_gateway: StartGateway
+) -> None:
     tps, checkpoint_s = 20, 1.0
-    gateway = Gateway(tmp_path / "gw.log", sim.url, heartbeat_s=0.3, checkpoint_s=checkpoint_s)
-    try:
-        generation = start_answer(gateway, {"tokens": 400, "tps": tps})
-        reader = Reader(gateway.url + generation["events_url"])
-        reader.wait_for_tokens(50)
-        (worker,) = worker_pids(gateway)
-        os.kill(worker, signal.SIGKILL)
-        reader.join(30)
-        assert reader.broken and reader.final is None  # the stream just broke
-        assert wait_for(lambda: worker_pids(gateway) not in ([], [worker]), timeout=20)
-        gateway.wait_until(lambda: http.get(gateway.url + "/healthz", timeout=1).ok)
-        answer = stored_answer(gateway, generation["conversation_id"])
-        assert answer["status"] == "error" and "stopped" in answer["error"]
-        shown = reader.tokens
-        kept = tokens_in(answer["content"], shown)
-        print(f"tokens shown {len(shown)}, kept {kept} ({len(''.join(shown))} vs {len(answer['content'])} characters)")
-        assert len(shown) - kept <= tps * checkpoint_s * 1.5  # at most about one checkpoint interval lost
-    finally:
-        checked_stop(gateway)
+    gateway = start_gateway(sim.url, heartbeat_s=0.3, checkpoint_s=checkpoint_s)
+    generation = start_answer(gateway, {"tokens": 400, "tps": tps})
+    reader = Reader(gateway.url + generation["events_url"])
+    reader.wait_for_tokens(50)
+    (worker,) = worker_pids(gateway)
+    os.kill(worker, signal.SIGKILL)
+    reader.join(30)
+    assert reader.broken and reader.final is None  # the stream just broke
+    assert wait_for(lambda: worker_pids(gateway) not in ([], [worker]), timeout=20)
+    gateway.wait_until(lambda: http.get(gateway.url + "/healthz", timeout=1).ok)
+    answer = stored_answer(gateway, generation["conversation_id"])
+    assert answer["status"] == "error" and "stopped" in answer["error"]
+    shown = reader.tokens
+    kept = tokens_in(answer["content"], shown)
+    print(f"tokens shown {len(shown)}, kept {kept} ({len(''.join(shown))} vs {len(answer['content'])} characters)")
+    assert len(shown) - kept <= tps * checkpoint_s * 1.5  # at most about one checkpoint interval lost
 
 
 # --- 2: ending an answer whatever fails -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fault", ["killed", "paused"])
-def test_an_answer_ends_and_is_stored_when_redis_fails_mid_answer(sim: SimProcess, tmp_path: Path, fault: str) -> None:
-    require("redis-server")
-    redis_server = RedisServer(tmp_path / "redis")
-    gateway = Gateway(tmp_path / "gw.log", sim.url, redis_url=redis_server.url, heartbeat_s=0.3)
+def test_an_answer_ends_and_is_stored_when_redis_fails_mid_answer(
+    sim: SimProcess, fault: str, start_gateway: StartGateway, start_redis: StartRedis
+) -> None:
+    redis_server = start_redis()
+    gateway = start_gateway(sim.url, redis_url=redis_server.url, heartbeat_s=0.3)
     try:
         generation = start_answer(gateway, {"tokens": 60, "tps": 30})
         reader = Reader(gateway.url + generation["events_url"])  # one worker: this reader is on the writer's
@@ -252,7 +236,7 @@ def test_an_answer_ends_and_is_stored_when_redis_fails_mid_answer(sim: SimProces
         assert "".join(reader.tokens) == expected
         if fault == "killed":
             redis_server.stop()
-            redis_server = RedisServer(tmp_path / "redis", port=redis_server.port)
+            redis_server = start_redis(port=redis_server.port)
         else:
             redis_server.signal(signal.SIGCONT)
         assert stored_answer(gateway, generation["conversation_id"])["content"] == expected
@@ -262,40 +246,35 @@ def test_an_answer_ends_and_is_stored_when_redis_fails_mid_answer(sim: SimProces
         assert wait_for(lambda: http.post(url, json=message, timeout=10).status_code == 202, timeout=15)
     finally:
         if fault == "paused":
-            redis_server.signal(signal.SIGCONT)
-        checked_stop(gateway)
-        redis_server.stop()
+            redis_server.signal(signal.SIGCONT)  # a failure while it is paused: it must still stop
 
 
 def test_an_answer_ends_when_the_disk_is_full_and_is_stored_once_there_is_room(
-    sim: SimProcess, tmp_path: Path, tmpfs: Path
+    sim: SimProcess, tmpfs: Path, start_gateway: StartGateway
 ) -> None:
-    gateway = Gateway(tmp_path / "gw.log", sim.url, db=str(tmpfs / "clawweb.db"), heartbeat_s=0.3)
-    try:
-        generation = start_answer(gateway, {"tokens": 1500, "tps": 500})
-        reader = Reader(gateway.url + generation["events_url"])
-        reader.wait_for_tokens(5)
-        filler = fill(tmpfs)
-        reader.join(30)
-        final = reader.final
-        assert final is not None and final.event == "done", reader.received[-3:]
-        expected = "".join(answer_tokens(1500))
-        assert final.json()["message"]["content"] == expected and "not saved yet" in final.json()["warning"]
-        conversation_url = f"{gateway.url}/api/conversations/{generation['conversation_id']}"
-        message = {"content": 'hello\n#sim {"tokens": 3}', "think": False}
-        assert_unavailable(http.post(conversation_url + "/messages", json=message, timeout=10), "storage")
-        filler.unlink()
+    gateway = start_gateway(sim.url, db=str(tmpfs / "clawweb.db"), heartbeat_s=0.3)
+    generation = start_answer(gateway, {"tokens": 1500, "tps": 500})
+    reader = Reader(gateway.url + generation["events_url"])
+    reader.wait_for_tokens(5)
+    filler = fill(tmpfs)
+    reader.join(30)
+    final = reader.final
+    assert final is not None and final.event == "done", reader.received[-3:]
+    expected = "".join(answer_tokens(1500))
+    assert final.json()["message"]["content"] == expected and "not saved yet" in final.json()["warning"]
+    conversation_url = f"{gateway.url}/api/conversations/{generation['conversation_id']}"
+    message = {"content": 'hello\n#sim {"tokens": 3}', "think": False}
+    assert_unavailable(http.post(conversation_url + "/messages", json=message, timeout=10), "storage")
+    filler.unlink()
 
-        # Stored by the background retry, not by the next request: read the file itself.
-        def stored() -> bool:
-            with sqlite3.connect(tmpfs / "clawweb.db") as db:
-                row = db.execute("SELECT status, content FROM messages WHERE id = ?", (generation["message_id"],))
-                return bool(row.fetchone() == ("done", expected))
+    # Stored by the background retry, not by the next request: read the file itself.
+    def stored() -> bool:
+        with sqlite3.connect(tmpfs / "clawweb.db") as db:
+            row = db.execute("SELECT status, content FROM messages WHERE id = ?", (generation["message_id"],))
+            return bool(row.fetchone() == ("done", expected))
 
-        assert wait_for(stored, timeout=15)
-        assert http.post(conversation_url + "/messages", json=message, timeout=10).status_code == 202
-    finally:
-        checked_stop(gateway)
+    assert wait_for(stored, timeout=15)
+    assert http.post(conversation_url + "/messages", json=message, timeout=10).status_code == 202
 
 
 # --- 3: Redis down: 503 or an in-band error, never a 500; back by itself ----------------------------------------
@@ -303,72 +282,65 @@ def test_an_answer_ends_when_the_disk_is_full_and_is_stored_once_there_is_room(
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_with_redis_down_every_route_answers_503_or_an_in_band_error_and_recovers_by_itself(
-    sim: SimProcess, tmp_path: Path, workers: int
+    sim: SimProcess, workers: int, start_gateway: StartGateway, start_redis: StartRedis
 ) -> None:
-    require("redis-server")
-    redis_server = RedisServer(tmp_path / "redis")
-    gateway = Gateway(tmp_path / "gw.log", sim.url, redis_url=redis_server.url, heartbeat_s=0.3, workers=workers)
-    try:
-        idle = http.post(gateway.url + "/api/conversations", json={}, timeout=10).json()
-        running = start_answer(gateway, {"tokens": 120, "tps": 30})
-        early_reader = Reader(gateway.url + running["events_url"])
-        early_reader.wait_for_tokens(3)
-        redis_server.signal(signal.SIGKILL)
-        redis_server.stop()
-        message = {"content": 'hello\n#sim {"tokens": 3}', "think": False}
-        down = {
-            "SSE chat": http.post(gateway.url + "/api/chat", json=chat({"tokens": 3}), headers=SSE, timeout=10),
-            "native chat": http.post(gateway.url + "/api/chat", json=chat({"tokens": 3}), timeout=10),
-            "post a message": http.post(
-                f"{gateway.url}/api/conversations/{idle['id']}/messages", json=message, timeout=10
-            ),
-            "open a conversation": http.get(f"{gateway.url}/api/conversations/{idle['id']}", timeout=10),
-            "answer state": http.get(f"{gateway.url}/api/generations/{running['id']}", timeout=10),
-            "stop an answer": http.delete(f"{gateway.url}/api/generations/{running['id']}", timeout=10),
-        }
-        ready = http.get(gateway.url + "/readyz", timeout=10)
-        assert ready.status_code == 503 and ready.json()["error"].startswith("shared state unavailable: ")
-        statuses = {route: response.status_code for route, response in down.items()}
-        print(f"{workers} worker(s), Redis down: {statuses}")
-        for route, response in down.items():
-            # The worker running the answer needs no Redis to show or stop it; everything else does.
-            if not (route in ("answer state", "stop an answer") and response.status_code == 200):
-                assert response.status_code == 503, (route, response.text[:200])
-                assert_unavailable(response, "shared state")
-        # A reader that followed from before: the answer's end (same worker) or an in-band error; a clean end.
-        early_reader.join(30)
-        final = early_reader.final
-        assert final is not None and not early_reader.broken, early_reader.received[-3:]
-        assert final.event in ("done", "stopped") or final.json()["error"].startswith("shared state unavailable: ")
-        # A reader joining now: the same, or a 503 before its stream starts; never gunicorn's HTML 500.
-        late_reader = Reader(gateway.url + running["events_url"])
-        late_reader.join(30)
-        assert late_reader.status in (200, 503) and not late_reader.broken
-        if late_reader.status == 200:
-            assert late_reader.final is not None
+    redis_server = start_redis()
+    gateway = start_gateway(sim.url, redis_url=redis_server.url, heartbeat_s=0.3, workers=workers)
+    idle = http.post(gateway.url + "/api/conversations", json={}, timeout=10).json()
+    running = start_answer(gateway, {"tokens": 120, "tps": 30})
+    early_reader = Reader(gateway.url + running["events_url"])
+    early_reader.wait_for_tokens(3)
+    redis_server.signal(signal.SIGKILL)
+    redis_server.stop()
+    message = {"content": 'hello\n#sim {"tokens": 3}', "think": False}
+    down = {
+        "SSE chat": http.post(gateway.url + "/api/chat", json=chat({"tokens": 3}), headers=SSE, timeout=10),
+        "native chat": http.post(gateway.url + "/api/chat", json=chat({"tokens": 3}), timeout=10),
+        "post a message": http.post(f"{gateway.url}/api/conversations/{idle['id']}/messages", json=message, timeout=10),
+        "open a conversation": http.get(f"{gateway.url}/api/conversations/{idle['id']}", timeout=10),
+        "answer state": http.get(f"{gateway.url}/api/generations/{running['id']}", timeout=10),
+        "stop an answer": http.delete(f"{gateway.url}/api/generations/{running['id']}", timeout=10),
+    }
+    ready = http.get(gateway.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["error"].startswith("shared state unavailable: ")
+    statuses = {route: response.status_code for route, response in down.items()}
+    print(f"{workers} worker(s), Redis down: {statuses}")
+    for route, response in down.items():
+        # The worker running the answer needs no Redis to show or stop it; everything else does.
+        if not (route in ("answer state", "stop an answer") and response.status_code == 200):
+            assert response.status_code == 503, (route, response.text[:200])
+            assert_unavailable(response, "shared state")
+    # A reader that followed from before: the answer's end (same worker) or an in-band error; a clean end.
+    early_reader.join(30)
+    final = early_reader.final
+    assert final is not None and not early_reader.broken, early_reader.received[-3:]
+    assert final.event in ("done", "stopped") or final.json()["error"].startswith("shared state unavailable: ")
+    # A reader joining now: the same, or a 503 before its stream starts; never gunicorn's HTML 500.
+    late_reader = Reader(gateway.url + running["events_url"])
+    late_reader.join(30)
+    assert late_reader.status in (200, 503) and not late_reader.broken
+    if late_reader.status == 200:
+        assert late_reader.final is not None
 
-        redis_server = RedisServer(tmp_path / "redis", port=redis_server.port)
-        back_at = time.monotonic()
+    redis_server = start_redis(port=redis_server.port)
+    back_at = time.monotonic()
 
-        def chat_works() -> bool:
-            response = http.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), headers=SSE, timeout=10)
-            return response.status_code == 200 and '"done":true' in response.text
+    def chat_works() -> bool:
+        response = http.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), headers=SSE, timeout=10)
+        return response.status_code == 200 and '"done":true' in response.text
 
-        assert wait_for(chat_works, timeout=15)
-        print(f"{workers} worker(s): Redis back -> a chat answered in {time.monotonic() - back_at:.2f} s")
-        for _ in range(4):  # whichever worker takes it
-            assert chat_works()
-            assert http.get(gateway.url + "/readyz", timeout=10).status_code == 200
-            assert http.get(f"{gateway.url}/api/conversations/{idle['id']}", timeout=10).status_code == 200
-            native = http.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), timeout=10)
-            assert native.status_code == 200
-        again = start_answer(gateway, {"tokens": 400, "tps": 20}, idle["id"])
-        Reader(gateway.url + again["events_url"]).wait_for_tokens(2)
-        stopped = http.delete(f"{gateway.url}/api/generations/{again['id']}", timeout=10)
-        assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
-    finally:
-        checked_stop(gateway)
-        redis_server.stop()
+    assert wait_for(chat_works, timeout=15)
+    print(f"{workers} worker(s): Redis back -> a chat answered in {time.monotonic() - back_at:.2f} s")
+    for _ in range(4):  # whichever worker takes it
+        assert chat_works()
+        assert http.get(gateway.url + "/readyz", timeout=10).status_code == 200
+        assert http.get(f"{gateway.url}/api/conversations/{idle['id']}", timeout=10).status_code == 200
+        native = http.post(gateway.url + "/api/chat", json=chat({"tokens": 2}), timeout=10)
+        assert native.status_code == 200
+    again = start_answer(gateway, {"tokens": 400, "tps": 20}, idle["id"])
+    Reader(gateway.url + again["events_url"]).wait_for_tokens(2)
+    stopped = http.delete(f"{gateway.url}/api/generations/{again['id']}", timeout=10)
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
 
 
 # --- 6: the database file goes away; a read-only data directory -------------------------------------------------
@@ -376,34 +348,31 @@ def test_with_redis_down_every_route_answers_503_or_an_in_band_error_and_recover
 
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_a_removed_or_replaced_database_turns_readyz_503_and_refuses_writes(
-    sim: SimProcess, tmp_path: Path, how: str
+    sim: SimProcess, tmp_path: Path, how: str, start_gateway: StartGateway
 ) -> None:
     db = tmp_path / "data" / "clawweb.db"
-    gateway = Gateway(tmp_path / "gw.log", sim.url, db=str(db))
-    try:
-        conversation = http.post(gateway.url + "/api/conversations", json={}, timeout=10).json()
-        assert http.get(gateway.url + "/readyz", timeout=10).status_code == 200
-        if how == "removed":
-            db.unlink()
-        else:
-            replacement = tmp_path / "data" / "restored.db"
-            sqlite3.connect(replacement).close()
-            replacement.replace(db)  # a restore from a backup, say: another file under the same name
-        ready = http.get(gateway.url + "/readyz", timeout=10)
-        assert ready.status_code == 503 and f"the database file {db} was removed or replaced" in ready.json()["error"]
-        created = http.post(gateway.url + "/api/conversations", json={}, timeout=10)
-        assert_unavailable(created, "storage")
-        assert "restart clawweb" in created.json()["error"]
-        message = {"content": 'hello\n#sim {"tokens": 3}', "think": False}
-        posted = http.post(f"{gateway.url}/api/conversations/{conversation['id']}/messages", json=message)
-        assert_unavailable(posted, "storage")
-        if how == "replaced":  # nothing was written into the new file either
-            with sqlite3.connect(db) as replaced:
-                assert replaced.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
-        else:
-            assert not db.exists()
-    finally:
-        checked_stop(gateway)
+    gateway = start_gateway(sim.url, db=str(db))
+    conversation = http.post(gateway.url + "/api/conversations", json={}, timeout=10).json()
+    assert http.get(gateway.url + "/readyz", timeout=10).status_code == 200
+    if how == "removed":
+        db.unlink()
+    else:
+        replacement = tmp_path / "data" / "restored.db"
+        sqlite3.connect(replacement).close()
+        replacement.replace(db)  # a restore from a backup, say: another file under the same name
+    ready = http.get(gateway.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and f"the database file {db} was removed or replaced" in ready.json()["error"]
+    created = http.post(gateway.url + "/api/conversations", json={}, timeout=10)
+    assert_unavailable(created, "storage")
+    assert "restart clawweb" in created.json()["error"]
+    message = {"content": 'hello\n#sim {"tokens": 3}', "think": False}
+    posted = http.post(f"{gateway.url}/api/conversations/{conversation['id']}/messages", json=message)
+    assert_unavailable(posted, "storage")
+    if how == "replaced":  # nothing was written into the new file either
+        with sqlite3.connect(db) as replaced:
+            assert replaced.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    else:
+        assert not db.exists()
 
 
 @pytest.mark.parametrize("where", ["the directory", "a directory to create in it"])

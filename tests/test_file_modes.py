@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
-from .servers import ROOT, Gateway, render_deploy, wait_for
-from .simproc import start_simulator
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import ROOT, render_deploy, wait_for
+
+pytestmark = pytest.mark.integration  # the CLI, gunicorn and the deploy kit's command, run for real
 
 PASSWORD = "a file modes password"
 
@@ -55,28 +58,17 @@ def test_the_cli_creates_a_private_database_under_umask_022(tmp_path: Path) -> N
     assert mode(db) == 0o600 and mode(db.parent) == 0o700
 
 
-def test_the_gateway_creates_private_files_under_umask_022(tmp_path: Path) -> None:
+def test_the_gateway_creates_private_files_under_umask_022(
+    tmp_path: Path, start_simulator: StartSimulator, start_gateway: StartGateway
+) -> None:
     sim = start_simulator()
     data = tmp_path / "data"
-    try:
-        with umask(0o022):
-            server = Gateway(
-                tmp_path / "gunicorn.log",
-                sim.url,
-                auth="required",
-                db=data / "clawweb.db",
-                secret_key_file=data / "secret_key",
-            )
-        try:
-            assert requests.get(server.url + "/login", timeout=5).status_code == 200
-            files = [*companions(data / "clawweb.db"), data / "secret_key"]
-            assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
-            assert mode(data) == 0o700
-        finally:
-            server.stop()
-        assert "Traceback" not in server.log, server.log
-    finally:
-        sim.stop()
+    with umask(0o022):
+        server = start_gateway(sim.url, auth="required", db=data / "clawweb.db", secret_key_file=data / "secret_key")
+    assert requests.get(server.url + "/login", timeout=5).status_code == 200
+    files = [*companions(data / "clawweb.db"), data / "secret_key"]
+    assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
+    assert mode(data) == 0o700
 
 
 def test_a_world_readable_database_from_before_is_made_private(tmp_path: Path) -> None:

@@ -13,23 +13,26 @@ import openai
 import pytest
 import requests
 
-from .foreign_ollama import MODEL, WORDS, ForeignOllama
-from .servers import Gateway
-from .sseclient import content_of, events
+from .support.factories import StartGateway
+from .support.foreign_ollama import MODEL, WORDS, ForeignOllama
+from .support.servers import Gateway
+from .support.sseclient import content_of, events
 
 ANSWER = "".join(WORDS)
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def foreign() -> Iterator[ForeignOllama]:
     upstream = ForeignOllama()
-    directory = tmp_path_factory.mktemp("foreign")
-    server = Gateway(directory / "gunicorn.log", upstream.url, heartbeat_s=0.5)
-    yield server
-    server.stop()
+    yield upstream
     upstream.close()
-    assert "Traceback" not in server.log, server.log
+
+
+@pytest.fixture(scope="module")
+def gateway(foreign: ForeignOllama, start_module_gateway: StartGateway) -> Gateway:
+    """Started after ``foreign``, so stopped before it."""
+    return start_module_gateway(foreign.url, heartbeat_s=0.5)
 
 
 def test_sse_ends_with_the_done_line_not_an_error(gateway: Gateway) -> None:

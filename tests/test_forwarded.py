@@ -6,7 +6,6 @@ that builds an Ollama body (native, SSE, the chat API, OpenAI), and the official
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import ollama
@@ -15,27 +14,23 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway
-from .simproc import SimProcess, start_simulator
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess
 
 MODEL = "qwen3:32b"
 HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
     # qwen3:evil exists upstream: only the gateway's CLAWWEB_MODELS stands between a user and it.
-    simulator = start_simulator("--ttft", "0.01", "--tps", "1000", "--tokens", "3", "--model", MODEL)
-    yield simulator
-    simulator.stop()
+    return start_module_simulator("--ttft", "0.01", "--tps", "1000", "--tokens", "3", "--model", MODEL)
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(tmp_path_factory.mktemp("forwarded") / "gunicorn.log", sim.url, models=MODEL, auth="off")
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, models=MODEL, auth="off")
 
 
 @pytest.fixture(autouse=True)

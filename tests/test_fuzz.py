@@ -43,8 +43,12 @@ from hypothesis.control import currently_in_test_context
 
 from clawweb.validation import OPTIONS, ROLES
 
-from .servers import Gateway, RedisServer, require
-from .simproc import SimProcess, start_simulator
+from .support.factories import StartGateway, StartRedis, StartSimulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess
+
+# Every test drives a gateway (some through `site`, whose servers come by name: markers cannot follow them).
+pytestmark = pytest.mark.integration
 
 MAX_BODY = 65536  # the fuzz gateway's CLAWWEB_MAX_BODY_BYTES: oversized bodies stay cheap to send
 MODEL = "qwen3:32b"  # the one model the simulator lists, and the gateway's default
@@ -147,32 +151,26 @@ def answered(
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.01", "--tps", "1000", "--tokens", "3")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.01", "--tps", "1000", "--tokens", "3")
 
 
 @pytest.fixture(scope="module")
-def fuzz(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
-    gateway = Gateway(
-        tmp_path_factory.mktemp("fuzz") / "gunicorn.log",
+def fuzz(sim: SimProcess, start_module_gateway: StartGateway) -> Fuzz:
+    gateway = start_module_gateway(
         sim.url,
         auth="required",
         max_body_bytes=MAX_BODY,
         login_attempts=100_000,  # the login fuzzing must reach the password check, not the throttle
         heartbeat_s=0.2,  # a reader waiting past the end of a live answer hears something soon
     )
-    try:
-        key = gateway.new_user("fuzz", PASSWORD)
-        headers = {"Authorization": f"Bearer {key}"}
-        (worker,) = worker_pids(gateway.proc.pid)
-        witness = conversation_with_answer(gateway, headers, "witness")
-        victim = conversation_with_answer(gateway, headers, "victim")
-        snapshot = requests.get(f"{gateway.url}/api/conversations/{witness}", headers=headers, timeout=10).content
-        yield Fuzz(gateway, sim, key, worker, victim, witness, snapshot)
-    finally:
-        gateway.stop()
+    key = gateway.new_user("fuzz", PASSWORD)
+    headers = {"Authorization": f"Bearer {key}"}
+    (worker,) = worker_pids(gateway.proc.pid)
+    witness = conversation_with_answer(gateway, headers, "witness")
+    victim = conversation_with_answer(gateway, headers, "victim")
+    snapshot = requests.get(f"{gateway.url}/api/conversations/{witness}", headers=headers, timeout=10).content
+    return Fuzz(gateway, sim, key, worker, victim, witness, snapshot)
 
 
 # --- what is sent, and what may come back -------------------------------------------------------------------------
@@ -416,7 +414,7 @@ def message_ok(body: dict[str, Any]) -> bool:
 @cache
 def texts(surrogates: bool, max_size: int = 30) -> st.SearchStrategy[str]:
     """Any text (every Unicode category, lone surrogates when asked); never a simulator ``#sim`` directive."""
-    alphabet = st.characters(exclude_categories=() if surrogates else ("Cs",))
+    alphabet = st.characters(exclude_categories=[] if surrogates else ["Cs"])
     return st.text(alphabet, max_size=max_size).filter(lambda text: "#sim" not in text)
 
 
@@ -635,13 +633,14 @@ def valid(route: str, surrogates: bool) -> st.SearchStrategy[dict[str, Any]]:
 
 
 def valid_base(route: str) -> dict[str, Any]:
-    return {
+    bases: dict[str, dict[str, Any]] = {
         "chat": {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "think": False},
         "create": {"title": "t", "model": MODEL, "system_prompt": "be brief"},
         "patch": {"title": "t"},
         "messages": {"content": "hello", "think": False},
         "regenerate": {"think": False},
-    }[route]
+    }
+    return bases[route]
 
 
 def dumps(value: Any) -> bytes:
@@ -691,9 +690,9 @@ def bodies(draw: st.DrawFn, route: str) -> Body:
     if kind == "raw bytes":
         data = draw(st.binary(max_size=300))
     elif kind == "non-utf8":
-        text = dumps(draw(st.one_of(st.just(base), shaped(route, surrogates))))
-        at = draw(st.integers(0, len(text)))
-        data = text[:at] + draw(BAD_UTF8) + text[at:]
+        encoded = dumps(draw(st.one_of(st.just(base), shaped(route, surrogates))))
+        at = draw(st.integers(0, len(encoded)))
+        data = encoded[:at] + draw(BAD_UTF8) + encoded[at:]
         if draw(st.booleans()):  # a whole body in another encoding (UTF-16/32 with a BOM, latin-1 with a non-ASCII)
             encoding = draw(st.sampled_from(["utf-16", "utf-32", "latin-1"]))
             data = json.dumps({**base, "title": "caf\u00e9"}, ensure_ascii=False).encode(encoding)
@@ -964,26 +963,21 @@ def memory_site(fuzz: Fuzz) -> Iterator[Site]:
 
 
 @pytest.fixture(scope="module")
-def redis_site(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    require("redis-server")
-    directory = tmp_path_factory.mktemp("fuzz-redis")
-    redis_server = RedisServer(directory / "redis")
-    shared = {"redis_url": redis_server.url, "db": str(directory / "clawweb.db"), "heartbeat_s": 0.1, "auth": "off"}
-    gateways: list[Gateway] = []
-    try:
-        gateways += [Gateway(directory / f"gw{i}.log", sim.url, **shared) for i in (1, 2)]
-        site = open_site("redis", gateways, {}, "")
-        yield site
-        close_site(site)
-    finally:
-        for gateway in gateways:
-            gateway.stop()
-        redis_server.stop()
-    for gateway in gateways:
-        assert "Traceback" not in gateway.log, gateway.log[-20_000:]
+def redis_site(
+    sim: SimProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    start_module_redis: StartRedis,
+    start_module_gateway: StartGateway,
+) -> Iterator[Site]:
+    redis_server = start_module_redis()
+    db = tmp_path_factory.mktemp("fuzz-redis") / "clawweb.db"
+    shared = {"redis_url": redis_server.url, "db": str(db), "heartbeat_s": 0.1, "auth": "off"}
+    site = open_site("redis", [start_module_gateway(sim.url, **shared) for _ in (1, 2)], {}, "")
+    yield site
+    close_site(site)
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def site(request: pytest.FixtureRequest) -> Site:
     return cast(Site, request.getfixturevalue(f"{request.param}_site"))
 

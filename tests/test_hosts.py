@@ -28,9 +28,10 @@ from clawweb.hosts import HealthChecker, Host, merge_listings, rank
 from clawweb.simulator import answer_tokens
 from clawweb.upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
 
-from .servers import Gateway, wait_for
-from .simproc import SimProcess, chat
-from .sseclient import Event, content_of, events
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway, wait_for
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, content_of, events
 
 A, B = "http://127.0.0.1:11434", "http://127.0.0.1:11436"
 SSE = {"Accept": "text/event-stream"}
@@ -251,7 +252,7 @@ def test_a_404_takes_the_model_off_that_hosts_list() -> None:
     responses.post(f"{first}/api/chat", status=404, json={"error": "model 'qwen3:32b' not found"})
     responses.post(f"{second}/api/chat", json=DONE)
     chat_through(client)
-    assert host(client, first).models == {"other:1"} and host(client, first).up
+    assert host(client, first).models == frozenset({"other:1"}) and host(client, first).up
     assert host(client, second).loaded == {"qwen3:32b"}  # it answered: the model is loaded there now
     for _ in range(3):
         assert chat_through(client) == (second, 200)
@@ -400,31 +401,25 @@ def test_readyz_reports_each_host(client: FlaskClient) -> None:
 SIM_TIMING = ("--ttft", "0.05", "--tps", "50", "--tokens", "12")
 
 
-def simulator(*models: str, extra: tuple[str, ...] = (), port: int | None = None) -> SimProcess:
-    args = [arg for model in models for arg in ("--model", model)]
-    return SimProcess(*args, *SIM_TIMING, *extra, *(("--port", str(port)) if port else ()))
+def sim_args(*models: str, extra: tuple[str, ...] = (), port: int | None = None) -> list[str]:
+    models_args = [arg for model in models for arg in ("--model", model)]
+    return [*models_args, *SIM_TIMING, *extra, *(("--port", str(port)) if port else ())]
+
+
+def gateway_on(start: StartGateway, *sims_: SimProcess) -> Gateway:
+    return start(",".join(s.url for s in sims_), heartbeat_s=0.3, read_timeout_s=5, default_model="s:1")
 
 
 @pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[SimProcess, SimProcess]]:
+def sims(start_module_simulator: StartSimulator) -> tuple[SimProcess, SimProcess]:
     # sim1 has one generation slot and no queue: a second generation there is Ollama's 503 "server busy".
-    sim1 = simulator("a:1", "s:1", "p:1", extra=("--parallel", "1", "--max-queue", "0"))
-    sim2 = simulator("b:1", "s:1", "p:1")
-    yield sim1, sim2
-    sim1.stop()
-    sim2.stop()
-
-
-def start_gateway(log: Path, *sims_: SimProcess) -> Gateway:
-    return Gateway(log, ",".join(s.url for s in sims_), heartbeat_s=0.3, read_timeout_s=5, default_model="s:1")
+    sim1 = start_module_simulator(*sim_args("a:1", "s:1", "p:1", extra=("--parallel", "1", "--max-queue", "0")))
+    return sim1, start_module_simulator(*sim_args("b:1", "s:1", "p:1"))
 
 
 @pytest.fixture(scope="module")
-def gateway(sims: tuple[SimProcess, SimProcess], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = start_gateway(tmp_path_factory.mktemp("hosts") / "gunicorn.log", *sims)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
+def gateway(sims: tuple[SimProcess, SimProcess], start_module_gateway: StartGateway) -> Gateway:
+    return gateway_on(start_module_gateway, *sims)
 
 
 def sse(gateway: Gateway, body: dict[str, Any], timeout: float = 15) -> tuple[int, list[Event]]:
@@ -601,63 +596,57 @@ def test_doctor_and_warmup_visit_every_host(sims: tuple[SimProcess, SimProcess])
     assert cli(sims, "c:1", "warmup").returncode == 1
 
 
-def test_failover_when_a_host_dies_and_recovery_without_a_restart(tmp_path: Path) -> None:
-    sim_a, sim_b = simulator("a:1", "s:1"), simulator("b:1", "s:1")
-    gateway = start_gateway(tmp_path / "gunicorn.log", sim_a, sim_b)
-    try:
-        for sim in (sim_a, sim_b):
-            load(sim, "s:1")
-        assert [h["up"] and h["model_loaded"] for h in refresh(gateway)["hosts"]] == [True, True]
-        reset(sim_a, sim_b)
+def test_failover_when_a_host_dies_and_recovery_without_a_restart(
+    start_simulator: StartSimulator, start_gateway: StartGateway
+) -> None:
+    sim_a, sim_b = start_simulator(*sim_args("a:1", "s:1")), start_simulator(*sim_args("b:1", "s:1"))
+    gateway = gateway_on(start_gateway, sim_a, sim_b)
+    for sim in (sim_a, sim_b):
+        load(sim, "s:1")
+    assert [h["up"] and h["model_loaded"] for h in refresh(gateway)["hosts"]] == [True, True]
+    reset(sim_a, sim_b)
 
-        # 1. Two streams wait for their first token, one on each host; then sim_a dies. Its stream moves over.
-        slow = chat({"ttft": 1.5, "tokens": 12}, model="s:1")
-        results: list[tuple[int, list[Event]]] = []
-        threads = [threading.Thread(target=lambda: results.append(sse(gateway, slow))) for _ in range(2)]
-        threads[0].start()
-        assert wait_for(lambda: sim_a.stats()["active"] + sim_b.stats()["active"] == 1, timeout=5)
-        threads[1].start()
-        assert wait_for(lambda: sim_a.stats()["active"] == 1 and sim_b.stats()["active"] == 1, timeout=5)
-        sim_a.signal(signal.SIGKILL)
-        sim_a.proc.wait()
-        for thread in threads:
-            thread.join()
-        assert [status for status, _ in results] == [200, 200]
-        assert all(answered(received) for _, received in results)
-        assert sim_b.stats()["completed"] == 2
+    # 1. Two streams wait for their first token, one on each host; then sim_a dies. Its stream moves over.
+    slow = chat({"ttft": 1.5, "tokens": 12}, model="s:1")
+    results: list[tuple[int, list[Event]]] = []
+    threads = [threading.Thread(target=lambda: results.append(sse(gateway, slow))) for _ in range(2)]
+    threads[0].start()
+    assert wait_for(lambda: sim_a.stats()["active"] + sim_b.stats()["active"] == 1, timeout=5)
+    threads[1].start()
+    assert wait_for(lambda: sim_a.stats()["active"] == 1 and sim_b.stats()["active"] == 1, timeout=5)
+    sim_a.signal(signal.SIGKILL)
+    sim_a.proc.wait()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in results] == [200, 200]
+    assert all(answered(received) for _, received in results)
+    assert sim_b.stats()["completed"] == 2
 
-        # 2. sim_a stays down: every request still succeeds, none errors.
-        for _ in range(3):
-            assert answered(sse(gateway, chat(model="s:1"))[1])
-            assert native(gateway, chat(model="s:1"))[-1]["done"] is True
-        refused = requests.post(gateway.url + "/api/chat", json=chat(model="a:1"), headers=SSE, timeout=10)
-        assert refused.status_code == 502  # only sim_a has a:1: a real status naming it, before any stream
-        assert refused.json()["error"] == f"cannot reach Ollama at {sim_a.url}: Connection refused"
-        ready = refresh(gateway)
-        assert ready["status"] == "ready" and [h["up"] for h in ready["hosts"]] == [False, True]
-        assert ready["hosts"][0]["error"] == "Connection refused"
-        metrics = requests.get(gateway.url + "/metrics", timeout=5).text
-        assert re.search(
-            rf'clawweb_upstream_host_failures_total{{host="{sim_a.url}",kind="unreachable"}} [1-9]', metrics
-        )
+    # 2. sim_a stays down: every request still succeeds, none errors.
+    for _ in range(3):
+        assert answered(sse(gateway, chat(model="s:1"))[1])
+        assert native(gateway, chat(model="s:1"))[-1]["done"] is True
+    refused = requests.post(gateway.url + "/api/chat", json=chat(model="a:1"), headers=SSE, timeout=10)
+    assert refused.status_code == 502  # only sim_a has a:1: a real status naming it, before any stream
+    assert refused.json()["error"] == f"cannot reach Ollama at {sim_a.url}: Connection refused"
+    ready = refresh(gateway)
+    assert ready["status"] == "ready" and [h["up"] for h in ready["hosts"]] == [False, True]
+    assert ready["hosts"][0]["error"] == "Connection refused"
+    metrics = requests.get(gateway.url + "/metrics", timeout=5).text
+    assert re.search(rf'clawweb_upstream_host_failures_total{{host="{sim_a.url}",kind="unreachable"}} [1-9]', metrics)
 
-        # 3. sim_a comes back on the same port: the background check notices, traffic returns (no /readyz here).
-        sim_a.stop()
-        sim_a = simulator("a:1", "s:1", port=sim_a.port)
-        load(sim_a, "s:1")  # warm, as `clawweb warmup` would: otherwise the loaded sim_b keeps all of s:1
+    # 3. sim_a comes back on the same port: the background check notices, traffic returns (no /readyz here).
+    sim_a.stop()
+    sim_a = start_simulator(*sim_args("a:1", "s:1", port=sim_a.port))
+    load(sim_a, "s:1")  # warm, as `clawweb warmup` would: otherwise the loaded sim_b keeps all of s:1
 
-        def sim_a_serves() -> bool:
-            sse(gateway, chat(model="s:1"))
-            return bool(sim_a.stats()["completed"])
+    def sim_a_serves() -> bool:
+        sse(gateway, chat(model="s:1"))
+        return bool(sim_a.stats()["completed"])
 
-        started = time.monotonic()
-        assert wait_for(sim_a_serves, timeout=8)
-        recovery_s = time.monotonic() - started
-        print(f"sim_a got s:1 traffic again {recovery_s:.2f} s after its restart")
-        assert answered(sse(gateway, chat(model="a:1"))[1])
-        assert [h["streams"] for h in refresh(gateway)["hosts"]] == [0, 0]  # failed attempts gave theirs back
-    finally:
-        gateway.stop()
-        sim_a.stop()
-        sim_b.stop()
-    assert "Traceback" not in gateway.log, gateway.log
+    started = time.monotonic()
+    assert wait_for(sim_a_serves, timeout=8)
+    recovery_s = time.monotonic() - started
+    print(f"sim_a got s:1 traffic again {recovery_s:.2f} s after its restart")
+    assert answered(sse(gateway, chat(model="a:1"))[1])
+    assert [h["streams"] for h in refresh(gateway)["hosts"]] == [0, 0]  # failed attempts gave theirs back

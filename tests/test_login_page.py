@@ -16,8 +16,9 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, e
 
 from clawweb.simulator import answer_tokens
 
-from .servers import ROOT, Gateway
-from .simproc import SimProcess, start_simulator
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import ROOT, Gateway
+from .support.simproc import SimProcess
 
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 USER = "alice"
@@ -26,25 +27,19 @@ COOKIE = "clawweb"
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.1", "--tps", "50")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.1", "--tps", "50")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(
         sim.url,
         auth="required",
         heartbeat_s=1,
         upstream_label="Ollama simulator",
         simulator=1,
     )
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
 
 
 @pytest.fixture(scope="module")

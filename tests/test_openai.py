@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -15,30 +16,25 @@ import requests
 
 from clawweb.simulator import answer_tokens, thinking_tokens
 
-from .servers import Gateway, wait_for
-from .simproc import SimProcess, start_simulator
-from .sseclient import events
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway, wait_for
+from .support.simproc import SimProcess
+from .support.sseclient import events
 
 HEARTBEAT_S = 0.3
 MODEL = "qwen3:32b"
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator(
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator(
         "--ttft", "0.05", "--tps", "100", "--tokens", "12", "--model", MODEL, "--model", "llama3:8b"
     )
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    log = tmp_path_factory.mktemp("gateway") / "gunicorn.log"
-    server = Gateway(log, sim.url, auth="required", heartbeat_s=HEARTBEAT_S, read_timeout_s=2.5)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log and "MonkeyPatchWarning" not in server.log, server.log
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, auth="required", heartbeat_s=HEARTBEAT_S, read_timeout_s=2.5)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +109,7 @@ def test_whole_answer_with_reasoning(client: openai.OpenAI) -> None:
 
 def test_stream_arrives_token_by_token(client: openai.OpenAI, sim: SimProcess) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=ask({"tokens": 8, "tps": 10}), reasoning_effort="none", stream=True
+        model=MODEL, messages=ask({"tokens": 10, "tps": 10}), reasoning_effort="none", stream=True
     )
     chunks, times = [], []
     for chunk in stream:  # ends by itself at `data: [DONE]`
@@ -122,9 +118,11 @@ def test_stream_arrives_token_by_token(client: openai.OpenAI, sim: SimProcess) -
     assert chunks[0].choices[0].delta.role == "assistant"
     assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
     tokens = [(c.choices[0].delta.content, t) for c, t in zip(chunks, times, strict=True) if c.choices[0].delta.content]
-    assert "".join(text for text, _ in tokens) == "".join(answer_tokens(8))
+    assert "".join(text for text, _ in tokens) == "".join(answer_tokens(10))
     gaps = [b[1] - a[1] for a, b in zip(tokens, tokens[1:], strict=False)]
-    assert min(gaps) > 0.05, gaps  # one token every 100 ms; a buffering relay would deliver them in one burst
+    # One token every 100 ms. A relay that buffers delivers them in one burst: every gap near 0. A busy machine
+    # may bunch a few (the simulator catches up on its schedule after a stall), never most of them.
+    assert statistics.median(gaps) > 0.05, gaps
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage is None
     assert sim.stats()["last_request"]["stream"] is True and sim.stats()["completed"] == 1
 
@@ -319,28 +317,23 @@ def test_client_leaving_a_stream_closes_upstream(client: openai.OpenAI, sim: Sim
     assert sim.stats()["completed"] == 0 and sim.stats()["active"] == 0
 
 
-def test_allow_list_queue_and_rate_limit_apply(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> None:
-    log = tmp_path_factory.mktemp("limited") / "gunicorn.log"
-    server = Gateway(log, sim.url, auth="required", models=MODEL, rate_per_minute=2, max_active=1)
-    try:
-        key = server.new_user("ann")
-        with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as limited:
-            assert [m.id for m in limited.models.list().data] == [MODEL]
-            with pytest.raises(openai.PermissionDeniedError) as denied:
-                limited.chat.completions.create(model="llama3:8b", messages=ask())
-            assert denied.value.body["type"] == "permission_error"  # type: ignore[index]
-            # One stream holds the only slot; the next waits in the queue with its place as a comment.
-            holding = limited.chat.completions.create(model=MODEL, messages=ask({"tokens": 10, "tps": 20}), stream=True)
-            next(iter(holding))
-            body = {"model": MODEL, "messages": ask({"tokens": 2}), "stream": True, "reasoning_effort": "none"}
-            queued = list(events(post(server, key, body, stream=True)))
-            assert ["queued position=1 active=1"] in [e.comments for e in queued]
-            assert json.loads(queued[-2].data)["choices"][0]["finish_reason"] == "stop"
-            assert len(list(holding)) > 10
-            with pytest.raises(openai.RateLimitError) as limit:
-                limited.chat.completions.create(model=MODEL, messages=ask())
-            assert int(limit.value.response.headers["Retry-After"]) > 0
-            assert limit.value.code == "rate_limit_exceeded"
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log, server.log
+def test_allow_list_queue_and_rate_limit_apply(sim: SimProcess, start_gateway: StartGateway) -> None:
+    server = start_gateway(sim.url, auth="required", models=MODEL, rate_per_minute=2, max_active=1)
+    key = server.new_user("ann")
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0) as limited:
+        assert [m.id for m in limited.models.list().data] == [MODEL]
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            limited.chat.completions.create(model="llama3:8b", messages=ask())
+        assert denied.value.body["type"] == "permission_error"  # type: ignore[index]
+        # One stream holds the only slot; the next waits in the queue with its place as a comment.
+        holding = limited.chat.completions.create(model=MODEL, messages=ask({"tokens": 10, "tps": 20}), stream=True)
+        next(iter(holding))
+        body = {"model": MODEL, "messages": ask({"tokens": 2}), "stream": True, "reasoning_effort": "none"}
+        queued = list(events(post(server, key, body, stream=True)))
+        assert ["queued position=1 active=1"] in [e.comments for e in queued]
+        assert json.loads(queued[-2].data)["choices"][0]["finish_reason"] == "stop"
+        assert len(list(holding)) > 10
+        with pytest.raises(openai.RateLimitError) as limit:
+            limited.chat.completions.create(model=MODEL, messages=ask())
+        assert int(limit.value.response.headers["Retry-After"]) > 0
+        assert limit.value.code == "rate_limit_exceeded"

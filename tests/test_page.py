@@ -6,7 +6,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,30 +13,21 @@ from playwright.sync_api import APIResponse, Browser, Locator, Page, expect
 
 from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
 
-from .servers import ROOT, CuttableProxy, Gateway
-from .simproc import SimProcess, start_simulator
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import ROOT, CuttableProxy, Gateway
+from .support.simproc import SimProcess
 
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.2", "--tps", "25")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.2", "--tps", "25")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log",
-        sim.url,
-        heartbeat_s=1,
-        upstream_label="Ollama simulator",
-        simulator=1,
-    )
-    yield server
-    server.stop()
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, heartbeat_s=1, upstream_label="Ollama simulator", simulator=1)
 
 
 @pytest.fixture
@@ -225,8 +215,10 @@ def test_errors_show_in_the_conversation_with_retry(page: Page) -> None:
     assert page.locator(".message.assistant").count() == 1  # the failed answer was replaced, not added to
 
 
-def test_queue_position_with_one_slot_and_two_tabs(browser: Browser, sim: SimProcess, tmp_path: Path) -> None:
-    server = Gateway(tmp_path / "gunicorn.log", sim.url, max_active=1)
+def test_queue_position_with_one_slot_and_two_tabs(
+    browser: Browser, sim: SimProcess, start_gateway: StartGateway
+) -> None:
+    server = start_gateway(sim.url, max_active=1)
     context = browser.new_context()
     try:
         first, second = context.new_page(), context.new_page()
@@ -241,7 +233,6 @@ def test_queue_position_with_one_slot_and_two_tabs(browser: Browser, sim: SimPro
         expect(second.locator("#queue")).to_have_text("")
     finally:
         context.close()
-        server.stop()
 
 
 @pytest.mark.parametrize(
@@ -268,6 +259,8 @@ def test_screenshots(browser: Browser, gateway: Gateway, name: str, options: dic
             assert page.locator("html").get_attribute("lang") == "zh-CN"
             expect(page.locator(".new-chat")).to_contain_text("新对话")
         if name == "phone":
-            assert not page.locator("#sidebar").is_visible() or page.locator("#sidebar").bounding_box()["x"] < 0
+            sidebar = page.locator("#sidebar")
+            box = sidebar.bounding_box()
+            assert not sidebar.is_visible() or (box is not None and box["x"] < 0)
     finally:
         context.close()

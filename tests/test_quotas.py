@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,22 @@ import requests
 
 from clawweb.storage import MIGRATIONS, Store
 
-from .servers import Gateway
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import events
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway
+from .support.simproc import SimProcess, chat
+from .support.sseclient import events
 
 QUOTA_BYTES = 20_000
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.02", "--tps", "100")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.02", "--tps", "100")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    server = Gateway(
-        tmp_path_factory.mktemp("gw") / "gunicorn.log",
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(
         sim.url,
         auth="required",
         heartbeat_s=0.3,
@@ -40,9 +37,6 @@ def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         quota_bytes=QUOTA_BYTES,
         quota_answers_per_day=3,
     )
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
 
 
 class Client:
@@ -183,51 +177,42 @@ def test_answers_a_day_are_429_until_midnight_on_every_route(gateway: Gateway, s
 
 
 def test_creating_conversations_is_rate_limited_and_refused_answers_are_given_back(
-    sim: SimProcess, tmp_path: Path
+    sim: SimProcess, start_gateway: StartGateway
 ) -> None:
-    server = Gateway(
-        tmp_path / "gunicorn.log",
+    server = start_gateway(
         sim.url,
         auth="required",
         conversations_per_minute=2,
         quota_answers_per_day=2,
         max_active_per_client=1,
     )
-    try:
-        alice, bob = Client(server, "rate-alice"), Client(server, "rate-bob")
-        assert [alice.create(title=t).status_code for t in ("a", "b")] == [201, 201]
-        over = alice.create(title="c")
-        refused(over, 429, "CLAWWEB_CONVERSATIONS_PER_MINUTE")
-        assert 0 < int(over.headers["Retry-After"]) <= 60
-        assert sorted(c["title"] for c in alice.conversations()) == ["a", "b"]
-        assert bob.create().status_code == 201
+    alice, bob = Client(server, "rate-alice"), Client(server, "rate-bob")
+    assert [alice.create(title=t).status_code for t in ("a", "b")] == [201, 201]
+    over = alice.create(title="c")
+    refused(over, 429, "CLAWWEB_CONVERSATIONS_PER_MINUTE")
+    assert 0 < int(over.headers["Retry-After"]) <= 60
+    assert sorted(c["title"] for c in alice.conversations()) == ["a", "b"]
+    assert bob.create().status_code == 201
 
-        # An answer refused a place in the admission queue (her one at a time is running) is not counted.
-        first, second = (c["id"] for c in alice.conversations())
-        running = alice.post(first, "long\n#sim " + json.dumps({"tokens": 2000}))
-        assert running.status_code == 202
-        refused(alice.post(second, "meanwhile"), 429, "CLAWWEB_MAX_ACTIVE_PER_CLIENT")
-        assert usage(server, alice.name)["answers_today"] == (1, 2)
-        assert alice.conversation(second)["messages"] == []
-        alice.call("DELETE", running.json()["generation"]["events_url"].removesuffix("/events"))
-        alice.finish(alice.post(second, "now"))
-        assert usage(server, alice.name)["answers_today"] == (2, 2)
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log, server.log
+    # An answer refused a place in the admission queue (her one at a time is running) is not counted.
+    first, second = (c["id"] for c in alice.conversations())
+    running = alice.post(first, "long\n#sim " + json.dumps({"tokens": 2000}))
+    assert running.status_code == 202
+    refused(alice.post(second, "meanwhile"), 429, "CLAWWEB_MAX_ACTIVE_PER_CLIENT")
+    assert usage(server, alice.name)["answers_today"] == (1, 2)
+    assert alice.conversation(second)["messages"] == []
+    alice.call("DELETE", running.json()["generation"]["events_url"].removesuffix("/events"))
+    alice.finish(alice.post(second, "now"))
+    assert usage(server, alice.name)["answers_today"] == (2, 2)
 
 
-def test_open_mode_counts_as_one_user(sim: SimProcess, tmp_path: Path) -> None:
-    server = Gateway(tmp_path / "gunicorn.log", sim.url, quota_conversations=2)  # loopback: open mode
-    try:
-        made = [requests.post(server.url + "/api/conversations", json={}, timeout=10) for _ in range(3)]
-        assert [r.status_code for r in made[:2]] == [201, 201]
-        refused(made[2], 403, "CLAWWEB_QUOTA_CONVERSATIONS")
-        report = server.cli("users", "usage")
-        assert re.search(r"^\(open mode\)\s+2 of 2\s+0 of 500000000\s+0 of no limit$", report, re.M), report
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log, server.log
+def test_open_mode_counts_as_one_user(sim: SimProcess, start_gateway: StartGateway) -> None:
+    server = start_gateway(sim.url, quota_conversations=2)  # loopback: open mode
+    made = [requests.post(server.url + "/api/conversations", json={}, timeout=10) for _ in range(3)]
+    assert [r.status_code for r in made[:2]] == [201, 201]
+    refused(made[2], 403, "CLAWWEB_QUOTA_CONVERSATIONS")
+    report = server.cli("users", "usage")
+    assert re.search(r"^\(open mode\)\s+2 of 2\s+0 of 500000000\s+0 of no limit$", report, re.M), report
 
 
 # --- the bookkeeping, on the store itself ----------------------------------------------------------------------

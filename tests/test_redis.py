@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +21,36 @@ from playwright.sync_api import Browser, expect
 
 from clawweb.simulator import answer_tokens
 
-from .servers import BIN, ROOT, Gateway, RedisServer, require, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.factories import StartGateway, StartRedis, StartSimulator
+from .support.servers import BIN, ROOT, Gateway, RedisServer, wait_for
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, content_of, events
 
 SSE = {"Accept": "text/event-stream"}
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    require("redis-server")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+def redis_server(start_module_redis: StartRedis) -> RedisServer:
+    return start_module_redis()
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "40")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "40")
 
 
 @pytest.fixture(scope="module")
 def pair(
-    redis_server: RedisServer, sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Gateway]]:
+    redis_server: RedisServer,
+    sim: SimProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    start_module_gateway: StartGateway,
+) -> list[Gateway]:
     """Two gateways, as on two hosts: one database file (as a shared volume would be), one Redis."""
-    directory = tmp_path_factory.mktemp("pair")
-    shared = {"redis_url": redis_server.url, "db": str(directory / "clawweb.db"), "heartbeat_s": 0.3}
+    db = tmp_path_factory.mktemp("pair") / "clawweb.db"
+    shared = {"redis_url": redis_server.url, "db": str(db), "heartbeat_s": 0.3}
     limits = {"max_active": 1, "max_queue": 4, "max_active_per_client": 2, "trusted_proxies": 1, "auth": "off"}
-    gateways = [Gateway(directory / f"gw{i}.log", sim.url, **shared, **limits) for i in (1, 2)]
-    yield gateways
-    for gateway in gateways:
-        gateway.stop()
-        assert "Traceback" not in gateway.log, gateway.log
+    return [start_module_gateway(sim.url, **shared, **limits) for _ in (1, 2)]
 
 
 def start_answer(gateway: Gateway, directive: dict[str, Any]) -> dict[str, Any]:
@@ -161,20 +155,19 @@ def test_admission_limits_hold_across_both_processes(pair: list[Gateway]) -> Non
         response.close()
 
 
-def test_two_workers_share_resume(redis_server: RedisServer, sim: SimProcess, tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path / "gw.log", sim.url, workers=2, redis_url=redis_server.url, heartbeat_s=0.3)
-    try:
-        generation = start_answer(gateway, {"tokens": 60, "tps": 60})
-        received: list[Event] = []
-        while not received or received[-1].event != "done":  # a new connection each time: either worker
-            received += read_events(gateway, generation, received[-1].id if received else None, limit=5)
-        assert tokens_of(received) == "".join(answer_tokens(60))
-        assert len({e.id for e in received}) == len(received)
-    finally:
-        gateway.stop()
-    assert gateway.log.count("Booting worker") == 2 and "Traceback" not in gateway.log
+def test_two_workers_share_resume(redis_server: RedisServer, sim: SimProcess, start_gateway: StartGateway) -> None:
+    gateway = start_gateway(sim.url, workers=2, redis_url=redis_server.url, heartbeat_s=0.3)
+    generation = start_answer(gateway, {"tokens": 60, "tps": 60})
+    received: list[Event] = []
+    while not received or received[-1].event != "done":  # a new connection each time: either worker
+        received += read_events(gateway, generation, received[-1].id if received else None, limit=5)
+    assert tokens_of(received) == "".join(answer_tokens(60))
+    assert len({e.id for e in received}) == len(received)
+    gateway.stop()
+    assert gateway.log.count("Booting worker") == 2
 
 
+@pytest.mark.integration  # gunicorn itself, refusing to start
 def test_several_workers_without_redis_are_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
@@ -209,65 +202,51 @@ def test_the_page_continues_an_answer_on_the_other_host(browser: Browser, pair: 
 
 
 def test_an_answer_whose_worker_was_killed_is_known_dead_elsewhere(
-    redis_server: RedisServer, sim: SimProcess, tmp_path: Path
+    redis_server: RedisServer, sim: SimProcess, tmp_path: Path, start_gateway: StartGateway
 ) -> None:
     """The process running an answer is SIGKILLed: within its lease (3 heartbeats) the other process says the
     answer ended, marks it interrupted, and the conversation takes new messages again."""
     shared = {"redis_url": redis_server.url, "db": str(tmp_path / "clawweb.db"), "heartbeat_s": 0.3}
-    doomed, survivor = (Gateway(tmp_path / f"{name}.log", sim.url, **shared) for name in ("doomed", "survivor"))
-    try:
-        generation = start_answer(doomed, {"tokens": 400, "tps": 20})
-        assert tokens_of(read_events(survivor, generation, None, limit=3))
-        os.killpg(doomed.proc.pid, signal.SIGKILL)  # the master and its worker, no chance to clean up
-        state = f"{survivor.url}/api/generations/{generation['id']}"
-        # The lease is 0.9 s; a machine busy with the other test process may take a few times that.
-        assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=15)
-        replay = read_events(survivor, generation, None)  # the log now ends with the error, for every reader
-        assert replay[-1].event == "error" and "interrupted" in replay[-1].json()["error"]
-        after_end = {"Last-Event-ID": replay[-1].id or ""}
-        assert requests.get(survivor.url + generation["events_url"], headers=after_end, timeout=5).status_code == 204
-        conversation_url = f"{survivor.url}/api/conversations/{generation['conversation_id']}"
-        answer = requests.get(conversation_url, timeout=5).json()["messages"][-1]
-        assert answer["status"] == "error" and "interrupted" in answer["error"]
-        message = {"content": 'hello\n#sim {"tokens": 3}'}
-        again = requests.post(conversation_url + "/messages", json=message, timeout=5)
-        assert again.status_code == 202, again.text
-        assert tokens_of(read_events(survivor, again.json()["generation"], None)) == "".join(answer_tokens(3))
-    finally:
-        doomed.stop()
-        survivor.stop()
-    assert "Traceback" not in survivor.log
+    doomed, survivor = start_gateway(sim.url, **shared), start_gateway(sim.url, **shared)
+    generation = start_answer(doomed, {"tokens": 400, "tps": 20})
+    assert tokens_of(read_events(survivor, generation, None, limit=3))
+    os.killpg(doomed.proc.pid, signal.SIGKILL)  # the master and its worker, no chance to clean up
+    state = f"{survivor.url}/api/generations/{generation['id']}"
+    # The lease is 0.9 s; a machine busy with the other test process may take a few times that.
+    assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=15)
+    replay = read_events(survivor, generation, None)  # the log now ends with the error, for every reader
+    assert replay[-1].event == "error" and "interrupted" in replay[-1].json()["error"]
+    after_end = {"Last-Event-ID": replay[-1].id or ""}
+    assert requests.get(survivor.url + generation["events_url"], headers=after_end, timeout=5).status_code == 204
+    conversation_url = f"{survivor.url}/api/conversations/{generation['conversation_id']}"
+    answer = requests.get(conversation_url, timeout=5).json()["messages"][-1]
+    assert answer["status"] == "error" and "interrupted" in answer["error"]
+    message = {"content": 'hello\n#sim {"tokens": 3}'}
+    again = requests.post(conversation_url + "/messages", json=message, timeout=5)
+    assert again.status_code == 202, again.text
+    assert tokens_of(read_events(survivor, again.json()["generation"], None)) == "".join(answer_tokens(3))
 
 
 def test_an_installation_sharing_the_redis_leaves_the_others_answers_alone(
-    redis_server: RedisServer, sim: SimProcess, tmp_path: Path
+    redis_server: RedisServer, sim: SimProcess, tmp_path: Path, start_gateway: StartGateway
 ) -> None:
     """Two installations on one Redis, each with its own database (a staging and a production gateway on the
     same redis-server, say): when one's worker dies, the other must not end its answer. It cannot see that
     database, and ending it would write the text into its own message of the same id."""
-    foreign = Gateway(tmp_path / "foreign.log", sim.url, redis_url=redis_server.url, heartbeat_s=0.3)
-    directory = tmp_path / "ours"
-    directory.mkdir()
-    shared = {"redis_url": redis_server.url, "db": str(directory / "clawweb.db"), "heartbeat_s": 0.3}
-    doomed = Gateway(directory / "doomed.log", sim.url, **shared)
-    survivor: Gateway | None = None
-    try:
-        theirs = start_answer(foreign, {"tokens": 2})  # message ids 1 and 2 there: the same as ours below
-        assert tokens_of(read_events(foreign, theirs, None)) == "".join(answer_tokens(2))
-        conversation_url = f"{foreign.url}/api/conversations/{theirs['conversation_id']}"
-        before = requests.get(conversation_url, timeout=5).json()["messages"]
-        ours = start_answer(doomed, {"tokens": 400, "tps": 20})
-        assert ours["message_id"] == theirs["message_id"]
-        assert tokens_of(read_events(foreign, ours, None, limit=3))  # the foreign one follows it: it knows of it
-        os.killpg(doomed.proc.pid, signal.SIGKILL)
-        time.sleep(3)  # ten rounds of the foreign lease loop
-        assert requests.get(f"{foreign.url}/api/generations/{ours['id']}", timeout=5).json()["status"] == "streaming"
-        assert requests.get(conversation_url, timeout=5).json()["messages"] == before
-        survivor = Gateway(directory / "survivor.log", sim.url, **shared)  # one of its own: it ends it
-        state = f"{survivor.url}/api/generations/{ours['id']}"
-        assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=15)
-    finally:
-        for gateway in (foreign, doomed, survivor):
-            if gateway is not None:
-                gateway.stop()
-    assert "Traceback" not in foreign.log
+    foreign = start_gateway(sim.url, redis_url=redis_server.url, heartbeat_s=0.3)  # a database of its own
+    shared = {"redis_url": redis_server.url, "db": str(tmp_path / "ours.db"), "heartbeat_s": 0.3}
+    doomed = start_gateway(sim.url, **shared)
+    theirs = start_answer(foreign, {"tokens": 2})  # message ids 1 and 2 there: the same as ours below
+    assert tokens_of(read_events(foreign, theirs, None)) == "".join(answer_tokens(2))
+    conversation_url = f"{foreign.url}/api/conversations/{theirs['conversation_id']}"
+    before = requests.get(conversation_url, timeout=5).json()["messages"]
+    ours = start_answer(doomed, {"tokens": 400, "tps": 20})
+    assert ours["message_id"] == theirs["message_id"]
+    assert tokens_of(read_events(foreign, ours, None, limit=3))  # the foreign one follows it: it knows of it
+    os.killpg(doomed.proc.pid, signal.SIGKILL)
+    time.sleep(3)  # ten rounds of the foreign lease loop
+    assert requests.get(f"{foreign.url}/api/generations/{ours['id']}", timeout=5).json()["status"] == "streaming"
+    assert requests.get(conversation_url, timeout=5).json()["messages"] == before
+    survivor = start_gateway(sim.url, **shared)  # one of its own: it ends it
+    state = f"{survivor.url}/api/generations/{ours['id']}"
+    assert wait_for(lambda: requests.get(state, timeout=5).json()["status"] == "error", timeout=15)

@@ -6,8 +6,6 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ollama
@@ -16,9 +14,10 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
-from .servers import Gateway, free_port, wait_for
-from .simproc import SimProcess, chat, start_simulator
-from .sseclient import Event, content_of, events
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway, free_port, wait_for
+from .support.simproc import SimProcess, chat
+from .support.sseclient import Event, content_of, events
 
 HEARTBEAT_S = 0.3
 READ_TIMEOUT_S = 2.5
@@ -26,19 +25,13 @@ SSE = {"Accept": "text/event-stream"}
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "50", "--tokens", "12")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "50", "--tokens", "12")
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    log = tmp_path_factory.mktemp("gateway") / "gunicorn.log"
-    server = Gateway(log, sim.url, heartbeat_s=HEARTBEAT_S, read_timeout_s=READ_TIMEOUT_S)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log and "MonkeyPatchWarning" not in server.log, server.log
+def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, heartbeat_s=HEARTBEAT_S, read_timeout_s=READ_TIMEOUT_S)
 
 
 @pytest.fixture(autouse=True)
@@ -143,16 +136,13 @@ def test_what_ollama_says_at_once_is_a_status_before_the_stream(
     assert wait_for(lambda: sim.stats()["active"] == 0)
 
 
-def test_unreachable_ollama_is_a_502_naming_the_url(tmp_path: Path) -> None:
+def test_unreachable_ollama_is_a_502_naming_the_url(start_gateway: StartGateway) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    server = Gateway(tmp_path / "gunicorn.log", dead)
-    try:
-        response = requests.post(server.url + "/api/chat", json=chat(), headers=SSE, timeout=10)
-        assert response.status_code == 502
-        assert response.json()["error"] == f"cannot reach Ollama at {dead}: Connection refused"
-        assert requests.get(server.url + "/api/tags", timeout=10).status_code == 502
-    finally:
-        server.stop()
+    server = start_gateway(dead)
+    response = requests.post(server.url + "/api/chat", json=chat(), headers=SSE, timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"] == f"cannot reach Ollama at {dead}: Connection refused"
+    assert requests.get(server.url + "/api/tags", timeout=10).status_code == 502
 
 
 # --- errors after the stream started: an `event: error` frame, then a clean end ------------------------------
@@ -225,36 +215,36 @@ def test_disconnect_mid_answer_closes_upstream(gateway: Gateway, sim: SimProcess
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_worker_stop_ends_open_streams_with_a_final_frame(tmp_path: Path, sim: SimProcess, signum: int) -> None:
-    server = Gateway(tmp_path / "gunicorn.log", sim.url, heartbeat_s=HEARTBEAT_S)
-    try:
-        streams = [
-            requests.post(
-                server.url + "/api/chat", json=chat({"tokens": 1000, "tps": 10}), headers=SSE, stream=True, timeout=10
-            )
-            for _ in range(3)
-        ]
-        readers = [events(r) for r in streams]
-        for reader in readers:
-            next(e for e in reader if e.data_lines)  # each stream is relaying tokens
-        started = time.monotonic()
-        server.signal(signum)
-        for reader in readers:
-            rest = list(reader)  # ends: the worker closed the stream itself
-            assert rest[-1].event == "error"
-            assert rest[-1].json() == {"error": "the gateway is restarting; please retry"}
-        assert time.monotonic() - started < 3  # far inside graceful_timeout: nothing waits for SIGKILL
-        assert wait_for(lambda: sim.stats()["disconnects"] == 3)  # the upstream requests were closed
-        if signum == signal.SIGHUP:
-            # A new worker serves the reconnect. Until the old worker closes its listener (within a second)
-            # it may still accept one; that stream ends at once with the same "restarting" frame.
-            def served() -> bool:
-                _, received = stream(server, chat({"tokens": 2}))
-                return content_of(received) == "".join(answer_tokens(2))
+def test_worker_stop_ends_open_streams_with_a_final_frame(
+    sim: SimProcess, signum: int, start_gateway: StartGateway
+) -> None:
+    server = start_gateway(sim.url, heartbeat_s=HEARTBEAT_S)
+    streams = [
+        requests.post(
+            server.url + "/api/chat", json=chat({"tokens": 1000, "tps": 10}), headers=SSE, stream=True, timeout=10
+        )
+        for _ in range(3)
+    ]
+    readers = [events(r) for r in streams]
+    for reader in readers:
+        next(e for e in reader if e.data_lines)  # each stream is relaying tokens
+    started = time.monotonic()
+    server.signal(signum)
+    for reader in readers:
+        rest = list(reader)  # ends: the worker closed the stream itself
+        assert rest[-1].event == "error"
+        assert rest[-1].json() == {"error": "the gateway is restarting; please retry"}
+    assert time.monotonic() - started < 3  # far inside graceful_timeout: nothing waits for SIGKILL
+    assert wait_for(lambda: sim.stats()["disconnects"] == 3)  # the upstream requests were closed
+    if signum == signal.SIGHUP:
+        # A new worker serves the reconnect. Until the old worker closes its listener (within a second)
+        # it may still accept one; that stream ends at once with the same "restarting" frame.
+        def served() -> bool:
+            _, received = stream(server, chat({"tokens": 2}))
+            return content_of(received) == "".join(answer_tokens(2))
 
-            assert wait_for(served, timeout=5)
-    finally:
-        assert server.stop() == 0
+        assert wait_for(served, timeout=5)
+    assert server.stop() == 0
     assert "graceful timeout" not in server.log.lower()
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from .servers import BIN, ROOT, ServerProcess, free_port
-from .sseclient import content_of, events
+from .support.factories import log_problem
+from .support.servers import BIN, ROOT, ServerProcess, free_port
+from .support.sseclient import content_of, events
+
+pytestmark = pytest.mark.integration  # scripts/run.sh and gunicorn, started for real
 
 
 def test_make_run_falls_back_to_the_simulator_and_says_so(tmp_path: Path) -> None:
@@ -34,7 +37,7 @@ def test_make_run_falls_back_to_the_simulator_and_says_so(tmp_path: Path) -> Non
             assert content_of(list(events(r)))
     finally:
         assert server.stop() == 0
-    assert "Traceback" not in server.log
+    assert log_problem(server.log) is None, server.log  # the gateway's log rule (conftest), for run.sh's gateway
     with pytest.raises(requests.ConnectionError):  # the simulator went away with it
         requests.get(f"http://127.0.0.1:{sim_port}/", timeout=1)
 

@@ -3,11 +3,12 @@ file, open redirects, and the limits across workers through Redis. All against a
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -17,37 +18,31 @@ import requests
 from clawweb import auth
 from clawweb.config import load_settings
 
-from .servers import Gateway, RedisServer, require, wait_for
-from .simproc import SimProcess, chat, start_simulator
+from .support.factories import StartGateway, StartRedis, StartSimulator
+from .support.servers import Gateway, wait_for
+from .support.simproc import SimProcess, chat
 from .test_auth import PASSWORD, bearer, form_token, log_in, page_token
 
 ATTEMPTS = 5
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.02", "--tps", "500")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.02", "--tps", "500")
 
 
 @pytest.fixture
-def gateway(sim: SimProcess, tmp_path: Path) -> Iterator[Gateway]:
+def gateway(sim: SimProcess, start_gateway: StartGateway) -> Gateway:
     """A fresh gateway per test: the login windows start empty."""
-    server = Gateway(tmp_path / "gunicorn.log", sim.url, auth="required", login_attempts=ATTEMPTS)
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
+    return start_gateway(sim.url, auth="required", login_attempts=ATTEMPTS)
 
 
 @pytest.fixture(scope="module")
-def shared(sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def shared(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
     """One gateway for the tests that leave the login windows alone."""
-    server = Gateway(tmp_path_factory.mktemp("shared") / "gunicorn.log", sim.url, auth="required")
+    server = start_module_gateway(sim.url, auth="required")
     server.new_user("redirecter")
-    yield server
-    server.stop()
-    assert "Traceback" not in server.log, server.log
+    return server
 
 
 def login_attempt(gateway: Gateway, name: str, password: str, session: requests.Session | None = None) -> int:
@@ -79,11 +74,11 @@ def all_at_once(attempts: list[Callable[[], int]]) -> list[int]:
 
 def prepared(gateway: Gateway, guesses: list[tuple[str, str]]) -> list[Callable[[], int]]:
     """One browser per guess, each with its login form's token already fetched, so only the posts race."""
-    attempts = []
+    attempts: list[Callable[[], int]] = []
     for name, password in guesses:
         session = requests.Session()
         token = form_token(session.get(gateway.url + "/login", timeout=5).text)
-        attempts.append(lambda s=session, t=token, n=name, p=password: post_login(gateway, s, t, n, p))
+        attempts.append(functools.partial(post_login, gateway, session, token, name, password))
     return attempts
 
 
@@ -238,6 +233,7 @@ def _read_key(path: str, barrier: multiprocessing.synchronize.Barrier, results: 
     results.put(auth._secret_key(load_settings({}, {"secret_key_file": path})))
 
 
+@pytest.mark.integration  # 240 forked processes
 def test_racing_workers_all_read_the_same_whole_key(tmp_path: Path) -> None:
     context = multiprocessing.get_context("fork")
     for round_ in range(10):
@@ -282,20 +278,14 @@ def test_the_login_redirects_only_to_a_path_on_this_site(shared: Gateway, target
 # --- 7. open mode ignores keys that are not clawweb's ------------------------------------------------------------
 
 
-def test_open_mode_takes_the_documented_ollama_api_key(sim: SimProcess, tmp_path: Path) -> None:
-    server = Gateway(tmp_path / "gunicorn.log", sim.url)  # loopback bind, no proxy: open mode
-    try:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="ollama")  # as Ollama's docs show it
-        answer = client.chat.completions.create(model="qwen3:32b", messages=chat({"tokens": 3})["messages"])
-        assert answer.choices[0].message.content
-        for header in ("Bearer ollama", "Bearer cw_revoked-or-made-up", "Basic b2xsYW1hOg=="):
-            response = requests.post(
-                server.url + "/api/chat", json=chat({"tokens": 2}), headers={"Authorization": header}
-            )
-            assert response.status_code == 200, (header, response.text)
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log
+def test_open_mode_takes_the_documented_ollama_api_key(sim: SimProcess, start_gateway: StartGateway) -> None:
+    server = start_gateway(sim.url)  # loopback bind, no proxy: open mode
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="ollama")  # as Ollama's docs show it
+    answer = client.chat.completions.create(model="qwen3:32b", messages=chat({"tokens": 3})["messages"])
+    assert answer.choices[0].message.content
+    for header in ("Bearer ollama", "Bearer cw_revoked-or-made-up", "Basic b2xsYW1hOg=="):
+        response = requests.post(server.url + "/api/chat", json=chat({"tokens": 2}), headers={"Authorization": header})
+        assert response.status_code == 200, (header, response.text)
 
 
 def test_with_accounts_a_foreign_key_is_still_refused(shared: Gateway) -> None:
@@ -307,11 +297,9 @@ def test_with_accounts_a_foreign_key_is_still_refused(shared: Gateway) -> None:
 
 
 @pytest.fixture
-def workers(sim: SimProcess, tmp_path: Path) -> Iterator[Gateway]:
-    require("redis-server")
-    redis = RedisServer(tmp_path / "redis")
-    server = Gateway(
-        tmp_path / "gunicorn.log",
+def workers(sim: SimProcess, start_redis: StartRedis, start_gateway: StartGateway) -> Gateway:
+    redis = start_redis()
+    return start_gateway(
         sim.url,
         auth="required",
         workers=3,
@@ -320,10 +308,6 @@ def workers(sim: SimProcess, tmp_path: Path) -> Iterator[Gateway]:
         max_active_per_client=100,  # only the rate limits these answers
         login_attempts=ATTEMPTS,
     )
-    yield server
-    server.stop()
-    redis.stop()
-    assert "Traceback" not in server.log, server.log
 
 
 def test_answer_rate_and_login_throttle_hold_across_three_workers(workers: Gateway) -> None:

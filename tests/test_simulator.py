@@ -6,7 +6,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,14 +13,13 @@ import requests
 
 from clawweb.simulator import SimConfig, answer_tokens, default_tokens, go_json, rfc3339, thinking_tokens, tokenize
 
-from .simproc import SimProcess, start_simulator
+from .support.factories import StartSimulator
+from .support.simproc import SimProcess
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    simulator = start_simulator("--ttft", "0.05", "--tps", "50", "--parallel", "2", "--max-queue", "1")
-    yield simulator
-    simulator.stop()
+def sim(start_module_simulator: StartSimulator) -> SimProcess:
+    return start_module_simulator("--ttft", "0.05", "--tps", "50", "--parallel", "2", "--max-queue", "1")
 
 
 def body(directive: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
@@ -93,15 +91,12 @@ def test_thinking_native_then_content(sim: SimProcess) -> None:
     assert "".join(p["message"]["content"] for p in parsed) == "".join(answer_tokens(2))
 
 
-def test_thinking_in_tags_for_old_servers() -> None:
+def test_thinking_in_tags_for_old_servers(start_simulator: StartSimulator) -> None:
     old = start_simulator("--think-style", "tags", "--ttft", "0", "--tps", "100")
-    try:
-        parsed = lines(requests.post(old.url + "/api/chat", json=body({"tokens": 2, "think_tokens": 2})))
-        content = "".join(p["message"]["content"] for p in parsed)
-        assert content == "<think>" + "".join(thinking_tokens(2)) + "</think>\n\n" + "".join(answer_tokens(2))
-        assert not any("thinking" in p["message"] for p in parsed)
-    finally:
-        old.stop()
+    parsed = lines(requests.post(old.url + "/api/chat", json=body({"tokens": 2, "think_tokens": 2})))
+    content = "".join(p["message"]["content"] for p in parsed)
+    assert content == "<think>" + "".join(thinking_tokens(2)) + "</think>\n\n" + "".join(answer_tokens(2))
+    assert not any("thinking" in p["message"] for p in parsed)
 
 
 def test_stream_false_is_one_object(sim: SimProcess) -> None:

@@ -228,6 +228,7 @@ def test_readme_lists_every_setting() -> None:
         assert f"| `CLAWWEB_{field.name.upper()}` |" in readme, field.name
 
 
+@pytest.mark.integration  # worker processes, as gunicorn starts them
 def test_workers_starting_together_migrate_a_new_database_once(tmp_path: Path) -> None:
     """Several gunicorn workers open a new database at the same moment: exactly one creates the tables."""
     script = (

@@ -39,10 +39,6 @@ class SimProcess(ServerProcess):
         return dict(requests.post(self.url + "/_sim/reset", timeout=5).json())
 
 
-def start_simulator(*args: str) -> SimProcess:
-    return SimProcess(*args)
-
-
 def chat(directive: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     """An /api/chat body whose last user message carries a ``#sim`` directive for the simulator."""
     content = "hello" + (f"\n#sim {json.dumps(directive)}" if directive else "")

@@ -4,6 +4,7 @@ polled until it answers, its log kept in a file, stopped (and killed if need be)
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -25,6 +26,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def accepts(port: int) -> bool:
+    """Something listens on this loopback port (a refused connection raises, for ``wait_until``)."""
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
 
 
 def require(program: str) -> str:
@@ -52,6 +59,7 @@ class ServerProcess:
     """A child process in its own session (so a signal reaches it alone), logging into ``log_path``."""
 
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
         self.log_path = log_path
         self._log_file = open(log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
@@ -71,7 +79,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.proc.args} exited with {self.proc.returncode}:\n{self.log}")
+                raise RuntimeError(f"{shlex.join(self.argv)} exited with {self.proc.returncode}:\n{self.log}")
             try:
                 if ready():
                     return
@@ -79,7 +87,7 @@ class ServerProcess:
                 pass
             time.sleep(0.05)
         self.stop()  # a server that never got ready must not outlive the test
-        raise RuntimeError(f"{self.proc.args} not ready after {timeout} s:\n{self.log}")
+        raise RuntimeError(f"{shlex.join(self.argv)} not ready after {timeout} s:\n{self.log}")
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -309,4 +317,4 @@ http {{
         super().__init__(
             [nginx, "-p", str(directory), "-c", str(self.conf), "-g", "daemon off;"], directory / "nginx.out"
         )
-        self.wait_until(lambda: socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close() is None)
+        self.wait_until(lambda: accepts(self.https_port))
