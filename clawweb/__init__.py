@@ -37,10 +37,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         openai_api,
         pages,
         shared,
-        upstream,
     )
     from .config import load_settings, redact_url
     from .drain import DrainBody
+    from .upstream import client as upstream
 
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")

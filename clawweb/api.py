@@ -20,14 +20,14 @@ from .errors import ApiError
 from .limits import Throttled, Window, make_window
 from .metrics import StreamStats
 from .relay import Relay, native_response, sse_response
-from .upstream import get_client, model_key
+from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
+from .upstream.wire import model_key
 from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger("gunicorn.error")
 
 PASS_THROUGH = ("/api/tags", "/api/ps", "/api/version")
-PASS_THROUGH_TIMEOUT_S = 10.0  # these answer from Ollama's memory; a slow one means trouble, not a model load
 
 
 def _wants_sse() -> bool:

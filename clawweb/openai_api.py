@@ -20,13 +20,15 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import sse
 from .admission import RETRY_AFTER_BUSY_S
-from .api import PASS_THROUGH_TIMEOUT_S, admit, allowed
+from .api import admit, allowed
 from .config import Settings, get_settings
 from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, OpenAIError, error_body, finish_reason, to_ollama
 from .relay import Queued, Relay, streaming_response
 from .stream import HEARTBEAT, Failure
-from .upstream import OllamaTimeout, get_client, model_key
+from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
+from .upstream.errors import OllamaTimeout
+from .upstream.wire import model_key, ollama_error_text
 from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -166,10 +168,8 @@ def whole_completion(relay: Relay, completion: Completion) -> Response:
 
 
 def _upstream_message(response: requests.Response) -> str:
-    try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return f"Ollama answered HTTP {response.status_code}"
+    message = ollama_error_text(response.content)
+    return f"Ollama answered HTTP {response.status_code}" if message is None else message
 
 
 @bp.post("/chat/completions")

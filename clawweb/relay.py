@@ -25,7 +25,7 @@ from .metrics import StreamStats
 from .send_watch import WATCH
 from .shared import unavailable_message
 from .stream import HEARTBEAT, Failure, UpstreamStream
-from .upstream import OllamaClient
+from .upstream.client import OllamaClient
 
 # How long a request waits, before its stream starts, for Ollama to answer or refuse: a refused connection or an
 # error status comes within milliseconds; a slow answer is a model loading, and heartbeats must flow meanwhile.

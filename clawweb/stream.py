@@ -22,7 +22,10 @@ import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from . import lifecycle
-from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable, Opened
+from .upstream.client import OllamaClient
+from .upstream.errors import OllamaTimeout, OllamaUnreachable
+from .upstream.failover import Opened
+from .upstream.wire import ollama_error_text
 
 log = logging.getLogger("gunicorn.error")
 
@@ -68,9 +71,8 @@ def classify(line: bytes) -> tuple[bool, str | None]:
 
 def _status_failure(response: requests.Response) -> Failure:
     body = response.content
-    try:
-        message = str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
+    message = ollama_error_text(body)
+    if message is None:
         message = f"Ollama answered HTTP {response.status_code}" + ("" if body else " with an empty body")
     return Failure(message, "status", response.status_code, body)
 
