@@ -19,7 +19,8 @@ from .config import Settings, get_settings
 from .errors import ApiError
 from .limits import Throttled, Window, make_window
 from .metrics import StreamStats
-from .relay import Relay, native_response, sse_response
+from .relay.relay import Relay
+from .relay.responses import native_response, sse_response
 from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
 from .upstream.wire import model_key
 from .validation import parse_json_object, request_body, validate_chat

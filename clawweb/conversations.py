@@ -7,14 +7,15 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from . import quotas, sse
+from . import quotas
 from .api import admit, client_id
 from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError
 from .eventlog import START, valid_cursor
 from .generations import AnyGeneration, Generations
-from .relay import streaming_response
+from .relay import sse
+from .relay.responses import streaming_response
 from .storage import Store
 from .validation import parse_json_object, query_int, request_body, validate_chat
 
