@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from .auth import identity
 from .config import get_settings, redact_url
-from .conversations import get_store
+from .history import get_store
 from .shared import shared_state_problem
 from .upstream.client import get_client
 from .upstream.wire import model_key

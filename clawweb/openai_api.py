@@ -19,11 +19,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .admission import RETRY_AFTER_BUSY_S
-from .api import admit, allowed
 from .config import Settings, get_settings
 from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, OpenAIError, error_body, finish_reason, to_ollama
 from .relay import sse
+from .relay.admit import admit, allowed
 from .relay.events import Failure, Heartbeat, Queued
 from .relay.relay import Relay
 from .relay.responses import streaming_response

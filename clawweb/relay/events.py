@@ -4,7 +4,7 @@ A token is the upstream line itself, plain ``bytes``: no wrapper object per toke
 else is rare (a queue move, a heartbeat, one final failure) and carries its own type. Consumers test
 ``isinstance(event, bytes)`` first and ``match`` the rest, ending with ``case _: assert_never(event)``, so mypy
 says where a new kind of event is not handled. (Why not ``case bytes():`` too: a class pattern costs twice an
-``isinstance`` in CPython 3.11, measured, and it would run once per token in each of three loops.)
+``isinstance`` in CPython 3.11, measured, and it would run once per token in every loop a token passes.)
 """
 
 from __future__ import annotations
