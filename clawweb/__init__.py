@@ -32,15 +32,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         edge,
         errors,
         health,
+        history,
         login,
         metrics,
         openai_api,
         pages,
         shared,
-        upstream,
     )
     from .config import load_settings, redact_url
     from .drain import DrainBody
+    from .relay import admit
+    from .upstream import client as upstream
 
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
@@ -57,8 +59,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     upstream.init_app(app, settings)
     shared.init_app(app, settings.redis_url)
     admission.init_app(app, settings)
-    api.init_app(app, settings)
-    conversations.init_app(app, settings)
+    admit.init_app(app, settings)
+    history.init_app(app, settings)
     auth.init_app(app, settings)
     login.init_app(app, settings)
     pages.init_app(app)

@@ -53,7 +53,7 @@ def redact_url(text: str) -> str:
 
 
 def _urls(raw: str) -> str:
-    """One Ollama URL, or several separated by commas (``clawweb.hosts`` spreads requests over them). Kept as
+    """One Ollama URL, or several separated by commas (``clawweb.upstream.hosts`` spreads requests over them). Kept as
     one normalized string, so code that only needs to name the upstream still can."""
     parts = split_urls(raw) or (raw,)
     urls = []

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from . import quotas, sse
-from .api import admit, client_id
+from . import quotas
 from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError, InvalidField
 from .eventlog import START, valid_cursor
-from .generations import AnyGeneration, Generations
-from .relay import streaming_response
-from .storage import Store
+from .generations import AnyGeneration
+from .history import get_generations, get_store, with_answers
+from .relay import sse
+from .relay.admit import admit, client_id
+from .relay.responses import streaming_response
 from .validation import parse_json_object, query_int, request_body, validate_chat
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
@@ -23,29 +23,6 @@ bp = Blueprint("conversations", __name__, url_prefix="/api")
 MAX_TITLE = 200
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 OFFSET_MAX = 1_000_000_000  # far beyond anyone's conversations; SQLite's integers are 64-bit
-
-
-def init_app(app: Flask, settings: Settings) -> None:
-    store = Store(settings.db, mark_interrupted=not settings.redis_url)
-    app.extensions["clawweb.store"] = store
-    quotas.init_app(app, settings)
-    app.extensions["clawweb.generations"] = Generations(
-        store,
-        settings.generation_ttl_s,
-        settings.cancel_without_readers_s,
-        app.extensions.get("clawweb.redis"),
-        app.extensions.get("clawweb.bus"),
-        lease_s=3 * settings.heartbeat_s,
-        checkpoint_s=settings.checkpoint_s,
-    )
-
-
-def get_store() -> Store:
-    return cast(Store, current_app.extensions["clawweb.store"])
-
-
-def get_generations() -> Generations:
-    return cast(Generations, current_app.extensions["clawweb.generations"])
 
 
 def _body() -> dict[str, Any]:
@@ -109,22 +86,6 @@ def list_conversations() -> Response:
 def show_conversation(conversation_id: str) -> Response:
     conversation = with_answers(_conversation_or_404(conversation_id))
     return jsonify(conversation)
-
-
-def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
-    """The conversation with its messages and its running generation's summary (or None).
-
-    An answer still marked ``streaming`` with nothing running for it (the process running it was killed; a
-    restart marks them itself, but with Redis a starting worker cannot tell) is marked interrupted first, once
-    it is older than the lease in which a live answer registers as running.
-    """
-    store, generations = get_store(), get_generations()
-    running = generations.running_for(conversation["id"])
-    if running is None:
-        store.mark_interrupted(conversation["id"], time.time() - generations.lease_s)
-    conversation = {**conversation, "messages": store.messages(conversation["id"])}
-    conversation["generation"] = running.summary() if running else None
-    return conversation
 
 
 @bp.patch("/conversations/<conversation_id>")

@@ -9,8 +9,8 @@ fields (``param``, ``code``); every other route answers ``{"error": message}``::
     ├── InvalidField          400: one field is wrong; message = "'<field>' <problem>", renamable (OpenAI's names)
     ├── Refused               429/503: the admission queue (admission.py)
     ├── Unavailable           503 + Retry-After: a dependency failed (storage, shared state)
-    ├── OllamaUnreachable     502: no Ollama host answered (upstream.py)
-    └── OllamaTimeout         504: Ollama took too long to start answering (upstream.py)
+    ├── OllamaUnreachable     502: no Ollama host answered (upstream/errors.py)
+    └── OllamaTimeout         504: Ollama took too long to start answering (upstream/errors.py)
 
 Not refusals, mapped here to statuses: ``StorageUnavailable`` (the disk, the database file: 503) and any
 ``redis.RedisError`` (shared state: 503); anything else is a bug (500, logged). After a stream has started

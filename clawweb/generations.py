@@ -27,18 +27,19 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 import gevent
 import redis
 
-from . import sse
 from .eventlog import FINAL_EVENTS, Entry, EventLog, LogLost, MemoryLog
 from .redislog import Flusher, RedisLog
-from .relay import Queued, Relay
+from .relay import sse
+from .relay.events import Failure, Heartbeat, Queued
+from .relay.relay import Relay
+from .relay.upstream_stream import CLOSED_EARLY
 from .shared import PREFIX, Bus, Outage, unavailable_message
 from .storage import INTERRUPTED, StorageUnavailable, Store
-from .stream import CLOSED_EARLY, Failure
 
 log = logging.getLogger("gunicorn.error")
 
@@ -109,7 +110,7 @@ def sse_follow(events: EventLog, after: str, heartbeat_s: float) -> Iterator[byt
     try:
         for entry in events.follow(after, heartbeat_s):
             if entry is None:
-                yield sse.HEARTBEAT
+                yield sse.KEEP_ALIVE
             else:
                 entry_id, event, data = entry
                 yield sse.frame(data, event=event, id=entry_id)
@@ -188,7 +189,7 @@ class Generation(_Answer):
         status, error = "error", CLOSED_EARLY
         try:
             for event in self._relay.events():
-                if isinstance(event, bytes):
+                if isinstance(event, bytes):  # a token: first, outside the match (see relay.events)
                     chunk = json.loads(event)
                     if chunk.get("done"):
                         final, status, error = chunk, "done", ""
@@ -201,11 +202,16 @@ class Generation(_Answer):
                     self._thinking.append(message.get("thinking") or "")
                     self.pieces += 1
                     self.log.append("token", event)
-                elif isinstance(event, Queued):
-                    position = {"position": event.position, "active": event.active}
-                    self.log.append("queued", json.dumps(position).encode())
-                elif isinstance(event, Failure):
-                    error = event.message
+                    continue
+                match event:
+                    case Queued(position=position, active=active):
+                        self.log.append("queued", json.dumps({"position": position, "active": active}).encode())
+                    case Failure(message=message):
+                        error = message
+                    case Heartbeat.BEAT:
+                        pass  # readers get their own heartbeats from the log
+                    case _:
+                        assert_never(event)
         except Stopped:
             status, error = "stopped", ""
         except Exception:  # a bug: the answer still ends, and says so

@@ -9,9 +9,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from .auth import identity
 from .config import get_settings, redact_url
-from .conversations import get_store
+from .history import get_store
 from .shared import shared_state_problem
-from .upstream import get_client, model_key
+from .upstream.client import get_client
+from .upstream.wire import model_key
 
 bp = Blueprint("health", __name__)
 

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import gevent
 
-SHUTDOWN = object()  # put into a stream's queue by its wake-up callback
 RESTARTING = "the gateway is restarting; please retry"  # what a stream's final frame says
 _wakers: set[Callable[[], None]] = set()
 _stopping = False

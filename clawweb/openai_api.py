@@ -12,21 +12,24 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from . import sse
 from .admission import RETRY_AFTER_BUSY_S
-from .api import PASS_THROUGH_TIMEOUT_S, admit, allowed
 from .config import Settings, get_settings
 from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
-from .relay import Queued, Relay, streaming_response
-from .stream import HEARTBEAT, Failure
-from .upstream import OllamaTimeout, get_client, model_key
+from .relay import sse
+from .relay.admit import admit, allowed
+from .relay.events import Failure, Heartbeat, Queued
+from .relay.relay import Relay
+from .relay.responses import streaming_response
+from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
+from .upstream.errors import OllamaTimeout
+from .upstream.wire import model_key, ollama_error_text
 from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -119,7 +122,7 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
         yield sse.OPENING
         started = False
         for event in relay.events():
-            if isinstance(event, bytes):
+            if isinstance(event, bytes):  # a token: first, outside the match (see relay.events)
                 line = json.loads(event)
                 if not started:
                     started = True
@@ -133,12 +136,16 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
                     if completion.include_usage:
                         yield completion.usage_chunk(line)
                     yield DONE
-            elif event is HEARTBEAT:
-                yield sse.HEARTBEAT
-            elif isinstance(event, Queued):
-                yield b": queued position=%d active=%d\n\n" % (event.position, event.active)
-            elif isinstance(event, Failure):
-                yield sse.json_frame(error_body(event.status or 500, event.message, code=event.kind))
+                continue
+            match event:
+                case Heartbeat.BEAT:
+                    yield sse.KEEP_ALIVE
+                case Queued(position=position, active=active):
+                    yield b": queued position=%d active=%d\n\n" % (position, active)
+                case Failure(message=message, kind=kind, status=status):
+                    yield sse.json_frame(error_body(status or 500, message, code=kind))
+                case _:
+                    assert_never(event)
     finally:
         relay.close()
 
@@ -146,14 +153,14 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
 def whole_completion(relay: Relay, completion: Completion) -> Response:
     """``stream: false``: wait in the queue, then one upstream request; Ollama's error statuses kept."""
     try:
-        for event in relay.wait_for_slot():
-            if isinstance(event, Failure):
-                headers = {"Retry-After": str(RETRY_AFTER_BUSY_S)}
-                return error_response(event.status or 503, event.message, headers, code=event.kind)
+        refused = relay.wait_admitted()
+        if refused is not None:
+            headers = {"Retry-After": str(RETRY_AFTER_BUSY_S)}
+            return error_response(refused.status or 503, refused.message, headers, code=refused.kind)
         try:
             upstream = relay.fetch_whole()
         except ApiError as exc:
-            relay.outcome = "timeout" if isinstance(exc, OllamaTimeout) else "unreachable"
+            relay.fail("timeout" if isinstance(exc, OllamaTimeout) else "unreachable")
             raise
         if upstream.status_code != 200:
             return error_response(upstream.status_code, _upstream_message(upstream))
@@ -163,10 +170,8 @@ def whole_completion(relay: Relay, completion: Completion) -> Response:
 
 
 def _upstream_message(response: requests.Response) -> str:
-    try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return f"Ollama answered HTTP {response.status_code}"
+    message = ollama_error_text(response.content)
+    return f"Ollama answered HTTP {response.status_code}" if message is None else message
 
 
 @bp.post("/chat/completions")

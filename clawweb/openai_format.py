@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import sse
 from .config import Settings
 from .errors import InvalidField
+from .relay import sse
 from .validation import validate_options
 
 DONE = b"data: [DONE]\n\n"

@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, Response, abort, render_template
 
 from .auth import identity, owner
 from .config import get_settings
-from .conversations import get_store, with_answers
+from .history import get_store, with_answers
 from .i18n import LANG_TAGS, language, strings
 
 bp = Blueprint("pages", __name__)

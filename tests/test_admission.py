@@ -65,8 +65,8 @@ def test_wait_reports_change_or_timeout() -> None:
 def test_nobody_waits_longer_than_the_queue_timeout() -> None:
     from clawweb.config import Settings
     from clawweb.metrics import StreamStats
-    from clawweb.relay import Queued, Relay
-    from clawweb.stream import HEARTBEAT, Failure
+    from clawweb.relay.events import Failure, Heartbeat, Queued
+    from clawweb.relay.relay import Relay
 
     settings = Settings(queue_timeout_s=0.3, heartbeat_s=0.1)
     admission = Admission(max_active=1, max_queue=5, max_per_client=10)
@@ -74,7 +74,7 @@ def test_nobody_waits_longer_than_the_queue_timeout() -> None:
     relay = Relay(None, {}, admission, admission.enter("y"), settings, StreamStats("m", "y", "10.0.0.1"))  # type: ignore[arg-type]
     events = list(relay.wait_for_slot())
     assert events[0] == Queued(position=1, active=1)
-    assert HEARTBEAT in events
+    assert Heartbeat.BEAT in events
     assert isinstance(events[-1], Failure) and events[-1].kind == "queue_timeout" and events[-1].status == 503
     relay.close()
     assert admission.queued == 0  # the place was given back

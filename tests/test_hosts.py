@@ -21,12 +21,16 @@ import requests
 import responses
 from flask.testing import FlaskClient
 
-from clawweb import create_app, hosts
+from clawweb import create_app
 from clawweb.config import ConfigError, Settings, load_settings, split_urls
 from clawweb.errors import ApiError
-from clawweb.hosts import HealthChecker, Host, merge_listings, rank
 from clawweb.simulator import answer_tokens
-from clawweb.upstream import OllamaClient, OllamaTimeout, OllamaUnreachable
+from clawweb.upstream import checker as upstream_checker
+from clawweb.upstream.checker import HealthChecker
+from clawweb.upstream.client import OllamaClient
+from clawweb.upstream.errors import OllamaTimeout, OllamaUnreachable
+from clawweb.upstream.hosts import Host, rank
+from clawweb.upstream.wire import merge_listings
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
@@ -147,7 +151,7 @@ def test_health_checker_runs_in_a_greenlet_and_survives_errors(monkeypatch: pyte
     unpatched = HealthChecker(check_round, interval=0.01)
     unpatched.start()  # this test process is not monkey-patched: nothing starts
     assert not unpatched.running
-    monkeypatch.setattr(hosts, "monkey_patched", lambda: True)
+    monkeypatch.setattr(upstream_checker, "monkey_patched", lambda: True)
     checker = HealthChecker(check_round, interval=0.01)
     checker.start()
     checker.start()  # once per process

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from clawweb import sse
+from clawweb.relay import sse
 
 
 @dataclass
@@ -66,7 +66,7 @@ def test_a_run_of_frames_is_dispatched_in_order_and_the_id_carries_over() -> Non
     stream = (
         sse.OPENING
         + sse.line_frame(b'{"n":1}', 1)
-        + sse.HEARTBEAT
+        + sse.KEEP_ALIVE
         + sse.frame(b"x", event="note")
         + sse.json_frame({"error": "bad"}, event="error", id=0)
     )
@@ -78,7 +78,7 @@ def test_a_run_of_frames_is_dispatched_in_order_and_the_id_carries_over() -> Non
 
 
 def test_opening_and_heartbeat_are_comments_that_dispatch_nothing() -> None:
-    assert parse(sse.OPENING + sse.HEARTBEAT * 3) == []
+    assert parse(sse.OPENING + sse.KEEP_ALIVE * 3) == []
 
 
 def test_an_empty_payload_still_arrives_as_an_event() -> None:

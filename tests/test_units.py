@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from clawweb import create_app, sse
+from clawweb import create_app
 from clawweb.config import ConfigError, Settings, load_settings
-from clawweb.stream import classify
+from clawweb.relay import sse
+from clawweb.relay.upstream_stream import classify
 from clawweb.validation import validate_chat
 
 USER = [{"role": "user", "content": "hi"}]

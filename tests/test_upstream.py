@@ -11,7 +11,9 @@ from flask.testing import FlaskClient
 
 from clawweb.config import Settings
 from clawweb.errors import ApiError
-from clawweb.upstream import OllamaClient, OllamaTimeout, OllamaUnreachable, model_key
+from clawweb.upstream.client import OllamaClient
+from clawweb.upstream.errors import OllamaTimeout, OllamaUnreachable
+from clawweb.upstream.wire import model_key
 
 from .conftest import OLLAMA
 

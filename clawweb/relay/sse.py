@@ -16,7 +16,7 @@ HEADERS = {
 }
 
 OPENING = b": ok\n\n"  # sent at once: headers and the browser's `open` event must not wait for the model
-HEARTBEAT = b": keep-alive\n\n"
+KEEP_ALIVE = b": keep-alive\n\n"  # a comment: what a heartbeat becomes on an SSE stream
 
 
 def frame(data: bytes, *, event: str | None = None, id: int | str | None = None, retry: int | None = None) -> bytes:

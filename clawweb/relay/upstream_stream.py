@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol, assert_never
 
 import gevent
 import gevent.event
@@ -21,25 +21,34 @@ import gevent.queue
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from . import lifecycle
-from .upstream import OllamaClient, OllamaTimeout, OllamaUnreachable, Opened
+from .. import lifecycle
+from ..upstream.client import OllamaClient
+from ..upstream.errors import OllamaTimeout, OllamaUnreachable
+from ..upstream.failover import Opened
+from ..upstream.wire import ollama_error_text
+from .events import Failure, Heartbeat, UpstreamEvent
 
 log = logging.getLogger("gunicorn.error")
 
-
-@dataclass(frozen=True)
-class Failure:
-    """Ollama did not deliver: ``status``/``body`` are set when it answered with an HTTP error."""
-
-    message: str
-    kind: str  # unreachable | status | error_line | timeout | closed | shutdown
-    status: int | None = None
-    body: bytes = b""
-
-
 CLOSED_EARLY = "Ollama closed the stream before the answer was done"
-ENDED = object()  # upstream body finished (normally right after the done line)
-HEARTBEAT = object()  # the relay waited one heartbeat interval without a line
+
+
+class _End(Enum):
+    """Why the reader's queue ends without a line or a failure of its own."""
+
+    ENDED = "ended"  # upstream body finished (normally right after the done line)
+    SHUTDOWN = "shutdown"  # the worker is stopping
+
+
+_Item = UpstreamEvent | _End
+
+
+class _Queue(Protocol):
+    """The reader's ``gevent.queue.Queue`` as typed here (gevent has no type hints)."""
+
+    def put(self, item: _Item) -> None: ...
+
+    def get(self) -> _Item: ...
 
 
 TOKEN_LINE_END = b'"done":false}'
@@ -68,9 +77,8 @@ def classify(line: bytes) -> tuple[bool, str | None]:
 
 def _status_failure(response: requests.Response) -> Failure:
     body = response.content
-    try:
-        message = str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
+    message = ollama_error_text(body)
+    if message is None:
         message = f"Ollama answered HTTP {response.status_code}" + ("" if body else " with an empty body")
     return Failure(message, "status", response.status_code, body)
 
@@ -81,7 +89,7 @@ def _is_timeout(exc: requests.RequestException) -> bool:
 
 
 class UpstreamStream:
-    """One upstream chat request. ``events()`` yields lines, ``HEARTBEAT`` and at most one final ``Failure``."""
+    """One upstream chat request. ``events()`` yields lines, heartbeats and at most one final ``Failure``."""
 
     def __init__(
         self,
@@ -94,7 +102,7 @@ class UpstreamStream:
         """``buffer_bytes``: how much of the answer may wait here for a slow client; beyond it reading pauses
         (memory stays bounded; Ollama then waits too). ``on_end``: called in the reader once the upstream response
         is over, however much of it the client has still to read."""
-        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue()
+        self._queue: _Queue = gevent.queue.Queue()
         self._buffered = 0  # bytes of lines read from upstream and not yet taken by ``events``
         self._buffer_bytes = buffer_bytes
         self._drained = gevent.event.Event()
@@ -107,7 +115,7 @@ class UpstreamStream:
         self.done = False
         # Heartbeats come from one repeating timer rather than a timeout on every queue wait, which would arm and
         # cancel a timer per token (a tenth of the relay's CPU). A tick with no line since the previous one puts a
-        # HEARTBEAT, so silence gets one after between one and two intervals.
+        # heartbeat, so silence gets one after between one and two intervals.
         self._heard = False
         self._ticker = gevent.get_hub().loop.timer(heartbeat_s, heartbeat_s)
         self._ticker.start(self._tick)
@@ -115,7 +123,7 @@ class UpstreamStream:
 
     def _tick(self) -> None:
         if not self._heard:
-            self._queue.put(HEARTBEAT)
+            self._queue.put(Heartbeat.BEAT)
         self._heard = False
 
     def _fail(self, failure: Failure) -> None:
@@ -142,9 +150,11 @@ class UpstreamStream:
                         self._paused = True
                         self._drained.clear()
                         self._drained.wait()
-            self._queue.put(ENDED)
-        except (OllamaUnreachable, OllamaTimeout) as exc:
-            self._fail(Failure(exc.message, exc.kind, exc.status))
+            self._queue.put(_End.ENDED)
+        except OllamaUnreachable as exc:
+            self._fail(Failure(exc.message, "unreachable", exc.status))
+        except OllamaTimeout as exc:
+            self._fail(Failure(exc.message, "timeout", exc.status))
         except requests.RequestException as exc:
             if _is_timeout(exc):
                 timeout = OllamaTimeout(self._read_timeout_s)  # the same message as a timeout before the headers
@@ -165,14 +175,14 @@ class UpstreamStream:
             log.exception("ending an upstream stream")
 
     def _wake_for_shutdown(self) -> None:
-        self._queue.put(lifecycle.SHUTDOWN)
+        self._queue.put(_End.SHUTDOWN)
 
-    def events(self) -> Iterator[Any]:
-        """Lines as they arrive; ``HEARTBEAT`` while silent; ends after done or failure."""
+    def events(self) -> Iterator[UpstreamEvent]:
+        """Lines as they arrive; heartbeats while silent; ends after done or failure."""
         with lifecycle.registered(self._wake_for_shutdown):
             while True:
                 item = self._queue.get()
-                if isinstance(item, bytes):
+                if isinstance(item, bytes):  # a line: first, outside the match (see the events module)
                     self._buffered -= len(item)
                     if self._paused and self._buffered <= self._buffer_bytes // 2:
                         self._paused = False
@@ -186,17 +196,21 @@ class UpstreamStream:
                         yield item
                         return
                     yield item
-                elif item is HEARTBEAT:
-                    yield item
-                elif item is ENDED:
-                    yield Failure(CLOSED_EARLY, "closed")
-                    return
-                elif item is lifecycle.SHUTDOWN:
-                    yield Failure(lifecycle.RESTARTING, "shutdown")
-                    return
-                else:
-                    yield item
-                    return
+                    continue
+                match item:
+                    case Heartbeat.BEAT:
+                        yield item
+                    case _End.ENDED:
+                        yield Failure(CLOSED_EARLY, "closed")
+                        return
+                    case _End.SHUTDOWN:
+                        yield Failure(lifecycle.RESTARTING, "shutdown")
+                        return
+                    case Failure():
+                        yield item
+                        return
+                    case _:
+                        assert_never(item)
 
     def close(self) -> None:
         """Stop reading and close the upstream connection. Safe to call twice and from ``finally``."""

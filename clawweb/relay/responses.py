@@ -1,0 +1,133 @@
+"""The responses a relay is sent as: the WSGI body that streams, SSE frames, Ollama-native NDJSON or one answer.
+
+The generators here own the relay's cleanup (``try``/``finally``: ``relay.close``), which runs when the stream
+ends, when the client leaves and when the worker stops.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, assert_never
+
+from flask import Response, request
+
+from ..admission import RETRY_AFTER_BUSY_S
+from ..config import get_settings
+from ..errors import error_response
+from ..send_watch import WATCH
+from . import sse
+from .events import Failure, Heartbeat, Queued
+from .relay import Relay
+
+
+class _Body:
+    """A streaming body the WSGI server iterates as it is.
+
+    With ``direct_passthrough`` werkzeug hands this object straight to gunicorn instead of wrapping every chunk
+    in two more generators (a tenth of the relay's CPU per token). gunicorn iterates ``chunks`` itself and calls
+    ``close`` in every case, also when iteration never started: that closes the generator (its ``finally``
+    runs) and then calls ``on_close``, the backstop for a generator that never ran.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None] | None) -> None:
+        self._chunks = chunks
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+
+def streaming_response(
+    chunks: Iterator[bytes],
+    on_close: Callable[[], None] | None = None,
+    on_cut: Callable[[], None] = lambda: None,
+    **kwargs: Any,
+) -> Response:
+    """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close``.
+
+    Under gunicorn a client that accepts nothing for ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so)."""
+    timeout_s = get_settings().send_timeout_s
+    if timeout_s and "gunicorn.socket" in request.environ:
+        chunks = WATCH.watch(chunks, timeout_s, on_cut)
+    return Response(_Body(chunks, on_close), direct_passthrough=True, **kwargs)
+
+
+def sse_response(relay: Relay) -> Response:
+    return streaming_response(sse_events(relay), relay.close, relay.cut, headers=sse.HEADERS)
+
+
+def sse_events(relay: Relay) -> Iterator[bytes]:
+    """``id: N`` + ``data: <line>`` per upstream line, ``event: queued`` while waiting, ``event: error`` last."""
+    try:
+        yield sse.OPENING
+        seq = 0
+        for event in relay.events():
+            if isinstance(event, bytes):  # a token: first, outside the match (see the events module)
+                seq += 1
+                yield sse.line_frame(event, seq)
+                continue
+            match event:
+                case Heartbeat.BEAT:
+                    yield sse.KEEP_ALIVE
+                case Queued(position=position, active=active):
+                    yield sse.json_frame({"position": position, "active": active}, event="queued")
+                case Failure(message=message):
+                    yield sse.json_frame({"error": message}, event="error")
+                case _:
+                    assert_never(event)
+    finally:
+        relay.close()
+
+
+def ndjson_lines(relay: Relay) -> Iterator[bytes]:
+    """Ollama-native: the upstream bytes unchanged; a late failure as an ``{"error": ...}`` line, as Ollama does."""
+    try:
+        for event in relay.events():
+            if isinstance(event, bytes):  # a token: first, outside the match (see the events module)
+                yield event + b"\n"
+                continue
+            match event:
+                case Failure(message=message):
+                    yield json.dumps({"error": message}).encode() + b"\n"
+                case Heartbeat.BEAT | Queued():
+                    pass  # NDJSON has no comment syntax, and a blank line breaks Ollama's clients
+                case _:
+                    assert_never(event)
+    finally:
+        relay.close()
+
+
+def native_response(relay: Relay, stream: bool) -> Response:
+    """Ollama-native answer: NDJSON clients wait in the queue silently, then get Ollama's status and body."""
+    handed_over = False
+    try:
+        refused = relay.wait_admitted()
+        if refused is not None:
+            return error_response(refused.status or 503, refused.message, {"Retry-After": str(RETRY_AFTER_BUSY_S)})
+        if not stream:
+            upstream = relay.fetch_whole()
+            return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+        # Ollama's status is only known once the model is loaded and the first token exists: wait for it.
+        started = relay.stream or relay.start()
+        started.headers_received.wait()
+        failure = started.first_failure
+        if failure is not None:
+            relay.fail(failure.kind)
+            if failure.body:
+                return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
+            return error_response(failure.status or 502, failure.message)
+        handed_over = True
+        return streaming_response(ndjson_lines(relay), relay.close, relay.cut, content_type="application/x-ndjson")
+    finally:
+        if not handed_over:
+            relay.close()
