@@ -13,13 +13,13 @@ from typing import Any, cast
 from flask import Blueprint, Flask, Response, current_app, request
 
 from . import quotas
-from .admission import get_admission
 from .auth import identity, owner
 from .config import Settings, get_settings
 from .errors import ApiError
-from .limits import Throttled, Window, make_window
 from .metrics import StreamStats
 from .relay import Relay, native_response, sse_response
+from .state.base import State, Throttled, Window
+from .state.make import get_state
 from .upstream import get_client, model_key
 from .validation import parse_json_object, request_body, validate_chat
 
@@ -72,7 +72,7 @@ def admit(body: dict[str, Any]) -> Relay:
     except BaseException:
         _rate().release(who, counted)
         raise
-    admission = get_admission()
+    admission = get_state().slots
     try:
         ticket = admission.enter(who)
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
@@ -115,7 +115,5 @@ for _path in PASS_THROUGH:
     bp.add_url_rule(_path, endpoint=_path.rsplit("/", 1)[-1], view_func=_pass_through, methods=["GET"])
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["clawweb.rate"] = make_window(
-        app.extensions.get("clawweb.redis"), "answers", settings.rate_per_minute, 60.0
-    )
+def init_app(app: Flask, settings: Settings, state: State) -> None:
+    app.extensions["clawweb.rate"] = state.window("answers", settings.rate_per_minute, 60.0)

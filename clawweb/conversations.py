@@ -12,9 +12,9 @@ from .api import admit, client_id
 from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError
-from .eventlog import START, valid_cursor
 from .generations import AnyGeneration, Generations
 from .relay import streaming_response
+from .state.base import START, State, valid_cursor
 from .storage import Store
 from .validation import parse_json_object, query_int, request_body, validate_chat
 
@@ -25,18 +25,12 @@ PAGE_DEFAULT, PAGE_MAX = 50, 200
 OFFSET_MAX = 1_000_000_000  # far beyond anyone's conversations; SQLite's integers are 64-bit
 
 
-def init_app(app: Flask, settings: Settings) -> None:
+def init_app(app: Flask, settings: Settings, state: State) -> None:
     store = Store(settings.db, mark_interrupted=not settings.redis_url)
     app.extensions["clawweb.store"] = store
-    quotas.init_app(app, settings)
+    quotas.init_app(app, settings, state)
     app.extensions["clawweb.generations"] = Generations(
-        store,
-        settings.generation_ttl_s,
-        settings.cancel_without_readers_s,
-        app.extensions.get("clawweb.redis"),
-        app.extensions.get("clawweb.bus"),
-        lease_s=3 * settings.heartbeat_s,
-        checkpoint_s=settings.checkpoint_s,
+        store, state, settings.generation_ttl_s, settings.cancel_without_readers_s, settings.checkpoint_s
     )
 
 

@@ -19,12 +19,12 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import sse
-from .admission import RETRY_AFTER_BUSY_S
 from .api import PASS_THROUGH_TIMEOUT_S, admit, allowed
 from .config import Settings, get_settings
 from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, OpenAIError, error_body, finish_reason, to_ollama
 from .relay import Queued, Relay, streaming_response
+from .state.base import RETRY_AFTER_BUSY_S
 from .stream import HEARTBEAT, Failure
 from .upstream import OllamaTimeout, get_client, model_key
 from .validation import parse_json_object, request_body, validate_chat

@@ -18,12 +18,12 @@ import requests
 from flask import Response, request
 
 from . import lifecycle, sse
-from .admission import RETRY_AFTER_BUSY_S, Slots, Ticket
 from .config import Settings, get_settings
 from .errors import ApiError, error_response
 from .metrics import StreamStats
 from .send_watch import WATCH
-from .shared import unavailable_message
+from .state.base import RETRY_AFTER_BUSY_S, Slots, Ticket
+from .state.redis import unavailable_message
 from .stream import HEARTBEAT, Failure, UpstreamStream
 from .upstream import OllamaClient
 

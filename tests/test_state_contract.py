@@ -28,14 +28,23 @@ import urllib3.util.connection
 from flask import Flask
 
 from clawweb import create_app
-from clawweb.admission import Admission, Refused, Slots
-from clawweb.config import Settings, load_settings
-from clawweb.eventlog import START, EventLog, LogLost, MemoryLog, order
+from clawweb.config import load_settings
 from clawweb.generations import Generations
-from clawweb.limits import Throttled, Window, make_window
-from clawweb.redislog import Flusher, RedisLog
-from clawweb.shared import Bus
 from clawweb.simulator import answer_tokens
+from clawweb.state.base import (
+    START,
+    LogLost,
+    LogReader,
+    LogWriter,
+    Refused,
+    Slots,
+    State,
+    Throttled,
+    Ticket,
+    Window,
+    order,
+)
+from clawweb.state.make import make_state
 from clawweb.storage import INTERRUPTED, Store
 
 from .servers import RedisServer, require
@@ -52,40 +61,6 @@ def until(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
             return True
         gevent.sleep(0.01)
     return bool(predicate())
-
-
-class Process:
-    """One gateway process's shared state, built from its settings as ``create_app`` builds it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-        self.bus = Bus(self.redis) if self.redis is not None else None
-        limits = (settings.max_active, settings.max_queue, settings.max_active_per_client)
-        if self.redis is not None and self.bus is not None:
-            from clawweb.admission_redis import RedisAdmission
-
-            self.slots: Slots = RedisAdmission(self.redis, self.bus, *limits)
-        else:
-            self.slots = Admission(*limits)
-        self._flusher = Flusher(self.redis) if self.redis is not None else None
-
-    def window(self, name: str, limit: int, window_s: float) -> Window:
-        return make_window(self.redis, name, limit, window_s)
-
-    def log_writer(self, generation_id: str) -> EventLog:
-        if self.redis is None:
-            return MemoryLog()
-        key = f"clawweb:gen:{generation_id}:log"
-        return RedisLog(self.redis, key, self.settings.generation_ttl_s, self._flusher)
-
-    def log_reader(self, generation_id: str) -> EventLog:
-        assert self.redis is not None, "only Redis has readers in other processes"
-        return RedisLog(self.redis, f"clawweb:gen:{generation_id}:log", self.settings.generation_ttl_s)
-
-    def close(self) -> None:
-        if self.redis is not None:
-            self.redis.close()
 
 
 def _kill_greenlets() -> None:
@@ -126,43 +101,43 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+class Processes:
+    """``processes(**settings)``: one more process's state (with Redis at ``url``, all sharing it)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._made: list[State] = []
+
+    def __call__(self, **overrides: Any) -> State:
+        self._made.append(make_state(load_settings({}, {"redis_url": self._url, **overrides})))
+        return self._made[-1]
+
+    def close(self) -> None:
+        _kill_greenlets()
+        for state in self._made:
+            state.close()
+
+
 @pytest.fixture
-def processes(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Process]]:
-    """``processes(**settings)``: one more process on the backend (with Redis, sharing one redis-server)."""
-    url = request.getfixturevalue("redis_url") if backend == "redis" else ""
-    made: list[Process] = []
-
-    def make(**overrides: Any) -> Process:
-        made.append(Process(load_settings({}, {"redis_url": url, **overrides})))
-        return made[-1]
-
-    yield make
-    _kill_greenlets()
-    for process in made:
-        process.close()
+def processes(backend: str, request: pytest.FixtureRequest) -> Iterator[Processes]:
+    """Processes on the backend (with Redis, sharing one redis-server)."""
+    made = Processes(request.getfixturevalue("redis_url") if backend == "redis" else "")
+    yield made
+    made.close()
 
 
 @pytest.fixture
-def redis_processes(redis_url: str) -> Iterator[Callable[..., Process]]:
+def redis_processes(redis_url: str) -> Iterator[Processes]:
     """As ``processes``, on Redis only: for what exists only between processes (leases, another's reader)."""
-    made: list[Process] = []
-
-    def make(**overrides: Any) -> Process:
-        made.append(Process(load_settings({}, {"redis_url": redis_url, **overrides})))
-        return made[-1]
-
-    yield make
-    _kill_greenlets()
-    for process in made:
-        process.close()
+    made = Processes(redis_url)
+    yield made
+    made.close()
 
 
-def listening(process: Process, probe: list[str]) -> None:
+def listening(state: State, probe: list[str]) -> None:
     """Wait until the process's subscriber listens (``probe`` was subscribed to channel ``probe`` before it
     started): a message published before that is lost, as Redis' PUBLISH promises no more."""
-    bus = process.bus
-    if bus is None:
-        return
+    bus = state.bus
     bus.start()
 
     def heard() -> bool:
@@ -175,13 +150,13 @@ def listening(process: Process, probe: list[str]) -> None:
 # --- admission ------------------------------------------------------------------------------------------------
 
 
-def position(slots: Slots, ticket: Any) -> int:
+def position(slots: Slots, ticket: Ticket) -> int:
     """The ticket's position once it has looked (with Redis a queued ticket learns it when it waits)."""
     slots.wait(ticket, 0.2)
-    return int(ticket.position)
+    return ticket.position
 
 
-def test_slots_then_a_queue_in_arrival_order(processes: Callable[..., Process]) -> None:
+def test_slots_then_a_queue_in_arrival_order(processes: Processes) -> None:
     slots = processes(max_active=2, max_queue=3, max_active_per_client=10).slots
     a, b, c, d = (slots.enter(f"client {i}") for i in range(4))
     assert [t.position for t in (a, b, c, d)] == [0, 0, 1, 2]
@@ -194,7 +169,7 @@ def test_slots_then_a_queue_in_arrival_order(processes: Callable[..., Process]) 
     assert position(slots, d) == 0 and d.admitted
 
 
-def test_leaving_the_queue_moves_the_ones_behind_up(processes: Callable[..., Process]) -> None:
+def test_leaving_the_queue_moves_the_ones_behind_up(processes: Processes) -> None:
     slots = processes(max_active=1, max_queue=5, max_active_per_client=10).slots
     first = slots.enter("x")
     waiting = [slots.enter("x") for _ in range(3)]
@@ -206,7 +181,7 @@ def test_leaving_the_queue_moves_the_ones_behind_up(processes: Callable[..., Pro
     assert [position(slots, t) for t in waiting[1:]] == [0, 1]
 
 
-def test_a_full_queue_refuses_with_503(processes: Callable[..., Process]) -> None:
+def test_a_full_queue_refuses_with_503(processes: Processes) -> None:
     slots = processes(max_active=1, max_queue=1, max_active_per_client=10).slots
     slots.enter("a")
     slots.enter("b")
@@ -215,7 +190,7 @@ def test_a_full_queue_refuses_with_503(processes: Callable[..., Process]) -> Non
     assert refused.value.status == 503 and int(refused.value.headers["Retry-After"]) > 0
 
 
-def test_the_per_client_limit_refuses_with_429_until_one_is_released(processes: Callable[..., Process]) -> None:
+def test_the_per_client_limit_refuses_with_429_until_one_is_released(processes: Processes) -> None:
     slots = processes(max_active=1, max_queue=5, max_active_per_client=2).slots
     held = [slots.enter("x"), slots.enter("x")]
     with pytest.raises(Refused) as refused:
@@ -226,16 +201,15 @@ def test_the_per_client_limit_refuses_with_429_until_one_is_released(processes: 
     assert not slots.enter("x").admitted
 
 
-def test_a_release_wakes_the_next_in_the_queue(processes: Callable[..., Process]) -> None:
-    process = processes(max_active=1, max_queue=5, max_active_per_client=10)
+def test_a_release_wakes_the_next_in_the_queue(processes: Processes) -> None:
+    state = processes(max_active=1, max_queue=5, max_active_per_client=10)
     probe: list[str] = []
-    if process.bus is not None:
-        process.bus.subscribe("probe", probe.append)
-    first, second = process.slots.enter("x"), process.slots.enter("x")
-    listening(process, probe)
-    waiter = gevent.spawn(process.slots.wait, second, 30)
+    state.bus.subscribe("probe", probe.append)
+    first, second = state.slots.enter("x"), state.slots.enter("x")
+    listening(state, probe)
+    waiter = gevent.spawn(state.slots.wait, second, 30)
     gevent.sleep(0)
-    process.slots.release(first)
+    state.slots.release(first)
     assert waiter.get(timeout=10) is True  # woken, not timed out
     assert second.admitted
 
@@ -248,7 +222,7 @@ def _expire_leases(url: str, key: str) -> None:
     client.close()
 
 
-def test_a_dead_holders_places_free_themselves(redis_processes: Callable[..., Process], redis_url: str) -> None:
+def test_a_dead_holders_places_free_themselves(redis_processes: Processes, redis_url: str) -> None:
     limits = {"max_active": 1, "max_queue": 5, "max_active_per_client": 2}
     doomed, survivor = redis_processes(**limits), redis_processes(**limits)
     doomed.slots.enter("x")
@@ -263,26 +237,23 @@ def test_a_dead_holders_places_free_themselves(redis_processes: Callable[..., Pr
 
 # --- event log ------------------------------------------------------------------------------------------------
 
-Pair = tuple[EventLog, EventLog]  # (the writer's log, a reader's view of it)
+Pair = tuple[LogWriter, LogReader]  # (the writer's log, a reader's view of it)
 
 
 @pytest.fixture(params=["memory", "redis", "redis, read by another process"])
 def answer_log(request: pytest.FixtureRequest) -> Iterator[Callable[[], Pair]]:
     """``answer_log()``: a new log and a reader's view of it: the writer's own (in its process), or another
     process's (through Redis)."""
-    url = request.getfixturevalue("redis_url") if request.param != "memory" else ""
-    settings = load_settings({}, {"redis_url": url})
-    writer, reader = Process(settings), Process(settings)
+    processes = Processes(request.getfixturevalue("redis_url") if request.param != "memory" else "")
+    writer, reader = processes(), processes()
 
-    def make() -> Pair:
+    def pair() -> Pair:
         generation_id = secrets.token_hex(8)
-        log = writer.log_writer(generation_id)
-        return log, reader.log_reader(generation_id) if request.param.endswith("process") else log
+        log = writer.logs.writer(generation_id)
+        return log, reader.logs.reader(generation_id) if request.param.endswith("process") else log
 
-    yield make
-    _kill_greenlets()
-    writer.close()
-    reader.close()
+    yield pair
+    processes.close()
 
 
 def test_a_follower_gets_every_entry_in_order_and_ends_after_the_final_one(answer_log: Callable[[], Pair]) -> None:
@@ -335,12 +306,12 @@ def test_caught_up_only_at_the_final_entry(answer_log: Callable[[], Pair]) -> No
     assert view.caught_up(last) and not view.caught_up(first)
 
 
-def test_a_log_lost_before_its_end_ends_its_followers(redis_processes: Callable[..., Process], redis_url: str) -> None:
+def test_a_log_lost_before_its_end_ends_its_followers(redis_processes: Processes, redis_url: str) -> None:
     writer, reader = redis_processes(), redis_processes()
     generation_id = secrets.token_hex(8)
-    log = writer.log_writer(generation_id)
+    log = writer.logs.writer(generation_id)
     log.append("token", b"1")
-    view = reader.log_reader(generation_id)
+    view = reader.logs.reader(generation_id)
     follow = view.follow(START, 0.05)
     assert next(follow) is not None
     client = redis.Redis.from_url(redis_url)
@@ -353,12 +324,12 @@ def test_a_log_lost_before_its_end_ends_its_followers(redis_processes: Callable[
 # --- bus ------------------------------------------------------------------------------------------------------
 
 
-def test_the_bus_delivers_each_channels_messages_to_its_handlers(redis_processes: Callable[..., Process]) -> None:
-    sender, receiver = redis_processes(), redis_processes()
+def test_the_bus_delivers_each_channels_messages_to_its_handlers(processes: Processes, backend: str) -> None:
+    receiver = processes()
+    sender = processes() if backend == "redis" else receiver  # in memory, the one process is everybody
     stops: list[str] = []
     others: list[str] = []
     probe: list[str] = []
-    assert receiver.bus is not None and sender.bus is not None
     receiver.bus.subscribe("stop", stops.append)
     receiver.bus.subscribe("admission", others.append)
     receiver.bus.subscribe("probe", probe.append)
@@ -372,7 +343,7 @@ def test_the_bus_delivers_each_channels_messages_to_its_handlers(redis_processes
 # --- rate windows ---------------------------------------------------------------------------------------------
 
 
-def test_a_window_holds_its_limit_per_key(processes: Callable[..., Process]) -> None:
+def test_a_window_holds_its_limit_per_key(processes: Processes) -> None:
     window = processes().window("answers", 3, 60.0)
     tokens = [window.reserve("alice") for _ in range(3)]
     with pytest.raises(Throttled) as throttled:
@@ -387,7 +358,7 @@ def test_a_window_holds_its_limit_per_key(processes: Callable[..., Process]) -> 
     assert len({window.reserve("alice") for _ in range(3)}) == 3
 
 
-def test_a_window_frees_its_places_as_they_age(processes: Callable[..., Process]) -> None:
+def test_a_window_frees_its_places_as_they_age(processes: Processes) -> None:
     window = processes().window("logins", 1, 0.2)
     window.reserve("alice")
     with pytest.raises(Throttled):
@@ -403,7 +374,7 @@ def _reserved(window: Window, key: str) -> bool:
     return True
 
 
-def test_processes_share_a_window_by_its_name(redis_processes: Callable[..., Process]) -> None:
+def test_processes_share_a_window_by_its_name(redis_processes: Processes) -> None:
     one, other = redis_processes(), redis_processes()
     one.window("answers", 2, 60.0).reserve("alice")
     other.window("answers", 2, 60.0).reserve("alice")
@@ -413,6 +384,24 @@ def test_processes_share_a_window_by_its_name(redis_processes: Callable[..., Pro
 
 
 # --- the directory of running answers -------------------------------------------------------------------------
+
+
+def test_readers_are_counted_in_every_process(processes: Processes, backend: str) -> None:
+    here = processes()
+    there = processes() if backend == "redis" else here
+    generation_id = secrets.token_hex(8)
+    assert there.answers.readers(generation_id) == 0
+    here.answers.reading(generation_id, 1)
+    there.answers.reading(generation_id, 1)
+    assert (here.answers.readers(generation_id), there.answers.readers(generation_id)) == (2, 2)
+    here.answers.reading(generation_id, -1)
+    assert there.answers.readers(generation_id) == 1
+
+
+def test_an_unknown_answer_is_not_listed(processes: Processes) -> None:
+    answers = processes().answers
+    assert answers.lookup(secrets.token_hex(8)) is None
+    assert answers.running(secrets.token_hex(8)) is None
 
 
 @pytest.fixture(scope="module")
@@ -450,8 +439,7 @@ def gateways(backend: str, sim: SimProcess, request: pytest.FixtureRequest, tmp_
     _kill_greenlets()
     for app in made:
         app.extensions["clawweb.store"].close()
-        if "clawweb.redis" in app.extensions:
-            app.extensions["clawweb.redis"].close()
+        app.extensions["clawweb.state"].close()
 
 
 def generations_of(app: Flask) -> Generations:
