@@ -432,11 +432,7 @@ def gateways(backend: str, sim: SimProcess, request: pytest.FixtureRequest, tmp_
         return made[-1]
 
     yield make
-    for app in made:
-        generations_of(app).sweep()
-        for generation in list(generations_of(app)._by_id.values()):
-            generation.stop()
-    _kill_greenlets()
+    _kill_greenlets()  # an answer still running ends as its greenlet does: stored, before its store closes
     for app in made:
         app.extensions["clawweb.store"].close()
         app.extensions["clawweb.state"].close()
