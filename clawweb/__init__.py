@@ -25,7 +25,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import (
         account_page,
-        admission,
         api,
         auth,
         conversations,
@@ -37,11 +36,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         metrics,
         openai_api,
         pages,
-        shared,
     )
     from .config import load_settings, redact_url
     from .drain import DrainBody
     from .relay import admit
+    from .state.make import make_state
     from .upstream import client as upstream
 
     settings = load_settings(os.environ, test_config)
@@ -57,12 +56,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     edge.init_app(app, settings)  # first: its Host check runs before auth's _identify, and it wraps ProxyFix
     upstream.init_app(app, settings)
-    shared.init_app(app, settings.redis_url)
-    admission.init_app(app, settings)
-    admit.init_app(app, settings)
-    history.init_app(app, settings)
+    state = app.extensions["clawweb.state"] = make_state(settings)
+    admit.init_app(app, settings, state)
+    history.init_app(app, settings, state)
     auth.init_app(app, settings)
-    login.init_app(app, settings)
+    login.init_app(app, settings, state)
     pages.init_app(app)
     blueprints = (account_page.bp, api.bp, conversations.bp, health.bp, login.bp, metrics.bp, openai_api.bp, pages.bp)
     for blueprint in blueprints:

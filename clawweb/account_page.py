@@ -15,8 +15,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from . import accounts
 from .auth import Identity, identity, user_store
 from .i18n import LANG_TAGS, language, strings
-from .limits import Throttled
 from .login import check_password
+from .state.base import Throttled
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 

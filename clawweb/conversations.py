@@ -10,12 +10,12 @@ from . import quotas
 from .auth import owner
 from .config import Settings, get_settings
 from .errors import ApiError, InvalidField
-from .eventlog import START, valid_cursor
 from .generations import AnyGeneration
 from .history import get_generations, get_store, with_answers
 from .relay import sse
 from .relay.admit import admit, client_id
 from .relay.responses import streaming_response
+from .state.base import START, valid_cursor
 from .validation import parse_json_object, query_int, request_body, validate_chat
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")

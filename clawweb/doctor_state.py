@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from .config import Settings, redact_url
-from .shared import PREFIX
+from .state.redis import PREFIX
 
 MIN_FREE_BYTES = 512 << 20  # below this a long answer or a checkpoint may meet a full disk
 SLOW_REDIS_MS = 20.0  # a round trip on loopback or a LAN is well under a millisecond

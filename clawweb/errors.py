@@ -26,7 +26,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .shared import unavailable_reason
+from .state.redis import unavailable_reason
 from .storage import StorageUnavailable
 
 RETRY_AFTER_UNAVAILABLE_S = 5

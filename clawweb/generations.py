@@ -5,16 +5,16 @@ that reconnects with ``Last-Event-ID`` (or ``?after=``) gets exactly the events 
 leaves, the answer still finishes and is stored (or is cancelled after ``CLAWWEB_CANCEL_WITHOUT_READERS_S``).
 Finished logs stay for ``CLAWWEB_GENERATION_TTL_S`` so late readers get the end, then they are freed.
 
-In one process the log is in memory. With ``CLAWWEB_REDIS_URL`` it is a Redis Stream and the generation's state
-a Redis hash, so any worker or host can follow it (``RemoteGeneration``) or stop it (a published message to the
-process that runs it).
+The log and the directory that lists running answers are the shared state's (``state/``): in one process, memory;
+with ``CLAWWEB_REDIS_URL``, Redis, so that any worker or host can follow an answer (``RemoteGeneration``) or stop it
+(a message on the bus to the process that runs it).
 
 Faults: ending an answer is a row of steps that each run whatever the one before did (a full disk, Redis away):
 store it (retried in the background when that fails), write the final event (in memory first: readers in this
 process always get it), bookkeeping, give the slot back. While it streams, the text so far is checkpointed to
 the database about every ``CLAWWEB_CHECKPOINT_S`` (all answers in one transaction), so a killed worker loses at
 most that much. With Redis the process running an answer renews its lease; when a process dies, whichever
-other process notices first (a reader asking, or the lease loop every process runs) ends its answers for
+other process notices first (a reader asking, or the lease round every process runs) ends its answers for
 everyone: a final ``error`` entry in the log, and the exact text the log holds stored as interrupted.
 """
 
@@ -27,18 +27,16 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, assert_never, cast
+from typing import Any, assert_never
 
 import gevent
-import redis
 
-from .eventlog import FINAL_EVENTS, Entry, EventLog, LogLost, MemoryLog
-from .redislog import Flusher, RedisLog
+from .outage import Outage
 from .relay import sse
 from .relay.events import Failure, Heartbeat, Queued
 from .relay.relay import Relay
 from .relay.upstream_stream import CLOSED_EARLY
-from .shared import PREFIX, Bus, Outage, unavailable_message
+from .state.base import Entry, Listed, LogLost, LogReader, LogUnavailable, LogWriter, State
 from .storage import INTERRUPTED, StorageUnavailable, Store
 
 log = logging.getLogger("gunicorn.error")
@@ -55,27 +53,6 @@ def new_id() -> str:
 
 STORE_RETRY_S = 2.0  # an answer whose storing failed (a full disk) is tried again this often...
 STORE_RETRY_FOR_S = 300.0  # ...for this long; then it is given up, logged
-LEASES = PREFIX + "gen:leases"  # running answers by lease deadline: where the lease loop looks for dead ones
-
-# End an answer whose process stopped renewing its lease, unless it ended or was renewed meanwhile: atomic, so
-# of all the processes that notice, one ends it. KEYS: state, running, log, leases. ARGV: generation id, final
-# event, its data, log ttl (ms), state ttl (s). Returns 1 when this call ended it.
-_END_ABANDONED = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' or status == 'streaming' then
-  if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
-  redis.call('HSET', KEYS[1], 'status', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  redis.call('XADD', KEYS[3], '*', 'e', ARGV[2], 'd', ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  return 1
-end
-redis.call('ZREM', KEYS[4], ARGV[1])
-return 0
-"""
-# A finished answer gives up its conversation's "running" key, unless a newer answer holds it by now.
-_FORGET_RUNNING = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 
 
 class Stopped(Exception):
@@ -102,7 +79,7 @@ def text_of(entries: Iterable[Entry]) -> tuple[str, str]:
     return "".join(content), "".join(thinking)
 
 
-def sse_follow(events: EventLog, after: str, heartbeat_s: float) -> Iterator[bytes]:
+def sse_follow(events: LogReader, after: str, heartbeat_s: float) -> Iterator[bytes]:
     """SSE for one reader: every event after ``after``, then live ones; ends after the final event, or with an
     ``event: error`` when it cannot go on (Redis failed, the log is lost). Never by raising: the response has
     started, and an exception would cut it mid-body (or become gunicorn's HTML 500 before the first byte)."""
@@ -114,10 +91,7 @@ def sse_follow(events: EventLog, after: str, heartbeat_s: float) -> Iterator[byt
             else:
                 entry_id, event, data = entry
                 yield sse.frame(data, event=event, id=entry_id)
-    except redis.RedisError as exc:
-        log.warning("redis: a reader stopped following an answer: %s", exc)
-        yield sse.json_frame({"error": unavailable_message(exc)}, event="error")
-    except (LogLost, StorageUnavailable) as exc:
+    except (LogLost, LogUnavailable, StorageUnavailable) as exc:
         yield sse.json_frame({"error": str(exc)}, event="error")
 
 
@@ -128,7 +102,7 @@ class _Answer:
     conversation_id: str
     message_id: int
     status: str
-    log: EventLog
+    log: LogReader
     _registry: Generations
 
     @property
@@ -171,7 +145,7 @@ class Generation(_Answer):
         self._content: list[str] = []
         self._thinking: list[str] = []
         self._registry = registry
-        self.log = registry.new_log(self.id)
+        self.log: LogWriter = registry.logs.writer(self.id)
         self._relay = relay
         self._finalizing = False
         registry.publish(self)
@@ -273,21 +247,21 @@ class Generation(_Answer):
 
 
 class RemoteGeneration(_Answer):
-    """An answer another worker or host runs (or ran), seen through Redis."""
+    """An answer another worker or host runs (or ran), seen through the shared state's directory."""
 
-    def __init__(self, registry: Generations, generation_id: str, state: dict[bytes, bytes]) -> None:
-        self.id = generation_id
-        self.conversation_id = state[b"conversation_id"].decode()
-        self.owner = int(state[b"owner"]) if state[b"owner"] else None
-        self.message_id = int(state[b"message_id"])
-        self.status = state[b"status"].decode()
-        self.finished = self.status in FINAL_EVENTS
+    def __init__(self, registry: Generations, listed: Listed) -> None:
+        self.id = listed.id
+        self.conversation_id = listed.conversation_id
+        self.owner = listed.owner
+        self.message_id = listed.message_id
+        self.status = listed.status
+        self.finished = listed.finished
         self._registry = registry
-        self.log = registry.new_log(generation_id, writer=False)
+        self.log = registry.logs.reader(listed.id)
 
     def stop(self) -> None:
         """Ask the process that runs it to stop it, and wait (a few seconds at most) until it has."""
-        self._registry.bus().publish("stop", self.id)
+        self._registry.bus.publish("stop", self.id)
         deadline = time.monotonic() + 5
         while not self.finished and time.monotonic() < deadline:
             gevent.sleep(0.05)
@@ -299,63 +273,33 @@ AnyGeneration = Generation | RemoteGeneration
 
 
 class Generations:
-    """The generations this process runs (and the finished ones until their log expires); with Redis, also
-    those of every other process."""
-
-    LIVE_TTL_S = 6 * 3600  # Redis state of a running answer outlives any answer; a crash leaves no garbage
+    """The generations this process runs (and the finished ones until their log expires); through the shared
+    state's directory, also those of every other process."""
 
     def __init__(
         self,
         store: Store,
+        state: State,
         ttl_s: float,
         cancel_without_readers_s: float,
-        client: redis.Redis | None = None,
-        bus: Bus | None = None,
-        lease_s: float = 45.0,
         checkpoint_s: float = 1.0,
     ) -> None:
-        """``lease_s``: with Redis, how long a running answer stays "running" for the other processes after the
-        process that runs it last renewed it (every third of that): a killed worker's answer is known dead then.
-        ``checkpoint_s``: how often the text of streaming answers is stored (0: only when they end)."""
+        """``checkpoint_s``: how often the text of streaming answers is stored (0: only when they end)."""
         self.store = store
+        self.logs = state.logs
+        self.bus = state.bus
+        self._answers = state.answers
+        self.lease_s = state.answers.lease_s
         self._ttl_s = ttl_s
         self._cancel_without_readers_s = cancel_without_readers_s
-        self._redis = client
-        self._bus = bus
-        self._flusher = Flusher(client) if client is not None else None
-        self.lease_s = lease_s
         self._checkpoint_s = checkpoint_s
         self._background = False
         self._by_id: dict[str, Generation] = {}
-        self._readers: dict[str, int] = {}
         self._expiry: deque[tuple[float, str]] = deque()
-        self._unpublished: dict[str, Generation] = {}  # finished, but Redis was away when they said so
-        self._counting = Outage("redis: counting readers")
-        if client is not None:
-            self._end_abandoned_script = client.register_script(_END_ABANDONED)
-            self._forget_running = client.register_script(_FORGET_RUNNING)
-        if bus is not None:
-            bus.subscribe("stop", self._stop_requested)
+        self.bus.subscribe("stop", self._stop_requested)
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-    def bus(self) -> Bus:
-        assert self._bus is not None
-        return self._bus
-
-    def new_log(self, generation_id: str, writer: bool = True) -> EventLog:
-        if self._redis is None:
-            return MemoryLog()
-        return RedisLog(self._redis, self._key(generation_id, "log"), self._ttl_s, self._flusher if writer else None)
-
-    @staticmethod
-    def _key(generation_id: str, part: str = "") -> str:
-        return f"{PREFIX}gen:{generation_id}" + (f":{part}" if part else "")
-
-    @staticmethod
-    def _running_key(conversation_id: str) -> str:
-        return f"{PREFIX}conv:{conversation_id}:running"
 
     def start(self, conversation_id: str, owner: int | None, message_id: int, relay: Relay) -> Generation:
         self._start_background()
@@ -366,119 +310,56 @@ class Generations:
         return generation
 
     def _start_background(self) -> None:
-        """The checkpoint loop and, with Redis, the subscriber and the lease loop: once, lazily (a process that
-        never serves an answer never connects)."""
+        """The checkpoint loop, the subscriber and the lease round: once, lazily (a process that never serves an
+        answer never connects)."""
         if self._background:
             return
         self._background = True
         if self._checkpoint_s:
             gevent.spawn(self._checkpoint_loop)
-        if self._redis is not None:
-            self.bus().start()
-            gevent.spawn(self._lease_loop)
+        self.bus.start()
+        self._answers.watch(self._by_id, self._end_abandoned)
 
     def get(self, generation_id: str) -> AnyGeneration | None:
         if not _ID.fullmatch(generation_id):
             return None
         self.sweep()
         local = self._by_id.get(generation_id)
-        if local is not None or self._redis is None:
+        if local is not None:
             return local
         self._start_background()  # from now on this process also ends the answers of dead processes
-        state: Any = self._redis.hgetall(self._key(generation_id))
-        if b"conversation_id" not in state:
+        listed = self._answers.lookup(generation_id)
+        if listed is None:
             return None
-        if state[b"status"].decode() not in FINAL_EVENTS:
-            running: Any = self._redis.get(self._running_key(state[b"conversation_id"].decode()))
-            if running != generation_id.encode():  # its process stopped renewing it: it died
-                state = self._end_abandoned(generation_id, state)
-        return RemoteGeneration(self, generation_id, state)
+        if not listed.finished and not listed.held:  # its process stopped renewing it: it died
+            listed = self._end_abandoned(listed)
+        return RemoteGeneration(self, listed)
 
     def running_for(self, conversation_id: str) -> AnyGeneration | None:
         local = next((g for g in self._by_id.values() if g.conversation_id == conversation_id and not g.finished), None)
-        if local is not None or self._redis is None:
+        if local is not None:
             return local
-        running: Any = self._redis.get(self._running_key(conversation_id))
-        found = self.get(running.decode()) if running else None
+        running = self._answers.running(conversation_id)
+        found = self.get(running) if running else None
         return found if found is not None and not found.finished else None
 
     def publish(self, generation: Generation) -> None:
-        """Make the generation's state visible to the other processes (with Redis; else nothing to do). Never
-        raises: with Redis away, the lease loop publishes it again (a running answer's state every round)."""
-        if self._redis is None:
-            return
-        try:
-            self._publish([generation])
-        except redis.RedisError as exc:
-            log.warning("redis: publishing answer %s (%s): %s; retrying", generation.id, generation.status, exc)
-            if generation.finished:
-                self._unpublished[generation.id] = generation
+        """Make the generation's state visible to the other processes. Never raises."""
+        self._answers.publish(generation)
 
-    def _publish(self, generations: Iterable[Generation]) -> None:
-        assert self._redis is not None
-        pipe = self._redis.pipeline()
-        deadline = time.time() + self.lease_s
-        for generation in generations:
-            ttl = self._ttl_s if generation.finished else self.LIVE_TTL_S
-            key, running = self._key(generation.id), self._running_key(generation.conversation_id)
-            state = {
-                "conversation_id": generation.conversation_id,
-                "owner": "" if generation.owner is None else str(generation.owner),
-                "message_id": str(generation.message_id),
-                "status": generation.status,
-            }
-            pipe.hset(key, mapping=cast(Any, state))
-            pipe.expire(key, int(ttl) + 1)
-            if generation.finished:
-                self._forget_running(keys=[running], args=[generation.id], client=pipe)
-                pipe.zrem(LEASES, generation.id)
-            else:
-                pipe.set(running, generation.id, px=int(self.lease_s * 1000))
-                pipe.zadd(LEASES, {generation.id: deadline})
-        pipe.execute()
-
-    def _lease_loop(self) -> None:
-        """Every third of the lease: renew this process's answers (their whole state, so a Redis that restarted
-        empty has them back), publish the ends Redis missed, and end the answers of processes that died."""
-        assert self._redis is not None
-        outage = Outage("redis: renewing answers' leases")
-        while True:
-            gevent.sleep(self.lease_s / 3)
-            try:
-                shown = [g for g in self._by_id.values() if not g.finished] + list(self._unpublished.values())
-                if shown:
-                    self._publish(shown)
-                    for generation in shown:
-                        self._unpublished.pop(generation.id, None)
-                expired: Any = self._redis.zrangebyscore(LEASES, "-inf", time.time(), start=0, num=100)
-                for raw in expired:
-                    generation_id = raw.decode()
-                    if generation_id in self._by_id:
-                        continue
-                    state: Any = self._redis.hgetall(self._key(generation_id))
-                    if b"conversation_id" in state:
-                        self._end_abandoned(generation_id, state)
-                    else:
-                        self._redis.zrem(LEASES, generation_id)
-                outage.ok()
-            except (redis.RedisError, StorageUnavailable) as exc:
-                outage.failed(exc)
-
-    def _end_abandoned(self, generation_id: str, state: dict[bytes, bytes]) -> dict[bytes, bytes]:
-        """End, for everyone, an answer whose process stopped renewing its lease; its state afterwards.
+    def _end_abandoned(self, answer: Listed) -> Listed:
+        """End, for everyone, an answer whose process stopped renewing its lease; its listing afterwards.
 
         The text is the log's (exactly what readers were shown), unless Redis lost the log's head (a restart):
         then the database's checkpoint, which it extends, is longer. If the dead process had stored the answer's
         end but not yet told Redis, that end is what readers get.
         """
-        assert self._redis is not None
-        message_id = int(state[b"message_id"])
-        stored = self.store.message(message_id) or {}
-        if stored.get("conversation_id") != state[b"conversation_id"].decode():
+        stored = self.store.message(answer.message_id) or {}
+        if stored.get("conversation_id") != answer.conversation_id:
             # Not in this process's database: another installation shares the Redis (a different database, the
             # same keys). Its own processes end it; ending it here would overwrite an unrelated message.
-            return state
-        content, thinking = text_of(cast(RedisLog, self.new_log(generation_id, writer=False)).entries())
+            return answer
+        content, thinking = text_of(self.logs.reader(answer.id).entries())
         if not content.startswith(stored.get("content") or ""):
             content, thinking = stored["content"], stored.get("thinking") or ""
         ended = stored.get("status") not in (None, "streaming") and stored.get("error") != INTERRUPTED
@@ -490,25 +371,12 @@ class Generations:
             status = "error"
             message = {**stored, "content": content, "thinking": thinking, "status": status, "error": INTERRUPTED}
         payload = {"message": message, **({"error": message["error"]} if status == "error" else {})}
-        keys = [
-            self._key(generation_id),
-            self._running_key(state[b"conversation_id"].decode()),
-            self._key(generation_id, "log"),
-            LEASES,
-        ]
-        args: list[str | int] = [
-            generation_id,
-            status,
-            json.dumps(payload),
-            int(self._ttl_s * 1000),
-            int(self._ttl_s) + 1,
-        ]
-        if self._end_abandoned_script(keys=keys, args=args) and not ended:
-            log.warning("answer %s: its process stopped; interrupted at %d characters", generation_id, len(content))
+        if self._answers.end_abandoned(answer, status, json.dumps(payload)) and not ended:
+            log.warning("answer %s: its process stopped; interrupted at %d characters", answer.id, len(content))
+            message_id = answer.message_id
             write = lambda: self.store.interrupt(message_id, content, thinking)  # noqa: E731
-            self._store_now_or_later(f"interrupted answer {generation_id}", write)
-        now: Any = self._redis.hgetall(keys[0])
-        return cast(dict[bytes, bytes], now) if b"conversation_id" in now else state
+            self._store_now_or_later(f"interrupted answer {answer.id}", write)
+        return self._answers.lookup(answer.id) or answer
 
     def _store_now_or_later(self, what: str, write: Callable[[], object]) -> None:
         try:
@@ -567,36 +435,15 @@ class Generations:
             self._by_id.pop(self._expiry.popleft()[1], None)
 
     def counted(self, generation_id: str, frames: Iterator[bytes]) -> Iterator[bytes]:
-        """``frames``, while counting the reader (in Redis, so that readers on other processes count too)."""
-        self._reading(generation_id, 1)
+        """``frames``, while counting the reader (in every process: ``cancel_without_readers_s`` counts them all)."""
+        self._answers.reading(generation_id, 1)
         try:
             yield from frames
         finally:
-            self._reading(generation_id, -1)
-
-    def _reading(self, generation_id: str, change: int) -> None:
-        """Never raises: the count only serves ``cancel_without_readers_s``, no reader fails for it."""
-        if self._redis is not None:
-            key = self._key(generation_id, "readers")  # its own key: a late reader must not recreate the state
-            try:
-                pipe = self._redis.pipeline()
-                pipe.incrby(key, change)
-                pipe.expire(key, self.LIVE_TTL_S)
-                pipe.execute()
-                self._counting.ok()
-            except redis.RedisError as exc:
-                self._counting.failed(exc)
-        self._readers[generation_id] = self._readers.get(generation_id, 0) + change
-        if not self._readers[generation_id]:
-            del self._readers[generation_id]
+            self._answers.reading(generation_id, -1)
 
     def readers(self, generation_id: str) -> int:
-        if self._redis is not None:
-            try:
-                return int(self._redis.get(self._key(generation_id, "readers")) or 0)
-            except redis.RedisError:
-                return 1  # unknown: never cancel an answer because Redis is away
-        return self._readers.get(generation_id, 0)
+        return self._answers.readers(generation_id)
 
     def _stop_requested(self, generation_id: str) -> None:
         local = self._by_id.get(generation_id)

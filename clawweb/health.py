@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from .auth import identity
 from .config import get_settings, redact_url
 from .history import get_store
-from .shared import shared_state_problem
+from .state.make import get_state
 from .upstream.client import get_client
 from .upstream.wire import model_key
 
@@ -43,7 +43,7 @@ def readyz() -> Response:
         where = "Ollama's /api/tags" if len(client.hosts) == 1 else "the /api/tags of any Ollama host that answers"
         return _not_ready(f"default model '{settings.default_model}' is not in {where}", hosts, detail)
     # What answers also need: Redis answering PING (when configured), the database file still the one opened.
-    problem = shared_state_problem(READY_TIMEOUT_S) or get_store().problem()
+    problem = get_state().problem(READY_TIMEOUT_S) or get_store().problem()
     if problem:
         return _not_ready(problem if detail else "shared state or the database is unavailable", hosts, detail)
     if not detail:

@@ -11,21 +11,16 @@ from flask import Flask, current_app
 from . import quotas
 from .config import Settings
 from .generations import Generations
+from .state.base import State
 from .storage import Store
 
 
-def init_app(app: Flask, settings: Settings) -> None:
+def init_app(app: Flask, settings: Settings, state: State) -> None:
     store = Store(settings.db, mark_interrupted=not settings.redis_url)
     app.extensions["clawweb.store"] = store
-    quotas.init_app(app, settings)
+    quotas.init_app(app, settings, state)
     app.extensions["clawweb.generations"] = Generations(
-        store,
-        settings.generation_ttl_s,
-        settings.cancel_without_readers_s,
-        app.extensions.get("clawweb.redis"),
-        app.extensions.get("clawweb.bus"),
-        lease_s=3 * settings.heartbeat_s,
-        checkpoint_s=settings.checkpoint_s,
+        store, state, settings.generation_ttl_s, settings.cancel_without_readers_s, settings.checkpoint_s
     )
 
 

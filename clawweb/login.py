@@ -24,7 +24,7 @@ from . import accounts, sessions
 from .auth import identity, user_store
 from .config import Settings, get_settings
 from .i18n import LANG_TAGS, language, strings
-from .limits import Throttled, Window, make_window
+from .state.base import State, Throttled, Window
 
 log = logging.getLogger("gunicorn.error")
 bp = Blueprint("login", __name__)
@@ -158,9 +158,8 @@ def logout() -> BaseResponse:
     return redirect(url_for("login.login_form") if get_settings().auth_required else "/")
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    client = app.extensions.get("clawweb.redis")
+def init_app(app: Flask, settings: Settings, state: State) -> None:
     app.extensions["clawweb.login_throttle"] = (
-        make_window(client, "login-name", settings.login_attempts, LOGIN_WINDOW_S),
-        make_window(client, "login-address", settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
+        state.window("login-name", settings.login_attempts, LOGIN_WINDOW_S),
+        state.window("login-address", settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
     )

@@ -18,7 +18,6 @@ import requests
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from .admission import RETRY_AFTER_BUSY_S
 from .config import Settings, get_settings
 from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
@@ -27,6 +26,7 @@ from .relay.admit import admit, allowed
 from .relay.events import Failure, Heartbeat, Queued
 from .relay.relay import Relay
 from .relay.responses import streaming_response
+from .state.base import RETRY_AFTER_BUSY_S
 from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
 from .upstream.errors import OllamaTimeout
 from .upstream.wire import model_key, ollama_error_text

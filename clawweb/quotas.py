@@ -33,7 +33,7 @@ from flask import Flask, current_app
 
 from .config import Settings, get_settings
 from .errors import ApiError
-from .limits import Throttled, Window, make_window
+from .state.base import State, Throttled, Window
 from .storage import Store
 
 
@@ -119,7 +119,5 @@ def count_answer(owner: int | None) -> Callable[[], None]:
     return lambda: store.uncount_answer(owner, day)
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["clawweb.conversation_rate"] = make_window(
-        app.extensions.get("clawweb.redis"), "conversations", settings.conversations_per_minute, 60.0
-    )
+def init_app(app: Flask, settings: Settings, state: State) -> None:
+    app.extensions["clawweb.conversation_rate"] = state.window("conversations", settings.conversations_per_minute, 60.0)

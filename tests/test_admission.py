@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clawweb.admission import Admission, Refused
+from clawweb.state.base import Refused
+from clawweb.state.memory import Admission
 
 
 def test_slots_then_fifo_queue_with_positions() -> None:

@@ -11,7 +11,7 @@ from flask import Flask
 
 from clawweb.config import Settings
 from clawweb.errors import ApiError
-from clawweb.eventlog import valid_cursor
+from clawweb.state.base import valid_cursor
 from clawweb.validation import parse_json_object, query_int, validate_chat
 
 SETTINGS = Settings(max_messages=5, max_chars=100, max_num_ctx=4096)

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
-from clawweb.eventlog import START, Entry, MemoryLog
+from clawweb.state.base import START, Entry
+from clawweb.state.memory import MemoryLog
 
 WAIT_S = 0.01  # how long ``follow`` waits before it yields ``None`` (the caller's cue for a heartbeat)
 

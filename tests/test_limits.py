@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from clawweb.limits import MAX_KEYS, SlidingWindow, Throttled
+from clawweb.state.base import Throttled
+from clawweb.state.memory import MAX_KEYS, SlidingWindow
 
 
 class Clock:

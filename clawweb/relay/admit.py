@@ -13,12 +13,12 @@ from typing import Any, cast
 from flask import Flask, current_app, request
 
 from .. import quotas
-from ..admission import get_admission
 from ..auth import identity, owner
 from ..config import Settings, get_settings
 from ..errors import ApiError
-from ..limits import Throttled, Window, make_window
 from ..metrics import StreamStats
+from ..state.base import State, Throttled, Window
+from ..state.make import get_state
 from ..upstream.client import get_client
 from ..upstream.wire import model_key
 from .relay import Relay
@@ -64,7 +64,7 @@ def admit(body: dict[str, Any]) -> Relay:
     except BaseException:
         _rate().release(who, counted)
         raise
-    admission = get_admission()
+    admission = get_state().slots
     try:
         ticket = admission.enter(who)
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
@@ -80,7 +80,5 @@ def admit(body: dict[str, Any]) -> Relay:
     return relay
 
 
-def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["clawweb.rate"] = make_window(
-        app.extensions.get("clawweb.redis"), "answers", settings.rate_per_minute, 60.0
-    )
+def init_app(app: Flask, settings: Settings, state: State) -> None:
+    app.extensions["clawweb.rate"] = state.window("answers", settings.rate_per_minute, 60.0)

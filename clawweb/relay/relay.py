@@ -15,11 +15,11 @@ import redis
 import requests
 
 from .. import lifecycle
-from ..admission import Slots, Ticket
 from ..config import Settings
 from ..errors import ApiError
 from ..metrics import StreamStats
-from ..shared import unavailable_message
+from ..state.base import Slots, Ticket
+from ..state.redis import unavailable_message
 from ..upstream.client import OllamaClient
 from .events import Failure, Heartbeat, Outcome, Queued, RelayEvent
 from .upstream_stream import UpstreamStream

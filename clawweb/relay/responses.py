@@ -12,10 +12,10 @@ from typing import Any, assert_never
 
 from flask import Response, request
 
-from ..admission import RETRY_AFTER_BUSY_S
 from ..config import get_settings
 from ..errors import error_response
 from ..send_watch import WATCH
+from ..state.base import RETRY_AFTER_BUSY_S
 from . import sse
 from .events import Failure, Heartbeat, Queued
 from .relay import Relay

@@ -1,4 +1,4 @@
-"""``RedisLog``: a generation's event log as a Redis Stream, followed from any worker or host.
+"""A generation's event log as a Redis Stream, followed from any worker or host.
 
 The writer names the entry ids itself (``<ms>-<seq>``, increasing) and keeps a copy in memory, so appending
 costs no round trip: readers in its own process follow the copy, and one ``Flusher`` per process sends the
@@ -7,8 +7,10 @@ block on ``XREAD``. A stream expires ``ttl_s`` after its final entry (a live one
 leaves nothing behind for good).
 
 While Redis is away the flusher keeps the entries and sends them, in order, once it answers again: readers
-elsewhere get a late answer, never one with a hole. A reader whose Redis fails gets the error (the caller turns
-it into a final in-band ``event: error``).
+elsewhere get a late answer, never one with a hole. A reader whose Redis fails gets ``LogUnavailable`` (the
+caller turns it into a final in-band ``event: error``).
+
+The stream of generation ``<id>`` is ``clawweb:gen:<id>:log``, its entries ``{e: event type, d: data}``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import gevent
 import gevent.event
 import redis
 
-from . import lifecycle
-from .eventlog import FINAL_EVENTS, START, Entry, LogLost, MemoryLog, order
-from .shared import BLOCK_MAX_S, Outage
+from .. import lifecycle
+from ..outage import Outage
+from .base import FINAL_EVENTS, START, Entry, LogLost, LogUnavailable, order
+from .memory import MemoryLog
+from .redis import BLOCK_MAX_S, PREFIX, unavailable_message
 
 log = logging.getLogger("gunicorn.error")
 
@@ -91,37 +95,47 @@ class Flusher:
                 log.warning("redis: an event log entry was refused: %s", result)
 
 
-class RedisLog:
-    """A Redis Stream ``key`` of entries ``{e: event, d: data}``.
+def log_key(generation_id: str) -> str:
+    return f"{PREFIX}gen:{generation_id}:log"
 
-    With ``flusher`` this is the writer's log (it creates the empty stream at once, so a reader that comes
-    before the first entry waits for it rather than finding nothing); without, a reader's view of it.
-    """
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float, flusher: Flusher | None = None) -> None:
+class RedisLogs:
+    def __init__(self, client: redis.Redis, ttl_s: float) -> None:
+        """``ttl_s``: how long a stream stays after its final entry."""
         self._redis = client
+        self._ttl_s = ttl_s
+        self._flusher = Flusher(client)
+
+    def writer(self, generation_id: str) -> RedisLogWriter:
+        return RedisLogWriter(self._redis, log_key(generation_id), self._ttl_s, self._flusher)
+
+    def reader(self, generation_id: str) -> RedisLogReader:
+        return RedisLogReader(self._redis, log_key(generation_id))
+
+
+class RedisLogWriter:
+    """The writer's log: a copy in memory that this process's readers follow, sent to the stream ``key`` by the
+    flusher. It creates the empty stream at once, so a reader that comes before the first entry waits for it
+    rather than finding nothing."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl_s: float, flusher: Flusher) -> None:
         self._key = key
         self._ttl_ms = int(ttl_s * 1000)
         self._flusher = flusher
-        self._mirror = MemoryLog() if flusher else None
+        self._mirror = MemoryLog()
         self._last = (0, 0)
         self.finished = False
-        if flusher:
-            pipe = self._redis.pipeline()
-            pipe.xgroup_create(key, "created", id="$", mkstream=True)
-            pipe.xgroup_destroy(key, "created")
-            pipe.pexpire(key, LIVE_TTL_MS)
-            pipe.execute()
+        pipe = client.pipeline()
+        pipe.xgroup_create(key, "created", id="$", mkstream=True)
+        pipe.xgroup_destroy(key, "created")
+        pipe.pexpire(key, LIVE_TTL_MS)
+        pipe.execute()
 
     @property
     def last_id(self) -> str:
-        if self._mirror is not None:
-            return self._mirror.last_id
-        last: Any = self._redis.xrevrange(self._key, count=1)
-        return last[0][0].decode() if last else START
+        return self._mirror.last_id
 
     def append(self, event: str, data: bytes) -> str:
-        assert self._flusher is not None and self._mirror is not None, "only the writer appends"
         now_ms = int(time.time() * 1000)
         self._last = (now_ms, 0) if now_ms > self._last[0] else (self._last[0], self._last[1] + 1)
         entry_id = f"{self._last[0]}-{self._last[1]}"
@@ -131,9 +145,35 @@ class RedisLog:
         return entry_id
 
     def follow(self, after: str, wait_s: float) -> Iterator[Entry | None]:
-        if self._mirror is not None:
-            yield from self._mirror.follow(after, wait_s)
-            return
+        return self._mirror.follow(after, wait_s)
+
+    def caught_up(self, after: str) -> bool:
+        return self._mirror.caught_up(after)
+
+    def entries(self) -> list[Entry]:
+        return self._mirror.entries()
+
+
+class RedisLogReader:
+    """A reader's view of the stream ``key``, in a process other than the writer's: it blocks on ``XREAD``."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self._redis = client
+        self._key = key
+
+    @property
+    def last_id(self) -> str:
+        last: Any = self._redis.xrevrange(self._key, count=1)
+        return last[0][0].decode() if last else START
+
+    def follow(self, after: str, wait_s: float) -> Iterator[Entry | None]:
+        try:
+            yield from self._follow(after, wait_s)
+        except redis.RedisError as exc:
+            log.warning("redis: a reader stopped following an answer: %s", exc)
+            raise LogUnavailable(unavailable_message(exc)) from exc
+
+    def _follow(self, after: str, wait_s: float) -> Iterator[Entry | None]:
         cursor = "0-0" if after == START else after
         heartbeat_at = time.monotonic() + wait_s
         while not lifecycle.stopping():  # else the reader reconnects (Last-Event-ID) to a worker that stays
@@ -158,16 +198,13 @@ class RedisLog:
                 if event in FINAL_EVENTS:
                     return
 
-    def entries(self) -> list[Entry]:
-        """Every entry Redis holds (to recover the text of an answer whose writer died)."""
-        found: Any = self._redis.xrange(self._key)
-        return [(raw_id.decode(), fields[b"e"].decode(), fields[b"d"]) for raw_id, fields in found]
-
     def caught_up(self, after: str) -> bool:
-        if self._mirror is not None:
-            return self._mirror.caught_up(after)
         last: Any = self._redis.xrevrange(self._key, count=1)
         if not last:
             return not self._redis.exists(self._key)  # expired: nothing more will come; empty: the first will
         last_id, fields = last[0]
         return fields[b"e"].decode() in FINAL_EVENTS and order(after) >= order(last_id.decode())
+
+    def entries(self) -> list[Entry]:
+        found: Any = self._redis.xrange(self._key)
+        return [(raw_id.decode(), fields[b"e"].decode(), fields[b"d"]) for raw_id, fields in found]

@@ -1,4 +1,4 @@
-"""Admission shared through Redis: the same limits as ``Admission``, over every worker and host.
+"""Admission shared through Redis: the same limits as memory's ``Admission``, over every worker and host.
 
 State (all under ``clawweb:adm:``): ``active`` (tickets holding a slot), ``queue`` (waiting tickets by arrival),
 ``owner`` (ticket → client) and ``clients`` (client → tickets held), and ``leases``: every ticket's holder
@@ -13,12 +13,11 @@ import logging
 import time
 from typing import Any
 
-import gevent
 import redis
 
-from .admission import Ticket, client_limit, queue_full
-from .metrics import ACTIVE, QUEUED
-from .shared import PREFIX, Bus
+from ..metrics import ACTIVE, QUEUED
+from .base import Bus, Ticket, client_limit, queue_full
+from .redis import PREFIX, LeaseRenewer
 
 LEASE_S = 30.0
 log = logging.getLogger("gunicorn.error")
@@ -114,7 +113,7 @@ class RedisAdmission:
         self._poll = client.register_script(_POLL)
         self._release = client.register_script(_RELEASE)
         self._mine: dict[str, Ticket] = {}  # this process's tickets: their leases to renew, to wake on a change
-        self._renewer: gevent.Greenlet[[], None] | None = None
+        self._renewer = LeaseRenewer("redis: renewing admission places", LEASE_S, self._renew)
         bus.subscribe("admission", self._changed)
 
     @property
@@ -123,8 +122,7 @@ class RedisAdmission:
 
     def enter(self, client: str) -> Ticket:
         self._bus.start()
-        if self._renewer is None:
-            self._renewer = gevent.spawn(self._renew_leases)
+        self._renewer.start()
         ticket = Ticket(client)
         position, _ = self._run(
             self._enter, ticket.id, client, self._deadline(), self.max_active, self.max_queue, self.max_per_client
@@ -150,7 +148,7 @@ class RedisAdmission:
         self._publish_gauges()
 
     def wait(self, ticket: Ticket, timeout: float) -> bool:
-        """Until a slot was released anywhere (True) or ``timeout`` passed (False); then the new position."""
+        """Until a slot was released anywhere (True) or ``timeout`` passed (False); then asks its position."""
         changed = bool(ticket.changed.wait(timeout))
         ticket.changed.clear()
         position, _ = self._run(self._poll, ticket.id, self._deadline(), self.max_active, ticket.client)
@@ -176,14 +174,10 @@ class RedisAdmission:
     def _deadline() -> float:
         return time.time() + LEASE_S
 
-    def _renew_leases(self) -> None:
-        while True:
-            gevent.sleep(LEASE_S / 3)
-            if self._mine:
-                try:
-                    self._redis.zadd(KEYS[4], {ticket: self._deadline() for ticket in self._mine}, xx=True)
-                except redis.RedisError:
-                    pass  # the next round tries again; a lost ticket re-queues itself when it polls
+    def _renew(self) -> None:
+        """A ticket Redis lost meanwhile (a restart) is not renewed: it re-queues itself when it polls."""
+        if self._mine:
+            self._redis.zadd(KEYS[4], {ticket: self._deadline() for ticket in self._mine}, xx=True)
 
     def _publish_gauges(self) -> None:
         """This process's share, as for ``Admission`` (the multi-process gauges add them up)."""

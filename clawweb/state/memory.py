@@ -1,0 +1,265 @@
+"""The shared state in this process's memory: one worker, nobody to share with (the default).
+
+Everything runs in one gevent hub, so plain attributes need no locks: nothing here yields except waiting.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+
+import gevent.event
+
+from ..config import Settings
+from ..metrics import ACTIVE, QUEUED
+from .base import (
+    FINAL_EVENTS,
+    START,
+    Answer,
+    Entry,
+    Listed,
+    LogLost,
+    State,
+    Throttled,
+    Ticket,
+    Window,
+    answer_lease_s,
+    client_limit,
+    order,
+    queue_full,
+)
+
+MAX_KEYS = 10_000  # per window; beyond, the keys whose attempts all expired are forgotten
+
+
+class Admission:
+    """At most ``max_active`` generations upstream, a bounded FIFO queue behind them, and a per-client cap, so a
+    burst of users never piles onto Ollama (whose own queue gives no feedback at all)."""
+
+    def __init__(self, max_active: int, max_queue: int, max_per_client: int) -> None:
+        self.max_active = max_active
+        self.max_queue = max_queue
+        self.max_per_client = max_per_client
+        self.active = 0
+        self._queue: deque[Ticket] = deque()
+        self._per_client: Counter[str] = Counter()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def enter(self, client: str) -> Ticket:
+        if self._per_client[client] >= self.max_per_client:
+            raise client_limit(self.max_per_client)
+        ticket = Ticket(client)
+        if self.active < self.max_active and not self._queue:
+            self._admit(ticket)
+        elif len(self._queue) >= self.max_queue:
+            raise queue_full(self.max_active, self.max_queue)
+        else:
+            self._queue.append(ticket)
+            ticket.position = len(self._queue)
+        self._per_client[client] += 1
+        self._publish()
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        if ticket.position < 0:
+            return
+        if ticket.admitted:
+            self.active -= 1
+        else:
+            self._queue.remove(ticket)
+        ticket.position = -1
+        self._per_client[ticket.client] -= 1
+        if not self._per_client[ticket.client]:
+            del self._per_client[ticket.client]
+        while self._queue and self.active < self.max_active:
+            self._admit(self._queue.popleft())
+        self._renumber()
+        self._publish()
+
+    def wait(self, ticket: Ticket, timeout: float) -> bool:
+        changed = bool(ticket.changed.wait(timeout))
+        ticket.changed.clear()
+        return changed
+
+    def _admit(self, ticket: Ticket) -> None:
+        self.active += 1
+        ticket.position = 0
+        ticket.admitted_at = time.monotonic()
+        ticket.changed.set()
+
+    def _publish(self) -> None:
+        ACTIVE.set(self.active)
+        QUEUED.set(len(self._queue))
+
+    def _renumber(self) -> None:
+        for position, ticket in enumerate(self._queue, start=1):
+            if ticket.position != position:
+                ticket.position = position
+                ticket.changed.set()
+
+
+class MemoryLog:
+    """Entries in this process. Ids are 1, 2, 3... unless the appender gives its own (a Redis mirror does)."""
+
+    def __init__(self) -> None:
+        self._entries: list[Entry] = []
+        self._orders: list[tuple[int, int]] = []  # the ids' order, for finding where a reader resumes
+        self._tick = gevent.event.Event()  # replaced on every append; readers wait on the current one
+        self.finished = False
+
+    @property
+    def last_id(self) -> str:
+        return self._entries[-1][0] if self._entries else START
+
+    def append(self, event: str, data: bytes, entry_id: str | None = None) -> str:
+        entry_id = entry_id or str(len(self._entries) + 1)
+        self._entries.append((entry_id, event, data))
+        self._orders.append(order(entry_id))
+        self.finished = self.finished or event in FINAL_EVENTS
+        tick, self._tick = self._tick, gevent.event.Event()
+        tick.set()
+        return entry_id
+
+    def follow(self, after: str, wait_s: float) -> Iterator[Entry | None]:
+        sent = bisect.bisect_right(self._orders, order(after))
+        while True:
+            while sent < len(self._entries):
+                entry = self._entries[sent]
+                sent += 1
+                yield entry
+                if entry[1] in FINAL_EVENTS:
+                    return
+            if self.finished:
+                return
+            if not self._tick.wait(wait_s) and sent == len(self._entries):
+                yield None
+
+    def caught_up(self, after: str) -> bool:
+        return self.finished and order(after) >= order(self.last_id)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries)
+
+
+class MemoryLogs:
+    """Logs in this process; a reader of one is its writer's log, while the generation keeps it."""
+
+    def __init__(self) -> None:
+        self._logs: weakref.WeakValueDictionary[str, MemoryLog] = weakref.WeakValueDictionary()
+
+    def writer(self, generation_id: str) -> MemoryLog:
+        log = self._logs[generation_id] = MemoryLog()
+        return log
+
+    def reader(self, generation_id: str) -> MemoryLog:
+        log = self._logs.get(generation_id)
+        if log is None:
+            raise LogLost(f"the event log of {generation_id} is gone")
+        return log
+
+
+class MemoryBus:
+    """Nobody else to tell: a message goes to this process's handlers, at once."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Callable[[str], None]]] = {}
+
+    def subscribe(self, channel: str, handler: Callable[[str], None]) -> None:
+        self._handlers.setdefault(channel, []).append(handler)
+
+    def publish(self, channel: str, message: str) -> None:
+        for handler in self._handlers.get(channel, []):
+            handler(message)
+
+    def start(self) -> None:
+        """Nothing to listen to."""
+
+
+class MemoryDirectory:
+    """One process: no other process to show its answers to, none whose answers it could find or end. Only the
+    readers are counted (``cancel_without_readers_s``)."""
+
+    def __init__(self, lease_s: float) -> None:
+        self.lease_s = lease_s
+        self._readers: dict[str, int] = {}
+
+    def publish(self, answer: Answer) -> None:
+        """Nobody else to show it to."""
+
+    def watch(self, local: Mapping[str, Answer], end: Callable[[Listed], object]) -> None:
+        """No lease to renew, no other process to die."""
+
+    def lookup(self, generation_id: str) -> Listed | None:
+        return None
+
+    def running(self, conversation_id: str) -> str | None:
+        return None
+
+    def end_abandoned(self, answer: Listed, status: str, payload: str) -> bool:
+        return False
+
+    def reading(self, generation_id: str, change: int) -> None:
+        self._readers[generation_id] = self._readers.get(generation_id, 0) + change
+        if not self._readers[generation_id]:
+            del self._readers[generation_id]
+
+    def readers(self, generation_id: str) -> int:
+        return self._readers.get(generation_id, 0)
+
+
+class SlidingWindow:
+    """In process memory: at most ``limit`` timestamps per key, exact. A reservation's token is its timestamp
+    (two taken in the same instant are interchangeable), so a key costs a float per attempt, no more."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._hits: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        hits = self._hits.setdefault(key, deque())
+        while hits and hits[0] <= now - self.window_s:
+            hits.popleft()
+        return hits
+
+    def reserve(self, key: str) -> str:
+        now = time.monotonic()
+        if len(self._hits) > MAX_KEYS:  # someone sprays names or addresses: forget the expired ones
+            for stale in list(self._hits):
+                if not self._recent(stale, now):
+                    del self._hits[stale]
+        hits = self._recent(key, now)
+        if len(hits) >= self.limit:
+            raise Throttled(max(1, math.ceil(hits[0] + self.window_s - now)))
+        hits.append(now)
+        return repr(now)
+
+    def release(self, key: str, token: str) -> None:
+        hits = self._hits.get(key)
+        if hits is not None and float(token) in hits:
+            hits.remove(float(token))
+
+    def clear(self, key: str) -> None:
+        self._hits.pop(key, None)
+
+
+def memory_state(settings: Settings) -> State:
+    def window(name: str, limit: int, window_s: float) -> Window:
+        return SlidingWindow(limit, window_s)  # each its own object: the name only matters when shared
+
+    return State(
+        slots=Admission(settings.max_active, settings.max_queue, settings.max_active_per_client),
+        logs=MemoryLogs(),
+        bus=MemoryBus(),
+        answers=MemoryDirectory(answer_lease_s(settings)),
+        window=window,
+        problem=lambda timeout_s: None,
+        close=lambda: None,
+    )
