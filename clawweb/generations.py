@@ -370,12 +370,16 @@ class Generations:
                 thinking, content = split_thinking(content)
             status = "error"
             message = {**stored, "content": content, "thinking": thinking, "status": status, "error": INTERRUPTED}
-        payload = {"message": message, **({"error": message["error"]} if status == "error" else {})}
-        if self._answers.end_abandoned(answer, status, json.dumps(payload)) and not ended:
-            log.warning("answer %s: its process stopped; interrupted at %d characters", answer.id, len(content))
+        if not ended:
+            # Stored before the final event is sent, so a reader who has it and reloads finds the same text. Every
+            # process that notices writes the same text (the log's); a writer that was only late overwrites it
+            # when it finishes.
             message_id = answer.message_id
             write = lambda: self.store.interrupt(message_id, content, thinking)  # noqa: E731
             self._store_now_or_later(f"interrupted answer {answer.id}", write)
+        payload = {"message": message, **({"error": message["error"]} if status == "error" else {})}
+        if self._answers.end_abandoned(answer, status, json.dumps(payload)) and not ended:
+            log.warning("answer %s: its process stopped; interrupted at %d characters", answer.id, len(content))
         return self._answers.lookup(answer.id) or answer
 
     def _store_now_or_later(self, what: str, write: Callable[[], object]) -> None:
