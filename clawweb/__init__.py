@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .config import Settings
+    from .services import Services
+
 __version__ = "0.1.0"
 
 
@@ -31,7 +34,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         edge,
         errors,
         health,
-        history,
         login,
         metrics,
         openai_api,
@@ -39,13 +41,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     from .config import load_settings, redact_url
     from .drain import DrainBody
-    from .relay import admit
-    from .state.make import make_state
-    from .upstream import client as upstream
+    from .services import install
 
     settings = load_settings(os.environ, test_config)
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
-    app.extensions["clawweb.settings"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if settings.trusted_proxies:
         # Trust exactly as many X-Forwarded-* hops as there are proxies we run; more would let clients spoof.
@@ -54,13 +53,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Outermost: it must see the body as the server delivers it, and run after everything else is done.
     app.wsgi_app = DrainBody(app.wsgi_app)  # type: ignore[method-assign]
     errors.init_app(app)
-    edge.init_app(app, settings)  # first: its Host check runs before auth's _identify, and it wraps ProxyFix
-    upstream.init_app(app, settings)
-    state = app.extensions["clawweb.state"] = make_state(settings)
-    admit.init_app(app, settings, state)
-    history.init_app(app, settings, state)
+    install(app, build_services(settings))
+    edge.init_app(app, settings)  # first hook: its Host check runs before auth's _identify, and it wraps ProxyFix
     auth.init_app(app, settings)
-    login.init_app(app, settings, state)
     pages.init_app(app)
     blueprints = (account_page.bp, api.bp, conversations.bp, health.bp, login.bp, metrics.bp, openai_api.bp, pages.bp)
     for blueprint in blueprints:
@@ -69,3 +64,32 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, redact_url(settings.ollama_url)
     )
     return app
+
+
+def build_services(settings: Settings) -> Services:
+    """Each line uses only what the lines above it built."""
+    from .edge import AllowedHosts
+    from .generations import Generations
+    from .login import ADDRESS_FACTOR, LOGIN_WINDOW_S
+    from .services import Services
+    from .state.make import make_state
+    from .storage import Store
+    from .upstream.client import OllamaClient
+
+    state = make_state(settings)  # memory, or Redis when CLAWWEB_REDIS_URL is set
+    store = Store(settings.db, mark_interrupted=not settings.redis_url)  # with Redis, other workers' may be live
+    window = state.window
+    return Services(
+        settings=settings,
+        allowed_hosts=AllowedHosts(settings),
+        ollama=OllamaClient(settings),
+        state=state,
+        store=store,
+        generations=Generations(
+            store, state, settings.generation_ttl_s, settings.cancel_without_readers_s, settings.checkpoint_s
+        ),
+        answer_rate=window("answers", settings.rate_per_minute, 60.0),
+        conversation_rate=window("conversations", settings.conversations_per_minute, 60.0),
+        login_by_name=window("login-name", settings.login_attempts, LOGIN_WINDOW_S),
+        login_by_address=window("login-address", settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
+    )

@@ -13,9 +13,10 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts
-from .auth import Identity, identity, user_store
+from .auth import Identity, identity
 from .i18n import LANG_TAGS, language, strings
 from .login import check_password
+from .services import services
 from .state.base import Throttled
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -63,8 +64,8 @@ def _page(status: int = 200, notice: str = "", error: str = "", new_key: str = "
         "account.html",
         user=who.name,
         current_session=who.session_id,
-        sessions=user_store().sessions(who.user_id),
-        keys=[key for key in user_store().keys(who.user_id) if key["revoked_at"] is None],
+        sessions=services().store.sessions(who.user_id),
+        keys=[key for key in services().store.keys(who.user_id) if key["revoked_at"] is None],
         when=_when,
         browser_label=browser_label,
         notice=notice,
@@ -89,7 +90,7 @@ def show() -> Response:
 def end_session(session_id: int) -> BaseResponse:
     who = _user()
     assert who.user_id is not None
-    user_store().end_sessions(who.user_id, session_id=session_id)
+    services().store.end_sessions(who.user_id, session_id=session_id)
     return _back()
 
 
@@ -97,7 +98,7 @@ def end_session(session_id: int) -> BaseResponse:
 def end_other_sessions() -> BaseResponse:
     who = _user()
     assert who.user_id is not None
-    user_store().end_sessions(who.user_id, keep=who.session_id)
+    services().store.end_sessions(who.user_id, keep=who.session_id)
     return _back()
 
 
@@ -106,7 +107,7 @@ def create_key() -> Response:
     who = _user()
     assert who.user_id is not None
     name = " ".join(request.form.get("name", "").split())[:MAX_KEY_NAME]
-    key, _ = accounts.create_key(user_store(), who.user_id, name)
+    key, _ = accounts.create_key(services().store, who.user_id, name)
     return _page(201, new_key=key)
 
 
@@ -114,7 +115,7 @@ def create_key() -> Response:
 def revoke_key(key_id: int) -> BaseResponse:
     who = _user()
     assert who.user_id is not None
-    user_store().revoke_key(key_id, who.user_id)  # somebody else's key id: nothing happens
+    services().store.revoke_key(key_id, who.user_id)  # somebody else's key id: nothing happens
     return _back()
 
 
@@ -134,7 +135,7 @@ def change_password() -> Response:
     if new != again:
         return _page(400, error=t["password_mismatch"])
     try:
-        accounts.set_password(user_store(), who.user_id, new, keep_session=who.session_id)
+        accounts.set_password(services().store, who.user_id, new, keep_session=who.session_id)
     except ValueError as exc:  # too short or too long
         return _page(400, error=str(exc))
     return _page(notice=t["password_changed"])

@@ -10,10 +10,10 @@ import json
 
 from flask import Blueprint, Response, request
 
-from .config import get_settings
 from .relay.admit import admit, allowed
 from .relay.responses import native_response, sse_response
-from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
+from .services import services
+from .upstream.client import PASS_THROUGH_TIMEOUT_S
 from .validation import parse_json_object, request_body, validate_chat
 
 bp = Blueprint("api", __name__)
@@ -28,7 +28,7 @@ def _wants_sse() -> bool:
 
 @bp.post("/api/chat")
 def chat() -> Response:
-    settings = get_settings()
+    settings = services().settings
     body = validate_chat(parse_json_object(request_body(settings.max_body_bytes)), settings)
     if _wants_sse():
         body["stream"] = True  # SSE is a stream whatever the body said
@@ -39,8 +39,8 @@ def chat() -> Response:
 
 def _pass_through() -> Response:
     """Ollama's answer as it is, except that with ``CLAWWEB_MODELS`` set, model lists show only those."""
-    settings = get_settings()
-    upstream = get_client().request("GET", request.path, read_timeout=PASS_THROUGH_TIMEOUT_S)
+    settings = services().settings
+    upstream = services().ollama.request("GET", request.path, read_timeout=PASS_THROUGH_TIMEOUT_S)
     content = upstream.content
     if settings.models and upstream.status_code == 200 and request.path in ("/api/tags", "/api/ps"):
         listing = upstream.json()

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, redirect, request, session, url_for
+from flask import Flask, g, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts, sessions
-from .config import Settings, get_settings
+from .config import Settings
 from .errors import ApiError
-from .storage import Store
+from .services import services
 
 log = logging.getLogger("gunicorn.error")
 
@@ -96,11 +96,6 @@ def _secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def user_store() -> Store:
-    """The store that holds users, keys and sessions (the app's one ``Store``)."""
-    return cast(Store, current_app.extensions["clawweb.store"])
-
-
 def _wants_page() -> bool:
     if request.path.startswith(("/api/", "/v1/")) or request.path == "/metrics":
         return False
@@ -111,9 +106,9 @@ def _from_key(header: str) -> Identity:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "the Authorization header must be 'Bearer <API key>'", {"WWW-Authenticate": "Bearer"})
-    row = accounts.user_for_key(user_store(), key.strip())
+    row = accounts.user_for_key(services().store, key.strip())
     if row["last_used_at"] is None or time.time() - row["last_used_at"] > KEY_TOUCH_EVERY_S:
-        user_store().touch_key(row["id"])  # not on every request: a write before each stream would cost latency
+        services().store.touch_key(row["id"])  # not on every request: a write before each stream would cost latency
     return Identity(row["user_id"], row["user_name"], "key")
 
 
@@ -137,7 +132,7 @@ _told_ignored = False
 def _from_session() -> Identity | None:
     if "sid" not in session:
         return None
-    row = sessions.resolve(user_store(), session["sid"], str(request.remote_addr))
+    row = sessions.resolve(services().store, session["sid"], str(request.remote_addr))
     if row is None:
         session.clear()  # logged out elsewhere, password changed, user disabled: this session is over
         return None
@@ -177,7 +172,7 @@ def _same(sent: str, expected: str) -> bool:
 
 
 def _identify() -> BaseResponse | None:
-    settings = get_settings()
+    settings = services().settings
     if request.endpoint == "static":
         return None  # the page's own files: public, and no database lookup for each of them
     header = request.headers.get("Authorization")

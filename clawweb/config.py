@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 PREFIX = "CLAWWEB_"
@@ -268,13 +268,6 @@ def load_settings(environ: Mapping[str, str], overrides: Mapping[str, Any] | Non
     if settings.auth == "off" and not is_loopback(settings.bind):
         raise ConfigError(f"CLAWWEB_AUTH=off: open mode is only allowed on a loopback bind, not {settings.bind}")
     return settings
-
-
-def get_settings() -> Settings:
-    """The running app's settings (inside a request or app context)."""
-    from flask import current_app  # here, not at the top: gunicorn.conf.py imports this module in the master
-
-    return cast(Settings, current_app.extensions["clawweb.settings"])
 
 
 def data_path_problem(variable: str, path: str) -> str | None:

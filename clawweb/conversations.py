@@ -8,13 +8,14 @@ from flask import Blueprint, Response, jsonify, request
 
 from . import quotas
 from .auth import owner
-from .config import Settings, get_settings
+from .config import Settings
 from .errors import ApiError, InvalidField
 from .generations import AnyGeneration
-from .history import get_generations, get_store, with_answers
+from .history import with_answers
 from .relay import sse
 from .relay.admit import admit, client_id
 from .relay.responses import streaming_response
+from .services import services
 from .state.base import START, valid_cursor
 from .validation import parse_json_object, query_int, request_body, validate_chat
 
@@ -26,7 +27,7 @@ OFFSET_MAX = 1_000_000_000  # far beyond anyone's conversations; SQLite's intege
 
 
 def _body() -> dict[str, Any]:
-    raw = request_body(get_settings().max_body_bytes)
+    raw = request_body(services().settings.max_body_bytes)
     return parse_json_object(raw) if raw.strip() else {}
 
 
@@ -53,14 +54,14 @@ def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, 
 
 
 def _conversation_or_404(conversation_id: str) -> dict[str, Any]:
-    conversation = get_store().conversation(conversation_id, owner())
+    conversation = services().store.conversation(conversation_id, owner())
     if conversation is None:
         raise ApiError(404, f"no conversation '{conversation_id}'")
     return conversation
 
 
 def _generation_or_404(generation_id: str) -> AnyGeneration:
-    generation = get_generations().get(generation_id)
+    generation = services().generations.get(generation_id)
     if generation is None or generation.owner != owner():
         raise ApiError(404, f"no generation '{generation_id}' (finished answers are kept for a few minutes)")
     return generation
@@ -68,17 +69,17 @@ def _generation_or_404(generation_id: str) -> AnyGeneration:
 
 @bp.post("/conversations")
 def create_conversation() -> tuple[Response, int]:
-    settings = get_settings()
+    settings = services().settings
     fields = _conversation_fields(_body(), settings)
     fields.setdefault("model", settings.default_model)
     quotas.check_new_conversation(owner(), client_id(), quotas.stored_size(fields))
-    return jsonify(get_store().create_conversation(owner(), **fields)), 201
+    return jsonify(services().store.create_conversation(owner(), **fields)), 201
 
 
 @bp.get("/conversations")
 def list_conversations() -> Response:
     limit, offset = query_int("limit", PAGE_DEFAULT, 1, PAGE_MAX), query_int("offset", 0, 0, OFFSET_MAX)
-    page = get_store().conversations(owner(), limit, offset)
+    page = services().store.conversations(owner(), limit, offset)
     return jsonify(conversations=page, next_offset=offset + limit if len(page) == limit else None)
 
 
@@ -91,20 +92,20 @@ def show_conversation(conversation_id: str) -> Response:
 @bp.patch("/conversations/<conversation_id>")
 def update_conversation(conversation_id: str) -> Response:
     conversation = _conversation_or_404(conversation_id)
-    fields = _conversation_fields(_body(), get_settings())
+    fields = _conversation_fields(_body(), services().settings)
     added = quotas.stored_size({**conversation, **fields}) - quotas.stored_size(conversation)
     if added > 0:  # making things smaller is always allowed, even over the quota
         quotas.check_storing(owner(), added)
-    return jsonify(get_store().update_conversation(conversation_id, **fields))
+    return jsonify(services().store.update_conversation(conversation_id, **fields))
 
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
     _conversation_or_404(conversation_id)
-    running = get_generations().running_for(conversation_id)
+    running = services().generations.running_for(conversation_id)
     if running is not None:
         running.stop()
-    get_store().delete_conversation(conversation_id)
+    services().store.delete_conversation(conversation_id)
     return "", 204
 
 
@@ -120,8 +121,8 @@ def _start(
 
     ``replace``: the id of the answer a regeneration replaces; deleted only once the new one is admitted.
     """
-    settings, store = get_settings(), get_store()
-    if get_generations().running_for(conversation["id"]) is not None:
+    settings, store = services().settings, services().store
+    if services().generations.running_for(conversation["id"]) is not None:
         raise ApiError(409, "an answer is still being generated in this conversation; stop it first")
     history = [
         {"role": m["role"], "content": m["content"]}
@@ -144,7 +145,7 @@ def _start(
         added += [user["id"]] if user else []
         answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
         added.append(answer["id"])
-        return user, get_generations().start(conversation["id"], conversation["user_id"], answer["id"], relay)
+        return user, services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
     except BaseException:
         relay.close()  # give the slot back: nothing will run it
         for message_id in added:  # the request failed (a 503): it leaves nothing behind to answer 409 for
@@ -161,7 +162,7 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
         raise InvalidField("content", "must be a non-empty string")
     user, generation = _start(conversation, content, _answer_options(body))
     if not conversation["title"]:
-        get_store().update_conversation(conversation_id, title=" ".join(content.split())[:60])
+        services().store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
     return jsonify(message=user, generation=generation.summary()), 202
 
 
@@ -169,7 +170,7 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
 def regenerate(conversation_id: str) -> tuple[Response, int]:
     conversation = _conversation_or_404(conversation_id)
     knobs = _answer_options(_body())
-    messages = get_store().messages(conversation_id)
+    messages = services().store.messages(conversation_id)
     if not messages or messages[-1]["role"] != "assistant":
         raise ApiError(409, "the conversation does not end with an answer to regenerate")
     _, generation = _start(conversation, None, knobs, replace=messages[-1]["id"])
@@ -189,7 +190,7 @@ def follow_generation(generation_id: str) -> Response:
         raise ApiError(400, "'Last-Event-ID' / 'after' must be an event id such as 12 or 1732700000000-0")
     if generation.log.caught_up(after):
         return Response(status=204)  # nothing more, ever: 204 tells EventSource to stop reconnecting
-    return streaming_response(generation.follow(after, get_settings().heartbeat_s), headers=sse.HEADERS)
+    return streaming_response(generation.follow(after, services().settings.heartbeat_s), headers=sse.HEADERS)
 
 
 @bp.delete("/generations/<generation_id>")

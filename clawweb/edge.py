@@ -27,11 +27,12 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
-from flask import Flask, current_app, request
+from flask import Flask, request
 from werkzeug.exceptions import RequestTimeout, TooManyRequests
 
 from .config import Settings
 from .errors import ApiError
+from .services import services
 from .worker import AddressBusy
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def _shown(value: str) -> str:
 
 
 def _check_host() -> None:
-    allowed: AllowedHosts = current_app.extensions["clawweb.allowed_hosts"]
+    allowed = services().allowed_hosts
     if not allowed.enforced or request.endpoint in ANY_HOST_ENDPOINTS:
         return
     name = hostname(request.host)  # werkzeug's: "" when the header is missing or holds characters no name has
@@ -188,6 +189,5 @@ class BodyDeadline:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Call before any other ``before_request`` is registered: the host check must come first."""
-    app.extensions["clawweb.allowed_hosts"] = AllowedHosts(settings)
     app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
     app.before_request(_check_host)

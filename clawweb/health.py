@@ -8,10 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from .auth import identity
-from .config import get_settings, redact_url
-from .history import get_store
-from .state.make import get_state
-from .upstream.client import get_client
+from .config import redact_url
+from .services import services
 from .upstream.wire import model_key
 
 bp = Blueprint("health", __name__)
@@ -32,7 +30,7 @@ def readyz() -> Response:
 
     The detail (Ollama's URLs, each host's state, the reason in full) only to this machine and to callers with
     an API key or a session: it maps the network behind the gateway. Anyone else gets the verdict alone."""
-    settings, client = get_settings(), get_client()
+    settings, client = services().settings, services().ollama
     client.check(READY_TIMEOUT_S)
     detail = _may_see_detail()
     hosts = [host.state(settings.default_model) for host in client.hosts]
@@ -43,7 +41,7 @@ def readyz() -> Response:
         where = "Ollama's /api/tags" if len(client.hosts) == 1 else "the /api/tags of any Ollama host that answers"
         return _not_ready(f"default model '{settings.default_model}' is not in {where}", hosts, detail)
     # What answers also need: Redis answering PING (when configured), the database file still the one opened.
-    problem = get_state().problem(READY_TIMEOUT_S) or get_store().problem()
+    problem = services().state.problem(READY_TIMEOUT_S) or services().store.problem()
     if problem:
         return _not_ready(problem if detail else "shared state or the database is unavailable", hosts, detail)
     if not detail:

@@ -4,32 +4,9 @@ API and the page show it. The conversation routes and the page both use these; n
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any
 
-from flask import Flask, current_app
-
-from . import quotas
-from .config import Settings
-from .generations import Generations
-from .state.base import State
-from .storage import Store
-
-
-def init_app(app: Flask, settings: Settings, state: State) -> None:
-    store = Store(settings.db, mark_interrupted=not settings.redis_url)
-    app.extensions["clawweb.store"] = store
-    quotas.init_app(app, settings, state)
-    app.extensions["clawweb.generations"] = Generations(
-        store, state, settings.generation_ttl_s, settings.cancel_without_readers_s, settings.checkpoint_s
-    )
-
-
-def get_store() -> Store:
-    return cast(Store, current_app.extensions["clawweb.store"])
-
-
-def get_generations() -> Generations:
-    return cast(Generations, current_app.extensions["clawweb.generations"])
+from .services import services
 
 
 def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +16,7 @@ def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
     restart marks them itself, but with Redis a starting worker cannot tell) is marked interrupted first, once
     it is older than the lease in which a live answer registers as running.
     """
-    store, generations = get_store(), get_generations()
+    store, generations = services().store, services().generations
     running = generations.running_for(conversation["id"])
     if running is None:
         store.mark_interrupted(conversation["id"], time.time() - generations.lease_s)

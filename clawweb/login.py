@@ -15,16 +15,16 @@ import logging
 import secrets
 from typing import Any, cast
 
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts, sessions
-from .auth import identity, user_store
-from .config import Settings, get_settings
+from .auth import identity
 from .i18n import LANG_TAGS, language, strings
-from .state.base import State, Throttled, Window
+from .services import services
+from .state.base import Throttled, Window
 
 log = logging.getLogger("gunicorn.error")
 bp = Blueprint("login", __name__)
@@ -47,11 +47,6 @@ def safe_next(target: str | None) -> str:
     if not cleaned.startswith("/") or cleaned.startswith("//") or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
         return "/"
     return iri_to_uri(cleaned)
-
-
-def _throttles() -> tuple[Window, Window]:
-    """Failed logins per user name (or per known device and name), and per address."""
-    return cast(tuple[Window, Window], current_app.extensions["clawweb.login_throttle"])
 
 
 def _devices() -> URLSafeTimedSerializer:
@@ -79,7 +74,7 @@ def _remember_device(response: BaseResponse, name_key: str) -> None:
 def _budgets(name_key: str) -> list[tuple[Window, str]]:
     """The windows a guess for ``name_key`` counts in: this browser's own if it knows the user, else the name's
     and the address's."""
-    by_name, by_address = _throttles()
+    by_name, by_address = services().login_by_name, services().login_by_address
     known = _device_cookie()
     if name_key in known.get("n", []):
         return [(by_name, f"{name_key}\x00device:{known['d']}")]
@@ -97,7 +92,7 @@ def check_password(name: str, password: str) -> dict[str, Any] | None:
         for window, key, token in held:
             window.release(key, token)
         raise
-    user = accounts.authenticate(user_store(), name, password)
+    user = accounts.authenticate(services().store, name, password)
     if user is not None:  # a right password is not a failure, and forgives this budget's earlier ones
         for window, key, token in held:
             window.release(key, token)
@@ -120,14 +115,14 @@ def _login_page(error: str = "", status: int = 200, headers: dict[str, str] | No
 
 @bp.get("/login")
 def login_form() -> BaseResponse:
-    if not get_settings().auth_required:
+    if not services().settings.auth_required:
         return redirect("/")
     return _login_page()
 
 
 @bp.post("/login")
 def login() -> BaseResponse:
-    if not get_settings().auth_required:
+    if not services().settings.auth_required:
         return redirect("/")
     t = strings(language())
     name, password = request.form.get("name", ""), request.form.get("password", "")
@@ -139,7 +134,7 @@ def login() -> BaseResponse:
     if user is None:
         log.warning("login failed from %s", request.remote_addr)  # never the name tried, nor the password
         return _login_page(t["login_failed"], 401)
-    token, _ = sessions.start(user_store(), user["id"], request.user_agent.string, str(request.remote_addr))
+    token, _ = sessions.start(services().store, user["id"], request.user_agent.string, str(request.remote_addr))
     session.clear()  # a fresh session (and CSRF token): nothing from before the login carries over
     session.update(sid=token, csrf=secrets.token_urlsafe(32))
     session.permanent = True
@@ -153,13 +148,6 @@ def login() -> BaseResponse:
 def logout() -> BaseResponse:
     who = identity()
     if who.via == "session" and who.user_id is not None:
-        sessions.end(user_store(), who.user_id, session.get("sid"))
+        sessions.end(services().store, who.user_id, session.get("sid"))
     session.clear()
-    return redirect(url_for("login.login_form") if get_settings().auth_required else "/")
-
-
-def init_app(app: Flask, settings: Settings, state: State) -> None:
-    app.extensions["clawweb.login_throttle"] = (
-        state.window("login-name", settings.login_attempts, LOGIN_WINDOW_S),
-        state.window("login-address", settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
-    )
+    return redirect(url_for("login.login_form") if services().settings.auth_required else "/")

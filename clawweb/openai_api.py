@@ -18,7 +18,7 @@ import requests
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from .config import Settings, get_settings
+from .config import Settings
 from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
 from .relay import sse
@@ -26,8 +26,9 @@ from .relay.admit import admit, allowed
 from .relay.events import Failure, Heartbeat, Queued
 from .relay.relay import Relay
 from .relay.responses import streaming_response
+from .services import services
 from .state.base import RETRY_AFTER_BUSY_S
-from .upstream.client import PASS_THROUGH_TIMEOUT_S, get_client
+from .upstream.client import PASS_THROUGH_TIMEOUT_S
 from .upstream.errors import OllamaTimeout
 from .upstream.wire import model_key, ollama_error_text
 from .validation import parse_json_object, request_body, validate_chat
@@ -87,7 +88,7 @@ def _created(stamp: Any) -> int:
 
 def _models(settings: Settings) -> list[dict[str, Any]]:
     """Ollama's ``/api/tags`` as OpenAI model objects, limited to ``CLAWWEB_MODELS`` when that is set."""
-    upstream = get_client().request("GET", "/api/tags", read_timeout=PASS_THROUGH_TIMEOUT_S)
+    upstream = services().ollama.request("GET", "/api/tags", read_timeout=PASS_THROUGH_TIMEOUT_S)
     if upstream.status_code != 200:
         raise ApiError(502, f"Ollama answered /api/tags with HTTP {upstream.status_code}")
     listed = upstream.json().get("models") or []
@@ -100,12 +101,12 @@ def _models(settings: Settings) -> list[dict[str, Any]]:
 
 @bp.get("/models")
 def models() -> Response:
-    return jsonify(object="list", data=_models(get_settings()))
+    return jsonify(object="list", data=_models(services().settings))
 
 
 @bp.get("/models/<path:name>")
 def model(name: str) -> Response:
-    found = [m for m in _models(get_settings()) if model_key(m["id"]) == model_key(name)]
+    found = [m for m in _models(services().settings) if model_key(m["id"]) == model_key(name)]
     if not found:
         raise ApiError(404, f"model '{name}' not found", field="model", code="model_not_found")
     return jsonify(found[0])
@@ -176,7 +177,7 @@ def _upstream_message(response: requests.Response) -> str:
 
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
-    settings = get_settings()
+    settings = services().settings
     raw = parse_json_object(request_body(settings.max_body_bytes))
     body = validate_chat(to_ollama(raw, settings), settings)
     stream_options = raw.get("stream_options")

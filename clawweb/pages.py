@@ -8,9 +8,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, abort, render_template
 
 from .auth import identity, owner
-from .config import get_settings
-from .history import get_store, with_answers
+from .history import with_answers
 from .i18n import LANG_TAGS, language, strings
+from .services import services
 
 bp = Blueprint("pages", __name__)
 
@@ -29,11 +29,11 @@ SECURITY_HEADERS = {
 
 
 def _page(conversation: dict[str, Any] | None) -> str:
-    settings, lang = get_settings(), language()
+    settings, lang = services().settings, language()
     return render_template(
         "chat.html",
         conversation=conversation,
-        conversations=get_store().conversations(owner(), 100, 0),
+        conversations=services().store.conversations(owner(), 100, 0),
         user=identity().name,
         generation=conversation["generation"] if conversation else None,
         model=conversation["model"] if conversation else settings.default_model,
@@ -52,7 +52,7 @@ def index() -> str:
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str) -> str:
-    found = get_store().conversation(conversation_id, owner())
+    found = services().store.conversation(conversation_id, owner())
     if found is None:
         abort(404)
     return _page(with_answers(found))

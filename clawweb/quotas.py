@@ -27,14 +27,11 @@ import datetime
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
-from flask import Flask, current_app
-
-from .config import Settings, get_settings
 from .errors import ApiError
-from .state.base import State, Throttled, Window
-from .storage import Store
+from .services import services
+from .state.base import Throttled
 
 
 def today() -> str:
@@ -58,14 +55,10 @@ def stored_size(conversation: Mapping[str, Any]) -> int:
     return size(conversation.get("title") or "", conversation.get("system_prompt") or "")
 
 
-def _store() -> Store:
-    return cast(Store, current_app.extensions["clawweb.store"])
-
-
 def check_storing(owner: int | None, added_bytes: int, new_conversation: bool = False) -> None:
     """403/413 unless ``owner`` may store ``added_bytes`` more (and one more conversation)."""
-    settings = get_settings()
-    usage = _store().usage(owner, today())
+    settings = services().settings
+    usage = services().store.usage(owner, today())
     if new_conversation and settings.quota_conversations and usage["conversations"] >= settings.quota_conversations:
         raise ApiError(
             403,
@@ -84,7 +77,7 @@ def check_storing(owner: int | None, added_bytes: int, new_conversation: bool = 
 def _creation_wait(who: str) -> int:
     """0 and counted when ``who`` may create a conversation now, else the seconds until it may."""
     try:
-        cast(Window, current_app.extensions["clawweb.conversation_rate"]).reserve(who)
+        services().conversation_rate.reserve(who)
     except Throttled as exc:
         return exc.retry_after
     return 0
@@ -93,7 +86,7 @@ def _creation_wait(who: str) -> int:
 def check_new_conversation(owner: int | None, who: str, added_bytes: int) -> None:
     """The quotas (403/413), then the creation rate (429): a refused quota does not use up the rate."""
     check_storing(owner, added_bytes, new_conversation=True)
-    per_minute = get_settings().conversations_per_minute
+    per_minute = services().settings.conversations_per_minute
     wait = _creation_wait(who) if per_minute else 0
     if wait:
         raise ApiError(
@@ -106,8 +99,8 @@ def check_new_conversation(owner: int | None, who: str, added_bytes: int) -> Non
 def count_answer(owner: int | None) -> Callable[[], None]:
     """Count one answer for today, or 429 when today's are used up. Returns what gives it back, for an answer
     that is then not admitted after all."""
-    limit, day = get_settings().quota_answers_per_day, today()
-    store = _store()
+    limit, day = services().settings.quota_answers_per_day, today()
+    store = services().store
     if not store.count_answer(owner, day, limit):
         wait = seconds_to_midnight()
         raise ApiError(
@@ -117,7 +110,3 @@ def count_answer(owner: int | None) -> Callable[[], None]:
             {"Retry-After": str(wait)},
         )
     return lambda: store.uncount_answer(owner, day)
-
-
-def init_app(app: Flask, settings: Settings, state: State) -> None:
-    app.extensions["clawweb.conversation_rate"] = state.window("conversations", settings.conversations_per_minute, 60.0)

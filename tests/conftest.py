@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 from playwright.sync_api import Browser, sync_playwright
 
 from clawweb import create_app
+from clawweb.services import services
 
 from .support.chromium import CHROMIUM, CHROMIUM_ARGS
 from .support.factories import Started, StartGateway, StartRedis, StartSimulator
@@ -34,7 +35,7 @@ OLLAMA = "http://127.0.0.1:11434"
 def app(tmp_path: Path) -> Iterator[Flask]:
     app = create_app({"ollama_url": OLLAMA, "tags_ttl_s": 60, "db": str(tmp_path / "clawweb.db")})
     yield app
-    app.extensions["clawweb.store"].close()
+    services(app).store.close()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clawweb import create_app
 from clawweb.generations import Generation, Generations
+from clawweb.services import services
 
 from .support.factories import StartSimulator
 
@@ -27,7 +28,7 @@ def test_event_log_memory_returns_to_baseline(tmp_path: Path, start_simulator: S
     }
     app = create_app(settings)
     client = app.test_client()
-    generations: Generations = app.extensions["clawweb.generations"]
+    generations: Generations = services(app).generations
 
     def run(count: int) -> None:
         for _ in range(count):
@@ -42,7 +43,7 @@ def test_event_log_memory_returns_to_baseline(tmp_path: Path, start_simulator: S
         time.sleep(0.1)
         generations.sweep()
         # The answer-rate window keeps the last minute's starts by design (bounded by the limit): not the log's.
-        app.extensions["clawweb.rate"].clear("127.0.0.1")
+        services(app).answer_rate.clear("127.0.0.1")
         gc.collect()
         return tracemalloc.get_traced_memory()[0]
 
@@ -58,4 +59,4 @@ def test_event_log_memory_returns_to_baseline(tmp_path: Path, start_simulator: S
         assert grown < 1000 * LEAK_PER_GENERATION / 40, f"{grown} bytes kept after 1000 generations"
     finally:
         tracemalloc.stop()
-        app.extensions["clawweb.store"].close()
+        services(app).store.close()

@@ -24,6 +24,7 @@ from flask.testing import FlaskClient
 from clawweb import create_app
 from clawweb.config import ConfigError, Settings, load_settings, split_urls
 from clawweb.errors import ApiError
+from clawweb.services import services
 from clawweb.simulator import answer_tokens
 from clawweb.upstream import checker as upstream_checker
 from clawweb.upstream.checker import HealthChecker
@@ -373,7 +374,7 @@ def test_merged_list_with_every_host_down_names_them() -> None:
 def client(tmp_path: Path) -> Iterator[FlaskClient]:
     app = create_app({"ollama_url": f"{A},{B}", "db": str(tmp_path / "clawweb.db")})
     yield app.test_client()
-    app.extensions["clawweb.store"].close()
+    services(app).store.close()
 
 
 @responses.activate

@@ -30,6 +30,7 @@ from flask import Flask
 from clawweb import create_app
 from clawweb.config import load_settings
 from clawweb.generations import Generations
+from clawweb.services import services
 from clawweb.simulator import answer_tokens
 from clawweb.state.base import (
     START,
@@ -438,17 +439,17 @@ def gateways(backend: str, sim: SimProcess, request: pytest.FixtureRequest, tmp_
     yield make
     _kill_greenlets()  # an answer still running ends as its greenlet does: stored, before its store closes
     for app in made:
-        app.extensions["clawweb.store"].close()
-        app.extensions["clawweb.state"].close()
+        services(app).store.close()
+        services(app).state.close()
 
 
 def generations_of(app: Flask) -> Generations:
-    generations: Generations = app.extensions["clawweb.generations"]
+    generations: Generations = services(app).generations
     return generations
 
 
 def store_of(app: Flask) -> Store:
-    store: Store = app.extensions["clawweb.store"]
+    store: Store = services(app).store
     return store
 
 

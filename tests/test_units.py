@@ -16,6 +16,7 @@ from clawweb import create_app
 from clawweb.config import ConfigError, Settings, load_settings
 from clawweb.relay import sse
 from clawweb.relay.upstream_stream import classify
+from clawweb.services import services
 from clawweb.validation import validate_chat
 
 USER = [{"role": "user", "content": "hi"}]
@@ -217,7 +218,7 @@ def test_the_page_says_simulator_exactly_when_the_setting_does(
     try:
         page = app.test_client().get("/")
     finally:
-        app.extensions["clawweb.store"].close()
+        services(app).store.close()
     assert page.status_code == 200
     banner = '<p class="banner" role="note">Simulator: no Ollama was found, answers are canned text.</p>'
     assert (banner in page.text) is labelled

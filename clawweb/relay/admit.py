@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, cast
+from typing import Any
 
-from flask import Flask, current_app, request
+from flask import request
 
 from .. import quotas
 from ..auth import identity, owner
-from ..config import Settings, get_settings
+from ..config import Settings
 from ..errors import ApiError
 from ..metrics import StreamStats
-from ..state.base import State, Throttled, Window
-from ..state.make import get_state
-from ..upstream.client import get_client
+from ..services import services
+from ..state.base import Throttled
 from ..upstream.wire import model_key
 from .relay import Relay
 
@@ -38,20 +37,16 @@ def allowed(model: str, settings: Settings) -> bool:
     return not settings.models or model_key(model) in {model_key(name) for name in settings.models}
 
 
-def _rate() -> Window:
-    return cast(Window, current_app.extensions["clawweb.rate"])
-
-
 def admit(body: dict[str, Any]) -> Relay:
     """What every generation passes before anything streams: the model is offered here (403) and exists (404),
     Ollama answers (502), this client is under its rate and its answers a day (429), and there is a slot or a
     place in the queue for it (429/503)."""
-    settings, client, who = get_settings(), get_client(), client_id()
+    settings, client, who = services().settings, services().ollama, client_id()
     if not allowed(body["model"], settings):
         raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
     client.require_model(body["model"])
     try:
-        counted = _rate().reserve(who)
+        counted = services().answer_rate.reserve(who)
     except Throttled as exc:
         raise ApiError(
             429,
@@ -62,9 +57,9 @@ def admit(body: dict[str, Any]) -> Relay:
     try:
         give_back = quotas.count_answer(owner())  # 429 when today's answers are used up
     except BaseException:
-        _rate().release(who, counted)
+        services().answer_rate.release(who, counted)
         raise
-    admission = get_state().slots
+    admission = services().state.slots
     try:
         ticket = admission.enter(who)
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
@@ -72,13 +67,10 @@ def admit(body: dict[str, Any]) -> Relay:
         if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is
             relay.open_if_admitted()
     except BaseException:
-        _rate().release(who, counted)  # refused by the queue, or by Ollama at once: not an answer started
+        # Refused by the queue, or by Ollama at once: not an answer started.
+        services().answer_rate.release(who, counted)
         give_back()
         raise
     if settings.log_content:
         log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])
     return relay
-
-
-def init_app(app: Flask, settings: Settings, state: State) -> None:
-    app.extensions["clawweb.rate"] = state.window("answers", settings.rate_per_minute, 60.0)

@@ -12,9 +12,9 @@ from typing import Any, assert_never
 
 from flask import Response, request
 
-from ..config import get_settings
 from ..errors import error_response
 from ..send_watch import WATCH
+from ..services import services
 from ..state.base import RETRY_AFTER_BUSY_S
 from . import sse
 from .events import Failure, Heartbeat, Queued
@@ -56,7 +56,7 @@ def streaming_response(
     """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close``.
 
     Under gunicorn a client that accepts nothing for ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so)."""
-    timeout_s = get_settings().send_timeout_s
+    timeout_s = services().settings.send_timeout_s
     if timeout_s and "gunicorn.socket" in request.environ:
         chunks = WATCH.watch(chunks, timeout_s, on_cut)
     return Response(_Body(chunks, on_close), direct_passthrough=True, **kwargs)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
-from flask import current_app
-
 from ..config import Settings
 from .base import State, Window, answer_lease_s
 from .memory import memory_state
@@ -36,7 +32,3 @@ def redis_state(settings: Settings) -> State:
         problem=lambda timeout_s: ping_problem(client, timeout_s),
         close=client.close,
     )
-
-
-def get_state() -> State:
-    return cast(State, current_app.extensions["clawweb.state"])

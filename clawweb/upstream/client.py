@@ -10,11 +10,10 @@ import json
 import logging
 import threading
 import time
-from typing import Any, cast
+from typing import Any
 
 import gevent
 import requests
-from flask import Flask, current_app
 from requests.adapters import HTTPAdapter
 
 from ..config import Settings, split_urls
@@ -220,11 +219,3 @@ class OllamaClient:
         if listings:
             return json_response(merge_listings(listings))
         return clearest([(host, answers[host.index]) for host in targets]).response
-
-
-def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["clawweb.ollama"] = OllamaClient(settings)
-
-
-def get_client() -> OllamaClient:
-    return cast(OllamaClient, current_app.extensions["clawweb.ollama"])
