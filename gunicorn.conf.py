@@ -61,6 +61,23 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("CLAWWEB_LOG_LEVEL", "info")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# The one logging config. clawweb's modules log as ``clawweb.<module>`` (getLogger(__name__)); here that tree
+# goes where gunicorn's error log goes, in its format, at CLAWWEB_LOG_LEVEL. The rest is gunicorn's own default
+# (access lines as they are formatted above; other libraries: warnings only).
+_generic = {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(message)s", "datefmt": "[%Y-%m-%d %H:%M:%S %z]"}
+logconfig_dict = {
+    "root": {"level": "WARNING", "handlers": ["error_console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access_console"], "propagate": False},
+        "clawweb": {"level": loglevel.upper(), "handlers": ["error_console"], "propagate": False},
+    },
+    "handlers": {
+        "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+        "access_console": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "formatters": {"generic": _generic, "access": {"format": "%(message)s"}},
+}
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

@@ -60,7 +60,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     blueprints = (account_page.bp, api.bp, conversations.bp, health.bp, login.bp, metrics.bp, openai_api.bp, pages.bp)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
-    logging.getLogger("gunicorn.error").info(
+    logging.getLogger(__name__).info(
         "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, redact_url(settings.ollama_url)
     )
     return app

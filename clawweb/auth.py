@@ -28,7 +28,7 @@ from .config import Settings
 from .errors import ApiError
 from .services import services
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_ENDPOINTS = frozenset({"login.login", "login.login_form", "health.healthz", "health.readyz"})

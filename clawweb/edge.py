@@ -38,7 +38,7 @@ from .worker import AddressBusy
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY_HOST_ENDPOINTS = frozenset({"health.healthz"})

@@ -30,7 +30,7 @@ from .state.redis import unavailable_reason
 from .storage import StorageUnavailable
 
 RETRY_AFTER_UNAVAILABLE_S = 5
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):

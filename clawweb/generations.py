@@ -39,7 +39,7 @@ from .relay.upstream_stream import CLOSED_EARLY
 from .state.base import Entry, Listed, LogLost, LogReader, LogUnavailable, LogWriter, State
 from .storage import INTERRUPTED, StorageUnavailable, Store
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 RETRY_MS = 2000  # EventSource reconnect delay after a dropped connection
 # What ``new_id`` makes. Anything else names no generation, and must not reach Redis, where the id becomes part

@@ -26,7 +26,7 @@ from .i18n import LANG_TAGS, language, strings
 from .services import services
 from .state.base import Throttled, Window
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 bp = Blueprint("login", __name__)
 
 LOGIN_WINDOW_S = 15 * 60

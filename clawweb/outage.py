@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 
 class Outage:

@@ -19,7 +19,7 @@ import gevent
 
 from .metrics import SLOW_CLIENTS
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0
 
 

@@ -29,7 +29,7 @@ from gevent.threadpool import ThreadPool
 from .config import ConfigError, data_path_problem
 
 T = TypeVar("T")
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 # SQLite's primary result codes that mean the disk or the file failed, not the query (those stay bugs: 500).
 FAULTS = frozenset(

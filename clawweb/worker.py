@@ -39,7 +39,7 @@ from .config import load_settings
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0  # one warning per refused address per this long, however many connections it opens
 RETRY_AFTER_S = 5  # gunicorn's keepalive: by then the stalled headers of that address have been cut

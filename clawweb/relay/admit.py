@@ -22,7 +22,7 @@ from ..state.base import Throttled
 from ..upstream.wire import model_key
 from .relay import Relay
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 
 def client_id() -> str:

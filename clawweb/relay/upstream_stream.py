@@ -28,7 +28,7 @@ from ..upstream.failover import Opened
 from ..upstream.wire import ollama_error_text
 from .events import Failure, Heartbeat, UpstreamEvent
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 CLOSED_EARLY = "Ollama closed the stream before the answer was done"
 

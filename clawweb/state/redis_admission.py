@@ -20,7 +20,7 @@ from .base import Bus, Ticket, client_limit, queue_full
 from .redis import PREFIX, LeaseRenewer
 
 LEASE_S = 30.0
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 KEYS = [PREFIX + "adm:" + name for name in ("active", "queue", "owner", "clients", "leases", "seq")]
 
 # Drop the tickets whose lease ran out (their process died), then the command's own work.

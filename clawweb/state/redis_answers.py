@@ -21,7 +21,7 @@ from .base import FINAL_EVENTS, Answer, Listed
 from .redis import PREFIX, LeaseRenewer
 from .redis_log import log_key
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 LIVE_TTL_S = 6 * 3600  # the state of a running answer outlives any answer; a crash leaves no garbage
 LEASES = PREFIX + "gen:leases"

@@ -30,7 +30,7 @@ from .base import FINAL_EVENTS, START, Entry, LogLost, LogUnavailable, order
 from .memory import MemoryLog
 from .redis import BLOCK_MAX_S, PREFIX, unavailable_message
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 100_000  # trimmed beyond this (approximately): an answer has far fewer
 LIVE_TTL_MS = 6 * 3_600_000

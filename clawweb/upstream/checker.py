@@ -15,7 +15,7 @@ import gevent
 from .. import lifecycle
 from .hosts import Host
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0  # a host that went down or came back is noticed within this (plus one check)
 CHECK_TIMEOUT_S = 2.0  # /api/tags and /api/ps answer from memory: slower than this is as good as down

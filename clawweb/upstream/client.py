@@ -25,7 +25,7 @@ from .failover import Opened, clearest, down_error, missing, open_first
 from .hosts import Host, rank
 from .wire import json_response, merge_listings, names_in
 
-log = logging.getLogger("gunicorn.error")
+log = logging.getLogger(__name__)
 
 USER_AGENT = "clawweb/0.1"
 MERGED = ("/api/tags", "/api/ps")  # lists of models: with several hosts, the union over those that are up
