@@ -70,7 +70,7 @@ def build_services(settings: Settings) -> Services:
     """Each line uses only what the lines above it built."""
     from .edge import AllowedHosts
     from .generations import Generations
-    from .login import ADDRESS_FACTOR, LOGIN_WINDOW_S
+    from .guesses import ADDRESS_FACTOR, LOGIN_WINDOW_S
     from .services import Services
     from .state.make import make_state
     from .storage import Store

@@ -14,8 +14,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts
 from .auth import Identity, identity
+from .guesses import check_password
 from .i18n import LANG_TAGS, language, strings
-from .login import check_password
 from .services import services
 from .state.base import Throttled
 
