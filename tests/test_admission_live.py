@@ -82,7 +82,8 @@ def test_ten_streams_two_slots_positions_decrease_all_complete(gateway: Gateway,
         assert positions == sorted(positions, reverse=True) and len(set(positions)) == len(positions)
         waited += bool(positions)
         if positions:
-            assert positions[-1] == 1  # it was next before it started
+            # Next, or second when both slots freed at once (the two finishing together on a busy machine).
+            assert positions[-1] <= 2
             assert all("active" in e.json() for e in received if e.event == "queued")
     assert waited >= 7  # only the first two (or three, by timing) started at once
 
