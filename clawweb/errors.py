@@ -7,7 +7,7 @@ fields (``param``, ``code``); every other route answers ``{"error": message}``::
 
     ApiError                  a request refused before its stream: status, message, field, code
     ├── InvalidField          400: one field is wrong; message = "'<field>' <problem>", renamable (OpenAI's names)
-    ├── Refused               429/503: the admission queue (admission.py)
+    ├── Refused               429/503: the admission queue (state/base.py)
     ├── Unavailable           503 + Retry-After: a dependency failed (storage, shared state)
     ├── OllamaUnreachable     502: no Ollama host answered (upstream/errors.py)
     └── OllamaTimeout         504: Ollama took too long to start answering (upstream/errors.py)
