@@ -10,35 +10,18 @@ this does the same, within a bound of bytes and of time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
 from werkzeug.exceptions import HTTPException
 
+from .closing import Closing
+
 DRAIN_BYTES = 64 << 20  # beyond this a client sending junk gets the reset; a real client stops long before
 DRAIN_S = 5.0
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class _Draining:
-    """The response as it is (no wrapper per chunk: streams pay nothing), with a drain after its ``close``."""
-
-    def __init__(self, response: Iterable[bytes], body: Any) -> None:
-        self._response = response
-        self._body = body
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._response)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._response, "close", None)
-            if close is not None:
-                close()
-        finally:
-            drain(self._body)
 
 
 def drain(body: Any) -> None:
@@ -68,4 +51,5 @@ class DrainBody:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(response, file_wrapper):
             return response  # type: ignore[no-any-return]  # a static file: the server sends it with sendfile; a GET has no body to drain
-        return _Draining(response, environ["wsgi.input"])
+        body = environ["wsgi.input"]
+        return Closing(response, lambda: drain(body))  # the response as it is, then the drain

@@ -12,6 +12,7 @@ from typing import Any, assert_never
 
 from flask import Response, request
 
+from ..closing import Closing
 from ..errors import error_response
 from ..send_watch import WATCH
 from ..services import services
@@ -21,45 +22,22 @@ from .events import Failure, Heartbeat, Queued
 from .relay import Relay
 
 
-class _Body:
-    """A streaming body the WSGI server iterates as it is.
-
-    With ``direct_passthrough`` werkzeug hands this object straight to gunicorn instead of wrapping every chunk
-    in two more generators (a tenth of the relay's CPU per token). gunicorn iterates ``chunks`` itself and calls
-    ``close`` in every case, also when iteration never started: that closes the generator (its ``finally``
-    runs) and then calls ``on_close``, the backstop for a generator that never ran.
-    """
-
-    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None] | None) -> None:
-        self._chunks = chunks
-        self._on_close = on_close
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
-
-
 def streaming_response(
     chunks: Iterator[bytes],
     on_close: Callable[[], None] | None = None,
     on_cut: Callable[[], None] = lambda: None,
     **kwargs: Any,
 ) -> Response:
-    """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close``.
+    """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close`` (the
+    backstop for a generator that never ran: its own ``finally`` does the cleanup otherwise).
 
-    Under gunicorn a client that accepts nothing for ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so)."""
+    With ``direct_passthrough`` werkzeug hands the body straight to gunicorn instead of wrapping every chunk in
+    two more generators (a tenth of the relay's CPU per token). Under gunicorn a client that accepts nothing for
+    ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so)."""
     timeout_s = services().settings.send_timeout_s
     if timeout_s and "gunicorn.socket" in request.environ:
         chunks = WATCH.watch(chunks, timeout_s, on_cut)
-    return Response(_Body(chunks, on_close), direct_passthrough=True, **kwargs)
+    return Response(Closing(chunks, on_close), direct_passthrough=True, **kwargs)
 
 
 def sse_response(relay: Relay) -> Response:
