@@ -370,7 +370,6 @@ class Generations:
                 thinking, content = split_thinking(content)
             status = "error"
             message = {**stored, "content": content, "thinking": thinking, "status": status, "error": INTERRUPTED}
-        if not ended:
             # Stored before the final event is sent, so a reader who has it and reloads finds the same text. Every
             # process that notices writes the same text (the log's); a writer that was only late overwrites it
             # when it finishes.
