@@ -17,11 +17,10 @@ from pathlib import Path
 import redis
 
 from .config import Settings, redact_url
-from .state.redis import PREFIX
+from .state.redis_admission import ADMISSION
 
 MIN_FREE_BYTES = 512 << 20  # below this a long answer or a checkpoint may meet a full disk
 SLOW_REDIS_MS = 20.0  # a round trip on loopback or a LAN is well under a millisecond
-ADMISSION = PREFIX + "adm:"
 
 Report = Callable[[str, bool, str, str], bool]  # Doctor.check: name, ok, figure, fix
 

@@ -21,7 +21,8 @@ from .redis import PREFIX, LeaseRenewer
 
 LEASE_S = 30.0
 log = logging.getLogger(__name__)
-KEYS = [PREFIX + "adm:" + name for name in ("active", "queue", "owner", "clients", "leases", "seq")]
+ADMISSION = PREFIX + "adm:"  # the doctor reads these keys too
+KEYS = [ADMISSION + name for name in ("active", "queue", "owner", "clients", "leases", "seq")]
 
 # Drop the tickets whose lease ran out (their process died), then the command's own work.
 _PURGE = """
