@@ -58,14 +58,14 @@ def browser_label(user_agent: str) -> str:
 
 
 def _page(status: int = 200, notice: str = "", error: str = "", new_key: str = "") -> Response:
-    who, lang = _user(), language()
+    who, lang, store = _user(), language(), services().store
     assert who.user_id is not None
     html = render_template(
         "account.html",
         user=who.name,
         current_session=who.session_id,
-        sessions=services().store.sessions(who.user_id),
-        keys=[key for key in services().store.keys(who.user_id) if key["revoked_at"] is None],
+        sessions=store.sessions(who.user_id),
+        keys=[key for key in store.keys(who.user_id) if key["revoked_at"] is None],
         when=_when,
         browser_label=browser_label,
         notice=notice,

@@ -121,8 +121,9 @@ def _start(
 
     ``replace``: the id of the answer a regeneration replaces; deleted only once the new one is admitted.
     """
-    settings, store = services().settings, services().store
-    if services().generations.running_for(conversation["id"]) is not None:
+    app = services()
+    settings, store = app.settings, app.store
+    if app.generations.running_for(conversation["id"]) is not None:
         raise ApiError(409, "an answer is still being generated in this conversation; stop it first")
     history = [
         {"role": m["role"], "content": m["content"]}
@@ -145,7 +146,7 @@ def _start(
         added += [user["id"]] if user else []
         answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
         added.append(answer["id"])
-        return user, services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
+        return user, app.generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
     except BaseException:
         relay.close()  # give the slot back: nothing will run it
         for message_id in added:  # the request failed (a 503): it leaves nothing behind to answer 409 for

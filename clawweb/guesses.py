@@ -55,7 +55,8 @@ def remember_device(response: BaseResponse, name_key: str) -> None:
 def _budgets(name_key: str) -> list[tuple[Window, str]]:
     """The windows a guess for ``name_key`` counts in: this browser's own if it knows the user, else the name's
     and the address's."""
-    by_name, by_address = services().login_by_name, services().login_by_address
+    app = services()
+    by_name, by_address = app.login_by_name, app.login_by_address
     known = _device_cookie()
     if name_key in known.get("n", []):
         return [(by_name, f"{name_key}\x00device:{known['d']}")]

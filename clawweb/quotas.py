@@ -57,8 +57,8 @@ def stored_size(conversation: Mapping[str, Any]) -> int:
 
 def check_storing(owner: int | None, added_bytes: int, new_conversation: bool = False) -> None:
     """403/413 unless ``owner`` may store ``added_bytes`` more (and one more conversation)."""
-    settings = services().settings
-    usage = services().store.usage(owner, today())
+    app = services()
+    settings, usage = app.settings, app.store.usage(owner, today())
     if new_conversation and settings.quota_conversations and usage["conversations"] >= settings.quota_conversations:
         raise ApiError(
             403,
@@ -99,8 +99,8 @@ def check_new_conversation(owner: int | None, who: str, added_bytes: int) -> Non
 def count_answer(owner: int | None) -> Callable[[], None]:
     """Count one answer for today, or 429 when today's are used up. Returns what gives it back, for an answer
     that is then not admitted after all."""
-    limit, day = services().settings.quota_answers_per_day, today()
-    store = services().store
+    app = services()
+    limit, day, store = app.settings.quota_answers_per_day, today(), app.store
     if not store.count_answer(owner, day, limit):
         wait = seconds_to_midnight()
         raise ApiError(

@@ -41,12 +41,13 @@ def admit(body: dict[str, Any]) -> Relay:
     """What every generation passes before anything streams: the model is offered here (403) and exists (404),
     Ollama answers (502), this client is under its rate and its answers a day (429), and there is a slot or a
     place in the queue for it (429/503)."""
-    settings, client, who = services().settings, services().ollama, client_id()
+    app, who = services(), client_id()
+    settings, rate = app.settings, app.answer_rate
     if not allowed(body["model"], settings):
         raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
-    client.require_model(body["model"])
+    app.ollama.require_model(body["model"])
     try:
-        counted = services().answer_rate.reserve(who)
+        counted = rate.reserve(who)
     except Throttled as exc:
         raise ApiError(
             429,
@@ -57,18 +58,17 @@ def admit(body: dict[str, Any]) -> Relay:
     try:
         give_back = quotas.count_answer(owner())  # 429 when today's answers are used up
     except BaseException:
-        services().answer_rate.release(who, counted)
+        rate.release(who, counted)
         raise
-    admission = services().state.slots
+    admission = app.state.slots
     try:
         ticket = admission.enter(who)
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
-        relay = Relay(client, body, admission, ticket, settings, stats)
+        relay = Relay(app.ollama, body, admission, ticket, settings, stats)
         if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is
             relay.open_if_admitted()
     except BaseException:
-        # Refused by the queue, or by Ollama at once: not an answer started.
-        services().answer_rate.release(who, counted)
+        rate.release(who, counted)  # refused by the queue, or by Ollama at once: not an answer started
         give_back()
         raise
     if settings.log_content:
