@@ -138,11 +138,20 @@ def test_what_ollama_cannot_do_is_a_400_naming_the_field(raw: dict[str, Any], pa
     assert message in refused.message
 
 
-def test_an_option_error_names_the_openai_field_not_the_ollama_option() -> None:
-    refused = refusal({"messages": USER, "temperature": 1e9})
-    assert refused.field == "temperature"
-    assert refused.message.startswith("'temperature' must be between 0 and 100")
-    assert "options." not in refused.message
+@pytest.mark.parametrize(
+    ("field", "value", "start"),
+    [
+        ("temperature", 1e9, "'temperature' must be between 0 and 100"),
+        ("temperature", "hot", "'temperature' "),
+        ("max_tokens", 1.5, "'max_tokens' "),
+        ("stop", ["x" * 10_000], "'stop' "),
+    ],
+)
+def test_an_option_error_names_the_openai_field_not_the_ollama_option(field: str, value: object, start: str) -> None:
+    refused = refusal({"messages": USER, field: value})
+    assert refused.field == field
+    assert refused.message.startswith(start)
+    assert "options." not in refused.message  # Ollama's name for it means nothing to an OpenAI client
 
 
 def test_an_openai_error_is_an_api_error() -> None:
