@@ -21,7 +21,8 @@ sys.exit(1)' "$url" 2>/dev/null; then
          "(canned answers, not a real model)" >&2
     "$py" -m clawweb.simulator --host 127.0.0.1 --port "$sim_port" &
     sim_pid=$!
-    trap 'kill $sim_pid 2>/dev/null' EXIT
+    # Waited for, not only signalled: when make run returns, its port is free again.
+    trap 'kill $sim_pid 2>/dev/null; wait $sim_pid 2>/dev/null' EXIT
     export CLAWWEB_OLLAMA_URL="http://127.0.0.1:$sim_port"
     export CLAWWEB_SIMULATOR=1  # the chat page shows a banner: these answers are canned
     export CLAWWEB_UPSTREAM_LABEL="Ollama simulator"
