@@ -269,10 +269,12 @@ class Store:
         db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions where needed
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL keeps the file consistent
         db.execute("PRAGMA foreign_keys = ON")
         with _migration_lock(path):
+            # Under the lock too: switching a new file to WAL needs it exclusively, and SQLite answers "database
+            # is locked" at once, without waiting out busy_timeout, when another process opens it meanwhile.
+            db.execute("PRAGMA journal_mode = WAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
