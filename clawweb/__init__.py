@@ -30,7 +30,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         account_page,
         api,
         auth,
-        conversations,
         edge,
         errors,
         health,
@@ -39,6 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         openai_api,
         pages,
     )
+    from .chat import conversations
     from .config import load_settings, redact_url
     from .drain import DrainBody
     from .services import install
@@ -68,8 +68,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def build_services(settings: Settings) -> Services:
     """Each line uses only what the lines above it built."""
+    from .chat.generations import Generations
     from .edge import AllowedHosts
-    from .generations import Generations
     from .guesses import ADDRESS_FACTOR, LOGIN_WINDOW_S
     from .services import Services
     from .state.make import make_state

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, abort, render_template
 
 from .auth import identity, owner
-from .history import with_answers
+from .chat.history import with_answers
 from .i18n import LANG_TAGS, language, strings
 from .services import services
 

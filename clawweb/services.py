@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, cast
 from flask import Flask, current_app
 
 if TYPE_CHECKING:  # types only: these modules use ``services()`` themselves
+    from .chat.generations import Generations
     from .config import Settings
     from .edge import AllowedHosts
-    from .generations import Generations
     from .state.base import State, Window
     from .storage import Store
     from .upstream.client import OllamaClient

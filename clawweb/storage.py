@@ -169,6 +169,64 @@ MIGRATIONS = [
         PRIMARY KEY (owner, day)
     );
     """,
+    # Conversations as trees (chat/tree.py), search (chat/search.py), imports (chat/transfer.py), share links
+    # (chat/shares.py). Databases from before were linear: each message's parent is the one before it.
+    """
+    ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages (id);  -- NULL: the first message
+    UPDATE messages SET parent_id = (SELECT max(p.id) FROM messages AS p
+                                     WHERE p.conversation_id = messages.conversation_id AND p.id < messages.id);
+    CREATE INDEX messages_parent ON messages (parent_id);
+    ALTER TABLE messages ADD COLUMN done_reason TEXT;  -- Ollama's: stop | length (a length-cut answer can continue)
+    ALTER TABLE conversations ADD COLUMN current_id INTEGER;  -- the leaf of the branch shown
+    UPDATE conversations SET current_id = (SELECT max(id) FROM messages WHERE conversation_id = conversations.id);
+    ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conversations ADD COLUMN source TEXT;  -- an imported one's origin (chatgpt:<id>): imports once
+    CREATE UNIQUE INDEX conversations_source ON conversations (ifnull(user_id, 0), source) WHERE source IS NOT NULL;
+    DROP INDEX conversations_user;
+    CREATE INDEX conversations_user ON conversations (user_id, pinned DESC, updated_at DESC);
+
+    -- Search over what is written, not what is being written: an answer is indexed once it stops streaming (a
+    -- checkpoint every second would re-index every running answer). Trigram: Chinese and code identifiers match
+    -- inside words. External content (the text is stored once, in messages); the triggers only ever remove
+    -- what they added, which FTS5 requires of an external-content index.
+    CREATE VIRTUAL TABLE messages_search USING fts5 (content, content = 'messages', content_rowid = 'id',
+                                                     tokenize = 'trigram');
+    INSERT INTO messages_search (rowid, content) SELECT id, content FROM messages WHERE status != 'streaming';
+    CREATE TRIGGER messages_search_added AFTER INSERT ON messages WHEN NEW.status != 'streaming' BEGIN
+        INSERT INTO messages_search (rowid, content) VALUES (NEW.id, NEW.content);
+    END;
+    CREATE TRIGGER messages_search_changed AFTER UPDATE OF content, status ON messages BEGIN
+        INSERT INTO messages_search (messages_search, rowid, content)
+            SELECT 'delete', OLD.id, OLD.content WHERE OLD.status != 'streaming';
+        INSERT INTO messages_search (rowid, content) SELECT NEW.id, NEW.content WHERE NEW.status != 'streaming';
+    END;
+    CREATE TRIGGER messages_search_deleted AFTER DELETE ON messages WHEN OLD.status != 'streaming' BEGIN
+        INSERT INTO messages_search (messages_search, rowid, content) VALUES ('delete', OLD.id, OLD.content);
+    END;
+    -- Titles are few and short: a plain index keyed by the conversation's id (its rowid is not stable).
+    CREATE VIRTUAL TABLE titles_search USING fts5 (conversation_id UNINDEXED, title, tokenize = 'trigram');
+    INSERT INTO titles_search (conversation_id, title) SELECT id, title FROM conversations;
+    CREATE TRIGGER titles_search_added AFTER INSERT ON conversations BEGIN
+        INSERT INTO titles_search (conversation_id, title) VALUES (NEW.id, NEW.title);
+    END;
+    CREATE TRIGGER titles_search_changed AFTER UPDATE OF title ON conversations BEGIN
+        UPDATE titles_search SET title = NEW.title WHERE conversation_id = NEW.id;
+    END;
+    CREATE TRIGGER titles_search_deleted AFTER DELETE ON conversations BEGIN
+        DELETE FROM titles_search WHERE conversation_id = OLD.id;
+    END;
+
+    -- A share link: the token is shown once, only its SHA-256 digest is kept; the branch as it was when shared.
+    CREATE TABLE shares (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest TEXT NOT NULL UNIQUE,
+        conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        snapshot TEXT NOT NULL,  -- JSON: title, model, messages of the branch
+        created_at REAL NOT NULL,
+        expires_at REAL  -- NULL: until revoked
+    );
+    CREATE INDEX shares_conversation ON shares (conversation_id);
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -309,12 +367,32 @@ class Store:
             return str(exc)
         return None
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def execute(self, sql: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        """One statement on the storage thread, its rows as dicts (the chat modules' queries use this too)."""
+
         def run() -> list[dict[str, Any]]:
             assert self._db is not None
-            if not sql.startswith("SELECT"):
+            if not sql.lstrip().startswith(("SELECT", "WITH")):
                 self._check_file()
             return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+
+        return self._call(run)
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` on the storage thread in one transaction: all of it is stored, or none."""
+
+        def run() -> T:
+            assert self._db is not None
+            self._check_file()
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock now: no deadlock upgrading a read later
+            try:
+                result = work(self._db)
+                self._db.execute("COMMIT")
+                return result
+            except BaseException:
+                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
 
         return self._call(run)
 
@@ -336,7 +414,7 @@ class Store:
     ) -> dict[str, Any]:
         now = time.time()
         conversation_id = secrets.token_hex(8)  # unguessable: ids appear in URLs
-        self._execute(
+        self.execute(
             "INSERT INTO conversations (id, user_id, title, model, system_prompt, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (conversation_id, owner, title, model, system_prompt, now, now),
@@ -344,11 +422,11 @@ class Store:
         return self.conversation(conversation_id, owner) or {}
 
     def conversation(self, conversation_id: str, owner: int | None) -> dict[str, Any] | None:
-        rows = self._execute("SELECT * FROM conversations WHERE id = ? AND user_id IS ?", (conversation_id, owner))
+        rows = self.execute("SELECT * FROM conversations WHERE id = ? AND user_id IS ?", (conversation_id, owner))
         return rows[0] if rows else None
 
     def conversations(self, owner: int | None, limit: int, offset: int) -> list[dict[str, Any]]:
-        return self._execute(
+        return self.execute(
             "SELECT * FROM conversations WHERE user_id IS ? ORDER BY updated_at DESC, id LIMIT ? OFFSET ?",
             (owner, limit, offset),
         )
@@ -356,20 +434,20 @@ class Store:
     def update_conversation(self, conversation_id: str, **fields: str) -> dict[str, Any] | None:
         changes = {k: v for k, v in fields.items() if k in CONVERSATION_FIELDS}
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        rows = self._execute(
+        rows = self.execute(
             f"UPDATE conversations SET {assignments}{', ' if changes else ''}updated_at = ? WHERE id = ? RETURNING *",
             (*changes.values(), time.time(), conversation_id),
         )
         return rows[0] if rows else None
 
     def delete_conversation(self, conversation_id: str) -> None:
-        self._execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        self.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     def usage(self, owner: int | None, day: str) -> dict[str, int]:
         """What ``owner`` stores (conversations, UTF-8 bytes) and the answers it started on ``day``: two
         primary-key lookups (the quota migration's triggers keep the figures)."""
         key = 0 if owner is None else owner
-        rows = self._execute(
+        rows = self.execute(
             "SELECT ifnull((SELECT conversations FROM quota_usage WHERE owner = ?), 0) AS conversations, "
             "ifnull((SELECT bytes FROM quota_usage WHERE owner = ?), 0) AS bytes, "
             "ifnull((SELECT answers FROM quota_answers WHERE owner = ? AND day = ?), 0) AS answers_today",
@@ -380,12 +458,12 @@ class Store:
     # --- messages --------------------------------------------------------------------------------------------
 
     def messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        return self._execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+        return self.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
 
     def add_message(
         self, conversation_id: str, role: str, content: str = "", model: str | None = None, status: str = "done"
     ) -> dict[str, Any]:
-        rows = self._execute(
+        rows = self.execute(
             "INSERT INTO messages (conversation_id, role, content, model, status, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
             (conversation_id, role, content, model, status, time.time()),
@@ -398,40 +476,30 @@ class Store:
         names = ("content", "thinking", "status", "error", "ttft_ms", "tokens", "tokens_per_s")
         values = {k: v for k, v in fields.items() if k in names}
         assignments = ", ".join(f"{name} = ?" for name in values)
-        rows = self._execute(
+        rows = self.execute(
             f"UPDATE messages SET {assignments} WHERE id = ? RETURNING *", (*values.values(), message_id)
         )
         return rows[0] if rows else {}
 
     def message(self, message_id: int) -> dict[str, Any] | None:
-        rows = self._execute("SELECT * FROM messages WHERE id = ?", (message_id,))
+        rows = self.execute("SELECT * FROM messages WHERE id = ?", (message_id,))
         return rows[0] if rows else None
 
     def checkpoint(self, partials: Mapping[int, tuple[str, str]]) -> None:
         """The text so far (content, thinking) of answers still streaming, by message id, in one transaction, so
         that a crash loses at most the tokens since the last checkpoint. A finished answer is left as it is."""
 
-        def run() -> None:
-            assert self._db is not None
-            self._check_file()
-            rows = [(content, thinking, message_id) for message_id, (content, thinking) in partials.items()]
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "UPDATE messages SET content = ?, thinking = ? WHERE id = ? AND status = 'streaming'", rows
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
-                    self._db.execute("ROLLBACK")
-                raise
-
-        self._call(run)
+        rows = [(content, thinking, message_id) for message_id, (content, thinking) in partials.items()]
+        self.transaction(
+            lambda db: db.executemany(
+                "UPDATE messages SET content = ?, thinking = ? WHERE id = ? AND status = 'streaming'", rows
+            )
+        )
 
     def interrupt(self, message_id: int, content: str, thinking: str) -> None:
         """An answer whose process died, with the text recovered for it. Only over what no one finished: a row
         still streaming, or marked interrupted with its checkpointed text (``mark_interrupted`` came first)."""
-        self._execute(
+        self.execute(
             "UPDATE messages SET status = 'error', error = ?, content = ?, thinking = ? WHERE id = ? "
             "AND (status = 'streaming' OR (status = 'error' AND error = ?))",
             (INTERRUPTED, content, thinking, message_id, INTERRUPTED),
@@ -439,19 +507,19 @@ class Store:
 
     def mark_interrupted(self, conversation_id: str, started_before: float) -> None:
         """Answers still ``streaming`` that started before ``started_before`` and that nothing runs any more."""
-        self._execute(
+        self.execute(
             "UPDATE messages SET status = 'error', error = ? WHERE conversation_id = ? AND status = 'streaming' "
             "AND created_at < ?",
             (INTERRUPTED, conversation_id, started_before),
         )
 
     def delete_message(self, message_id: int) -> None:
-        self._execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        self.execute("DELETE FROM messages WHERE id = ?", (message_id,))
 
     def count_answer(self, owner: int | None, day: str, limit: int) -> bool:
         """Count one more answer for ``owner`` on ``day`` unless it has ``limit`` already (0: no limit); False
         when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""
-        rows = self._execute(
+        rows = self.execute(
             "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) "
             "DO UPDATE SET answers = answers + 1 WHERE ? = 0 OR answers < ? RETURNING answers",
             (0 if owner is None else owner, day, limit, limit),
@@ -460,7 +528,7 @@ class Store:
 
     def uncount_answer(self, owner: int | None, day: str) -> None:
         """Give back an answer counted by ``count_answer`` that was then not admitted."""
-        self._execute(
+        self.execute(
             "UPDATE quota_answers SET answers = answers - 1 WHERE owner = ? AND day = ? AND answers > 0",
             (0 if owner is None else owner, day),
         )
@@ -468,34 +536,34 @@ class Store:
     # --- users and API keys (see accounts.py for the hashing) ---------------------------------------------------
 
     def add_user(self, name: str, password_hash: str) -> dict[str, Any]:
-        return self._execute(
+        return self.execute(
             "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?) RETURNING *",
             (name, password_hash, time.time()),
         )[0]
 
     def user(self, *, name: str | None = None, user_id: int | None = None) -> dict[str, Any] | None:
         column, value = ("name", name) if name is not None else ("id", user_id)
-        rows = self._execute(f"SELECT * FROM users WHERE {column} = ?", (value,))
+        rows = self.execute(f"SELECT * FROM users WHERE {column} = ?", (value,))
         return rows[0] if rows else None
 
     def users(self) -> list[dict[str, Any]]:
-        return self._execute("SELECT * FROM users ORDER BY name")
+        return self.execute("SELECT * FROM users ORDER BY name")
 
     def update_user(self, user_id: int, **fields: Any) -> None:
         """``password_hash`` and/or ``disabled``."""
         values = {k: v for k, v in fields.items() if k in ("password_hash", "disabled")}
         assignments = ", ".join(f"{name} = ?" for name in values)
-        self._execute(f"UPDATE users SET {assignments} WHERE id = ?", (*values.values(), user_id))
+        self.execute(f"UPDATE users SET {assignments} WHERE id = ?", (*values.values(), user_id))
 
     def add_key(self, user_id: int, name: str, prefix: str, digest: str) -> dict[str, Any]:
-        return self._execute(
+        return self.execute(
             "INSERT INTO api_keys (user_id, name, prefix, digest, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
             (user_id, name, prefix, digest, time.time()),
         )[0]
 
     def key(self, digest: str) -> dict[str, Any] | None:
         """The live key with this digest, with its user's name and state."""
-        rows = self._execute(
+        rows = self.execute(
             "SELECT api_keys.*, users.name AS user_name, users.disabled AS user_disabled FROM api_keys "
             "JOIN users ON users.id = api_keys.user_id WHERE digest = ? AND revoked_at IS NULL",
             (digest,),
@@ -504,7 +572,7 @@ class Store:
 
     def keys(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Every key (or one user's), newest last; never the key itself."""
-        return self._execute(
+        return self.execute(
             "SELECT api_keys.id, prefix, api_keys.name, users.name AS user_name, api_keys.created_at, "
             "last_used_at, revoked_at FROM api_keys JOIN users ON users.id = api_keys.user_id "
             "WHERE ? IS NULL OR api_keys.user_id = ? ORDER BY api_keys.id",
@@ -513,7 +581,7 @@ class Store:
 
     def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
         """Revoke a live key (only if it is ``user_id``'s, when given)."""
-        rows = self._execute(
+        rows = self.execute(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND (? IS NULL OR user_id = ?) "
             "RETURNING id",
             (time.time(), key_id, user_id, user_id),
@@ -521,13 +589,13 @@ class Store:
         return bool(rows)
 
     def touch_key(self, key_id: int) -> None:
-        self._execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (time.time(), key_id))
+        self.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (time.time(), key_id))
 
     # --- sessions (see sessions.py) --------------------------------------------------------------------------
 
     def add_session(self, digest: str, user_id: int, user_agent: str, address: str) -> dict[str, Any]:
         now = time.time()
-        return self._execute(
+        return self.execute(
             "INSERT INTO sessions (digest, user_id, created_at, last_seen_at, user_agent, address) "
             "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
             (digest, user_id, now, now, user_agent, address),
@@ -535,7 +603,7 @@ class Store:
 
     def session(self, digest: str, created_after: float) -> dict[str, Any] | None:
         """The live session with this digest, with its user's name and state."""
-        rows = self._execute(
+        rows = self.execute(
             "SELECT sessions.*, users.name AS user_name, users.disabled AS user_disabled FROM sessions "
             "JOIN users ON users.id = sessions.user_id WHERE digest = ? AND sessions.created_at > ?",
             (digest, created_after),
@@ -543,10 +611,10 @@ class Store:
         return rows[0] if rows else None
 
     def sessions(self, user_id: int) -> list[dict[str, Any]]:
-        return self._execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY last_seen_at DESC", (user_id,))
+        return self.execute("SELECT * FROM sessions WHERE user_id = ? ORDER BY last_seen_at DESC", (user_id,))
 
     def touch_session(self, session_id: int, address: str) -> None:
-        self._execute(
+        self.execute(
             "UPDATE sessions SET last_seen_at = ?, address = ? WHERE id = ?", (time.time(), address, session_id)
         )
 
@@ -554,7 +622,7 @@ class Store:
         self, user_id: int, *, session_id: int | None = None, keep: int | None = None, digest: str | None = None
     ) -> int:
         """End one of the user's sessions (by id or digest), or all of them but ``keep``; returns how many."""
-        rows = self._execute(
+        rows = self.execute(
             "DELETE FROM sessions WHERE user_id = ? AND (? IS NULL OR id = ?) AND (? IS NULL OR digest = ?) "
             "AND (? IS NULL OR id != ?) RETURNING id",
             (user_id, session_id, session_id, digest, digest, keep, keep),
@@ -562,4 +630,4 @@ class Store:
         return len(rows)
 
     def end_expired_sessions(self, created_before: float) -> None:
-        self._execute("DELETE FROM sessions WHERE created_at <= ?", (created_before,))
+        self.execute("DELETE FROM sessions WHERE created_at <= ?", (created_before,))

@@ -8,7 +8,7 @@ import tracemalloc
 from pathlib import Path
 
 from clawweb import create_app
-from clawweb.generations import Generation, Generations
+from clawweb.chat.generations import Generation, Generations
 from clawweb.services import services
 
 from .support.factories import StartSimulator

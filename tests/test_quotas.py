@@ -266,7 +266,7 @@ def test_every_write_keeps_the_figures_and_a_migrated_database_starts_right(tmp_
             store.delete_conversation(gone["id"])  # its messages go with it, and their bytes
             assert stored(store, owner) == brute_force(path, owner)
         assert stored(store, user) == {"conversations": 1, "bytes": len("a longer title") + len("an answerthoughts")}
-        store._execute("DELETE FROM users WHERE id = ?", (user,))  # cascades to the conversations
+        store.execute("DELETE FROM users WHERE id = ?", (user,))  # cascades to the conversations
         assert stored(store, user) == {"conversations": 0, "bytes": 0}
     finally:
         store.close()

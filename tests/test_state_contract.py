@@ -28,8 +28,8 @@ import urllib3.util.connection
 from flask import Flask
 
 from clawweb import create_app
+from clawweb.chat.generations import Generations
 from clawweb.config import load_settings
-from clawweb.generations import Generations
 from clawweb.services import services
 from clawweb.simulator import answer_tokens
 from clawweb.state.base import (

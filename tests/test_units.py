@@ -198,7 +198,7 @@ def test_classify_never_misses_the_end_or_an_error(line: bytes, done: bool, erro
     ],
 )
 def test_split_thinking(content: str, expected: tuple[str, str]) -> None:
-    from clawweb.generations import split_thinking
+    from clawweb.chat.generations import split_thinking
 
     assert split_thinking(content) == expected
 

@@ -31,13 +31,13 @@ from typing import Any, assert_never
 
 import gevent
 
-from .outage import Outage
-from .relay import sse
-from .relay.events import Failure, Heartbeat, Queued
-from .relay.relay import Relay
-from .relay.upstream_stream import CLOSED_EARLY
-from .state.base import Entry, Listed, LogLost, LogReader, LogUnavailable, LogWriter, State
-from .storage import INTERRUPTED, StorageUnavailable, Store
+from ..outage import Outage
+from ..relay import sse
+from ..relay.events import Failure, Heartbeat, Queued
+from ..relay.relay import Relay
+from ..relay.upstream_stream import CLOSED_EARLY
+from ..state.base import Entry, Listed, LogLost, LogReader, LogUnavailable, LogWriter, State
+from ..storage import INTERRUPTED, StorageUnavailable, Store
 
 log = logging.getLogger(__name__)
 

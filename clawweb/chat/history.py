@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .services import services
+from ..services import services
 
 
 def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:

@@ -6,18 +6,18 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from . import quotas
-from .auth import owner
-from .config import Settings
-from .errors import ApiError, InvalidField
+from .. import quotas
+from ..auth import owner
+from ..config import Settings
+from ..errors import ApiError, InvalidField
+from ..relay import sse
+from ..relay.admit import admit, client_id
+from ..relay.responses import streaming_response
+from ..services import services
+from ..state.base import START, valid_cursor
+from ..validation import parse_json_object, query_int, request_body, validate_chat
 from .generations import AnyGeneration
 from .history import with_answers
-from .relay import sse
-from .relay.admit import admit, client_id
-from .relay.responses import streaming_response
-from .services import services
-from .state.base import START, valid_cursor
-from .validation import parse_json_object, query_int, request_body, validate_chat
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 
