@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from gevent.threadpool import ThreadPool
 
@@ -175,7 +175,7 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN parent_id INTEGER REFERENCES messages (id);  -- NULL: the first message
     UPDATE messages SET parent_id = (SELECT max(p.id) FROM messages AS p
                                      WHERE p.conversation_id = messages.conversation_id AND p.id < messages.id);
-    CREATE INDEX messages_parent ON messages (parent_id);
+    CREATE INDEX messages_parent ON messages (conversation_id, parent_id);  -- children, and a conversation's roots
     ALTER TABLE messages ADD COLUMN done_reason TEXT;  -- Ollama's: stop | length (a length-cut answer can continue)
     ALTER TABLE conversations ADD COLUMN current_id INTEGER;  -- the leaf of the branch shown
     UPDATE conversations SET current_id = (SELECT max(id) FROM messages WHERE conversation_id = conversations.id);
@@ -372,7 +372,7 @@ class Store:
 
         def run() -> list[dict[str, Any]]:
             assert self._db is not None
-            if not sql.lstrip().startswith(("SELECT", "WITH")):
+            if not sql.lstrip().startswith("SELECT"):  # a WITH may write: checked
                 self._check_file()
             return [dict(row) for row in self._db.execute(sql, params).fetchall()]
 
@@ -461,15 +461,33 @@ class Store:
         return self.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
 
     def add_message(
-        self, conversation_id: str, role: str, content: str = "", model: str | None = None, status: str = "done"
+        self,
+        conversation_id: str,
+        role: str,
+        content: str = "",
+        model: str | None = None,
+        status: str = "done",
+        parent_id: int | None | Literal["leaf"] = "leaf",
     ) -> dict[str, Any]:
-        rows = self.execute(
-            "INSERT INTO messages (conversation_id, role, content, model, status, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-            (conversation_id, role, content, model, status, time.time()),
-        )
-        self.update_conversation(conversation_id)  # bumps updated_at: newest conversations first
-        return rows[0]
+        """A message under ``parent_id`` (None: a first message; "leaf": after the branch shown), which becomes the
+        conversation's current leaf; the conversation moves to the top (updated_at)."""
+
+        def add(db: sqlite3.Connection) -> dict[str, Any]:
+            parent = parent_id
+            if parent == "leaf":
+                parent = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
+            row = db.execute(
+                "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (conversation_id, parent, role, content, model, status, time.time()),
+            ).fetchone()
+            db.execute(
+                "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?",
+                (row["id"], time.time(), conversation_id),
+            )
+            return dict(row)
+
+        return self.transaction(add)
 
     def finish_message(self, message_id: int, **fields: Any) -> dict[str, Any]:
         """Store an answer's final state: content, thinking, status, error, ttft_ms, tokens, tokens_per_s."""

@@ -1,0 +1,124 @@
+"""A conversation is a tree of messages: each has a ``parent_id`` (None for a first message), and the conversation's
+``current_id`` is the leaf of the branch shown. Editing a message or regenerating an answer adds a sibling, so
+nothing written is ever replaced; the branch shown is the path root → ``current_id``, and only that path is
+sent to Ollama.
+
+Every query walks the tree in SQL (recursive CTEs over the ``(conversation_id, parent_id)`` index), so opening
+a conversation of thousands of messages reads only its branch and the siblings along it. Message ids grow with
+time and a child is always added after its parent, so the newest leaf under a message is the largest id
+below it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from ..storage import Store
+
+# The ids under (and including) :message, in its conversation.
+_SUBTREE = """
+    WITH RECURSIVE subtree (id) AS (
+        SELECT id FROM messages WHERE id = :message AND conversation_id = :conversation
+        UNION ALL
+        SELECT messages.id FROM messages JOIN subtree ON messages.parent_id = subtree.id
+        WHERE messages.conversation_id = :conversation
+    )
+"""
+
+
+def message(store: Store, owner: int | None, message_id: int) -> dict[str, Any] | None:
+    """The message, if it is in one of ``owner``'s conversations (anyone else's is "not found")."""
+    rows = store.execute(
+        "SELECT messages.* FROM messages JOIN conversations ON conversations.id = messages.conversation_id "
+        "WHERE messages.id = ? AND conversations.user_id IS ?",
+        (message_id, owner),
+    )
+    return rows[0] if rows else None
+
+
+def branch(store: Store, conversation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages root → the current leaf, each with ``siblings``: the ids with its parent, oldest first."""
+    rows = store.execute(
+        """
+        WITH RECURSIVE path (id, depth) AS (
+            SELECT id, 0 FROM messages WHERE conversation_id = :conversation AND id = coalesce(
+                :current, (SELECT max(id) FROM messages WHERE conversation_id = :conversation))
+            UNION ALL
+            SELECT messages.parent_id, path.depth + 1 FROM messages JOIN path ON messages.id = path.id
+            WHERE messages.parent_id IS NOT NULL
+        )
+        SELECT messages.*, (
+            SELECT json_group_array(id) FROM (
+                SELECT sibling.id FROM messages AS sibling
+                WHERE sibling.conversation_id = :conversation AND sibling.parent_id IS messages.parent_id
+                ORDER BY sibling.id)
+        ) AS siblings
+        FROM path JOIN messages ON messages.id = path.id ORDER BY path.depth DESC
+        """,
+        {"conversation": conversation["id"], "current": conversation.get("current_id")},
+    )
+    for row in rows:
+        row["siblings"] = json.loads(row["siblings"])
+    return rows
+
+
+def everything(store: Store, conversation_id: str) -> list[dict[str, Any]]:
+    """Every message of the conversation, every branch, oldest first (parents before their children)."""
+    return store.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+
+
+def newest_leaf(store: Store, conversation_id: str, message_id: int) -> int:
+    """The newest leaf under ``message_id`` (itself when it has no children)."""
+    rows = store.execute(
+        _SUBTREE + "SELECT max(id) AS leaf FROM subtree", {"message": message_id, "conversation": conversation_id}
+    )
+    return int(rows[0]["leaf"] or message_id)
+
+
+def has_children(store: Store, conversation_id: str, message_id: int) -> bool:
+    rows = store.execute(
+        "SELECT 1 FROM messages WHERE conversation_id = ? AND parent_id = ? LIMIT 1", (conversation_id, message_id)
+    )
+    return bool(rows)
+
+
+def show(store: Store, conversation_id: str, message_id: int) -> int:
+    """Show the branch through ``message_id`` (down to its newest leaf); returns the new current leaf. Does not
+    move the conversation up the list: looking at an old branch is not a change."""
+    leaf = newest_leaf(store, conversation_id, message_id)
+    store.execute("UPDATE conversations SET current_id = ? WHERE id = ?", (leaf, conversation_id))
+    return leaf
+
+
+def subtree(store: Store, conversation_id: str, message_id: int) -> list[int]:
+    rows = store.execute(_SUBTREE + "SELECT id FROM subtree", {"message": message_id, "conversation": conversation_id})
+    return [row["id"] for row in rows]
+
+
+def remove(store: Store, conversation_id: str, message_id: int) -> list[int]:
+    """Delete the message and everything under it, in one transaction; returns the ids deleted. If the branch
+    shown went with them, the newest branch left under the same parent is shown (else the parent itself)."""
+
+    def delete(db: sqlite3.Connection) -> list[int]:
+        names = {"message": message_id, "conversation": conversation_id}
+        gone = [row[0] for row in db.execute(_SUBTREE + "SELECT id FROM subtree", names)]
+        if not gone:
+            return []
+        parent = db.execute("SELECT parent_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
+        # Children first is not needed: the foreign key is checked at the end of the statement.
+        db.execute(_SUBTREE + "DELETE FROM messages WHERE id IN subtree", names)
+        current = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
+        if current is None or current in gone:
+            leaf = db.execute(
+                "SELECT max(id) FROM messages WHERE conversation_id = ? AND parent_id IS ?", (conversation_id, parent)
+            ).fetchone()[0]
+            if leaf is not None:
+                leaf = db.execute(
+                    _SUBTREE + "SELECT max(id) FROM subtree", {"message": leaf, "conversation": conversation_id}
+                ).fetchone()[0]
+            db.execute("UPDATE conversations SET current_id = ? WHERE id = ?", (leaf or parent, conversation_id))
+        return gone
+
+    return store.transaction(delete)
