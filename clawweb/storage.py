@@ -475,7 +475,9 @@ class Store:
         def add(db: sqlite3.Connection) -> dict[str, Any]:
             parent = parent_id
             if parent == "leaf":
-                parent = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
+                parent = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[
+                    0
+                ]
             row = db.execute(
                 "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
