@@ -533,9 +533,6 @@ class Store:
             (INTERRUPTED, conversation_id, started_before),
         )
 
-    def delete_message(self, message_id: int) -> None:
-        self.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-
     def count_answer(self, owner: int | None, day: str, limit: int) -> bool:
         """Count one more answer for ``owner`` on ``day`` unless it has ``limit`` already (0: no limit); False
         when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""

@@ -16,6 +16,7 @@ from ..relay.responses import streaming_response
 from ..services import services
 from ..state.base import START, valid_cursor
 from ..validation import parse_json_object, query_int, request_body, validate_chat
+from . import tree
 from .generations import AnyGeneration
 from .history import with_answers
 
@@ -141,7 +142,7 @@ def _start(
     added: list[int] = []
     try:
         if replace is not None:
-            store.delete_message(replace)
+            tree.remove(store, conversation["id"], replace)
         user = None if new_user_message is None else store.add_message(conversation["id"], "user", new_user_message)
         added += [user["id"]] if user else []
         answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
@@ -149,8 +150,8 @@ def _start(
         return user, app.generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
     except BaseException:
         relay.close()  # give the slot back: nothing will run it
-        for message_id in added:  # the request failed (a 503): it leaves nothing behind to answer 409 for
-            store.delete_message(message_id)
+        if added:  # the request failed (a 503): it leaves nothing behind to answer 409 for
+            tree.remove(store, conversation["id"], added[0])
         raise
 
 
