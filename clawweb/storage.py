@@ -457,9 +457,6 @@ class Store:
 
     # --- messages --------------------------------------------------------------------------------------------
 
-    def messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        return self.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
-
     def add_message(
         self,
         conversation_id: str,

@@ -172,15 +172,17 @@ def test_answer_finishes_without_any_reader(gateway: Gateway, sim: SimProcess) -
     assert sim.stats()["disconnects"] == 0
 
 
-def test_regenerate_replaces_the_last_answer(gateway: Gateway) -> None:
+def test_regenerate_keeps_the_old_answer_beside_the_new(gateway: Gateway) -> None:
     conversation = new_conversation(gateway)
     follow(gateway, ask(gateway, conversation["id"], {"tokens": 3})["generation"])
+    old = requests.get(f"{gateway.url}/api/conversations/{conversation['id']}", timeout=5).json()["messages"][-1]
     response = requests.post(f"{gateway.url}/api/conversations/{conversation['id']}/regenerate", json={}, timeout=5)
     assert response.status_code == 202
     follow(gateway, response.json()["generation"])
     messages = requests.get(f"{gateway.url}/api/conversations/{conversation['id']}", timeout=5).json()["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[-1]["content"] == "".join(answer_tokens(3))
+    assert messages[-1]["siblings"] == [old["id"], response.json()["message"]["id"]]
 
 
 def test_thinking_is_stored_apart(gateway: Gateway) -> None:

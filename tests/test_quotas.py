@@ -162,7 +162,7 @@ def test_answers_a_day_are_429_until_midnight_on_every_route(gateway: Gateway, s
     over = alice.call("POST", f"/api/conversations/{conversation_id}/regenerate", json={})
     refused(over, 429, "CLAWWEB_QUOTA_ANSWERS_PER_DAY")
     assert 0 < int(over.headers["Retry-After"]) <= 25 * 3600
-    assert alice.conversation(conversation_id)["messages"] == before  # the answer it would replace is kept
+    assert alice.conversation(conversation_id)["messages"] == before  # no answer added beside it
     refused(alice.post(conversation_id, "two"), 429, "CLAWWEB_QUOTA_ANSWERS_PER_DAY")
     refused(alice.call("POST", "/api/chat", json=chat(stream=False)), 429, "CLAWWEB_QUOTA_ANSWERS_PER_DAY")
     openai_body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}]}

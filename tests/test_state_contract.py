@@ -28,6 +28,7 @@ import urllib3.util.connection
 from flask import Flask
 
 from clawweb import create_app
+from clawweb.chat import tree
 from clawweb.chat.generations import Generations
 from clawweb.config import load_settings
 from clawweb.services import services
@@ -532,14 +533,14 @@ def test_another_installation_leaves_a_dead_writers_answer_alone(gateways: Any, 
     theirs = store_of(foreign).create_conversation(None, "qwen3:32b")
     for role in ("user", "assistant"):  # message ids 1 and 2 there, as in ours
         store_of(foreign).add_message(theirs["id"], role, f"their {role} message")
-    before = store_of(foreign).messages(theirs["id"])
+    before = tree.everything(store_of(foreign), theirs["id"])
     generation_id, message_id = leave_a_dead_answer(redis_url, store_of(ours), answer_tokens(3))
     assert store_of(foreign).message(message_id) is not None  # the same id names another message there
     seen = generations_of(foreign).get(generation_id)
     assert seen is not None and seen.status == "streaming"  # not its to end
     gevent.sleep(1)  # three rounds of its lease loop
     assert log_events(redis_url, generation_id) == ["token"] * 3
-    assert store_of(foreign).messages(theirs["id"]) == before
+    assert tree.everything(store_of(foreign), theirs["id"]) == before
     ended = generations_of(ours).get(generation_id)
     assert ended is not None and ended.status == "error"
     assert log_events(redis_url, generation_id) == ["token"] * 3 + ["error"]

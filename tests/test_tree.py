@@ -239,6 +239,8 @@ def test_what_cannot_be_continued_is_409_and_changes_nothing(gateway: Gateway) -
         ("POST", "/continue", {"message_id": "1"}, 400),
         ("POST", "/continue", {"message_id": True}, 400),
         ("POST", "/continue", {"message_id": 10**9}, 404),
+        ("POST", "/continue", {"message_id": 2**64}, 400),
+        ("POST", "/continue", {"message_id": 0}, 400),
         ("POST", "/regenerate", {"message_id": 10**9}, 404),
         ("POST", "/regenerate", {"model": "nope:1b"}, 404),
         ("POST", "/messages", {"content": "x", "parent_id": 10**9}, 404),
@@ -282,7 +284,8 @@ def test_delete_removes_the_subtree_but_not_while_an_answer_in_it_runs(gateway: 
     assert [m["id"] for m in chat.tree()["messages"]] == [q1["id"], a1["id"]]
     assert chat.call("DELETE", f"/api/messages/{q1['id']}").json()["messages"] == []
     assert chat.call("DELETE", f"/api/messages/{q1['id']}").status_code == 404
-    assert chat.call("DELETE", "/api/messages/x").status_code == 404
+    for bad in ("x", "0", "9" * 30, "١"):
+        assert chat.call("DELETE", f"/api/messages/{bad}").status_code == 404
 
 
 # --- owners -----------------------------------------------------------------------------------------------------

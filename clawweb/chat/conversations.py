@@ -115,10 +115,13 @@ def _answer_options(body: dict[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("model", "think", "options") if body.get(key) is not None}
 
 
+MESSAGE_ID_MAX = 2**63 - 1  # SQLite's integers: a larger one would fail in sqlite3, not be "not found"
+
+
 def _message_id(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise InvalidField(name, "must be a message id (an integer)")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MESSAGE_ID_MAX):
+        raise InvalidField(name, "must be a message id (a positive integer)")
     return value
 
 
@@ -179,7 +182,8 @@ def show_branch(conversation_id: str) -> Response:
 def delete_message(message_id: str) -> Response:
     """The message and everything under it; the conversation afterwards, as GET shows it."""
     store = services().store
-    found = tree.message(store, owner(), int(message_id)) if message_id.isascii() and message_id.isdigit() else None
+    digits = message_id.isascii() and message_id.isdigit() and 0 < int(message_id) <= MESSAGE_ID_MAX
+    found = tree.message(store, owner(), int(message_id)) if digits else None
     if found is None:
         raise ApiError(404, f"no message '{message_id}'")
     conversation_id = found["conversation_id"]
