@@ -16,6 +16,7 @@ import requests
 from playwright.sync_api import Browser, Page, expect
 
 from clawweb.chat import shares
+from clawweb.errors import ApiError
 from clawweb.storage import CONVERSATION_PAGE, Store
 
 from .support.factories import StartGateway, StartSimulator
@@ -185,6 +186,17 @@ def test_a_wrong_expiry_is_refused_and_makes_no_link(gateway: Gateway, body: Any
     refused = api(gateway, "POST", f"/api/conversations/{conversation_id}/share", json=body)
     assert refused.status_code == 400 and problem in refused.json()["error"]
     assert api(gateway, "GET", f"/api/conversations/{conversation_id}/share").json() == {"shares": []}
+
+
+def test_a_conversation_has_at_most_max_links_live_links(store: Store) -> None:
+    conversation = store.create_conversation(None, "m", title="t")
+    for _ in range(shares.MAX_LINKS):
+        shares.create(store, conversation, "", None)
+    with pytest.raises(ApiError) as refused:
+        shares.create(store, conversation, "", None)
+    assert refused.value.status == 409 and "revoke them first" in refused.value.message
+    shares.revoke_all(store, conversation["id"])
+    shares.create(store, conversation, "", None)
 
 
 def test_an_unknown_conversation_is_a_404(gateway: Gateway) -> None:
