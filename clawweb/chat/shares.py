@@ -21,8 +21,8 @@ from . import tree
 MAX_EXPIRES_IN_S = 366 * 24 * 3600  # a year (and a day): a link meant to outlive that needs no expiry at all
 MAX_LINKS = 20  # live links per conversation: each holds a copy of the branch, which no quota counts
 MAX_TOKEN = 100  # token_urlsafe(32) is 43 characters; anything much longer is not one of ours
-# What a reader sees of each message; ids and error details stay with the owner.
-MESSAGE_FIELDS = ("role", "content", "thinking", "status", "model", "created_at", "ttft_ms", "tokens", "tokens_per_s")
+# What a reader sees of each message; ids, error details and figures stay with the owner.
+MESSAGE_FIELDS = ("role", "content", "thinking", "status", "model", "created_at")
 
 
 def digest(token: str) -> str:
