@@ -66,7 +66,7 @@ def insert(db: sqlite3.Connection, conversation: str, parent: int | None, role: 
 def branched_conversation(store: Store, rng: random.Random) -> str:
     """2000 messages: a first chain, then 49 more branches, each an edit of a random earlier user message
     followed by its own 40 messages (20 turns); the branch shown is the newest."""
-    conversation = store.create_conversation(None, "qwen3:32b", "A long branched conversation")["id"]
+    conversation = str(store.create_conversation(None, "qwen3:32b", "A long branched conversation")["id"])
 
     def build(db: sqlite3.Connection) -> int:
         users: list[tuple[int | None, int]] = []  # (parent, id) of every user message
@@ -85,7 +85,7 @@ def branched_conversation(store: Store, rng: random.Random) -> str:
 
 
 def linear_conversation(store: Store, rng: random.Random, messages: int, title: str) -> str:
-    conversation = store.create_conversation(None, "qwen3:32b", title)["id"]
+    conversation = str(store.create_conversation(None, "qwen3:32b", title)["id"])
 
     def build(db: sqlite3.Connection) -> None:
         parent: int | None = None
