@@ -76,6 +76,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "password_changed": "Password changed; your other sessions have ended.",
         "password_wrong": "The current password is wrong.",
         "password_mismatch": "The two new passwords differ.",
+        # share links (chat/share_views.py, templates/share.html)
+        "shared_by": "Shared by {name} on {date}",
+        "shared_on": "Shared on {date}",
+        "share_read_only": "a read-only copy, as it was when shared",
+        "share_gone_title": "Link not found",
+        "share_gone": "This link does not exist, has expired, or was revoked.",
     },
     "zh": {
         "app": "clawweb",
@@ -148,6 +154,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "password_changed": "密码已修改；其他设备已退出登录。",
         "password_wrong": "当前密码错误。",
         "password_mismatch": "两次输入的新密码不一致。",
+        # share links (chat/share_views.py, templates/share.html)
+        "shared_by": "{name} 分享于 {date}",
+        "shared_on": "分享于 {date}",
+        "share_read_only": "只读副本，内容为分享时的样子",
+        "share_gone_title": "链接不存在",
+        "share_gone": "此链接不存在、已过期或已被撤销。",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}
