@@ -76,6 +76,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "password_changed": "Password changed; your other sessions have ended.",
         "password_wrong": "The current password is wrong.",
         "password_mismatch": "The two new passwords differ.",
+        # The messages: versions and per-message actions
+        "message_actions": "Message actions",
+        "previous_version": "Previous version",
+        "next_version": "Next version",
+        "edit": "Edit",
+        "edit_message": "Edit the message",
+        "save_and_send": "Save & send",
+        "cancel": "Cancel",
+        "continue": "Continue",
+        "delete_message_confirm": "Delete this message and every reply under it, in all its versions?",
     },
     "zh": {
         "app": "clawweb",
@@ -148,6 +158,16 @@ STRINGS: dict[str, dict[str, str]] = {
         "password_changed": "密码已修改；其他设备已退出登录。",
         "password_wrong": "当前密码错误。",
         "password_mismatch": "两次输入的新密码不一致。",
+        # The messages: versions and per-message actions
+        "message_actions": "消息操作",
+        "previous_version": "上一个版本",
+        "next_version": "下一个版本",
+        "edit": "编辑",
+        "edit_message": "编辑这条消息",
+        "save_and_send": "保存并发送",
+        "cancel": "取消",
+        "continue": "继续生成",
+        "delete_message_confirm": "删除这条消息及其下的所有回复（包括所有版本）？",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}
