@@ -86,6 +86,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "cancel": "Cancel",
         "continue": "Continue",
         "delete_message_confirm": "Delete this message and every reply under it, in all its versions?",
+        # share links (chat/share_views.py, templates/share.html)
+        "shared_by": "Shared by {name} on {date}",
+        "shared_on": "Shared on {date}",
+        "share_read_only": "a read-only copy, as it was when shared",
+        "share_gone_title": "Link not found",
+        "share_gone": "This link does not exist, has expired, or was revoked.",
     },
     "zh": {
         "app": "clawweb",
@@ -168,6 +174,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "cancel": "取消",
         "continue": "继续生成",
         "delete_message_confirm": "删除这条消息及其下的所有回复（包括所有版本）？",
+        # share links (chat/share_views.py, templates/share.html)
+        "shared_by": "{name} 分享于 {date}",
+        "shared_on": "分享于 {date}",
+        "share_read_only": "只读副本，内容为分享时的样子",
+        "share_gone_title": "链接不存在",
+        "share_gone": "此链接不存在、已过期或已被撤销。",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}
