@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_ENDPOINTS = frozenset({"login.login", "login.login_form", "health.healthz", "health.readyz"})
+SHARED_PAGE = "shares.shared_page"  # a share link's page: public too when CLAWWEB_SHARE=anyone
 KEY_TOUCH_EVERY_S = 60  # resolution of a key's "last used" time
 
 
@@ -184,7 +185,7 @@ def _identify() -> BaseResponse | None:
         who = _from_key_in_open_mode(header)
     if who is None and not settings.auth_required:
         who = OPEN
-    if who is None and request.endpoint not in PUBLIC_ENDPOINTS and not _local_metrics():
+    if who is None and request.endpoint not in PUBLIC_ENDPOINTS and not _local_metrics() and not _open_share():
         if _wants_page():  # back to the page after the login; a form post cannot be replayed, so not to that
             back = request.full_path.rstrip("?") if request.method == "GET" else None
             return redirect(url_for("login.login_form", next=back))
@@ -193,6 +194,11 @@ def _identify() -> BaseResponse | None:
     g.identity = who or OPEN
     _check_csrf(g.identity)
     return None
+
+
+def _open_share() -> bool:
+    """With ``CLAWWEB_SHARE=anyone`` a share link opens without a login: whoever has the link may read it."""
+    return request.endpoint == SHARED_PAGE and services().settings.share == "anyone"
 
 
 def _local_metrics() -> bool:

@@ -239,6 +239,9 @@ class Settings:
     simulator: bool = _setting(
         False, _flag, "1: the upstream is the built-in Ollama simulator (canned answers); the chat page says so"
     )
+    share: str = _setting(
+        "users", _choice("users", "anyone", "off"), "who may open share links: users (logged in), anyone, off"
+    )
 
     @property
     def auth_required(self) -> bool:

@@ -105,6 +105,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "share_revoke": "Revoke links",
         "share_revoked": "Revoked: the links to this conversation no longer open.",
         "close": "Close",
+        # share links (chat/share_views.py, templates/share.html)
+        "shared_by": "Shared by {name} on {date}",
+        "shared_on": "Shared on {date}",
+        "share_read_only": "a read-only copy, as it was when shared",
+        "share_gone_title": "Link not found",
+        "share_gone": "This link does not exist, has expired, or was revoked.",
     },
     "zh": {
         "app": "clawweb",
@@ -206,6 +212,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "share_revoke": "撤销链接",
         "share_revoked": "已撤销：此对话的链接已无法打开。",
         "close": "关闭",
+        # share links (chat/share_views.py, templates/share.html)
+        "shared_by": "{name} 分享于 {date}",
+        "shared_on": "分享于 {date}",
+        "share_read_only": "只读副本，内容为分享时的样子",
+        "share_gone_title": "链接不存在",
+        "share_gone": "此链接不存在、已过期或已被撤销。",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}

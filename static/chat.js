@@ -1,4 +1,4 @@
-// clawweb chat page. No build step: plain ES2020, vendored marked + DOMPurify + highlight.js.
+// clawweb chat page. No build step: plain ES2020, vendored marked + DOMPurify + highlight.js via markdown.js.
 //
 // Streaming: tokens go into a buffer; painting happens at most once per animation frame, and only the block
 // still growing is re-rendered (finished blocks are rendered once and kept), so a long answer costs about
@@ -30,38 +30,9 @@
   // A copy of the page's markup for a piece chat.js adds (a <template> rendered by the server's own macro).
   const fromTemplate = (id) => document.getElementById(id).content.firstElementChild.cloneNode(true);
 
-  // --- Markdown -------------------------------------------------------------------------------------------
+  // --- Markdown (static/markdown.js) ---------------------------------------------------------------------
 
-  const escapeHtml = (text) =>
-    text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-  marked.use({ gfm: true, renderer: { html: (token) => escapeHtml(token.text) } });
-  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-    if (node.tagName === "A" && node.hasAttribute("href")) {
-      node.setAttribute("target", "_blank");
-      node.setAttribute("rel", "noopener noreferrer");
-    }
-  });
-
-  function toFragment(markdown) {
-    const template = document.createElement("template");
-    template.innerHTML = DOMPurify.sanitize(marked.parse(markdown));
-    for (const code of template.content.querySelectorAll("pre > code")) decorateCode(code);
-    return template.content;
-  }
-
-  function decorateCode(code) {
-    hljs.highlightElement(code);
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "copy";
-    button.textContent = T.copy;
-    button.addEventListener("click", async () => {
-      await navigator.clipboard.writeText(code.textContent);
-      button.textContent = T.copied;
-      setTimeout(() => (button.textContent = T.copy), 1500);
-    });
-    code.parentElement.append(button);
-  }
+  const toFragment = ClawwebMarkdown.renderer({ copy: T.copy, copied: T.copied });
 
   // End of the last complete block in text[from:]: a blank line outside a code fence. `from` is a boundary.
   function stableEnd(text, from) {

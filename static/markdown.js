@@ -1,0 +1,44 @@
+// clawweb's Markdown rendering, shared by the chat page and the shared (read-only) page.
+//
+// Model output is Markdown: marked turns it into HTML, raw HTML in it is shown as text, DOMPurify sanitizes
+// the result before it touches the DOM, links open in a new tab without a referrer, and code blocks are
+// highlighted with a copy button. No DOM state of its own: a page creates one renderer with its labels.
+"use strict";
+
+window.ClawwebMarkdown = (() => {
+  const escapeHtml = (text) =>
+    text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  marked.use({ gfm: true, renderer: { html: (token) => escapeHtml(token.text) } });
+  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A" && node.hasAttribute("href")) {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    }
+  });
+
+  function decorateCode(code, labels) {
+    hljs.highlightElement(code);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = labels.copy;
+    button.addEventListener("click", async () => {
+      await navigator.clipboard.writeText(code.textContent);
+      button.textContent = labels.copied;
+      setTimeout(() => (button.textContent = labels.copy), 1500);
+    });
+    code.parentElement.append(button);
+  }
+
+  // toFragment(markdown) -> a DocumentFragment, safe to insert; `labels` = {copy, copied} for the code button.
+  function renderer(labels) {
+    return function toFragment(markdown) {
+      const template = document.createElement("template");
+      template.innerHTML = DOMPurify.sanitize(marked.parse(markdown));
+      for (const code of template.content.querySelectorAll("pre > code")) decorateCode(code, labels);
+      return template.content;
+    };
+  }
+
+  return { renderer };
+})();
