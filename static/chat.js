@@ -334,15 +334,8 @@
     const title = text.split(/\s+/).join(" ").slice(0, 60);
     $(".topbar h1").textContent = title;
     document.title = title;
-    let item = document.querySelector(`.conversation-list li[data-id="${conversationId}"]`);
-    if (!item) {
-      item = fromTemplate("conversation-row");
-      item.dataset.id = conversationId;
-      item.classList.add("current");
-      item.querySelector("a").setAttribute("href", `/c/${conversationId}`);
-      $(".conversation-list").prepend(item);
-    }
-    item.querySelector("a").textContent = title;
+    // sidebar.js adds its row and the conversation menu
+    document.dispatchEvent(new CustomEvent("conversation-titled", { detail: { id: conversationId, title } }));
   }
 
   const knobs = () => ({ think: thinkBox.checked, model: modelSelect.value });
@@ -648,34 +641,6 @@
       // Ollama unreachable: keep the current model; sending will report the error
     }
   }
-
-  $("#menu").addEventListener("click", () => $("#sidebar").classList.toggle("open"));
-
-  async function rename(item) {
-    const id = item.dataset.id;
-    const title = prompt(T.rename_prompt, item.querySelector("a").textContent);
-    if (title === null || !title.trim()) return;
-    await api("PATCH", `/api/conversations/${id}`, { title: title.trim() });
-    item.querySelector("a").textContent = title.trim();
-    if (id === conversationId) $(".topbar h1").textContent = title.trim();
-  }
-
-  async function remove(item) {
-    const id = item.dataset.id;
-    if (!confirm(T.delete_confirm)) return;
-    await api("DELETE", `/api/conversations/${id}`);
-    if (id === conversationId) location.assign("/");
-    else item.remove();
-  }
-
-  // One listener for the whole list: it serves the rows the server rendered and those added on the page alike.
-  $(".conversation-list").addEventListener("click", (event) => {
-    const button = event.target.closest("button.rename, button.delete");
-    if (!button) return;
-    const item = button.closest("li");
-    if (button.classList.contains("rename")) rename(item);
-    else remove(item);
-  });
 
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
 
