@@ -469,8 +469,7 @@
         article.dataset.id === String(message.id) &&
         article.dataset.status === message.status &&
         message.status !== "streaming" &&
-        article.querySelector(".content").dataset.raw === message.content &&
-        !article.querySelector(".edit-box");
+        article.querySelector(".content").dataset.raw === message.content;
       if (!unchanged) break;
       setData(article, message);
       same += 1;

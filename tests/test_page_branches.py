@@ -175,6 +175,9 @@ def test_continue_a_stopped_answer_grows_the_same_message(page: Page) -> None:
     partial = answer.locator(".content").get_attribute("data-raw") or ""
     assert partial
     message_id = answer.get_attribute("data-id")
+    expect(answer.locator(".continue")).to_be_visible()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "branches-stopped.png"))  # Stopped, and Continue beside it
 
     answer.locator(".continue").click()
     expect(answer).to_have_attribute("data-status", "streaming", timeout=5000)
