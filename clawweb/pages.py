@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, render_template
+from flask import Blueprint, Flask, Response, abort, render_template, request
 
 from .auth import identity, owner
+from .chat import tree
 from .chat.history import with_answers
 from .i18n import LANG_TAGS, language, strings
 from .services import services
 
 bp = Blueprint("pages", __name__)
+
+SIDEBAR_PAGE = 50  # rows rendered with the page; sidebar.js loads the rest as the list scrolls
+_MESSAGE_ID = re.compile(r"[0-9]{1,18}")
 
 # No inline script or style anywhere: the page's own files and vendored libraries only. Model output is
 # sanitized before it reaches the DOM; this is the second line of defence if that ever fails.
@@ -30,10 +35,12 @@ SECURITY_HEADERS = {
 
 def _page(conversation: dict[str, Any] | None) -> str:
     settings, lang = services().settings, language()
+    rows = services().store.conversations(owner(), SIDEBAR_PAGE, 0)
     return render_template(
         "chat.html",
         conversation=conversation,
-        conversations=services().store.conversations(owner(), 100, 0),
+        conversations=rows,
+        next_offset=SIDEBAR_PAGE if len(rows) == SIDEBAR_PAGE else None,
         user=identity().name,
         generation=conversation["generation"] if conversation else None,
         model=conversation["model"] if conversation else settings.default_model,
@@ -52,10 +59,33 @@ def index() -> str:
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str) -> str:
-    found = services().store.conversation(conversation_id, owner())
+    store = services().store
+    found = store.conversation(conversation_id, owner())
     if found is None:
         abort(404)
+    if _show_requested_branch(found):
+        found = store.conversation(conversation_id, owner()) or found
     return _page(with_answers(found))
+
+
+def _show_requested_branch(conversation: dict[str, Any]) -> bool:
+    """``?m=<message id>`` (a search hit) shows that message's branch; True if the branch shown changed.
+
+    Ignored unless the message is in this conversation, when it is already on the branch shown (moving to
+    its newest leaf would hide the branch the user chose under it), and while an answer is running."""
+    raw = request.args.get("m", "")
+    if not _MESSAGE_ID.fullmatch(raw):
+        return False
+    store = services().store
+    found = tree.message(store, owner(), int(raw))
+    if found is None or found["conversation_id"] != conversation["id"]:
+        return False
+    if services().generations.running_for(conversation["id"]) is not None:
+        return False
+    if found["id"] in {m["id"] for m in tree.branch(store, conversation)}:
+        return False
+    tree.show(store, conversation["id"], found["id"])
+    return True
 
 
 def _secure(response: Response) -> Response:

@@ -15,7 +15,6 @@
   const input = $("#input");
   const sendButton = $("#send");
   const stopButton = $("#stop");
-  const regenerateButton = $("#regenerate");
   const queueEl = $("#queue");
   const connectionEl = $("#connection");
   const modelSelect = $("#model");
@@ -26,6 +25,7 @@
 
   let conversationId = body.dataset.conversationId || null;
   let current = null; // the Follower of the answer being followed, if any
+  let busy = false; // an answer is being asked for or followed: the actions that change the branch wait
 
   // A copy of the page's markup for a piece chat.js adds (a <template> rendered by the server's own macro).
   const fromTemplate = (id) => document.getElementById(id).content.firstElementChild.cloneNode(true);
@@ -70,6 +70,11 @@
       this.frame = 0;
       this.userToggled = false;
       this.details.addEventListener("toggle", () => (this.userToggled = this.userToggled || this.autoToggled !== true));
+      // The log is replayed from its start (a continued answer's begins with the text so far): start empty.
+      article.dataset.status = "streaming";
+      this.details.hidden = true;
+      this.thinkingText.replaceChildren();
+      article.querySelector(".meta").replaceChildren();
       this.content.replaceChildren();
       this.content.classList.add("rendered");
       this.tail = document.createElement("div");
@@ -127,8 +132,7 @@
   function renderStored(article, message, error) {
     const content = article.querySelector(".content");
     if (message) {
-      article.dataset.id = message.id;
-      article.dataset.status = message.status;
+      setData(article, message);
       content.dataset.raw = message.content;
       const thinkingText = article.querySelector(".thinking-text");
       if (thinkingText && message.thinking) {
@@ -144,7 +148,7 @@
   function renderMeta(article, message, error) {
     const meta = article.querySelector(".meta");
     if (!meta) return;
-    const parts = [];
+    const parts = article.dataset.model ? [article.dataset.model] : [];
     const ttft = message ? message.ttft_ms : Number(meta.dataset.ttftMs) || null;
     const rate = message ? message.tokens_per_s : Number(meta.dataset.rate) || null;
     const tokens = message ? message.tokens : Number(meta.dataset.tokens) || null;
@@ -162,8 +166,7 @@
         const retry = document.createElement("button");
         retry.type = "button";
         retry.className = "retry";
-        retry.textContent = T.retry;
-        retry.addEventListener("click", regenerate);
+        retry.textContent = T.retry; // the click is the messages' own listener's (regenerate)
         meta.append(retry);
       }
     }
@@ -187,10 +190,11 @@
     connectionEl.textContent = { idle: "", connecting: T.connecting, open: T.connected, closed: T.reconnecting }[state];
   }
 
-  function setBusy(busy) {
+  function setBusy(value) {
+    busy = value;
     sendButton.disabled = busy;
-    regenerateButton.disabled = busy;
     stopButton.hidden = !busy;
+    syncActions();
   }
 
   function showQueue(position) {
@@ -226,6 +230,12 @@
       es.addEventListener("queued", (event) => {
         this.lastId = event.lastEventId;
         showQueue(JSON.parse(event.data).position);
+      });
+      // A continued answer's log starts with its text so far; the tokens then extend the same message.
+      es.addEventListener("continue", (event) => {
+        this.lastId = event.lastEventId;
+        const soFar = JSON.parse(event.data);
+        this.view.add(soFar.content || "", soFar.thinking || "");
       });
       es.addEventListener("token", (event) => {
         this.lastId = event.lastEventId;
@@ -324,61 +334,281 @@
     const title = text.split(/\s+/).join(" ").slice(0, 60);
     $(".topbar h1").textContent = title;
     document.title = title;
-    let item = document.querySelector(`.conversation-list li[data-id="${conversationId}"]`);
-    if (!item) {
-      item = fromTemplate("conversation-row");
-      item.dataset.id = conversationId;
-      item.classList.add("current");
-      item.querySelector("a").setAttribute("href", `/c/${conversationId}`);
-      $(".conversation-list").prepend(item);
-    }
-    item.querySelector("a").textContent = title;
+    // sidebar.js adds its row and the conversation menu
+    document.dispatchEvent(new CustomEvent("conversation-titled", { detail: { id: conversationId, title } }));
   }
 
-  // Ask for an answer (`request` resolves to the API's reply with a generation), then follow it in a new view.
-  async function startAnswer(request, beforeFollow) {
+  const knobs = () => ({ think: thinkBox.checked, model: modelSelect.value });
+  const showError = (error) => (queueEl.textContent = `${T.error}: ${error.message}`);
+
+  // Ask for an answer (`request` resolves to the API's 202 with a generation), show the branch it is on as the
+  // server now has it (a new version's arrows included), then follow the answer in its article.
+  async function startAnswer(request, beforeShow = () => {}) {
+    if (busy) return;
     setBusy(true);
     showQueue(null);
+    let started;
     try {
-      const started = await request();
-      beforeFollow();
-      const article = messageArticle("assistant");
-      article.dataset.id = started.generation.message_id;
-      follow(started.generation, new AnswerView(article), "0");
+      started = await request();
     } catch (error) {
-      queueEl.textContent = `${T.error}: ${error.message}`; // refused (429/503/409...): nothing was stored
+      showError(error); // refused (429/503/409...): nothing was stored
       setBusy(false);
+      return;
     }
+    beforeShow();
+    try {
+      renderMessages(await loadConversation());
+    } catch (_) {
+      // the answer runs anyway: follow it below what is shown
+    }
+    let article = messagesEl.querySelector(`.message[data-id="${started.generation.message_id}"]`);
+    if (!article) {
+      article = messageArticle("assistant");
+      article.dataset.id = started.generation.message_id;
+    }
+    scrollToBottom();
+    follow(started.generation, new AnswerView(article), "0");
   }
 
   function send(text) {
-    const knobs = { think: thinkBox.checked, model: modelSelect.value };
+    const options = knobs();
     return startAnswer(
       async () => {
         await ensureConversation({});
-        return api("POST", `/api/conversations/${conversationId}/messages`, { content: text, ...knobs });
+        return api("POST", `/api/conversations/${conversationId}/messages`, { content: text, ...options });
       },
       () => {
         if (!messagesEl.querySelector(".message")) showTitle(text);
-        messageArticle("user").querySelector(".content").textContent = text;
         input.value = "";
       },
     );
   }
 
-  function regenerate() {
-    if (!conversationId || current) return;
-    const knobs = { think: thinkBox.checked, model: modelSelect.value };
-    return startAnswer(
-      () => api("POST", `/api/conversations/${conversationId}/regenerate`, knobs),
-      () => [...messagesEl.querySelectorAll(".message.assistant")].pop()?.remove(),
-    );
+  // --- Messages: the branch shown, its versions, per-message actions --------------------------------------
+
+  const lang = document.documentElement.lang || undefined;
+  const articles = () => [...messagesEl.querySelectorAll(".message")];
+  const siblingsOf = (article) => JSON.parse(article.dataset.siblings || "[]");
+
+  // A message's fields from the API onto its article (a final event's message has no siblings: kept as they are).
+  function setData(article, message) {
+    article.dataset.id = message.id;
+    article.dataset.status = message.status;
+    if ("parent_id" in message) article.dataset.parentId = message.parent_id ?? "";
+    if (message.siblings) article.dataset.siblings = JSON.stringify(message.siblings);
+    if ("done_reason" in message) article.dataset.doneReason = message.done_reason || "";
+    if (message.created_at) article.dataset.created = message.created_at;
+    if (message.model) article.dataset.model = message.model;
+    const meta = article.querySelector(".meta");
+    if (meta) meta.dataset.error = message.error || "";
   }
+
+  // The article for a message from the API, from the same markup the server renders (a <template>).
+  function messageFromData(message) {
+    const article = fromTemplate(`message-${message.role}`);
+    setData(article, message);
+    const content = article.querySelector(".content");
+    content.dataset.raw = message.content;
+    content.textContent = message.content;
+    if (message.role === "assistant" && message.status !== "streaming") renderStored(article, message, message.error);
+    renderTime(article);
+    return article;
+  }
+
+  function renderTime(article) {
+    const when = article.querySelector(".when");
+    const seconds = Number(article.dataset.created);
+    if (!when || !seconds) return;
+    const date = new Date(seconds * 1000);
+    const today = date.toDateString() === new Date().toDateString();
+    const thisYear = date.getFullYear() === new Date().getFullYear();
+    const clock = { hour: "2-digit", minute: "2-digit" };
+    const day = today ? {} : thisYear ? { month: "short", day: "numeric" } : { year: "numeric", month: "short", day: "numeric" };
+    when.dateTime = date.toISOString();
+    when.textContent = date.toLocaleString(lang, { ...day, ...clock });
+    const full = date.toLocaleString(lang, { dateStyle: "full", timeStyle: "short" });
+    when.title = article.dataset.model && article.classList.contains("assistant") ? `${full} · ${article.dataset.model}` : full;
+  }
+
+  // Ollama's answer can go on: stopped, cut at num_predict, or interrupted with its text kept.
+  function continuable(article) {
+    const status = article.dataset.status;
+    const error = article.querySelector(".meta")?.dataset.error || "";
+    return status === "stopped" || (status === "done" && article.dataset.doneReason === "length") || (status === "error" && error.startsWith("interrupted"));
+  }
+
+  // The arrows' position, Continue on the leaf it applies to, and the buttons that change the branch disabled
+  // while an answer is asked for or running (the server would answer 409).
+  function syncActions() {
+    const all = articles();
+    all.forEach((article, index) => {
+      const versions = article.querySelector(".versions");
+      if (!versions) return; // a page without actions
+      const siblings = siblingsOf(article);
+      const at = siblings.indexOf(Number(article.dataset.id));
+      versions.hidden = siblings.length < 2;
+      versions.querySelector(".position").textContent = `${at + 1} / ${siblings.length}`;
+      versions.querySelector(".prev").disabled = busy || at <= 0;
+      versions.querySelector(".next").disabled = busy || at === -1 || at >= siblings.length - 1;
+      const more = article.querySelector(".continue");
+      if (more) more.hidden = !(index === all.length - 1 && continuable(article));
+      for (const button of article.querySelectorAll(".action:not(.copy-message), .save-edit, .retry")) button.disabled = busy;
+    });
+  }
+
+  // Show the branch in `conversation` (the API's): articles already showing the same message are kept, the
+  // rest (from the first that differs) are rendered again, so a switch deep in a long branch redraws only below.
+  function renderMessages(conversation) {
+    if (!conversation) return;
+    const shown = articles();
+    let same = 0;
+    for (const message of conversation.messages) {
+      const article = shown[same];
+      const unchanged =
+        article &&
+        article.dataset.id === String(message.id) &&
+        article.dataset.status === message.status &&
+        message.status !== "streaming" &&
+        article.querySelector(".content").dataset.raw === message.content;
+      if (!unchanged) break;
+      setData(article, message);
+      same += 1;
+    }
+    for (const article of shown.slice(same)) article.remove();
+    for (const message of conversation.messages.slice(same)) messagesEl.append(messageFromData(message));
+    $(".empty")?.remove();
+    if (!conversation.messages.length) {
+      messagesEl.append(Object.assign(document.createElement("p"), { className: "empty", textContent: T.empty }));
+    }
+    syncActions();
+  }
+
+  // After a switch or a delete: the branch, and the answer running in it (another tab's) followed.
+  function showConversation(conversation) {
+    renderMessages(conversation);
+    if (conversation.generation && !current) {
+      const article = messagesEl.querySelector(`.message[data-id="${conversation.generation.message_id}"]`);
+      if (article) follow(conversation.generation, new AnswerView(article), "0");
+    }
+  }
+
+  async function switchVersion(article, step) {
+    const siblings = siblingsOf(article);
+    const target = siblings[siblings.indexOf(Number(article.dataset.id)) + step];
+    if (target === undefined || busy) return;
+    const index = articles().indexOf(article);
+    try {
+      showConversation(await api("PUT", `/api/conversations/${conversationId}/current`, { message_id: target }));
+    } catch (error) {
+      return showError(error);
+    }
+    // Keyboard users stay on the arrows of the same message (its article was rendered again).
+    const versions = articles()[index]?.querySelector(".versions");
+    const button = versions?.querySelector(step < 0 ? ".prev" : ".next");
+    (button && !button.disabled ? button : versions?.querySelector("button:not(:disabled)"))?.focus();
+  }
+
+  function openEdit(article) {
+    const content = article.querySelector(".content");
+    let form = article.querySelector(".edit-box");
+    if (!form) {
+      form = fromTemplate("message-edit");
+      const textarea = form.querySelector("textarea");
+      textarea.value = content.dataset.raw ?? content.textContent;
+      textarea.rows = Math.min(12, Math.max(3, textarea.value.split("\n").length + 1));
+      content.hidden = true;
+      article.querySelector(".actions").hidden = true;
+      content.after(form);
+      syncActions();
+    }
+    const textarea = form.querySelector("textarea");
+    textarea.focus();
+    textarea.setSelectionRange(textarea.value.length, textarea.value.length);
+  }
+
+  function closeEdit(article) {
+    article.querySelector(".edit-box")?.remove();
+    article.querySelector(".content").hidden = false;
+    article.querySelector(".actions").hidden = false;
+    article.querySelector(".edit")?.focus();
+  }
+
+  // Editing = a new version of the message: a sibling under the same parent, the old branch kept.
+  function saveEdit(article) {
+    const text = article.querySelector(".edit-box textarea").value.trim();
+    if (!text || busy) return;
+    const parent = article.dataset.parentId;
+    const payload = { content: text, parent_id: parent ? Number(parent) : null, ...knobs() };
+    return startAnswer(() => api("POST", `/api/conversations/${conversationId}/messages`, payload));
+  }
+
+  function regenerate(article) {
+    if (!conversationId) return;
+    const payload = { message_id: Number(article.dataset.id), ...knobs() };
+    return startAnswer(() => api("POST", `/api/conversations/${conversationId}/regenerate`, payload));
+  }
+
+  function continueAnswer(article) {
+    const payload = { message_id: Number(article.dataset.id) };
+    return startAnswer(() => api("POST", `/api/conversations/${conversationId}/continue`, payload));
+  }
+
+  async function deleteMessage(article) {
+    if (busy || !confirm(T.delete_message_confirm)) return;
+    try {
+      showConversation(await api("DELETE", `/api/messages/${article.dataset.id}`));
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  // The Markdown source of an answer (what is streaming so far, if it still is), the text of a user message.
+  async function copyMessage(article, button) {
+    const streaming = current && current.view.article === article;
+    const content = article.querySelector(".content");
+    await navigator.clipboard.writeText(streaming ? current.view.raw : content.dataset.raw ?? content.textContent);
+    button.textContent = T.copied;
+    setTimeout(() => (button.textContent = T.copy), 1500);
+  }
+
+  // One listener for every message, the server's and those added on the page alike.
+  const ACTIONS = {
+    prev: (article) => switchVersion(article, -1),
+    next: (article) => switchVersion(article, 1),
+    edit: openEdit,
+    "cancel-edit": closeEdit,
+    "copy-message": copyMessage,
+    regenerate,
+    retry: regenerate,
+    continue: continueAnswer,
+    "delete-message": deleteMessage,
+  };
+  messagesEl.addEventListener("click", (event) => {
+    const button = event.target.closest(".actions button, .edit-box button[type=button], .meta .retry");
+    if (!button || button.disabled) return;
+    const name = Object.keys(ACTIONS).find((key) => button.classList.contains(key));
+    if (name) ACTIONS[name](button.closest(".message"), button);
+  });
+  messagesEl.addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveEdit(event.target.closest(".message"));
+  });
+  messagesEl.addEventListener("keydown", (event) => {
+    const form = event.target.closest(".edit-box");
+    if (!form) return;
+    if (event.key === "Escape") {
+      event.preventDefault();
+      closeEdit(form.closest(".message"));
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.target.tagName === "TEXTAREA") {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
 
   $("#composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = input.value.trim();
-    if (text && !current) send(text);
+    if (text && !busy) send(text);
   });
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -387,7 +617,6 @@
     }
   });
   stopButton.addEventListener("click", () => current?.stop());
-  regenerateButton.addEventListener("click", regenerate);
 
   $("#save-system").addEventListener("click", async (event) => {
     const system_prompt = $("#system-prompt").value;
@@ -412,39 +641,13 @@
     }
   }
 
-  $("#menu").addEventListener("click", () => $("#sidebar").classList.toggle("open"));
-
-  async function rename(item) {
-    const id = item.dataset.id;
-    const title = prompt(T.rename_prompt, item.querySelector("a").textContent);
-    if (title === null || !title.trim()) return;
-    await api("PATCH", `/api/conversations/${id}`, { title: title.trim() });
-    item.querySelector("a").textContent = title.trim();
-    if (id === conversationId) $(".topbar h1").textContent = title.trim();
-  }
-
-  async function remove(item) {
-    const id = item.dataset.id;
-    if (!confirm(T.delete_confirm)) return;
-    await api("DELETE", `/api/conversations/${id}`);
-    if (id === conversationId) location.assign("/");
-    else item.remove();
-  }
-
-  // One listener for the whole list: it serves the rows the server rendered and those added on the page alike.
-  $(".conversation-list").addEventListener("click", (event) => {
-    const button = event.target.closest("button.rename, button.delete");
-    if (!button) return;
-    const item = button.closest("li");
-    if (button.classList.contains("rename")) rename(item);
-    else remove(item);
-  });
-
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
 
-  for (const article of messagesEl.querySelectorAll(".message.assistant")) {
-    if (article.dataset.status !== "streaming") renderStored(article, null, null);
+  for (const article of articles()) {
+    if (article.matches(".assistant") && article.dataset.status !== "streaming") renderStored(article, null, null);
+    renderTime(article);
   }
+  syncActions();
   const running = body.dataset.generation ? JSON.parse(body.dataset.generation) : null;
   if (running) {
     const article = messagesEl.querySelector(`.message[data-id="${running.message_id}"]`) || messageArticle("assistant");
