@@ -183,7 +183,7 @@ MIGRATIONS = [
     ALTER TABLE conversations ADD COLUMN source TEXT;  -- an imported one's origin (chatgpt:<id>): imports once
     CREATE UNIQUE INDEX conversations_source ON conversations (ifnull(user_id, 0), source) WHERE source IS NOT NULL;
     DROP INDEX conversations_user;
-    CREATE INDEX conversations_user ON conversations (user_id, pinned DESC, updated_at DESC);
+    CREATE INDEX conversations_user ON conversations (user_id, pinned DESC, updated_at DESC, id);  -- the list's order
 
     -- Search over what is written, not what is being written: an answer is indexed once it stops streaming (a
     -- checkpoint every second would re-index every running answer). Trigram: Chinese and code identifiers match
@@ -230,7 +230,17 @@ MIGRATIONS = [
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
+# One page of an owner's conversations: pinned ones first, then the newest (the index conversations_user's order).
+CONVERSATION_PAGE = (
+    "SELECT * FROM conversations WHERE user_id IS ? ORDER BY pinned DESC, updated_at DESC, id LIMIT ? OFFSET ?"
+)
 INTERRUPTED = "interrupted: the gateway process running this answer stopped"
+
+
+def _conversation_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A conversation as the API shows it: SQLite has no booleans, JSON does."""
+    row["pinned"] = bool(row["pinned"])
+    return row
 
 
 class StorageUnavailable(Exception):
@@ -423,13 +433,11 @@ class Store:
 
     def conversation(self, conversation_id: str, owner: int | None) -> dict[str, Any] | None:
         rows = self.execute("SELECT * FROM conversations WHERE id = ? AND user_id IS ?", (conversation_id, owner))
-        return rows[0] if rows else None
+        return _conversation_row(rows[0]) if rows else None
 
     def conversations(self, owner: int | None, limit: int, offset: int) -> list[dict[str, Any]]:
-        return self.execute(
-            "SELECT * FROM conversations WHERE user_id IS ? ORDER BY updated_at DESC, id LIMIT ? OFFSET ?",
-            (owner, limit, offset),
-        )
+        """Pinned ones first, then the newest; read in the index's order (no sort however many there are)."""
+        return [_conversation_row(row) for row in self.execute(CONVERSATION_PAGE, (owner, limit, offset))]
 
     def update_conversation(self, conversation_id: str, **fields: str) -> dict[str, Any] | None:
         changes = {k: v for k, v in fields.items() if k in CONVERSATION_FIELDS}
@@ -438,7 +446,11 @@ class Store:
             f"UPDATE conversations SET {assignments}{', ' if changes else ''}updated_at = ? WHERE id = ? RETURNING *",
             (*changes.values(), time.time(), conversation_id),
         )
-        return rows[0] if rows else None
+        return _conversation_row(rows[0]) if rows else None
+
+    def pin(self, conversation_id: str, pinned: bool) -> None:
+        """Pinning is not a change to the conversation: ``updated_at`` (its place among the others) stays."""
+        self.execute("UPDATE conversations SET pinned = ? WHERE id = ?", (int(pinned), conversation_id))
 
     def delete_conversation(self, conversation_id: str) -> None:
         self.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))

@@ -93,10 +93,18 @@ def show_conversation(conversation_id: str) -> Response:
 @bp.patch("/conversations/<conversation_id>")
 def update_conversation(conversation_id: str) -> Response:
     conversation = _conversation_or_404(conversation_id)
-    fields = _conversation_fields(_body(), services().settings)
+    body = _body()
+    fields = _conversation_fields(body, services().settings)
+    pinned = body.get("pinned")
+    if pinned is not None and not isinstance(pinned, bool):
+        raise InvalidField("pinned", "must be true or false")
     added = quotas.stored_size({**conversation, **fields}) - quotas.stored_size(conversation)
     if added > 0:  # making things smaller is always allowed, even over the quota
         quotas.check_storing(owner(), added)
+    if pinned is not None:
+        services().store.pin(conversation_id, pinned)
+        if not fields:  # only pinned: the conversation did not change
+            return jsonify(services().store.conversation(conversation_id, owner()))
     return jsonify(services().store.update_conversation(conversation_id, **fields))
 
 

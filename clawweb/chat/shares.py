@@ -14,11 +14,12 @@ import secrets
 import time
 from typing import Any
 
-from ..errors import InvalidField
+from ..errors import ApiError, InvalidField
 from ..storage import Store
 from . import tree
 
 MAX_EXPIRES_IN_S = 366 * 24 * 3600  # a year (and a day): a link meant to outlive that needs no expiry at all
+MAX_LINKS = 20  # live links per conversation: each holds a copy of the branch, which no quota counts
 MAX_TOKEN = 100  # token_urlsafe(32) is 43 characters; anything much longer is not one of ours
 # What a reader sees of each message; ids and error details stay with the owner.
 MESSAGE_FIELDS = ("role", "content", "thinking", "status", "model", "created_at", "ttft_ms", "tokens", "tokens_per_s")
@@ -59,8 +60,11 @@ def snapshot(store: Store, conversation: dict[str, Any], sharer: str, now: float
 def create(
     store: Store, conversation: dict[str, Any], sharer: str, expires_in_s: int | None
 ) -> tuple[str, dict[str, Any]]:
-    """A new link: its token (returned only here) and its row (``id, created_at, expires_at``)."""
+    """A new link: its token (returned only here) and its row (``id, created_at, expires_at``); 409 when the
+    conversation has ``MAX_LINKS`` live ones already."""
     now = time.time()
+    if len(live(store, conversation["id"])) >= MAX_LINKS:
+        raise ApiError(409, f"this conversation has {MAX_LINKS} live share links already; revoke them first")
     token = secrets.token_urlsafe(32)
     expires_at = None if expires_in_s is None else now + expires_in_s
     body = json.dumps(snapshot(store, conversation, sharer, now), ensure_ascii=False)
