@@ -9,6 +9,11 @@ A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, `
 ``think_tokens``, ``error_after`` (an error line after N tokens), ``close_after`` (drop the connection after
 N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft`` when given),
 ``hang`` (send nothing, ever).
+
+A chat whose last message is the assistant's is *continued*, as Ollama does: the answer planned (as if it
+had not been begun) goes on after that text, and only the rest is streamed (``num_predict`` and ``eval_count``
+count the new tokens); it does not think again once the text has begun. A text that is not the beginning of
+the planned answer is followed by the whole planned answer.
 Plain gevent sockets and a small HTTP/1.1 parser keep the per-token cost low: the benchmark runs thousands of
 streams through it on two cores.
 """
@@ -143,6 +148,25 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host.split("]")[0] + "]"
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _continued(body: dict[str, Any]) -> str | None:
+    """The text of a trailing assistant message (an answer to continue), or None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    return str(last.get("content") or "") if last.get("role") == "assistant" else None
+
+
+def _after(tokens: list[str], begun: str) -> list[str]:
+    """The tokens that follow ``begun`` when it is their beginning (on a token boundary); else all of them."""
+    written = 0
+    for index, token in enumerate(tokens):
+        if written == len(begun):
+            return tokens[index:] if "".join(tokens[:index]) == begun else tokens
+        written += len(token)
+    return [] if "".join(tokens) == begun else tokens
 
 
 class Simulator:
@@ -378,12 +402,16 @@ class Simulator:
         text = sim.get("text")
         count = int(sim.get("tokens", len(tokenize(text)) if text is not None else self.config.tokens))
         content = answer_tokens(count, text)
+        begun = _continued(body)
+        if begun is not None:
+            content = _after(content, begun)
         limit = (body.get("options") or {}).get("num_predict")
         reason = "stop"
         if isinstance(limit, int) and 0 <= limit < len(content):
             content, reason = content[:limit], "length"
         # Left unset, Ollama 0.12.4+ thinks by default with a thinking-capable model; every model here is one.
-        thinking = thinking_tokens(int(sim.get("think_tokens", 8))) if body.get("think") is not False else []
+        thinking_wanted = body.get("think") is not False and not begun
+        thinking = thinking_tokens(int(sim.get("think_tokens", 8))) if thinking_wanted else []
         if thinking and self.config.think_style == "tags":
             content = ["<think>", *thinking, "</think>\n\n", *content]
             thinking = []

@@ -504,14 +504,30 @@ class Store:
         return self.transaction(add)
 
     def finish_message(self, message_id: int, **fields: Any) -> dict[str, Any]:
-        """Store an answer's final state: content, thinking, status, error, ttft_ms, tokens, tokens_per_s."""
-        names = ("content", "thinking", "status", "error", "ttft_ms", "tokens", "tokens_per_s")
+        """Store an answer's final state: content, thinking, status, error, done_reason, ttft_ms, tokens,
+        tokens_per_s."""
+        names = ("content", "thinking", "status", "error", "done_reason", "ttft_ms", "tokens", "tokens_per_s")
         values = {k: v for k, v in fields.items() if k in names}
         assignments = ", ".join(f"{name} = ?" for name in values)
         rows = self.execute(
             f"UPDATE messages SET {assignments} WHERE id = ? RETURNING *", (*values.values(), message_id)
         )
         return rows[0] if rows else {}
+
+    def reopen_message(self, message_id: int) -> dict[str, Any] | None:
+        """Mark an ended answer ``streaming`` again (it is being continued); its row as it was, or None when it
+        is streaming already (another request reopened it first). ``finish_message`` undoes it."""
+
+        def reopen(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT * FROM messages WHERE id = ? AND status != 'streaming'", (message_id,)).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE messages SET status = 'streaming', error = NULL, done_reason = NULL WHERE id = ?",
+                    (message_id,),
+                )
+            return None if row is None else dict(row)
+
+        return self.transaction(reopen)
 
     def message(self, message_id: int) -> dict[str, Any] | None:
         rows = self.execute("SELECT * FROM messages WHERE id = ?", (message_id,))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -11,14 +11,14 @@ from ..auth import owner
 from ..config import Settings
 from ..errors import ApiError, InvalidField
 from ..relay import sse
-from ..relay.admit import admit, client_id
+from ..relay.admit import client_id
 from ..relay.responses import streaming_response
 from ..services import services
 from ..state.base import START, valid_cursor
-from ..validation import parse_json_object, query_int, request_body, validate_chat
-from . import tree
+from ..validation import parse_json_object, query_int, request_body
+from . import tree, turns
 from .generations import AnyGeneration
-from .history import with_answers
+from .history import whole_tree, with_answers
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 
@@ -123,44 +123,21 @@ def _answer_options(body: dict[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("model", "think", "options") if body.get(key) is not None}
 
 
-def _start(
-    conversation: dict[str, Any], new_user_message: str | None, knobs: dict[str, Any], replace: int | None = None
-) -> tuple[dict[str, Any] | None, AnyGeneration]:
-    """Check everything (body limits, model, admission) before changing anything, then start the generation.
+def _message_id(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise InvalidField(name, "must be a message id (an integer)")
+    return value
 
-    ``replace``: the id of the answer a regeneration replaces; deleted only once the new one is admitted.
-    """
-    app = services()
-    settings, store = app.settings, app.store
-    if app.generations.running_for(conversation["id"]) is not None:
-        raise ApiError(409, "an answer is still being generated in this conversation; stop it first")
-    history = [
-        {"role": m["role"], "content": m["content"]}
-        for m in store.messages(conversation["id"])
-        if m["id"] != replace and (m["role"] == "user" or (m["status"] in ("done", "stopped") and m["content"]))
-    ]
-    if conversation["system_prompt"]:
-        history.insert(0, {"role": "system", "content": conversation["system_prompt"]})
-    if new_user_message is not None:
-        history.append({"role": "user", "content": new_user_message})
-    model = knobs.get("model") or conversation["model"]
-    body = validate_chat({**knobs, "model": model, "messages": history, "stream": True}, settings)
-    quotas.check_storing(owner(), quotas.size(new_user_message or ""))  # 413 over the quota; 0: refused once over
-    relay = admit(body)  # also counts the answer for today's quota
-    added: list[int] = []
-    try:
-        if replace is not None:
-            tree.remove(store, conversation["id"], replace)
-        user = None if new_user_message is None else store.add_message(conversation["id"], "user", new_user_message)
-        added += [user["id"]] if user else []
-        answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming")
-        added.append(answer["id"])
-        return user, app.generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
-    except BaseException:
-        relay.close()  # give the slot back: nothing will run it
-        if added:  # the request failed (a 503): it leaves nothing behind to answer 409 for
-            tree.remove(store, conversation["id"], added[0])
-        raise
+
+def _shown(conversation_id: str) -> Response:
+    """The conversation as GET shows it (read again: the request changed it)."""
+    return jsonify(with_answers(_conversation_or_404(conversation_id)))
+
+
+@bp.get("/conversations/<conversation_id>/tree")
+def show_tree(conversation_id: str) -> Response:
+    return jsonify(whole_tree(_conversation_or_404(conversation_id)))
 
 
 @bp.post("/conversations/<conversation_id>/messages")
@@ -170,7 +147,10 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():
         raise InvalidField("content", "must be a non-empty string")
-    user, generation = _start(conversation, content, _answer_options(body))
+    parent: int | None | Literal["leaf"] = "leaf"
+    if "parent_id" in body:  # null: a new first message (the first one edited)
+        parent = _message_id(body, "parent_id")
+    user, generation = turns.ask(conversation, content, parent, _answer_options(body))
     if not conversation["title"]:
         services().store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
     return jsonify(message=user, generation=generation.summary()), 202
@@ -179,12 +159,43 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
 @bp.post("/conversations/<conversation_id>/regenerate")
 def regenerate(conversation_id: str) -> tuple[Response, int]:
     conversation = _conversation_or_404(conversation_id)
-    knobs = _answer_options(_body())
-    messages = services().store.messages(conversation_id)
-    if not messages or messages[-1]["role"] != "assistant":
-        raise ApiError(409, "the conversation does not end with an answer to regenerate")
-    _, generation = _start(conversation, None, knobs, replace=messages[-1]["id"])
-    return jsonify(generation=generation.summary()), 202
+    body = _body()
+    answer, generation = turns.regenerate(conversation, _message_id(body, "message_id"), _answer_options(body))
+    return jsonify(message=answer, generation=generation.summary()), 202
+
+
+@bp.post("/conversations/<conversation_id>/continue")
+def continue_answer(conversation_id: str) -> tuple[Response, int]:
+    conversation = _conversation_or_404(conversation_id)
+    body = _body()
+    knobs = {key: value for key, value in _answer_options(body).items() if key != "model"}  # it keeps its model
+    answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs)
+    return jsonify(message=answer, generation=generation.summary()), 202
+
+
+@bp.put("/conversations/<conversation_id>/current")
+def show_branch(conversation_id: str) -> Response:
+    conversation = _conversation_or_404(conversation_id)
+    message_id = _message_id(_body(), "message_id")
+    if message_id is None:
+        raise InvalidField("message_id", "is required")
+    tree.show(services().store, conversation_id, turns.message_of(conversation, message_id)["id"])
+    return _shown(conversation_id)
+
+
+@bp.delete("/messages/<message_id>")
+def delete_message(message_id: str) -> Response:
+    """The message and everything under it; the conversation afterwards, as GET shows it."""
+    store = services().store
+    found = tree.message(store, owner(), int(message_id)) if message_id.isascii() and message_id.isdigit() else None
+    if found is None:
+        raise ApiError(404, f"no message '{message_id}'")
+    conversation_id = found["conversation_id"]
+    running = services().generations.running_for(conversation_id)
+    if running is not None and running.message_id in tree.subtree(store, conversation_id, found["id"]):
+        raise ApiError(409, "an answer under this message is still being generated; stop it first")
+    tree.remove(store, conversation_id, found["id"])
+    return _shown(conversation_id)
 
 
 @bp.get("/generations/<generation_id>")

@@ -27,6 +27,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 import gevent
@@ -68,11 +69,33 @@ def split_thinking(content: str) -> tuple[str, str]:
     return thinking.strip(), answer.lstrip() if closed else ""
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """What a continued answer starts from: its stored text and figures (the new text and figures add to them)."""
+
+    content: str
+    thinking: str
+    ttft_ms: float | None
+    tokens: int | None
+    tokens_per_s: float | None
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> Resumed:
+        return cls(
+            message["content"], message["thinking"], message["ttft_ms"], message["tokens"], message["tokens_per_s"]
+        )
+
+
 def text_of(entries: Iterable[Entry]) -> tuple[str, str]:
-    """(content, thinking) carried by an answer's ``token`` entries: exactly what its readers were shown."""
+    """(content, thinking) carried by an answer's ``continue`` entry (a continued answer's log starts with the
+    text it continues) and ``token`` entries: exactly what its readers were shown."""
     content, thinking = [], []
     for _, event, data in entries:
-        if event == "token":
+        if event == "continue":
+            start = json.loads(data)
+            content.append(start.get("content") or "")
+            thinking.append(start.get("thinking") or "")
+        elif event == "token":
             message = json.loads(data).get("message") or {}
             content.append(message.get("content") or "")
             thinking.append(message.get("thinking") or "")
@@ -133,7 +156,9 @@ class Generation(_Answer):
         owner: int | None,
         message_id: int,
         relay: Relay,
+        resumed: Resumed | None = None,
     ) -> None:
+        """``resumed``: the answer continues this stored text (Ollama was sent it as the last message)."""
         self.id = new_id()
         self.conversation_id = conversation_id
         self.owner = owner  # the user id, None in open mode: only the owner can follow or stop it
@@ -142,10 +167,14 @@ class Generation(_Answer):
         self.finished = False
         self.pieces = 0  # token chunks so far
         self.checkpointed = 0  # token chunks in the last checkpoint stored
-        self._content: list[str] = []
-        self._thinking: list[str] = []
+        self._content: list[str] = [resumed.content] if resumed else []
+        self._thinking: list[str] = [resumed.thinking] if resumed else []
+        self._resumed = resumed
         self._registry = registry
         self.log: LogWriter = registry.logs.writer(self.id)
+        if resumed is not None:  # first: a reader (and text_of) rebuilds the whole text from the log
+            start = {"content": resumed.content, "thinking": resumed.thinking}
+            self.log.append("continue", json.dumps(start).encode())
         self._relay = relay
         self._finalizing = False
         registry.publish(self)
@@ -227,13 +256,17 @@ class Generation(_Answer):
         rate = stats.tokens_per_s()
         if final.get("eval_count") and final.get("eval_duration"):
             rate = final["eval_count"] / final["eval_duration"] * 1e9
+        tokens = final.get("eval_count", stats.tokens)
+        if self._resumed is not None:
+            ttft_ms, tokens, rate = _added(self._resumed, ttft_ms, tokens, rate)
         return {
             "content": content,
             "thinking": thinking,
             "status": status,
             "error": error or None,
+            "done_reason": final.get("done_reason"),
             "ttft_ms": ttft_ms,
-            "tokens": final.get("eval_count", stats.tokens),
+            "tokens": tokens,
             "tokens_per_s": None if rate is None else round(rate, 2),
         }
 
@@ -244,6 +277,20 @@ class Generation(_Answer):
 
     def join(self, timeout: float | None = None) -> None:
         self._greenlet.join(timeout)
+
+
+def _added(
+    before: Resumed, ttft_ms: float | None, tokens: int | None, rate: float | None
+) -> tuple[float | None, int | None, float | None]:
+    """A continued answer's figures: its first token stays the first one; tokens add up; the rate is all tokens
+    over all generating time (the two rates' mean weighted by their tokens, harmonic: time is what adds up)."""
+    first = before.ttft_ms if before.ttft_ms is not None else ttft_ms
+    if not before.tokens:
+        return first, tokens, rate
+    total = before.tokens + (tokens or 0)
+    if not tokens or not rate or not before.tokens_per_s:  # one part's rate unknown: the other's
+        return first, total, before.tokens_per_s or rate
+    return first, total, total / (before.tokens / before.tokens_per_s + tokens / rate)
 
 
 class RemoteGeneration(_Answer):
@@ -301,9 +348,11 @@ class Generations:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def start(self, conversation_id: str, owner: int | None, message_id: int, relay: Relay) -> Generation:
+    def start(
+        self, conversation_id: str, owner: int | None, message_id: int, relay: Relay, resumed: Resumed | None = None
+    ) -> Generation:
         self._start_background()
-        generation = Generation(self, conversation_id, owner, message_id, relay)
+        generation = Generation(self, conversation_id, owner, message_id, relay, resumed)
         self._by_id[generation.id] = generation
         if self._cancel_without_readers_s:
             gevent.spawn(self._cancel_if_unread, generation)

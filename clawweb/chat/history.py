@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 from ..services import services
+from . import tree
+from .generations import AnyGeneration
 
 
 def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
@@ -16,10 +18,22 @@ def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:
     restart marks them itself, but with Redis a starting worker cannot tell) is marked interrupted first, once
     it is older than the lease in which a live answer registers as running.
     """
-    store, generations = services().store, services().generations
-    running = generations.running_for(conversation["id"])
-    if running is None:
-        store.mark_interrupted(conversation["id"], time.time() - generations.lease_s)
-    conversation = {**conversation, "messages": store.messages(conversation["id"])}
+    running = _settled(conversation["id"])
+    conversation = {**conversation, "messages": tree.branch(services().store, conversation)}
     conversation["generation"] = running.summary() if running else None
     return conversation
+
+
+def whole_tree(conversation: dict[str, Any]) -> dict[str, Any]:
+    """``current_id`` and every message of every branch, oldest first (stale answers marked as above)."""
+    _settled(conversation["id"])
+    return {"current_id": conversation["current_id"], "messages": tree.everything(services().store, conversation["id"])}
+
+
+def _settled(conversation_id: str) -> AnyGeneration | None:
+    """The answer running in the conversation; when none is, stale ``streaming`` answers are marked interrupted."""
+    store, generations = services().store, services().generations
+    running = generations.running_for(conversation_id)
+    if running is None:
+        store.mark_interrupted(conversation_id, time.time() - generations.lease_s)
+    return running

@@ -38,6 +38,28 @@ def message(store: Store, owner: int | None, message_id: int) -> dict[str, Any] 
     return rows[0] if rows else None
 
 
+def path(store: Store, conversation_id: str, message_id: int) -> list[dict[str, Any]]:
+    """The messages root → ``message_id``: the history an answer under that message is given (no other branch)."""
+    return store.execute(
+        """
+        WITH RECURSIVE path (id, depth) AS (
+            SELECT id, 0 FROM messages WHERE conversation_id = :conversation AND id = :message
+            UNION ALL
+            SELECT messages.parent_id, path.depth + 1 FROM messages JOIN path ON messages.id = path.id
+            WHERE messages.parent_id IS NOT NULL
+        )
+        SELECT messages.* FROM path JOIN messages ON messages.id = path.id ORDER BY path.depth DESC
+        """,
+        {"conversation": conversation_id, "message": message_id},
+    )
+
+
+def in_conversation(store: Store, conversation_id: str, message_id: int) -> dict[str, Any] | None:
+    """The message if it is one of this conversation's (the caller found the conversation by its owner)."""
+    rows = store.execute("SELECT * FROM messages WHERE id = ? AND conversation_id = ?", (message_id, conversation_id))
+    return rows[0] if rows else None
+
+
 def branch(store: Store, conversation: dict[str, Any]) -> list[dict[str, Any]]:
     """The messages root → the current leaf, each with ``siblings``: the ids with its parent, oldest first."""
     rows = store.execute(
