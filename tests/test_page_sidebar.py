@@ -270,13 +270,13 @@ def test_pin_moves_a_row_to_the_top_and_survives_a_reload(
     row = page.locator(ROWS, has_text="Conversation 005")
     row.hover()
     row.locator(".pin").click()
-    expect(page.locator(ROWS).first).to_have_text("Conversation 005")
+    expect(page.locator(ROWS).first.locator("a")).to_have_text("Conversation 005")
     expect(page.locator("#conversation-list > li").first).to_have_text("Pinned")
     expect(row.locator(".pin")).to_have_attribute("aria-pressed", "true")
     expect(row.locator(".pin")).to_be_focused()  # the focus moved with the row
 
     page.reload()
-    expect(page.locator(ROWS).first).to_have_text("Conversation 005")
+    expect(page.locator(ROWS).first.locator("a")).to_have_text("Conversation 005")
     expect(page.locator("#conversation-list > li").first).to_have_text("Pinned")
     scroll_to_the_end(page)
     assert [row["title"] for row in all_rows(page)].count("Conversation 005") == 1  # not again further down
