@@ -325,10 +325,6 @@ def test_screenshots(
         expect(page.locator("#sidebar")).to_be_in_viewport()
         expect(page.locator(f'{ROWS}[data-id="{cid}"] .pin')).to_be_visible()  # no hover on a phone
     shot("list")
-    page.fill("#search", "纠缠" if zh else "entanglement")
-    expect(page.locator("#hits .hit").first).to_be_visible()
-    shot("search")
-    page.locator("#search").press("Escape")
     if phone:
         page.click("#backdrop", position={"x": 360, "y": 400})
         expect(page.locator("#sidebar")).not_to_be_in_viewport()
@@ -336,7 +332,14 @@ def test_screenshots(
     shot("menu")
     page.click("#share")
     expect(page.locator("#share-url")).to_have_value(re.compile(r"/s/"))
+    expect(page.locator("#share-copy")).to_have_text("复制" if zh else "Copy")
     shot("share")
     page.click("#share-revoke")
     expect(page.locator("#share-url")).to_be_disabled()
     page.click("#share-close")
+    if phone:
+        page.click("#menu")
+    page.fill("#search", "纠缠" if zh else "entanglement")
+    expect(page.locator("#hits .hit").first).to_be_visible()
+    shot("search")
+    page.locator("#search").press("Escape")
