@@ -249,7 +249,7 @@ def test_the_sidebar_pages_as_it_scrolls_grouped_by_day(
     titles = [row["title"] for row in rows]
     assert len(titles) == 120 and len({row["id"] for row in rows}) == 120  # all of them, once each
     assert titles == [f"Conversation {n:03}" for n in [*range(91, 121), *range(61, 91), *range(31, 61), *range(1, 31)]]
-    groups = {row["group"]: [] for row in rows}
+    groups: dict[str, list[int]] = {row["group"]: [] for row in rows}
     for row in rows:
         groups[row["group"]].append(int(row["title"].split()[1]))
     assert list(groups) == ["Today", "Yesterday", "Previous 7 days", "Older"]
