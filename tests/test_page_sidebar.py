@@ -24,6 +24,7 @@ from .support.simproc import SimProcess
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 DAY = 86_400.0
 ROWS = "#conversation-list li[data-id]"
+RUNNING = ("queued", "streaming")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def say(server: Gateway, cid: str, text: str, tokens: int = 3, parent_id: int | 
     assert response.status_code == 202, response.text
     generation = response.json()["generation"]["id"]
     deadline = time.monotonic() + 30
-    while requests.get(f"{server.url}/api/generations/{generation}", timeout=5).json()["status"] == "running":
+    while requests.get(f"{server.url}/api/generations/{generation}", timeout=5).json()["status"] in RUNNING:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return dict(response.json()["message"])
