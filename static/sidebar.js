@@ -21,7 +21,7 @@
   const list = $("#conversation-list");
   const listEnd = $("#list-end");
   let conversationId = body.dataset.conversationId || null;
-  let nextOffset = list.dataset.nextOffset === "" ? null : Number(list.dataset.nextOffset);
+  let nextOffset = list.dataset.nextOffset === "" ? null : Number(list.dataset.nextOffset); // null: all loaded
 
   // `raw`: a request body sent as it is (a file's text), as JSON.
   async function api(method, url, payload, raw) {
@@ -120,6 +120,7 @@
 
   // Group labels go before the first row of each group; rebuilt after every change (rows are only moved).
   function relabel() {
+    list.dataset.nextOffset = nextOffset ?? ""; // for a look in the inspector (and the tests)
     for (const label of list.querySelectorAll("li.group-label")) label.remove();
     const bounds = dayBounds();
     let previous = null;
