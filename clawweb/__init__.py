@@ -38,7 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         openai_api,
         pages,
     )
-    from .chat import conversations
+    from .chat import conversations, search_api, transfer_api
     from .config import load_settings, redact_url
     from .drain import DrainBody
     from .services import install
@@ -57,7 +57,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     edge.init_app(app, settings)  # first hook: its Host check runs before auth's _identify, and it wraps ProxyFix
     auth.init_app(app, settings)
     pages.init_app(app)
-    blueprints = (account_page.bp, api.bp, conversations.bp, health.bp, login.bp, metrics.bp, openai_api.bp, pages.bp)
+    blueprints = (
+        account_page.bp,
+        api.bp,
+        conversations.bp,
+        health.bp,
+        login.bp,
+        metrics.bp,
+        openai_api.bp,
+        pages.bp,
+        search_api.bp,
+        transfer_api.bp,
+    )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     logging.getLogger(__name__).info(

@@ -239,6 +239,9 @@ class Settings:
     simulator: bool = _setting(
         False, _flag, "1: the upstream is the built-in Ollama simulator (canned answers); the chat page says so"
     )
+    max_import_bytes: int = _setting(
+        64 << 20, _positive_int, "largest file POST /api/import takes (ChatGPT's conversations.json; 413 beyond)"
+    )
 
     @property
     def auth_required(self) -> bool:
