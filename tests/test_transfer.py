@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 from clawweb import create_app
 from clawweb.chat import transfer
+from clawweb.errors import ApiError
 from clawweb.services import services
 
 from .support.factories import StartGateway, StartSimulator
@@ -102,7 +103,7 @@ def test_chatgpt_mapping_keeps_the_chat_and_moves_children_up_past_what_is_left_
     ],
 )
 def test_malformed_files_are_a_400_naming_what_is_wrong(data: Any, where: str) -> None:
-    with pytest.raises(transfer.ApiError) as refused:
+    with pytest.raises(ApiError) as refused:
         transfer.parse(data, 1000)
     assert refused.value.status == 400 and where in refused.value.message
 
