@@ -38,7 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         openai_api,
         pages,
     )
-    from .chat import conversations, share_views
+    from .chat import conversations, search_api, share_views, transfer_api
     from .config import load_settings, redact_url
     from .drain import DrainBody
     from .services import install
@@ -66,14 +66,31 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         metrics.bp,
         openai_api.bp,
         pages.bp,
+        search_api.bp,
         share_views.bp,
+        transfer_api.bp,
     )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
-    logging.getLogger(__name__).info(
-        "clawweb %s relaying to %s at %s", __version__, settings.upstream_label, redact_url(settings.ollama_url)
-    )
+    log = logging.getLogger(__name__)
+    log.info("clawweb %s relaying to %s at %s", __version__, settings.upstream_label, redact_url(settings.ollama_url))
+    if settings.auth_required:
+        _say_ownerless(app)
     return app
+
+
+def _say_ownerless(app: Flask) -> None:
+    """With accounts on, conversations made in open mode are seen by nobody: say so, and how to give them out."""
+    from .chat.adopt import ownerless
+    from .services import services
+
+    count = ownerless(services(app).store)
+    if count:
+        logging.getLogger(__name__).warning(
+            "%d conversation(s) made in open mode have no owner and are hidden while accounts are on; "
+            "`clawweb conversations adopt --to NAME` gives them to a user",
+            count,
+        )
 
 
 def build_services(settings: Settings) -> Services:

@@ -1,7 +1,8 @@
 """``clawweb`` (``python -m clawweb``): the operator's command line.
 
-``doctor`` and ``warmup`` talk to Ollama and the gateway; ``users`` and ``keys`` manage accounts in the
-database named by ``CLAWWEB_DB`` (run them as the service's user, with its environment file).
+``doctor`` and ``warmup`` talk to Ollama and the gateway; ``users`` and ``keys`` manage accounts, and
+``conversations adopt`` gives open mode's conversations an owner, in the database named by ``CLAWWEB_DB`` (run
+them as the service's user, with its environment file).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import accounts, quotas
+from .chat import adopt
 from .config import ConfigError, Settings, load_settings
 from .doctor import Doctor, warmup
 from .doctor_state import database_checks, redis_checks
@@ -55,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="what the key is for")
     keys.add_parser("revoke", help="stop a key from working").add_argument("id", type=int)
     keys.add_parser("list", help="every key (never the key itself)")
+
+    kept = commands.add_parser("conversations", help="stored conversations")
+    adopt = kept.add_subparsers(dest="action", required=True).add_parser(
+        "adopt", help="give the conversations made in open mode (no owner) to a user, who then sees them"
+    )
+    adopt.add_argument("--to", required=True, metavar="NAME", help="the user who gets them")
+    adopt.add_argument("--id", action="append", dest="ids", metavar="ID", help="only this one (repeatable)")
     return parser
 
 
@@ -150,6 +159,16 @@ def _keys(store: Store, args: argparse.Namespace) -> None:
             )
 
 
+def _conversations(store: Store, args: argparse.Namespace) -> None:
+    user = _user(store, args.to)
+    adopted, left = adopt.adopt(store, user["id"], args.ids)
+    print(f"{user['name']} adopted {adopted} conversation(s)")
+    if left:
+        print(f"left {left} ownerless: {user['name']} has imported the same one(s) already")
+    if args.ids and adopted + left < len(set(args.ids)):
+        raise ValueError("some --id are not ownerless conversations (or do not exist)")
+
+
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     run = Doctor(settings.ollama_url, settings.default_model, settings.heartbeat_s, args.ca or True, args.key)
     run.ollama()
@@ -189,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "users":
             _users(store, settings, args)
+        elif args.command == "conversations":
+            _conversations(store, args)
         else:
             _keys(store, args)
     except ValueError as exc:

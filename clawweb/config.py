@@ -242,6 +242,9 @@ class Settings:
     share: str = _setting(
         "users", _choice("users", "anyone", "off"), "who may open share links: users (logged in), anyone, off"
     )
+    max_import_bytes: int = _setting(
+        64 << 20, _positive_int, "largest file POST /api/import takes (ChatGPT's conversations.json; 413 beyond)"
+    )
 
     @property
     def auth_required(self) -> bool:

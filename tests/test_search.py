@@ -1,0 +1,204 @@
+"""Search: the pure parts (terms, FTS5 quoting, snippets) in-process, the ranking and owner scope over a Store in
+memory, and ``GET /api/search`` under the real gunicorn with two users."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from clawweb.chat import search, tree
+from clawweb.errors import InvalidField
+from clawweb.storage import Store
+
+from .support.factories import StartGateway, StartSimulator
+from .support.servers import Gateway
+
+HOSTILE = [
+    '"',
+    '""',
+    "*",
+    "a*",
+    "NEAR(",
+    "NEAR(a b)",
+    "OR",
+    "a OR b",
+    "-",
+    "-a",
+    "'",
+    "\\",
+    "%",
+    "_",
+    "^x",
+    "(",
+    ")",
+    "col:x",
+    "content:abc",
+    "{a b}",
+    "a AND",
+    "NOT",
+    "\u202e",
+    "𝔘𝔫𝔦",
+]
+
+
+def test_terms_are_split_on_whitespace_and_control_characters_and_deduplicated() -> None:
+    assert search.terms("  Foo\tbar\x00baz foo ") == ["Foo", "bar", "baz"]
+    assert search.terms("中文") == ["中文"]
+
+
+@pytest.mark.parametrize(
+    ("q", "problem"),
+    [
+        (None, "is required"),
+        ("", "must hold something"),
+        ("\x00\x01 \n", "must hold something"),
+        ("x" * 10_000, "longer than 500"),
+        (" ".join(f"w{i}" for i in range(17)), "more than 16 words"),
+    ],
+)
+def test_a_query_that_cannot_be_searched_is_a_400_naming_q(q: str | None, problem: str) -> None:
+    with pytest.raises(InvalidField) as refused:
+        search.terms(q)
+    assert refused.value.status == 400 and refused.value.field == "q" and problem in refused.value.message
+
+
+def test_each_term_is_one_quoted_fts5_string_and_like_wildcards_are_escaped() -> None:
+    assert search.match_expression(['say "hi"', "NEAR(", "OR"]) == '"say ""hi""" "NEAR(" "OR"'
+    assert search.like_pattern("50%_a\\") == "%50\\%\\_a\\\\%"
+
+
+def test_a_snippet_is_plain_text_around_the_first_match_with_utf16_offsets() -> None:
+    text = "x" * 300 + " the 🦊 Quick\n\n brown FOX " + "y" * 300
+    shown, highlights = search.snippet(text, ["quick", "fox"])
+    assert shown.startswith("…") and shown.endswith("…") and "\n" not in shown
+    # JavaScript's slice: the fox emoji is two UTF-16 code units.
+    utf16 = shown.encode("utf-16-le")
+    assert [utf16[2 * a : 2 * b].decode("utf-16-le") for a, b in highlights] == ["Quick", "FOX"]
+    assert search.snippet("<b>no match</b>", ["zzz"]) == ("<b>no match</b>", [])
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    opened = Store(":memory:")
+    yield opened
+    opened.close()
+
+
+def conversation(store: Store, owner: int | None, title: str, *texts: str) -> dict[str, Any]:
+    made = store.create_conversation(owner, "m", title)
+    for n, text in enumerate(texts):
+        store.add_message(made["id"], "user" if n % 2 == 0 else "assistant", text)
+    return made
+
+
+def found(store: Store, owner: int | None, q: str, limit: int = 20, offset: int = 0) -> list[tuple[str, int | None]]:
+    results, _ = search.search(store, owner, search.terms(q), limit, offset)
+    return [(hit["conversation_id"], hit["message_id"]) for hit in results]
+
+
+def test_titles_come_first_then_messages_by_bm25_and_only_the_owners(store: Store) -> None:
+    ann, bob = store.add_user("ann", "x")["id"], store.add_user("bob", "x")["id"]
+    titled = conversation(store, ann, "Zebra facts", "nothing here")
+    other = conversation(store, ann, "misc", "one zebra among many other words in a long sentence", "zebra zebra zebra")
+    conversation(store, bob, "zebra", "zebra")  # bob's: never in ann's results
+    hits = found(store, ann, "ZEBRA")
+    assert hits[0] == (titled["id"], None)
+    messages = tree.everything(store, other["id"])
+    assert hits[1:] == [(other["id"], messages[1]["id"]), (other["id"], messages[0]["id"])]  # denser first
+    assert found(store, None, "zebra") == []  # open mode's own (none)
+
+
+def test_two_character_chinese_and_one_character_terms_match_through_like(store: Store) -> None:
+    made = conversation(store, None, "", "我想学习中文", "好的", "50% off_sale")
+    messages = tree.everything(store, made["id"])
+    assert found(store, None, "中文") == [(made["id"], messages[0]["id"])]
+    assert found(store, None, "好") == [(made["id"], messages[1]["id"])]
+    assert found(store, None, "%") == [(made["id"], messages[2]["id"])]  # a literal percent, not a wildcard
+    assert found(store, None, "_") == [(made["id"], messages[2]["id"])]
+    assert found(store, None, "学习中文 想") == [(made["id"], messages[0]["id"])]  # index hit, filtered by LIKE
+
+
+def test_paging_runs_over_titles_then_messages(store: Store) -> None:
+    made = [conversation(store, None, f"apple {n}", f"apple pie {n}") for n in range(3)]
+    everything = found(store, None, "apple", limit=50)
+    assert len(everything) == 6 and all(m is None for _, m in everything[:3])
+    pages = [found(store, None, "apple", limit=4), found(store, None, "apple", limit=4, offset=4)]
+    assert pages[0] + pages[1] == everything
+    _, more = search.search(store, None, ["apple"], 4, 0)
+    assert more and {c for c, _ in everything} == {m["id"] for m in made}
+
+
+@pytest.mark.parametrize("q", HOSTILE)
+def test_hostile_queries_are_text_never_fts5_syntax(store: Store, q: str) -> None:
+    made = conversation(store, None, "", f"before {q} after", "plain")
+    hits = found(store, None, q)
+    assert (made["id"], tree.everything(store, made["id"])[0]["id"]) in hits
+
+
+def test_an_answer_still_streaming_is_found_once_it_is_done(store: Store) -> None:
+    made = store.create_conversation(None, "m")
+    answer = store.add_message(made["id"], "assistant", "streaming text", status="streaming")
+    assert found(store, None, "streaming") == [] and found(store, None, "te") == []
+    store.finish_message(answer["id"], content="finished streaming text", status="done")
+    assert found(store, None, "streaming") == [(made["id"], answer["id"])]
+
+
+# --- over HTTP -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(start_module_simulator: StartSimulator, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(start_module_simulator().url, auth="required")
+
+
+@pytest.fixture(scope="module")
+def keys(gateway: Gateway) -> dict[str, dict[str, str]]:
+    return {name: {"Authorization": f"Bearer {gateway.new_user(name)}"} for name in ("alice", "bob")}
+
+
+def imported(gateway: Gateway, headers: dict[str, str], title: str, *texts: str) -> None:
+    messages = [
+        {"id": n, "parent_id": n - 1 if n else None, "role": "user" if n % 2 == 0 else "assistant", "content": t}
+        for n, t in enumerate(texts)
+    ]
+    entry = {"id": f"{title}-{time.time()}", "title": title, "model": "m", "messages": messages}
+    body = {"format": "clawweb", "version": 1, "conversations": [entry]}
+    response = requests.post(gateway.url + "/api/import", json=body, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def test_search_over_http_finds_the_callers_own_and_refuses_bad_parameters(
+    gateway: Gateway, keys: dict[str, dict[str, str]]
+) -> None:
+    imported(gateway, keys["alice"], "Notes", "how to say 中文", "你好 <b>world</b>")
+    imported(gateway, keys["bob"], "Bob", "中文 for bob")
+
+    def get(who: str, **params: Any) -> requests.Response:
+        return requests.get(gateway.url + "/api/search", params=params, headers=keys[who], timeout=10)
+
+    body = get("alice", q="中文").json()
+    assert [hit["snippet"] for hit in body["results"]] == ["how to say 中文"] and body["next_offset"] is None
+    hit = body["results"][0]
+    assert hit["title"] == "Notes" and hit["role"] == "user" and hit["highlights"] == [[11, 13]]
+    shown = requests.get(f"{gateway.url}/api/conversations/{hit['conversation_id']}", headers=keys["alice"], timeout=10)
+    assert hit["message_id"] in [m["id"] for m in shown.json()["messages"]]
+    assert get("alice", q="world").json()["results"][0]["snippet"] == "你好 <b>world</b>"  # text, as it was written
+    assert len(get("bob", q="中文").json()["results"]) == 1
+    for params, status in (
+        ({"q": "中文", "limit": "0"}, 400),
+        ({"q": "中文", "limit": "51"}, 400),
+        ({"q": "中文", "offset": "-1"}, 400),
+        ({}, 400),
+        ({"q": "x" * 1000}, 400),
+        ({"q": "x" * 10_000}, 414),  # gunicorn's own: a request line over its 4094 bytes
+        *(({"q": q}, 200) for q in HOSTILE),
+    ):
+        response = get("alice", **params)
+        assert response.status_code == status, (params, response.text)
+        if status != 414:
+            assert "error" in response.json() if status == 400 else "results" in response.json()
+    assert requests.get(gateway.url + "/api/search", params={"q": "中文"}, timeout=10).status_code == 401
