@@ -274,11 +274,11 @@
     listEnd.hidden = on;
   }
 
-  // The snippet as text nodes, with the highlighted ranges in <mark>. Offsets count code points (Python's).
+  // The snippet as text nodes, with the highlighted ranges in <mark>. Offsets are UTF-16 code units, as the API
+  // documents them: what String.prototype.slice counts.
   function markedSnippet(snippet, highlights) {
-    const chars = Array.from(snippet);
     const ranges = (highlights || [])
-      .map(([start, end]) => [Math.max(0, start), Math.min(chars.length, end)])
+      .map(([start, end]) => [Math.max(0, start), Math.min(snippet.length, end)])
       .filter(([start, end]) => start < end)
       .sort((a, b) => a[0] - b[0]);
     const parts = [];
@@ -286,13 +286,13 @@
     for (const [start, end] of ranges) {
       if (end <= at) continue;
       const from = Math.max(start, at);
-      if (from > at) parts.push(document.createTextNode(chars.slice(at, from).join("")));
+      if (from > at) parts.push(document.createTextNode(snippet.slice(at, from)));
       const mark = document.createElement("mark");
-      mark.textContent = chars.slice(from, end).join("");
+      mark.textContent = snippet.slice(from, end);
       parts.push(mark);
       at = end;
     }
-    if (at < chars.length) parts.push(document.createTextNode(chars.slice(at).join("")));
+    if (at < snippet.length) parts.push(document.createTextNode(snippet.slice(at)));
     return parts;
   }
 

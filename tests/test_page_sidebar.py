@@ -103,7 +103,8 @@ def test_a_chinese_search_hit_opens_its_message_on_its_branch(
     cid = new_conversation(gateway)
     say(gateway, cid, "先打个招呼")
     first_answer = branch_ids(gateway, cid)[-1]
-    wanted = say(gateway, cid, "请解释量子纠缠是什么意思", tokens=400)  # a long answer below it
+    # The emoji before the word: two UTF-16 code units, one code point (the highlight offsets are UTF-16).
+    wanted = say(gateway, cid, "请解释🙂量子纠缠是什么意思", tokens=400)  # a long answer below it
     edited = say(gateway, cid, "换个话题：今天天气怎么样", tokens=400, parent_id=first_answer)  # the edit: a sibling
     assert wanted["id"] not in branch_ids(gateway, cid)  # the hit is on the branch not shown
 
