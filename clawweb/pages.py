@@ -77,8 +77,8 @@ def _show_requested_branch(conversation: dict[str, Any]) -> bool:
     if not _MESSAGE_ID.fullmatch(raw):
         return False
     store = services().store
-    found = tree.message(store, owner(), int(raw))
-    if found is None or found["conversation_id"] != conversation["id"]:
+    found = tree.in_conversation(store, conversation["id"], int(raw))
+    if found is None:
         return False
     if services().generations.running_for(conversation["id"]) is not None:
         return False
