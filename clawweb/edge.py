@@ -12,13 +12,15 @@ kit does. ``/healthz`` answers every name: its answer is a constant, and a load 
 name it likes.
 
 **Body.** ``BodyDeadline`` bounds the time from a request's headers to the end of its body
-(``CLAWWEB_BODY_TIMEOUT_S``): a read past it fails with a 408 and the connection is closed, so a client sending
-a byte every few seconds cannot hold a greenlet (and a worker connection) for as long as it likes. It wraps
-``wsgi.input`` itself, so every reader is covered: ``request.get_data``, werkzeug's form parser, anything else. ``POST /api/import`` alone gets more: a 64 MiB
-``conversations.json`` needs 54 s at 10 Mbit/s, and only nginx buffers a body before the gateway sees it (Caddy
-and a bare gateway pass the client's pace through). Its deadline is ``CLAWWEB_IMPORT_TIMEOUT_S`` scaled by its
-announced ``Content-Length`` against ``CLAWWEB_MAX_IMPORT_BYTES`` (600 s for the full 64 MiB: 0.9 Mbit/s), never
-less than the usual one, so a small or unannounced (chunked) body trickled into it is cut as soon as any other.
+(``CLAWWEB_BODY_TIMEOUT_S``): a read past it fails with a 408 and the connection is closed, so a client sending a
+byte every few seconds cannot hold a greenlet (and a worker connection) for as long as it likes. It wraps
+``wsgi.input`` itself, so every reader is covered: ``request.get_data``, werkzeug's form parser, anything else.
+
+``POST /api/import`` alone gets more: a 64 MiB ``conversations.json`` needs 54 s at 10 Mbit/s, and only nginx
+buffers a body before the gateway sees it (Caddy and a bare gateway pass the client's pace through). Its deadline
+is ``CLAWWEB_IMPORT_TIMEOUT_S`` scaled by its announced ``Content-Length`` against ``CLAWWEB_MAX_IMPORT_BYTES``
+(600 s for the full 64 MiB: 0.9 Mbit/s), never less than the usual one, so a small or unannounced (chunked) body
+trickled into it is cut as soon as any other.
 """
 
 from __future__ import annotations
