@@ -74,8 +74,15 @@ logconfig_dict = {
     },
     "handlers": {
         "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
-        "access_console": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+        "access_console": {
+            "class": "logging.StreamHandler",
+            "formatter": "access",
+            "stream": "ext://sys.stdout",
+            "filters": ["share_tokens"],
+        },
     },
+    # A share link's token is a password in its URL (/s/<token>); the access log gets it as /s/REDACTED.
+    "filters": {"share_tokens": {"()": "clawweb.logredact.ShareTokens"}},
     "formatters": {"generic": _generic, "access": {"format": "%(message)s"}},
 }
 

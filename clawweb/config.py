@@ -245,6 +245,9 @@ class Settings:
     max_import_bytes: int = _setting(
         64 << 20, _positive_int, "largest file POST /api/import takes (ChatGPT's conversations.json; 413 beyond)"
     )
+    import_timeout_s: float = _setting(
+        600.0, _positive_float, "longest a full-size import body may take to arrive (smaller: their share; 408 beyond)"
+    )
 
     @property
     def auth_required(self) -> bool:

@@ -12,9 +12,15 @@ kit does. ``/healthz`` answers every name: its answer is a constant, and a load 
 name it likes.
 
 **Body.** ``BodyDeadline`` bounds the time from a request's headers to the end of its body
-(``CLAWWEB_BODY_TIMEOUT_S``): a read past it fails with a 408 and the connection is closed, so a client sending
-a byte every few seconds cannot hold a greenlet (and a worker connection) for as long as it likes. It wraps
+(``CLAWWEB_BODY_TIMEOUT_S``): a read past it fails with a 408 and the connection is closed, so a client sending a
+byte every few seconds cannot hold a greenlet (and a worker connection) for as long as it likes. It wraps
 ``wsgi.input`` itself, so every reader is covered: ``request.get_data``, werkzeug's form parser, anything else.
+
+``POST /api/import`` alone gets more: a 64 MiB ``conversations.json`` needs 54 s at 10 Mbit/s, and only nginx
+buffers a body before the gateway sees it (Caddy and a bare gateway pass the client's pace through). Its deadline
+is ``CLAWWEB_IMPORT_TIMEOUT_S`` scaled by its announced ``Content-Length`` against ``CLAWWEB_MAX_IMPORT_BYTES``
+(600 s for the full 64 MiB: 0.9 Mbit/s), never less than the usual one, so a small or unannounced (chunked) body
+trickled into it is cut as soon as any other.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY_HOST_ENDPOINTS = frozenset({"health.healthz"})
+IMPORT_PATH = "/api/import"  # the one route whose body may be large (transfer_api.import_conversations)
 MAX_LOGGED_NAMES = 100  # each refused name is logged once: a flood of made-up names must not flood the log
 T = TypeVar("T")
 
@@ -124,9 +131,10 @@ class TimedInput:
     """``wsgi.input`` whose reads fail once the body's deadline has passed (``RequestTimeout``, a 408), or when
     the worker refuses to keep one more connection of this address waiting (``TooManyRequests``, a 429)."""
 
-    def __init__(self, stream: IO[bytes], seconds: float) -> None:
+    def __init__(self, stream: IO[bytes], seconds: float, setting: str = "CLAWWEB_BODY_TIMEOUT_S") -> None:
         self._stream = stream
         self._seconds = seconds
+        self._setting = setting
         self._deadline = time.monotonic() + seconds
         self.broken = False  # the body was not read to its end: the connection cannot carry another request
 
@@ -151,7 +159,7 @@ class TimedInput:
 
     def _expired(self) -> RequestTimeout:
         self.broken = True
-        return RequestTimeout(f"the request body did not arrive within {self._seconds:g} s (CLAWWEB_BODY_TIMEOUT_S)")
+        return RequestTimeout(f"the request body did not arrive within {self._seconds:g} s ({self._setting})")
 
     def read(self, size: int | None = -1) -> bytes:
         return self._timed(self._stream.read, -1 if size is None else size)
@@ -172,11 +180,24 @@ class BodyDeadline:
     failed the answer says ``Connection: close``: the unread rest of the body cannot be told from a next request
     (clawweb's gunicorn worker honours it; gunicorn itself drops the header)."""
 
-    def __init__(self, app: WSGIApplication, seconds: float) -> None:
-        self.app, self.seconds = app, seconds
+    def __init__(self, app: WSGIApplication, settings: Settings) -> None:
+        self.app, self.seconds = app, settings.body_timeout_s
+        self.import_seconds, self.import_bytes = settings.import_timeout_s, settings.max_import_bytes
+
+    def _timed_input(self, environ: WSGIEnvironment) -> TimedInput:
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != IMPORT_PATH:
+            return TimedInput(environ["wsgi.input"], self.seconds)
+        try:
+            announced = max(0, int(environ.get("CONTENT_LENGTH") or 0))
+        except ValueError:
+            announced = 0
+        allowance = self.import_seconds * min(announced, self.import_bytes) / self.import_bytes
+        if allowance <= self.seconds:
+            return TimedInput(environ["wsgi.input"], self.seconds)
+        return TimedInput(environ["wsgi.input"], round(allowance, 1), "CLAWWEB_IMPORT_TIMEOUT_S")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        body = TimedInput(environ["wsgi.input"], self.seconds)
+        body = self._timed_input(environ)
         environ["wsgi.input"] = body
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
@@ -189,5 +210,5 @@ class BodyDeadline:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Call before any other ``before_request`` is registered: the host check must come first."""
-    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings)  # type: ignore[method-assign]
     app.before_request(_check_host)

@@ -8,7 +8,8 @@
 #
 # Settings (environment): SERVER_NAME (_), HTTPS_PORT (443), HTTP_PORT (80), CERT, CERT_KEY, MAX_ACTIVE (4),
 # STREAM_TIMEOUT (600s), CONN_PER_ADDRESS (100), LOGINS_PER_MINUTE (10), ANSWERS_PER_MINUTE (120) (nginx's
-# per-address limits, explained in nginx/clawweb.conf), and the paths below.
+# per-address limits, explained in nginx/clawweb.conf), MAX_IMPORT_BYTES (67108864: nginx's limit for
+# /api/import; keep it equal to CLAWWEB_MAX_IMPORT_BYTES), ACCESS_LOG (nginx's), and the paths below.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,8 @@ DRY_RUN=0
 : "${CERT_KEY:=/etc/ssl/private/ssl-cert-snakeoil.key}"
 : "${MAX_ACTIVE:=4}"
 : "${MAX_BODY:=1m}"
+: "${MAX_IMPORT_BYTES:=67108864}"
+: "${ACCESS_LOG:=/var/log/nginx/access.log}"
 : "${STREAM_TIMEOUT:=600s}"
 : "${CONN_PER_ADDRESS:=100}"
 : "${LOGINS_PER_MINUTE:=10}"
@@ -42,6 +45,7 @@ render() {  # fill the @NAME@ placeholders of a deploy template
     sed -e "s|@UPSTREAM@|$BIND|g; s|@BIND@|$BIND|g; s|@SERVER_NAME@|$SERVER_NAME|g" \
         -e "s|@HTTPS_PORT@|$HTTPS_PORT|g; s|@HTTP_PORT@|$HTTP_PORT|g; s|@HTTPS_PORT_SUFFIX@|$HTTPS_PORT_SUFFIX|g" \
         -e "s|@CERT@|$CERT|g; s|@CERT_KEY@|$CERT_KEY|g; s|@MAX_BODY@|$MAX_BODY|g" \
+        -e "s|@MAX_IMPORT_BYTES@|$MAX_IMPORT_BYTES|g; s|@ACCESS_LOG@|$ACCESS_LOG|g" \
         -e "s|@STREAM_TIMEOUT@|$STREAM_TIMEOUT|g; s|@STATIC_ROOT@|$STATIC_ROOT|g; s|@APP_DIR@|$APP_DIR|g" \
         -e "s|@VENV@|$VENV|g; s|@USER@|$CLAWWEB_USER|g; s|@ENV_FILE@|$ENV_FILE|g; s|@DATA_DIR@|$DATA_DIR|g" \
         -e "s|@MAX_ACTIVE@|$MAX_ACTIVE|g; s|@CONN_PER_ADDRESS@|$CONN_PER_ADDRESS|g" \

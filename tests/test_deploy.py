@@ -19,6 +19,7 @@ import requests
 
 from clawweb.simulator import answer_tokens
 
+from .support.exports import chatgpt_file
 from .support.factories import StartGateway, StartRedis, StartSimulator
 from .support.servers import ROOT, Gateway, Nginx, render_deploy, require, self_signed_certificate
 from .support.simproc import SimProcess, chat
@@ -275,10 +276,103 @@ def test_a_burst_of_logins_beyond_the_rate_gets_429(nginx: Nginx, certificate: t
     assert page.status == 200  # the form itself is not limited
 
 
-def test_body_limit_matches_the_app(nginx: Nginx, certificate: tuple[Path, Path]) -> None:
+def test_body_limit_matches_the_app(nginx: Nginx, certificate: tuple[Path, Path], key: str) -> None:
     big = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}'
-    response = requests.post(nginx.url + "/api/chat", data=big, verify=str(certificate[0]), timeout=10)
-    assert response.status_code == 413
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for path in ("/api/chat", "/api/conversations"):
+        response = requests.post(nginx.url + path, data=big, headers=headers, verify=str(certificate[0]), timeout=10)
+        assert response.status_code == 413
+        assert response.json() == {"error": "request body is larger than the limit of 1m (CLAWWEB_MAX_BODY_BYTES)"}
+
+
+IMPORTED = 40  # conversations in the 5 MiB file, two messages each
+
+
+@pytest.fixture(scope="module")
+def importer(gateway: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gateway.new_user('importer', PASSWORD)}"}
+
+
+@pytest.fixture(scope="module")
+def imported(nginx: Nginx, certificate: tuple[Path, Path], importer: dict[str, str]) -> requests.Response:
+    data = chatgpt_file(5 << 20, IMPORTED, prefix="deploy")
+    return requests.post(
+        nginx.url + "/api/import", data=data, headers=importer, verify=str(certificate[0]), timeout=120
+    )
+
+
+def test_a_5_mib_import_passes_nginx(nginx: Nginx, imported: requests.Response) -> None:
+    assert imported.status_code == 200, imported.text
+    assert imported.json() == {"imported": IMPORTED, "skipped": 0, "messages": 2 * IMPORTED}
+    # Read whole by nginx (to disk past 1 MiB) before gunicorn heard of it: a slow upload holds no greenlet.
+    assert "a client request body is buffered to a temporary file" in (nginx.site_path.parent / "error.log").read_text()
+
+
+def test_an_import_over_its_limit_gets_nginxs_json_413(
+    gateway: Gateway, certificate: tuple[Path, Path], importer: dict[str, str], tmp_path: Path
+) -> None:
+    limited = Nginx(tmp_path / "nginx", gateway.port, *certificate, MAX_IMPORT_BYTES=str(3 << 20))
+    imports_before = gateway.log.count('"POST /api/import ')
+    try:
+        ca = str(certificate[0])
+        response = requests.post(
+            limited.url + "/api/import", data=chatgpt_file(4 << 20), headers=importer, verify=ca, timeout=60
+        )
+        assert limited.test.returncode == 0, limited.test.stderr
+    finally:
+        limited.stop()
+    assert response.status_code == 413 and response.headers["Content-Type"] == "application/json"
+    assert response.json() == {
+        "error": f"the file is larger than the limit of {3 << 20} bytes (CLAWWEB_MAX_IMPORT_BYTES)"
+    }
+    assert gateway.log.count('"POST /api/import ') == imports_before  # refused by nginx, never sent on
+
+
+def test_export_streams_through_nginx(
+    nginx: Nginx, certificate: tuple[Path, Path], importer: dict[str, str], imported: requests.Response
+) -> None:
+    assert imported.status_code == 200
+    with requests.get(
+        nginx.url + "/api/export", headers=importer, stream=True, verify=str(certificate[0]), timeout=60
+    ) as response:
+        assert response.status_code == 200
+        assert "Content-Length" not in response.headers and response.headers["Transfer-Encoding"] == "chunked"
+        assert "attachment" in response.headers["Content-Disposition"]
+        body = b"".join(response.iter_content(1 << 16))
+    titles = sorted(c["title"] for c in json.loads(body)["conversations"])
+    assert titles == sorted(f"imported deploy-{n}" for n in range(IMPORTED))
+    # More than 5 MB went through without nginx spooling it to a file (what proxy_buffering on would do).
+    assert len(body) > 5 << 20
+    assert "upstream response is buffered" not in (nginx.site_path.parent / "error.log").read_text()
+
+
+def test_share_pages_are_not_stored_and_their_token_stays_out_of_the_logs(
+    nginx: Nginx,
+    gateway: Gateway,
+    certificate: tuple[Path, Path],
+    importer: dict[str, str],
+    imported: requests.Response,
+) -> None:
+    ca = str(certificate[0])
+    listed = requests.get(nginx.url + "/api/conversations", headers=importer, verify=ca, timeout=10).json()
+    conversation = listed["conversations"][0]["id"]
+    shared = requests.post(
+        nginx.url + f"/api/conversations/{conversation}/share", json={}, headers=importer, verify=ca, timeout=10
+    )
+    assert shared.status_code == 201, shared.text
+    url = shared.json()["url"]
+    token = url.removeprefix("/s/")
+    page = requests.get(nginx.url + url, headers=importer, verify=ca, timeout=10)
+    assert page.status_code == 200 and "imported deploy-" in page.text
+    assert page.headers["Cache-Control"] == "private, no-store"
+    assert page.headers["Referrer-Policy"] == "no-referrer" and page.headers["X-Robots-Tag"] == "noindex"
+    # Not logged in (CLAWWEB_SHARE=users): the login page, the link in its next=.
+    browser = requests.get(nginx.url + url, headers={"Accept": "text/html"}, verify=ca, timeout=10)
+    assert browser.status_code == 200 and "/login" in browser.url
+    access = (nginx.site_path.parent / "access.log").read_text()
+    assert token not in access and token not in gateway.log
+    assert "GET /s/REDACTED HTTP" in access and "/login?next=/s/REDACTED " in access
+    assert '"GET /s/REDACTED HTTP/1.1" 200' in gateway.log
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:

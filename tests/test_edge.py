@@ -24,6 +24,7 @@ from clawweb.config import ConfigError, load_settings, redact_url
 from clawweb.edge import hostname
 from clawweb.simulator import answer_tokens
 
+from .support.exports import chatgpt_file
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import ROOT, Gateway, free_port
 from .support.simproc import SimProcess, chat
@@ -47,8 +48,16 @@ def open_gw(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
 
 @pytest.fixture(scope="module")
 def slow_gw(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
-    """A small worker (40 connections) so that slow clients could take all of it."""
-    return start_module_gateway(sim.url, worker_connections=40, body_timeout_s=2, max_pending_per_address=10)
+    """A small worker (40 connections) so that slow clients could take all of it; imports of up to 200 kB, given
+    20 s for the full size (10 s for 100 kB)."""
+    return start_module_gateway(
+        sim.url,
+        worker_connections=40,
+        body_timeout_s=2,
+        max_pending_per_address=10,
+        max_import_bytes=200_000,
+        import_timeout_s=20,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +324,41 @@ def test_body_timeout_covers_the_login_form(accounts_gw: Gateway) -> None:
     assert client.status == 408
     head_text, body = client.headers_and_json()
     assert "connection: close" in head_text and "CLAWWEB_BODY_TIMEOUT_S" in body["error"]
+
+
+def import_head(port: int, length: int) -> bytes:
+    return (
+        f"POST /api/import HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_an_import_gets_time_for_its_size_and_nothing_else_does(slow_gw: Gateway) -> None:
+    # 100 kB at a steady pace over about 3 s: past CLAWWEB_BODY_TIMEOUT_S (2 s), within the import's 10 s.
+    body = chatgpt_file(100_000)
+    with socket.create_connection(("127.0.0.1", slow_gw.port), timeout=30) as sock:
+        sock.sendall(import_head(slow_gw.port, len(body)))
+        for start in range(0, len(body), 20_000):
+            time.sleep(0.6)
+            sock.sendall(body[start : start + 20_000])
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert (response.status, json.loads(response.read())) == (200, {"imported": 1, "skipped": 0, "messages": 2})
+    # Trickled: a 40 kB import is cut at its share (4 s), a 1 kB one at the usual 2 s, like any other body.
+    clients = [
+        SlowClient(slow_gw.port, "127.0.0.8", import_head(slow_gw.port, 40_000)),
+        SlowClient(slow_gw.port, "127.0.0.8", import_head(slow_gw.port, 1_000)),
+    ]
+    try:
+        run_until_answered(clients, slow_gw)
+    finally:
+        for client in clients:
+            client.sock.close()
+    assert [c.status for c in clients] == [408, 408]
+    assert [c.headers_and_json()[1]["error"] for c in clients] == [
+        "the request body did not arrive within 4 s (CLAWWEB_IMPORT_TIMEOUT_S)",
+        "the request body did not arrive within 2 s (CLAWWEB_BODY_TIMEOUT_S)",
+    ]
 
 
 def test_a_burst_from_one_address_gets_the_apps_answers(open_gw: Gateway) -> None:

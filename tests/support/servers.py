@@ -290,7 +290,7 @@ class Nginx(ServerProcess):
             CERT=str(cert),
             CERT_KEY=str(key),
             STATIC_ROOT=str(ROOT / "static"),
-            **values,
+            **{"ACCESS_LOG": str(directory / "access.log"), **values},
         )
         self.site_path.write_text(edit(rendered))
         temp = "\n".join(
