@@ -99,3 +99,50 @@ def test_different_starts_at_once_on_one_conversation_one_is_202(gateway: Gatewa
         stop_all(chat)
         assert_sound(chat)
         chat.ask("again", SLOW, options={"num_predict": 2})
+
+
+@pytest.mark.parametrize("route", ["messages", "regenerate", "continue"])
+def test_deleting_a_message_while_an_answer_starts_under_it_is_one_or_the_other(gateway: Gateway, route: str) -> None:
+    """Either the answer starts (and the delete is a 409: it runs under it) or the delete wins (and the start is a
+    404 or 409): never both, never a 500, never an answer running in a deleted branch."""
+    for _ in range(6):
+        chat = Chat(gateway)
+        question = chat.ask("one", SLOW, options={"num_predict": 2})
+        answer = chat.messages()[1]
+        body = {
+            "messages": {"content": LONG, "think": False, "parent_id": answer["id"]},
+            "regenerate": {"message_id": answer["id"], "think": False},
+            "continue": {"message_id": answer["id"]},
+        }[route]
+        started, deleted = together(
+            [
+                lambda: chat.call("POST", f"{chat.path}/{route}", json=body),  # noqa: B023
+                lambda: chat.call("DELETE", f"/api/messages/{question['id']}"),  # noqa: B023
+            ]
+        )
+        outcome = (started.status_code, deleted.status_code)
+        assert outcome in ((202, 409), (404, 200), (409, 200)), (started.text, deleted.text)
+        if started.status_code == 202:
+            generation = started.json()["generation"]
+            assert chat.call("GET", f"/api/generations/{generation['id']}").json()["status"] in ("queued", "streaming")
+            assert generation["message_id"] in {m["id"] for m in chat.tree()["messages"]}
+        stop_all(chat)
+        assert_sound(chat)
+
+
+def test_showing_a_branch_while_it_is_deleted_never_leaves_current_on_a_deleted_message(gateway: Gateway) -> None:
+    for _ in range(8):
+        chat = Chat(gateway)
+        chat.ask("one", {"tokens": 1})
+        other = chat.ask("two", {"tokens": 1}, parent_id=None)  # a second root
+        shown, deleted = together(
+            [
+                lambda: chat.call("PUT", chat.path + "/current", json={"message_id": other["id"]}),  # noqa: B023
+                lambda: chat.call("DELETE", f"/api/messages/{other['id']}"),  # noqa: B023
+            ]
+        )
+        assert shown.status_code in (200, 404) and deleted.status_code == 200, (shown.text, deleted.text)
+        assert_sound(chat)
+        # The conversation goes on: the next message has a branch to go under.
+        chat.ask("three", {"tokens": 1})
+        assert [m["role"] for m in chat.messages()][-2:] == ["user", "assistant"]

@@ -28,6 +28,8 @@ def history(conversation: dict[str, Any], message_id: int | None) -> list[dict[s
     """What Ollama is sent to answer under ``message_id`` (None: a first message): the system prompt, then the
     path root → that message; answers only when they hold text that was not cut by a failure."""
     path = [] if message_id is None else tree.path(services().store, conversation["id"], message_id)
+    if message_id is not None and not path:  # deleted since the caller found it
+        raise ApiError(404, f"no message {message_id} in this conversation")
     sent = [
         {"role": m["role"], "content": m["content"]}
         for m in path
