@@ -500,6 +500,44 @@ class Store:
 
         return self.transaction(add)
 
+    def start_answer(
+        self, conversation_id: str, parent_id: int | None, model: str, question: str | None = None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"]:
+        """A ``streaming`` answer under ``parent_id`` (after a new user message ``question`` there, if given), made
+        the current leaf: (the user message or None, the answer). "busy" when an answer in the conversation is
+        streaming already, "gone" when the parent is no longer in it (deleted meanwhile): then nothing is written.
+        One transaction, so of requests racing (in any worker) exactly one starts an answer."""
+
+        def start(db: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"]:
+            busy = "SELECT 1 FROM messages WHERE conversation_id = ? AND status = 'streaming' LIMIT 1"
+            if db.execute(busy, (conversation_id,)).fetchone():
+                return "busy"
+            there = "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?"
+            if parent_id is not None and not db.execute(there, (parent_id, conversation_id)).fetchone():
+                return "gone"
+            insert = (
+                "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *"
+            )
+            user, parent = None, parent_id
+            if question is not None:
+                user = dict(
+                    db.execute(
+                        insert, (conversation_id, parent, "user", question, None, "done", time.time())
+                    ).fetchone()
+                )
+                parent = user["id"]
+            row = db.execute(
+                insert, (conversation_id, parent, "assistant", "", model, "streaming", time.time())
+            ).fetchone()
+            db.execute(
+                "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?",
+                (row["id"], time.time(), conversation_id),
+            )
+            return user, dict(row)
+
+        return self.transaction(start)
+
     def finish_message(self, message_id: int, **fields: Any) -> dict[str, Any]:
         """Store an answer's final state: content, thinking, status, error, done_reason, ttft_ms, tokens,
         tokens_per_s."""
@@ -513,10 +551,15 @@ class Store:
 
     def reopen_message(self, message_id: int) -> dict[str, Any] | None:
         """Mark an ended answer ``streaming`` again (it is being continued); its row as it was, or None when it
-        is streaming already (another request reopened it first). ``finish_message`` undoes it."""
+        an answer of its conversation is streaming (another request started one first). ``finish_message`` undoes it."""
 
         def reopen(db: sqlite3.Connection) -> dict[str, Any] | None:
-            row = db.execute("SELECT * FROM messages WHERE id = ? AND status != 'streaming'", (message_id,)).fetchone()
+            # Not while any answer of its conversation streams (one at a time, whichever worker started it).
+            row = db.execute(
+                "SELECT * FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages AS other "
+                "WHERE other.conversation_id = messages.conversation_id AND other.status = 'streaming')",
+                (message_id,),
+            ).fetchone()
             if row is not None:
                 db.execute(
                     "UPDATE messages SET status = 'streaming', error = NULL, done_reason = NULL WHERE id = ?",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from flask import Blueprint, Response, jsonify, request
@@ -182,7 +183,8 @@ def show_branch(conversation_id: str) -> Response:
     message_id = _message_id(_body(), "message_id")
     if message_id is None:
         raise InvalidField("message_id", "is required")
-    tree.show(services().store, conversation_id, turns.message_of(conversation, message_id)["id"])
+    if tree.show(services().store, conversation_id, turns.message_of(conversation, message_id)["id"]) is None:
+        raise ApiError(404, f"no message {message_id} in this conversation")
     return _shown(conversation_id)
 
 
@@ -195,10 +197,13 @@ def delete_message(message_id: str) -> Response:
     if found is None:
         raise ApiError(404, f"no message '{message_id}'")
     conversation_id = found["conversation_id"]
-    running = services().generations.running_for(conversation_id)
+    generations = services().generations
+    running = generations.running_for(conversation_id)
     if running is not None and running.message_id in tree.subtree(store, conversation_id, found["id"]):
         raise ApiError(409, "an answer under this message is still being generated; stop it first")
-    tree.remove(store, conversation_id, found["id"])
+    if running is None:  # what a dead process left streaming is interrupted (as opening it does), not running
+        store.mark_interrupted(conversation_id, time.time() - generations.lease_s)
+    tree.remove(store, conversation_id, found["id"], streaming_too=False)  # a 409 if an answer started since
     return _shown(conversation_id)
 
 

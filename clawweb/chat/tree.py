@@ -15,6 +15,7 @@ import json
 import sqlite3
 from typing import Any
 
+from ..errors import ApiError
 from ..storage import Store
 
 # The ids under (and including) :message, in its conversation.
@@ -106,12 +107,16 @@ def has_children(store: Store, conversation_id: str, message_id: int) -> bool:
     return bool(rows)
 
 
-def show(store: Store, conversation_id: str, message_id: int) -> int:
-    """Show the branch through ``message_id`` (down to its newest leaf); returns the new current leaf. Does not
-    move the conversation up the list: looking at an old branch is not a change."""
-    leaf = newest_leaf(store, conversation_id, message_id)
-    store.execute("UPDATE conversations SET current_id = ? WHERE id = ?", (leaf, conversation_id))
-    return leaf
+def show(store: Store, conversation_id: str, message_id: int) -> int | None:
+    """Show the branch through ``message_id`` (down to its newest leaf); returns the new current leaf, or None
+    when the message is not there (deleted meanwhile: one statement, so current_id never names a deleted
+    message). Does not move the conversation up the list: looking at an old branch is not a change."""
+    rows = store.execute(
+        _SUBTREE + "UPDATE conversations SET current_id = (SELECT max(id) FROM subtree) "
+        "WHERE id = :conversation AND EXISTS (SELECT 1 FROM subtree) RETURNING current_id",
+        {"message": message_id, "conversation": conversation_id},
+    )
+    return int(rows[0]["current_id"]) if rows else None
 
 
 def subtree(store: Store, conversation_id: str, message_id: int) -> list[int]:
@@ -119,15 +124,20 @@ def subtree(store: Store, conversation_id: str, message_id: int) -> list[int]:
     return [row["id"] for row in rows]
 
 
-def remove(store: Store, conversation_id: str, message_id: int) -> list[int]:
+def remove(store: Store, conversation_id: str, message_id: int, streaming_too: bool = True) -> list[int]:
     """Delete the message and everything under it, in one transaction; returns the ids deleted. If the branch
-    shown went with them, the newest branch left under the same parent is shown (else the parent itself)."""
+    shown went with them, the newest branch left under the same parent is shown (else the parent itself).
+    ``streaming_too=False``: a 409, deleting nothing, when an answer in it is streaming (one may have started
+    since the caller looked)."""
 
     def delete(db: sqlite3.Connection) -> list[int]:
         names = {"message": message_id, "conversation": conversation_id}
         gone = [row[0] for row in db.execute(_SUBTREE + "SELECT id FROM subtree", names)]
         if not gone:
             return []
+        streaming = _SUBTREE + "SELECT 1 FROM messages WHERE id IN subtree AND status = 'streaming' LIMIT 1"
+        if not streaming_too and db.execute(streaming, names).fetchone():
+            raise ApiError(409, "an answer under this message is still being generated; stop it first")
         parent = db.execute("SELECT parent_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
         # Children first is not needed: the foreign key is checked at the end of the statement.
         db.execute(_SUBTREE + "DELETE FROM messages WHERE id IN subtree", names)

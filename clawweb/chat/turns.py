@@ -8,6 +8,7 @@ shows the branch it showed before.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -27,6 +28,8 @@ def history(conversation: dict[str, Any], message_id: int | None) -> list[dict[s
     """What Ollama is sent to answer under ``message_id`` (None: a first message): the system prompt, then the
     path root → that message; answers only when they hold text that was not cut by a failure."""
     path = [] if message_id is None else tree.path(services().store, conversation["id"], message_id)
+    if message_id is not None and not path:  # deleted since the caller found it
+        raise ApiError(404, f"no message {message_id} in this conversation")
     sent = [
         {"role": m["role"], "content": m["content"]}
         for m in path
@@ -62,11 +65,9 @@ def ask(
     relay, model = _admitted(conversation, sent, knobs, quotas.size(content))
     store = services().store
     with _taken_back_on_failure(conversation, relay) as added:
-        user = store.add_message(conversation["id"], "user", content, parent_id=parent)
+        user, answer = _claimed(store.start_answer(conversation["id"], parent, model, content), parent)
+        assert user is not None
         added.append(user["id"])
-        answer = store.add_message(
-            conversation["id"], "assistant", model=model, status="streaming", parent_id=user["id"]
-        )
         generation = services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
     return user, generation
 
@@ -84,7 +85,7 @@ def regenerate(
     relay, model = _admitted(conversation, history(conversation, parent), knobs, 0)
     store = services().store
     with _taken_back_on_failure(conversation, relay) as added:
-        answer = store.add_message(conversation["id"], "assistant", model=model, status="streaming", parent_id=parent)
+        _, answer = _claimed(store.start_answer(conversation["id"], parent, model), parent)
         added.append(answer["id"])
         generation = services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
     return answer, generation
@@ -108,7 +109,7 @@ def resume(
     try:
         before = store.reopen_message(message["id"])
         if before is None:  # another request reopened it since the checks above
-            raise ApiError(409, "an answer is still being generated in this conversation; stop it first")
+            raise ApiError(409, BUSY)
         try:
             generation = services().generations.start(
                 conversation["id"], conversation["user_id"], message["id"], relay, Resumed.of(before)
@@ -136,9 +137,27 @@ def _why_not_continued(conversation: dict[str, Any], message: dict[str, Any]) ->
     return "it is still being generated"
 
 
+BUSY = "an answer is still being generated in this conversation; stop it first"
+
+
 def _idle(conversation: dict[str, Any]) -> None:
-    if services().generations.running_for(conversation["id"]) is not None:
-        raise ApiError(409, "an answer is still being generated in this conversation; stop it first")
+    """A 409 while an answer runs. The check that counts is the store's, in the transaction that starts the next
+    answer (requests racing past this one); this one refuses early, and marks answers left ``streaming`` by a dead
+    process as interrupted (as opening the conversation does), so that they do not block it."""
+    generations = services().generations
+    if generations.running_for(conversation["id"]) is not None:
+        raise ApiError(409, BUSY)
+    services().store.mark_interrupted(conversation["id"], time.time() - generations.lease_s)
+
+
+def _claimed(
+    started: tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"], parent: int | None
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    if started == "busy":
+        raise ApiError(409, BUSY)
+    if started == "gone":
+        raise ApiError(404, f"no message {parent} in this conversation")
+    return started
 
 
 def _admitted(
