@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar, cast
 from gevent.threadpool import ThreadPool
 
 from .config import ConfigError, data_path_problem
+from .offload import captured
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -251,13 +252,6 @@ class StorageUnavailable(Exception):
         self.reason = reason
 
 
-def _capture(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Exception | None, Any]:
-    try:
-        return None, fn(*args)
-    except Exception as exc:
-        return exc, None
-
-
 def private_file(path: str) -> str:
     """``path``, created empty with mode 0600 if missing, whatever the umask (else ``tighten``-ed).
 
@@ -317,7 +311,7 @@ class Store:
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the storage thread. Its exception is raised here, in the caller: one raised in the
         thread would also be printed by gevent as a traceback, and a full disk is a fault, not a bug."""
-        failure, result = self._pool.apply(_capture, (fn, args))
+        failure, result = self._pool.apply(captured, (fn, args))
         if failure is None:
             return cast(T, result)
         if isinstance(failure, sqlite3.Error) and getattr(failure, "sqlite_errorcode", 0) & 0xFF in FAULTS:

@@ -4,6 +4,8 @@ with two users (owner only, round trip, re-import), limits in-process, and ``cla
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,3 +239,53 @@ def test_open_modes_conversations_are_adopted_and_the_start_up_log_says_how(
     assert "2 of 10000" in usage  # the quota figures moved with them
     with pytest.raises(RuntimeError, match="no user 'nobody'"):
         teams.cli("conversations", "adopt", "--to", "nobody")
+
+
+def long_chatgpt_chain(nodes: int) -> list[dict[str, Any]]:
+    """One ChatGPT conversation of ``nodes`` messages in a chain: seconds of decoding and converting."""
+    keys = [f"n{i}" for i in range(nodes)]
+    mapping = {
+        key: node(
+            key,
+            keys[i - 1] if i else None,
+            [keys[i + 1]] if i + 1 < nodes else [],
+            "user" if i % 2 == 0 else "assistant",
+            f"message {i}",
+        )
+        for i, key in enumerate(keys)
+    }
+    return [{"id": "long", "title": "long", "create_time": 1.0, "mapping": mapping, "current_node": keys[-1]}]
+
+
+def test_a_large_import_does_not_stop_the_worker_serving_others(gateway: Gateway) -> None:
+    """The import is decoded off the event loop: requests to the same (single) worker are answered meanwhile.
+
+    Measured, not timed: the longest wait for /healthz during the import against the import's own duration. On
+    the event loop, one wait lasts as long as the whole decoding (most of the import); in a thread, the loop
+    runs between bytecodes."""
+    dave = User(gateway, "dave")
+    body = json.dumps(long_chatgpt_chain(30_000)).encode()
+    waits: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                started = time.monotonic()
+                assert session.get(gateway.url + "/healthz", timeout=60).status_code == 200
+                waits.append(time.monotonic() - started)
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        started = time.monotonic()
+        response = dave.call("POST", "/api/import", data=body)
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        poller.join()
+    assert response.status_code == 200, response.text
+    assert response.json()["messages"] == 30_000
+    assert len(waits) > 5  # the poller ran all along
+    assert max(waits) < took / 3, (max(waits), took)

@@ -11,6 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .. import quotas
 from ..auth import owner
 from ..errors import ApiError
+from ..offload import in_thread
 from ..relay.responses import streaming_response
 from ..services import services
 from ..validation import parse_json_object, request_body
@@ -50,18 +51,21 @@ def export_all() -> Response:
     )
 
 
-def _import_body() -> Any:
-    """The body, under its own limit (an export is larger than any chat request), decoded as JSON."""
+def _import_body() -> bytes:
+    """The body, under its own limit (an export is larger than any chat request)."""
     limit = services().settings.max_import_bytes
     request.max_content_length = limit
     try:
-        raw = request_body(limit)
+        return request_body(limit)
     except RequestEntityTooLarge:
         raise ApiError(413, f"the file is larger than the limit of {limit} bytes (CLAWWEB_MAX_IMPORT_BYTES)") from None
-    stripped = raw.lstrip()
-    if stripped.startswith(b"["):  # ChatGPT's conversations.json is a list: checked as the value of an object
-        return parse_json_object(b'{"list":' + raw + b"}")["list"]
-    return parse_json_object(raw)
+
+
+def _decoded(raw: bytes, max_chars: int) -> list[dict[str, Any]]:
+    """The file's conversations, decoded, checked and converted: seconds of CPU for a large ChatGPT export."""
+    if raw.lstrip().startswith(b"["):  # ChatGPT's conversations.json is a list: checked as the value of an object
+        return transfer.parse(parse_json_object(b'{"list":' + raw + b"}")["list"], max_chars)
+    return transfer.parse(parse_json_object(raw), max_chars)
 
 
 def _check_quotas(who: int | None, conversations: list[dict[str, Any]]) -> None:
@@ -80,7 +84,8 @@ def _check_quotas(who: int | None, conversations: list[dict[str, Any]]) -> None:
 @bp.post("/import")
 def import_conversations() -> Response:
     settings, store, who = services().settings, services().store, owner()
-    found = transfer.parse(_import_body(), settings.max_chars)
+    # Off the event loop: this worker's streams go on while a large file is decoded.
+    found = in_thread(_decoded, _import_body(), settings.max_chars)
     known = transfer.known_sources(store, who)
     new: list[dict[str, Any]] = []
     for conversation in found:
