@@ -198,7 +198,8 @@ MIGRATIONS = [
     -- detail=none (only which messages hold a trigram, no positions: a short term is always one trigram).
     -- A contentless index's 'delete' must be given exactly the values indexed, hence spaced(OLD.content).
     -- clawweb_spaced is registered on clawweb's own connection (Store._open): any other connection (the sqlite3
-    -- shell) can read everything but fails to write messages ("no such function: clawweb_spaced").
+    -- shell) reads everything, and a .dump loads (triggers come last), but a write to messages, or deleting a
+    -- conversation, fails there ("no such function: clawweb_spaced").
     CREATE VIRTUAL TABLE messages_short USING fts5 (content, content = '', detail = 'none', tokenize = 'trigram');
     INSERT INTO messages_short (rowid, content)
         SELECT id, clawweb_spaced(content) FROM messages WHERE status != 'streaming';
