@@ -231,9 +231,7 @@ def test_updates_and_deletes_keep_the_short_index_consistent(any_store: Store) -
     store.delete_conversation(gone["id"])
     index_is_consistent(store)
     assert found(store, None, "老") == [] and found(store, None, "ol") == [] and found(store, None, "old") == []
-    assert found(store, None, "新的") == [(kept["id"], old["id"])] and found(store, None, "fr") == [
-        (kept["id"], old["id"])
-    ]
+    assert found(store, None, "新的") == found(store, None, "fr") == [(kept["id"], old["id"])]
     assert found(store, None, "删") == [] and found(store, None, "对话") == [] and found(store, None, "dr") == []
     assert found(store, None, "续写") == [(kept["id"], answer["id"])]
     tree.remove(store, kept["id"], same["id"])  # the message and the answer under it
@@ -268,10 +266,13 @@ def test_a_migrated_database_has_its_messages_in_the_short_index(tmp_path: Path)
         index_is_consistent(store)
     finally:
         store.close()
-    with sqlite3.connect(path) as shell:  # another program than clawweb: reads, but cannot write messages
+    shell = sqlite3.connect(path)  # another program than clawweb: reads, but cannot write messages
+    try:
         assert shell.execute("SELECT content FROM messages WHERE id = 1").fetchone() == ("量子",)
         with pytest.raises(sqlite3.OperationalError, match="no such function: clawweb_spaced"):
             shell.execute("UPDATE messages SET content = 'x' WHERE id = 1")
+    finally:
+        shell.close()
 
 
 def test_paging_runs_over_titles_then_messages(store: Store) -> None:
