@@ -193,16 +193,34 @@ MIGRATIONS = [
     CREATE VIRTUAL TABLE messages_search USING fts5 (content, content = 'messages', content_rowid = 'id',
                                                      tokenize = 'trigram');
     INSERT INTO messages_search (rowid, content) SELECT id, content FROM messages WHERE status != 'streaming';
+    -- Terms of 1 or 2 characters (Chinese words are often 2: 模型), which trigrams cannot match: a second trigram
+    -- index over the text with U+0001 before every character and at the end (clawweb_spaced, storage.spaced),
+    -- where "模" is the trigram "␁模␁" and "模型" is "模␁型". Contentless (it keeps no copy of the text) and
+    -- detail=none (only which messages hold a trigram, no positions: a short term is always one trigram).
+    -- A contentless index's 'delete' must be given exactly the values indexed, hence spaced(OLD.content).
+    -- clawweb_spaced is registered on clawweb's own connection (Store._open): any other connection (the sqlite3
+    -- shell) reads everything, and a .dump loads (triggers come last), but a write to messages, or deleting a
+    -- conversation, fails there ("no such function: clawweb_spaced").
+    CREATE VIRTUAL TABLE messages_short USING fts5 (content, content = '', detail = 'none', tokenize = 'trigram');
+    INSERT INTO messages_short (rowid, content)
+        SELECT id, clawweb_spaced(content) FROM messages WHERE status != 'streaming';
     CREATE TRIGGER messages_search_added AFTER INSERT ON messages WHEN NEW.status != 'streaming' BEGIN
         INSERT INTO messages_search (rowid, content) VALUES (NEW.id, NEW.content);
+        INSERT INTO messages_short (rowid, content) VALUES (NEW.id, clawweb_spaced(NEW.content));
     END;
     CREATE TRIGGER messages_search_changed AFTER UPDATE OF content, status ON messages BEGIN
         INSERT INTO messages_search (messages_search, rowid, content)
             SELECT 'delete', OLD.id, OLD.content WHERE OLD.status != 'streaming';
+        INSERT INTO messages_short (messages_short, rowid, content)
+            SELECT 'delete', OLD.id, clawweb_spaced(OLD.content) WHERE OLD.status != 'streaming';
         INSERT INTO messages_search (rowid, content) SELECT NEW.id, NEW.content WHERE NEW.status != 'streaming';
+        INSERT INTO messages_short (rowid, content)
+            SELECT NEW.id, clawweb_spaced(NEW.content) WHERE NEW.status != 'streaming';
     END;
     CREATE TRIGGER messages_search_deleted AFTER DELETE ON messages WHEN OLD.status != 'streaming' BEGIN
         INSERT INTO messages_search (messages_search, rowid, content) VALUES ('delete', OLD.id, OLD.content);
+        INSERT INTO messages_short (messages_short, rowid, content)
+            VALUES ('delete', OLD.id, clawweb_spaced(OLD.content));
     END;
     -- Titles are few and short: a plain index keyed by the conversation's id (its rowid is not stable).
     CREATE VIRTUAL TABLE titles_search USING fts5 (conversation_id UNINDEXED, title, tokenize = 'trigram');
@@ -236,6 +254,15 @@ CONVERSATION_PAGE = (
     "SELECT * FROM conversations WHERE user_id IS ? ORDER BY pinned DESC, updated_at DESC, id LIMIT ? OFFSET ?"
 )
 INTERRUPTED = "interrupted: the gateway process running this answer stopped"
+SEPARATOR = "\x01"  # in the short-term index: chat text does not hold it, and a search term never does
+
+
+def spaced(text: str | None) -> str | None:
+    """``text`` as the short-term index ``messages_short`` holds it: ``SEPARATOR`` before every character and at
+    the end ("ab" is "␁a␁b␁"). Never change it on a database in use: the index's deletes must see what was
+    indexed. Text that holds ``SEPARATOR`` itself is still searched right: its characters stay on the odd places,
+    so ``␁c␁`` and ``a␁b`` (queries never hold one) only ever find ``c`` and ``ab``."""
+    return None if text is None else SEPARATOR + SEPARATOR.join(text) + SEPARATOR
 
 
 def _conversation_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +357,7 @@ class Store:
                 tighten(companion)
         db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit transactions where needed
         db.row_factory = sqlite3.Row
+        db.create_function("clawweb_spaced", 1, spaced, deterministic=True)  # migration 5's short-term index
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL keeps the file consistent
         db.execute("PRAGMA foreign_keys = ON")

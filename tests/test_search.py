@@ -3,8 +3,10 @@ memory, and ``GET /api/search`` under the real gunicorn with two users."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ import requests
 
 from clawweb.chat import search, tree
 from clawweb.errors import InvalidField
-from clawweb.storage import Store
+from clawweb.storage import MIGRATIONS, Store, spaced
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
@@ -112,14 +114,165 @@ def test_titles_come_first_then_messages_by_bm25_and_only_the_owners(store: Stor
     assert found(store, None, "zebra") == []  # open mode's own (none)
 
 
-def test_two_character_chinese_and_one_character_terms_match_through_like(store: Store) -> None:
+def test_two_character_chinese_and_one_character_terms_match_through_the_short_index(store: Store) -> None:
     made = conversation(store, None, "", "我想学习中文", "好的", "50% off_sale")
     messages = tree.everything(store, made["id"])
     assert found(store, None, "中文") == [(made["id"], messages[0]["id"])]
     assert found(store, None, "好") == [(made["id"], messages[1]["id"])]
     assert found(store, None, "%") == [(made["id"], messages[2]["id"])]  # a literal percent, not a wildcard
     assert found(store, None, "_") == [(made["id"], messages[2]["id"])]
-    assert found(store, None, "学习中文 想") == [(made["id"], messages[0]["id"])]  # index hit, filtered by LIKE
+    assert found(store, None, "学习中文 想") == [(made["id"], messages[0]["id"])]  # both indexes: ANDed
+    assert found(store, None, "学习中文 好") == [] and found(store, None, "学习中文 文想") == []
+
+
+def test_the_short_index_holds_each_character_and_adjacent_pair_once_spaced() -> None:
+    assert spaced("模型") == "\x01模\x01型\x01" and spaced("") == "\x01\x01" and spaced(None) is None
+    assert search.short_expression(["模", "模型", '"a']) == '"\x01模\x01" "模\x01型" """\x01a"'
+
+
+@pytest.fixture(params=["memory", "file"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened = Store(":memory:" if request.param == "memory" else str(tmp_path / "clawweb.db"))
+    yield opened
+    opened.close()
+
+
+SHORT_TEXTS = ["模型很好用", "模型", "模", "abcde", "xy", "x"]
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("模", [0, 1, 2]),  # at the start; the whole message (模)
+        ("很", [0]),  # in the middle
+        ("用", [0]),  # at the end
+        ("模型", [0, 1]),  # at the start; the whole message (模型)
+        ("很好", [0]),
+        ("好用", [0]),
+        ("型模", []),  # both characters there, not in this order
+        ("模用", []),  # both there, not side by side
+        ("a", [3]),
+        ("c", [3]),
+        ("e", [3]),
+        ("ab", [3]),
+        ("cd", [3]),
+        ("de", [3]),
+        ("ae", []),
+        ("ed", []),
+        ("x", [4, 5]),  # the whole message (x), the start of another
+        ("xy", [4]),
+        ("y", [4]),
+        ("z", []),
+        ("模 型", [0, 1]),
+        ("模 ab", []),  # in two different messages: ANDed within one
+    ],
+)
+def test_short_terms_match_at_the_start_middle_end_and_as_the_whole_message(
+    any_store: Store, q: str, expected: list[int]
+) -> None:
+    made = conversation(any_store, None, "", *SHORT_TEXTS)
+    ids = [m["id"] for m in tree.everything(any_store, made["id"])]
+    assert found(any_store, None, q) == [(made["id"], ids[n]) for n in reversed(expected)]  # newest first
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [("h", [0]), ("H", [0]), ("wo", [0]), ("WO", [0]), ("lD", [0]), ("à", [1]), ("ÀÉ", [1]), ("éx", [1]), ("Σσ", [2])],
+)
+def test_short_terms_fold_case_as_the_trigram_tokenizer_does(store: Store, q: str, expected: list[int]) -> None:
+    made = conversation(store, None, "", "Hello WORLD", "àÉX", "σΣ")
+    ids = [m["id"] for m in tree.everything(store, made["id"])]
+    hits = found(store, None, q)
+    assert hits == [(made["id"], ids[n]) for n in reversed(expected)]
+    assert search.search(store, None, [q], 20, 0)[0][0]["highlights"]  # the snippet marks it, whatever the case
+
+
+def index_is_consistent(store: Store) -> None:
+    """Both message indexes pass FTS5's own integrity check, and the short index holds exactly the (trigram,
+    message) pairs an index built afresh from the stored messages holds (its integrity check cannot compare a
+    contentless index with the text: a 'delete' given the wrong values goes unnoticed there)."""
+    indexed = "FROM messages WHERE status != 'streaming'"
+    # Against the text too (rank 1) only when nothing streams: messages_search leaves out what is being written.
+    streaming = store.execute("SELECT count(*) AS n FROM messages WHERE status = 'streaming'")[0]["n"]
+    store.execute(
+        f"INSERT INTO messages_search (messages_search, rank) VALUES ('integrity-check', {int(not streaming)})"
+    )
+    store.execute("INSERT INTO messages_short (messages_short, rank) VALUES ('integrity-check', 1)")
+    store.execute("DROP TABLE IF EXISTS temp.fresh")
+    store.execute(
+        "CREATE VIRTUAL TABLE temp.fresh USING fts5 (content, content = '', detail = none, tokenize = trigram)"
+    )
+    store.execute(f"INSERT INTO fresh (rowid, content) SELECT id, clawweb_spaced(content) {indexed}")
+    for name, table in (("live", "main, messages_short"), ("built", "temp, fresh")):
+        store.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        store.execute(f"CREATE VIRTUAL TABLE temp.{name} USING fts5vocab ({table}, 'instance')")
+    difference = store.execute(
+        "SELECT * FROM (SELECT term, doc FROM temp.live EXCEPT SELECT term, doc FROM temp.built) "
+        "UNION ALL SELECT * FROM (SELECT term, doc FROM temp.built EXCEPT SELECT term, doc FROM temp.live)"
+    )
+    assert difference == []
+    docs = store.execute("SELECT count(DISTINCT doc) AS n FROM temp.live")[0]["n"]
+    assert docs == store.execute(f"SELECT count(*) AS n {indexed}")[0]["n"]  # every message there, each once
+
+
+def test_updates_and_deletes_keep_the_short_index_consistent(any_store: Store) -> None:
+    store = any_store
+    kept = conversation(store, None, "", "老的文字 old", "不变 same")
+    gone = conversation(store, None, "", "删掉的对话 dropped")
+    old, same = tree.everything(store, kept["id"])
+    index_is_consistent(store)
+    store.finish_message(old["id"], content="新的内容 fresh")  # an edit of the text
+    answer = store.add_message(kept["id"], "assistant", "", status="streaming", parent_id=same["id"])
+    store.checkpoint({answer["id"]: ("流式 partial", "")})
+    store.finish_message(answer["id"], content="流式 partial 完成", status="done")
+    store.reopen_message(answer["id"])  # continued: out of the index while it streams again
+    store.checkpoint({answer["id"]: ("流式 partial 完成 续写", "")})
+    store.finish_message(answer["id"], content="流式 partial 完成 续写", status="stopped")
+    store.delete_conversation(gone["id"])
+    index_is_consistent(store)
+    assert found(store, None, "老") == [] and found(store, None, "ol") == [] and found(store, None, "old") == []
+    assert found(store, None, "新的") == found(store, None, "fr") == [(kept["id"], old["id"])]
+    assert found(store, None, "删") == [] and found(store, None, "对话") == [] and found(store, None, "dr") == []
+    assert found(store, None, "续写") == [(kept["id"], answer["id"])]
+    tree.remove(store, kept["id"], same["id"])  # the message and the answer under it
+    index_is_consistent(store)
+    assert found(store, None, "续写") == [] and found(store, None, "不变") == []
+    assert found(store, None, "新") == [(kept["id"], old["id"])]
+
+
+def test_a_message_holding_the_separator_is_still_found_right(store: Store) -> None:
+    made = conversation(store, None, "", "a\x01b 模\x01型")
+    (message,) = tree.everything(store, made["id"])
+    assert found(store, None, "a") == found(store, None, "模") == [(made["id"], message["id"])]
+    assert found(store, None, "ab") == [] and found(store, None, "模型") == []  # not side by side in the text
+    index_is_consistent(store)
+
+
+def test_a_migrated_database_has_its_messages_in_the_short_index(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        old.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    old.execute("INSERT INTO conversations (id, model, created_at, updated_at) VALUES ('c', 'm', 1, 1)")
+    old.execute("INSERT INTO messages (conversation_id, role, content, created_at) VALUES ('c', 'user', '量子', 1)")
+    old.execute(
+        "INSERT INTO messages (conversation_id, role, content, status, created_at) "
+        "VALUES ('c', 'user', '量', 'streaming', 2)"
+    )
+    old.close()
+    store = Store(str(path), mark_interrupted=False)
+    try:
+        assert [hit["message_id"] for hit in search.search(store, None, ["量"], 20, 0)[0]] == [1]
+        index_is_consistent(store)
+    finally:
+        store.close()
+    shell = sqlite3.connect(path)  # another program than clawweb: reads, but cannot write messages
+    try:
+        assert shell.execute("SELECT content FROM messages WHERE id = 1").fetchone() == ("量子",)
+        with pytest.raises(sqlite3.OperationalError, match="no such function: clawweb_spaced"):
+            shell.execute("UPDATE messages SET content = 'x' WHERE id = 1")
+    finally:
+        shell.close()
 
 
 def test_paging_runs_over_titles_then_messages(store: Store) -> None:

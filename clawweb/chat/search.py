@@ -3,10 +3,11 @@
 What the user types is never FTS5 syntax: it is split on whitespace into terms, each term is quoted (its
 quotes doubled) and the terms are ANDed, so ``"``, ``*``, ``NEAR(``, ``OR``, ``-`` are text like any other.
 
-The trigram tokenizer matches terms of 3 characters or more (case-insensitively, Unicode letters too); a
-shorter term (a Chinese word is often 2 characters: 中文) can never match the index. Such terms are matched
-with ``LIKE`` over the owner's messages instead (ASCII-only case folding: SQLite's ``LIKE``), as a filter on the
-index's hits when the query also has a longer term, else as a scan of the owner's messages.
+The trigram tokenizer matches terms of 3 characters or more (case-insensitively, Unicode letters too) in
+``messages_search``; a shorter term (a Chinese word is often 2 characters: 中文) is one trigram of the spaced
+text in ``messages_short`` (storage.py's migration 5): ``c`` is ``␁c␁``, ``ab`` is ``a␁b``. A query with
+both kinds is the long terms' index hits that are also short-term hits. Titles (an owner has few) match short
+terms with ``LIKE`` (ASCII-only case folding).
 
 Ranking: title hits first (a conversation named after what is looked for is the likeliest target), then
 message hits; each group by bm25 when a term reached the index, newest first otherwise. The snippet is cut
@@ -20,7 +21,7 @@ import re
 from typing import Any
 
 from ..errors import InvalidField
-from ..storage import Store
+from ..storage import SEPARATOR, Store
 
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 16
@@ -49,6 +50,11 @@ def terms(q: str | None) -> list[str]:
 def match_expression(words: list[str]) -> str:
     """An FTS5 query matching rows that hold every word as a substring: each word a quoted string."""
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def short_expression(words: list[str]) -> str:
+    """The ``messages_short`` query for words of 1 or 2 characters: each one trigram of the spaced text."""
+    return match_expression([SEPARATOR.join(w) if len(w) == 2 else SEPARATOR + w + SEPARATOR for w in words])
 
 
 def like_pattern(word: str) -> str:
@@ -99,25 +105,25 @@ def _message_hits(
     store: Store, owner: int | None, long: list[str], short: list[str], limit: int, offset: int
 ) -> list[int]:
     """The ids of ``owner``'s messages that match, best first (bm25; newest first without a long term)."""
-    names: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset}
-    names.update({f"like{i}": like_pattern(w) for i, w in enumerate(short)})
+    names: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset, "short": short_expression(short)}
     if long:
         # bm25 counts every match of a term anyway (its document frequency), so ranking all of them costs little
         # more than finding them.
+        shorts = " AND m.id IN (SELECT rowid FROM messages_short WHERE messages_short MATCH :short)" if short else ""
         sql = (
             "SELECT m.id FROM messages_search JOIN messages AS m ON m.id = messages_search.rowid "
             "JOIN conversations AS c ON c.id = m.conversation_id "
-            f"WHERE messages_search MATCH :match AND c.user_id IS :owner{_likes('m.content', short)} "
+            f"WHERE messages_search MATCH :match AND c.user_id IS :owner{shorts} "
             "ORDER BY bm25(messages_search), m.id DESC LIMIT :limit OFFSET :offset"
         )
         names["match"] = match_expression(long)
     else:
-        # A scan of the owner's own messages (never anyone else's: the cost is bounded by what the owner stores).
-        # Not streaming: as in the index, an answer being written is searched once it is done.
+        # In the index's own order (rowid descending is the newest first): no sort, however common the term.
         sql = (
-            "SELECT m.id FROM conversations AS c JOIN messages AS m ON m.conversation_id = c.id "
-            f"WHERE c.user_id IS :owner AND m.status != 'streaming'{_likes('m.content', short)} "
-            "ORDER BY m.id DESC LIMIT :limit OFFSET :offset"
+            "SELECT m.id FROM messages_short JOIN messages AS m ON m.id = messages_short.rowid "
+            "JOIN conversations AS c ON c.id = m.conversation_id "
+            "WHERE messages_short MATCH :short AND c.user_id IS :owner "
+            "ORDER BY messages_short.rowid DESC LIMIT :limit OFFSET :offset"
         )
     return [row["id"] for row in store.execute(sql, names)]
 
