@@ -114,6 +114,19 @@ def test_titles_come_first_then_messages_by_bm25_and_only_the_owners(store: Stor
     assert found(store, None, "zebra") == []  # open mode's own (none)
 
 
+def test_a_term_in_more_than_common_messages_ranks_newest_first(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bm25 for a term in a few messages; newest first once it is in more than COMMON (ranking them all costs)."""
+    made = conversation(store, None, "misc", "zebra zebra zebra", "a zebra", "one zebra among many other words")
+    dense, sparse, sparsest = (m["id"] for m in tree.everything(store, made["id"]))
+    assert [m for _, m in found(store, None, "zebra")] == [dense, sparse, sparsest]  # by bm25: denser first
+    monkeypatch.setattr(search, "COMMON", 2)
+    assert [m for _, m in found(store, None, "zebra")] == [sparsest, sparse, dense]  # newest first
+    assert [m for _, m in found(store, None, "zebra zebra")] == [sparsest, sparse, dense]
+    monkeypatch.setattr(search, "COMMON", 3)  # at the bound: still ranked
+    assert [m for _, m in found(store, None, "zebra")] == [dense, sparse, sparsest]
+    assert [m for _, m in found(store, None, "zebra nowhere")] == []  # a trigram the index lacks: few hits
+
+
 def test_two_character_chinese_and_one_character_terms_match_through_the_short_index(store: Store) -> None:
     made = conversation(store, None, "", "我想学习中文", "好的", "50% off_sale")
     messages = tree.everything(store, made["id"])

@@ -10,7 +10,10 @@ both kinds is the long terms' index hits that are also short-term hits. Titles (
 terms with ``LIKE`` (ASCII-only case folding).
 
 Ranking: title hits first (a conversation named after what is looked for is the likeliest target), then
-message hits; each group by bm25 when a term reached the index, newest first otherwise. The snippet is cut
+message hits; each group by bm25 when a term reached the index, newest first otherwise. A term in more than
+``COMMON`` messages (estimated from ``messages_terms``, the index's own counts) also ranks newest first: bm25
+tells little between thousands of messages that all hold the word, and ranking every one of them costs what
+finding the newest few does not (a word in 15 000 of 20 000 messages: 37 ms for bm25, 0.4 ms newest first). The snippet is cut
 from the text here, not by FTS5's ``snippet()``: the server never sends markup, only text and the offsets of
 the matches in it (in UTF-16 code units, what JavaScript's ``String.slice`` takes).
 """
@@ -26,6 +29,7 @@ from ..storage import SEPARATOR, Store
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 16
 TRIGRAM = 3  # the shortest term the trigram index can match
+COMMON = 2000  # messages holding every term above which hits rank newest first, not by bm25
 SNIPPET_CHARS = 200
 SNIPPET_LEAD = 60  # characters of context kept before the first match
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # separators, like spaces: a NUL means nothing in a search
@@ -101,20 +105,32 @@ def _title_hits(store: Store, owner: int | None, long: list[str], short: list[st
     return [row["id"] for row in store.execute(sql, names)]
 
 
+def _common(store: Store, long: list[str]) -> bool:
+    """Whether every term is in more than ``COMMON`` messages: a message holding them all holds each of their
+    trigrams, so the rarest trigram's count bounds the hits (of every owner; a bound is enough to choose)."""
+    trigrams = {word[i : i + TRIGRAM].casefold() for word in long for i in range(len(word) - TRIGRAM + 1)}
+    marks = ", ".join("?" * len(trigrams))
+    rows = store.execute(
+        f"SELECT count(*) AS known, min(doc) AS fewest FROM messages_terms WHERE term IN ({marks})", tuple(trigrams)
+    )
+    # A trigram the index lacks (or spells differently: its case folding is not Python's) means few hits.
+    return rows[0]["known"] == len(trigrams) and rows[0]["fewest"] > COMMON
+
+
 def _message_hits(
     store: Store, owner: int | None, long: list[str], short: list[str], limit: int, offset: int
 ) -> list[int]:
     """The ids of ``owner``'s messages that match, best first (bm25; newest first without a long term)."""
     names: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset, "short": short_expression(short)}
     if long:
-        # bm25 counts every match of a term anyway (its document frequency), so ranking all of them costs little
-        # more than finding them.
         shorts = " AND m.id IN (SELECT rowid FROM messages_short WHERE messages_short MATCH :short)" if short else ""
+        # Newest first is the index's own order (rowid descending): read until the page is full, no sort.
+        order = "messages_search.rowid DESC" if _common(store, long) else "bm25(messages_search), m.id DESC"
         sql = (
             "SELECT m.id FROM messages_search JOIN messages AS m ON m.id = messages_search.rowid "
             "JOIN conversations AS c ON c.id = m.conversation_id "
             f"WHERE messages_search MATCH :match AND c.user_id IS :owner{shorts} "
-            "ORDER BY bm25(messages_search), m.id DESC LIMIT :limit OFFSET :offset"
+            f"ORDER BY {order} LIMIT :limit OFFSET :offset"
         )
         names["match"] = match_expression(long)
     else:
