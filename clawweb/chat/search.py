@@ -13,9 +13,10 @@ Ranking: title hits first (a conversation named after what is looked for is the 
 message hits; each group by bm25 when a term reached the index, newest first otherwise. A term in more than
 ``COMMON`` messages (estimated from ``messages_terms``, the index's own counts) also ranks newest first: bm25
 tells little between thousands of messages that all hold the word, and ranking every one of them costs what
-finding the newest few does not (a word in 15 000 of 20 000 messages: 37 ms for bm25, 0.4 ms newest first). The snippet is cut
-from the text here, not by FTS5's ``snippet()``: the server never sends markup, only text and the offsets of
-the matches in it (in UTF-16 code units, what JavaScript's ``String.slice`` takes).
+finding the newest few does not (a word in 15 000 of 20 000 messages: 37 ms for bm25, 0.4 ms newest first).
+
+The snippet is cut from the text here, not by FTS5's ``snippet()``: the server never sends markup, only text
+and the offsets of the matches in it (in UTF-16 code units, what JavaScript's ``String.slice`` takes).
 """
 
 from __future__ import annotations
