@@ -115,7 +115,7 @@ def _common(store: Store, long: list[str]) -> bool:
         f"SELECT count(*) AS known, min(doc) AS fewest FROM messages_terms WHERE term IN ({marks})", tuple(trigrams)
     )
     # A trigram the index lacks (or spells differently: its case folding is not Python's) means few hits.
-    return rows[0]["known"] == len(trigrams) and rows[0]["fewest"] > COMMON
+    return bool(rows[0]["known"] == len(trigrams) and rows[0]["fewest"] > COMMON)
 
 
 def _message_hits(
