@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,7 @@ def assert_consistent(path: Path) -> None:
 def settled(path: Path) -> bool:
     """Nothing left ``streaming`` in the file (the background retry stored what a full disk refused)."""
     with sqlite3.connect(path) as db:
-        return db.execute("SELECT count(*) FROM messages WHERE status = 'streaming'").fetchone() == (0,)
+        return bool(db.execute("SELECT count(*) FROM messages WHERE status = 'streaming'").fetchone() == (0,))
 
 
 # --- 1: the disk fills up ---------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def test_a_full_disk_is_a_503_for_every_tree_route_and_leaves_the_database_consi
     wait_idle(chat)
     before = chat.tree()
     filler = fill(tmpfs)
-    call = {
+    calls: dict[str, Callable[[], requests.Response]] = {
         "import": lambda: http.post(gateway.url + "/api/import", data=chatgpt_file(20_000, 4), timeout=10),
         "regenerate": lambda: http.post(
             gateway.url + chat.path + "/regenerate", json={"message_id": answer["id"], "think": False}, timeout=10
@@ -115,7 +117,8 @@ def test_a_full_disk_is_a_503_for_every_tree_route_and_leaves_the_database_consi
         "current": lambda: http.put(
             gateway.url + chat.path + "/current", json={"message_id": answer["id"]}, timeout=10
         ),
-    }[route]
+    }
+    call = calls[route]
     assert_unavailable(call(), "storage")
     assert chat.tree() == before  # nothing written, nothing half-written
     filler.unlink()
@@ -230,3 +233,48 @@ def test_messages_posted_at_once_on_two_workers_start_one_answer(two_workers: Ga
         assert chat.shown()["generation"]["id"] == won["generation"]["id"]
         stop_all(chat)
         assert_sound(chat)
+
+
+# --- 4: a continued answer is old: nothing may take it for one a dead process left ---------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_continued_answer_opened_as_it_starts_is_not_taken_for_one_a_dead_process_left(
+    sim: SimProcess, start_redis: StartRedis, start_gateway: StartGateway, workers: int
+) -> None:
+    """A continued answer keeps its ``created_at``: older than the lease, it looks like one a dead process left
+    ``streaming`` to whoever opens the conversation before the continue is listed as running."""
+    heartbeat_s = 0.1  # a lease of 0.3 s: the answer continued is older than that
+    settings: dict[str, object] = {"heartbeat_s": heartbeat_s, "max_active_per_client": 50, "max_active": 50}
+    if workers == 2:
+        settings.update(workers=2, redis_url=start_redis().url)
+    gateway = start_gateway(sim.url, **settings)
+    for _ in range(5):
+        chat = Chat(gateway)
+        answer = cut_answer(chat, SLOW)
+        wait_for(lambda: False, timeout=3 * heartbeat_s + 0.2)  # the answer is older than the lease
+        done = threading.Event()
+
+        def opening(chat: Chat, done: threading.Event) -> None:
+            while not done.is_set():
+                chat.call("GET", chat.path)
+
+        openers = [threading.Thread(target=opening, args=(chat, done)) for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        try:
+            started = chat.call("POST", f"{chat.path}/continue", json={"message_id": answer["id"]})
+        finally:
+            done.set()
+            for opener in openers:
+                opener.join(10)
+        assert started.status_code == 202, started.text
+        running = chat.shown()["generation"]
+        assert running is not None and running["message_id"] == answer["id"]
+        stored = {m["id"]: m for m in chat.tree()["messages"]}[answer["id"]]
+        assert (stored["status"], stored["error"]) == ("streaming", None)  # not "interrupted" while it runs
+        refused = chat.call("POST", f"{chat.path}/messages", json={"content": "more", "think": False})
+        assert refused.status_code == 409, refused.text
+        stop_all(chat)
+        assert_sound(chat)
+        assert chat.messages()[-1]["status"] == "stopped"
