@@ -178,6 +178,9 @@ MIGRATIONS = [
                                      WHERE p.conversation_id = messages.conversation_id AND p.id < messages.id);
     CREATE INDEX messages_parent ON messages (conversation_id, parent_id);  -- children, and a conversation's roots
     ALTER TABLE messages ADD COLUMN done_reason TEXT;  -- Ollama's: stop | length (a length-cut answer can continue)
+    -- When a continued answer began streaming again (NULL: at created_at). An answer is taken for one a dead process
+    -- left streaming only once it streams for longer than the lease without being listed: a continued one is old.
+    ALTER TABLE messages ADD COLUMN streaming_since REAL;
     ALTER TABLE conversations ADD COLUMN current_id INTEGER;  -- the leaf of the branch shown
     UPDATE conversations SET current_id = (SELECT max(id) FROM messages WHERE conversation_id = conversations.id);
     ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
@@ -586,8 +589,9 @@ class Store:
             ).fetchone()
             if row is not None:
                 db.execute(
-                    "UPDATE messages SET status = 'streaming', error = NULL, done_reason = NULL WHERE id = ?",
-                    (message_id,),
+                    "UPDATE messages SET status = 'streaming', error = NULL, done_reason = NULL, streaming_since = ? "
+                    "WHERE id = ?",
+                    (time.time(), message_id),
                 )
             return None if row is None else dict(row)
 
@@ -618,10 +622,12 @@ class Store:
         )
 
     def mark_interrupted(self, conversation_id: str, started_before: float) -> None:
-        """Answers still ``streaming`` that started before ``started_before`` and that nothing runs any more."""
+        """Answers still ``streaming`` that started (or were continued) before ``started_before`` and that nothing
+        runs any more. Not by ``created_at`` alone: a continued answer is as old as its first part, and the request
+        continuing it has reopened it before its generation is listed as running."""
         self.execute(
             "UPDATE messages SET status = 'error', error = ? WHERE conversation_id = ? AND status = 'streaming' "
-            "AND created_at < ?",
+            "AND ifnull(streaming_since, created_at) < ?",
             (INTERRUPTED, conversation_id, started_before),
         )
 
