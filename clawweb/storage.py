@@ -276,6 +276,29 @@ def _conversation_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _append(
+    db: sqlite3.Connection,
+    conversation_id: str,
+    parent_id: int | None,
+    role: str,
+    content: str,
+    model: str | None,
+    status: str,
+) -> dict[str, Any]:
+    """Insert a message under ``parent_id`` and make it the conversation's current leaf (in the caller's
+    transaction); the conversation moves to the top of its owner's list."""
+    now = time.time()
+    row = db.execute(
+        "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (conversation_id, parent_id, role, content, model, status, now),
+    ).fetchone()
+    db.execute(
+        "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?", (row["id"], now, conversation_id)
+    )
+    return dict(row)
+
+
 class StorageUnavailable(Exception):
     """The disk or the database file failed (full, an I/O error, removed): the request gets a 503."""
 
@@ -506,24 +529,14 @@ class Store:
         parent_id: int | None | Literal["leaf"] = "leaf",
     ) -> dict[str, Any]:
         """A message under ``parent_id`` (None: a first message; "leaf": after the branch shown), which becomes the
-        conversation's current leaf; the conversation moves to the top (updated_at)."""
+        conversation's current leaf. Answers start through ``start_answer``; this is for tools and tests."""
 
         def add(db: sqlite3.Connection) -> dict[str, Any]:
             parent = parent_id
             if parent == "leaf":
-                parent = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[
-                    0
-                ]
-            row = db.execute(
-                "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                (conversation_id, parent, role, content, model, status, time.time()),
-            ).fetchone()
-            db.execute(
-                "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?",
-                (row["id"], time.time(), conversation_id),
-            )
-            return dict(row)
+                parent = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+                parent = parent[0] if parent else None
+            return _append(db, conversation_id, parent, role, content, model, status)
 
         return self.transaction(add)
 
@@ -542,26 +555,11 @@ class Store:
             there = "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?"
             if parent_id is not None and not db.execute(there, (parent_id, conversation_id)).fetchone():
                 return "gone"
-            insert = (
-                "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *"
-            )
-            user, parent = None, parent_id
+            user = None
             if question is not None:
-                user = dict(
-                    db.execute(
-                        insert, (conversation_id, parent, "user", question, None, "done", time.time())
-                    ).fetchone()
-                )
-                parent = user["id"]
-            row = db.execute(
-                insert, (conversation_id, parent, "assistant", "", model, "streaming", time.time())
-            ).fetchone()
-            db.execute(
-                "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?",
-                (row["id"], time.time(), conversation_id),
-            )
-            return user, dict(row)
+                user = _append(db, conversation_id, parent_id, "user", question, None, "done")
+            parent = parent_id if user is None else user["id"]
+            return user, _append(db, conversation_id, parent, "assistant", "", model, "streaming")
 
         return self.transaction(start)
 
