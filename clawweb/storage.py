@@ -195,8 +195,6 @@ MIGRATIONS = [
     -- what they added, which FTS5 requires of an external-content index.
     CREATE VIRTUAL TABLE messages_search USING fts5 (content, content = 'messages', content_rowid = 'id',
                                                      tokenize = 'trigram');
-    -- The index's trigrams and in how many messages each is (chat/search.py: a term everywhere ranks newest first).
-    CREATE VIRTUAL TABLE messages_terms USING fts5vocab (messages_search, 'row');
     INSERT INTO messages_search (rowid, content) SELECT id, content FROM messages WHERE status != 'streaming';
     -- Terms of 1 or 2 characters (Chinese words are often 2: 模型), which trigrams cannot match: a second trigram
     -- index over the text with U+0001 before every character and at the end (clawweb_spaced, storage.spaced),

@@ -124,7 +124,7 @@ def test_a_term_in_more_than_common_messages_ranks_newest_first(store: Store, mo
     assert [m for _, m in found(store, None, "zebra zebra")] == [sparsest, sparse, dense]
     monkeypatch.setattr(search, "COMMON", 3)  # at the bound: still ranked
     assert [m for _, m in found(store, None, "zebra")] == [dense, sparse, sparsest]
-    assert [m for _, m in found(store, None, "zebra nowhere")] == []  # a trigram the index lacks: few hits
+    assert [m for _, m in found(store, None, "zebra nowhere")] == []  # together: in no message
 
 
 def test_two_character_chinese_and_one_character_terms_match_through_the_short_index(store: Store) -> None:

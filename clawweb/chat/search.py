@@ -11,9 +11,9 @@ terms with ``LIKE`` (ASCII-only case folding).
 
 Ranking: title hits first (a conversation named after what is looked for is the likeliest target), then
 message hits; each group by bm25 when a term reached the index, newest first otherwise. A term in more than
-``COMMON`` messages (estimated from ``messages_terms``, the index's own counts) also ranks newest first: bm25
-tells little between thousands of messages that all hold the word, and ranking every one of them costs what
-finding the newest few does not (a word in 15 000 of 20 000 messages: 37 ms for bm25, 0.4 ms newest first).
+``COMMON`` messages (counted up to that many, which stops early) also ranks newest first: bm25 tells little
+between thousands of messages that all hold the word, and ranking every one of them costs what finding the
+newest few does not (a word in 15 000 of 20 000 messages: 37 ms for bm25, 0.4 ms newest first).
 
 The snippet is cut from the text here, not by FTS5's ``snippet()``: the server never sends markup, only text
 and the offsets of the matches in it (in UTF-16 code units, what JavaScript's ``String.slice`` takes).
@@ -106,16 +106,14 @@ def _title_hits(store: Store, owner: int | None, long: list[str], short: list[st
     return [row["id"] for row in store.execute(sql, names)]
 
 
-def _common(store: Store, long: list[str]) -> bool:
-    """Whether every term is in more than ``COMMON`` messages: a message holding them all holds each of their
-    trigrams, so the rarest trigram's count bounds the hits (of every owner; a bound is enough to choose)."""
-    trigrams = {word[i : i + TRIGRAM].casefold() for word in long for i in range(len(word) - TRIGRAM + 1)}
-    marks = ", ".join("?" * len(trigrams))
+def _common(store: Store, match: str) -> bool:
+    """Whether more than ``COMMON`` messages (of every owner: a bound is enough to choose) match ``match``;
+    counting stops at ``COMMON + 1``, so a common word costs no more to count than a rare one."""
     rows = store.execute(
-        f"SELECT count(*) AS known, min(doc) AS fewest FROM messages_terms WHERE term IN ({marks})", tuple(trigrams)
+        "SELECT count(*) AS hits FROM (SELECT rowid FROM messages_search WHERE messages_search MATCH ? LIMIT ?)",
+        (match, COMMON + 1),
     )
-    # A trigram the index lacks (or spells differently: its case folding is not Python's) means few hits.
-    return bool(rows[0]["known"] == len(trigrams) and rows[0]["fewest"] > COMMON)
+    return bool(rows[0]["hits"] > COMMON)
 
 
 def _message_hits(
@@ -126,14 +124,14 @@ def _message_hits(
     if long:
         shorts = " AND m.id IN (SELECT rowid FROM messages_short WHERE messages_short MATCH :short)" if short else ""
         # Newest first is the index's own order (rowid descending): read until the page is full, no sort.
-        order = "messages_search.rowid DESC" if _common(store, long) else "bm25(messages_search), m.id DESC"
+        names["match"] = match_expression(long)
+        order = "messages_search.rowid DESC" if _common(store, names["match"]) else "bm25(messages_search), m.id DESC"
         sql = (
             "SELECT m.id FROM messages_search JOIN messages AS m ON m.id = messages_search.rowid "
             "JOIN conversations AS c ON c.id = m.conversation_id "
             f"WHERE messages_search MATCH :match AND c.user_id IS :owner{shorts} "
             f"ORDER BY {order} LIMIT :limit OFFSET :offset"
         )
-        names["match"] = match_expression(long)
     else:
         # In the index's own order (rowid descending is the newest first): no sort, however common the term.
         sql = (
