@@ -8,9 +8,7 @@
 
 (() => {
   const body = document.body;
-  const T = JSON.parse(body.dataset.i18n);
-  const $ = (selector) => document.querySelector(selector);
-  const fmt = (text, vars) => text.replace(/\{(\w+)\}/g, (_, key) => vars[key]);
+  const { T, $, fmt, api } = ClawwebPage;
   const messagesEl = $("#messages");
   const input = $("#input");
   const sendButton = $("#send");
@@ -303,22 +301,6 @@
   }
 
   // --- Actions --------------------------------------------------------------------------------------------
-
-  // The server checks this token on every state-changing request made with the session cookie (CSRF).
-  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
-
-  async function api(method, url, payload) {
-    const headers = { "X-CSRF-Token": csrfToken };
-    if (payload !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(url, {
-      method,
-      headers,
-      body: payload === undefined ? undefined : JSON.stringify(payload),
-    });
-    const data = response.status === 204 ? null : await response.json();
-    if (!response.ok) throw new Error(data && data.error ? data.error : `HTTP ${response.status}`);
-    return data;
-  }
 
   const loadConversation = () => (conversationId ? api("GET", `/api/conversations/${conversationId}`) : null);
 

@@ -6,10 +6,7 @@
 
 (() => {
   const body = document.body;
-  const T = JSON.parse(body.dataset.i18n);
-  const $ = (selector) => document.querySelector(selector);
-  const fmt = (text, vars) => text.replace(/\{(\w+)\}/g, (_, key) => vars[key]);
-  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+  const { T, $, fmt, api } = ClawwebPage;
   const PAGE = 50;
   const OVERLAP = 5; // each page repeats the end of the one before: a row deleted elsewhere leaves no gap
   const SEARCH_DELAY_MS = 250;
@@ -22,16 +19,6 @@
   const listEnd = $("#list-end");
   let conversationId = body.dataset.conversationId || null;
   let nextOffset = list.dataset.nextOffset === "" ? null : Number(list.dataset.nextOffset); // null: all loaded
-
-  // `raw`: a request body sent as it is (a file's text), as JSON.
-  async function api(method, url, payload, raw) {
-    const headers = { "X-CSRF-Token": csrfToken };
-    if (payload !== undefined || raw !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(url, { method, headers, body: raw !== undefined ? raw : payload === undefined ? undefined : JSON.stringify(payload) });
-    const data = response.status === 204 ? null : await response.json().catch(() => null);
-    if (!response.ok) throw new Error(data && data.error ? data.error : `HTTP ${response.status}`);
-    return data;
-  }
 
   // --- Rows: kept in the server's order (pinned first, then newest), one per conversation -------------------
 

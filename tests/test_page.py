@@ -13,6 +13,7 @@ from playwright.sync_api import APIResponse, Browser, Locator, Page, expect
 
 from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
 
+from .support.chromium import chat_page
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import ROOT, CuttableProxy, Gateway
 from .support.simproc import SimProcess
@@ -33,16 +34,8 @@ def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
 @pytest.fixture
 def page(browser: Browser, gateway: Gateway, sim: SimProcess) -> Iterator[Page]:
     sim.reset()
-    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway.url)
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    opened.goto(gateway.url + "/")
-    yield opened
-    context.close()
-    assert errors == []  # no script errors, no CSP violations, no missing files
+    with chat_page(browser, gateway.url) as opened:
+        yield opened
 
 
 def ask(page: Page, text: str, directive: dict[str, Any] | None = None, think: bool = False) -> None:

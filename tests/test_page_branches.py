@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
+from .support.chromium import chat_page
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import ROOT, Gateway
 from .support.simproc import SimProcess
@@ -30,16 +31,8 @@ def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
 @pytest.fixture
 def page(browser: Browser, gateway: Gateway, sim: SimProcess) -> Iterator[Page]:
     sim.reset()
-    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway.url)
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    opened.goto(gateway.url + "/")
-    yield opened
-    context.close()
-    assert errors == []  # no script errors, no CSP violations, no failed requests
+    with chat_page(browser, gateway.url) as opened:
+        yield opened
 
 
 def sim_line(**directive: Any) -> str:

@@ -16,21 +16,16 @@ from ..relay.admit import client_id
 from ..relay.responses import streaming_response
 from ..services import services
 from ..state.base import START, valid_cursor
-from ..validation import parse_json_object, query_int, request_body
+from ..validation import query_int
 from . import tree, turns
 from .generations import AnyGeneration
-from .history import whole_tree, with_answers
+from .history import optional_body, own_conversation, whole_tree, with_answers
 
 bp = Blueprint("conversations", __name__, url_prefix="/api")
 
 MAX_TITLE = 200
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 OFFSET_MAX = 1_000_000_000  # far beyond anyone's conversations; SQLite's integers are 64-bit
-
-
-def _body() -> dict[str, Any]:
-    raw = request_body(services().settings.max_body_bytes)
-    return parse_json_object(raw) if raw.strip() else {}
 
 
 def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
@@ -55,13 +50,6 @@ def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, 
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _conversation_or_404(conversation_id: str) -> dict[str, Any]:
-    conversation = services().store.conversation(conversation_id, owner())
-    if conversation is None:
-        raise ApiError(404, f"no conversation '{conversation_id}'")
-    return conversation
-
-
 def _generation_or_404(generation_id: str) -> AnyGeneration:
     generation = services().generations.get(generation_id)
     if generation is None or generation.owner != owner():
@@ -72,7 +60,7 @@ def _generation_or_404(generation_id: str) -> AnyGeneration:
 @bp.post("/conversations")
 def create_conversation() -> tuple[Response, int]:
     settings = services().settings
-    fields = _conversation_fields(_body(), settings)
+    fields = _conversation_fields(optional_body(), settings)
     fields.setdefault("model", settings.default_model)
     quotas.check_new_conversation(owner(), client_id(), quotas.stored_size(fields))
     return jsonify(services().store.create_conversation(owner(), **fields)), 201
@@ -87,14 +75,14 @@ def list_conversations() -> Response:
 
 @bp.get("/conversations/<conversation_id>")
 def show_conversation(conversation_id: str) -> Response:
-    conversation = with_answers(_conversation_or_404(conversation_id))
+    conversation = with_answers(own_conversation(conversation_id))
     return jsonify(conversation)
 
 
 @bp.patch("/conversations/<conversation_id>")
 def update_conversation(conversation_id: str) -> Response:
-    conversation = _conversation_or_404(conversation_id)
-    body = _body()
+    conversation = own_conversation(conversation_id)
+    body = optional_body()
     fields = _conversation_fields(body, services().settings)
     pinned = body.get("pinned")
     if pinned is not None and not isinstance(pinned, bool):
@@ -111,7 +99,7 @@ def update_conversation(conversation_id: str) -> Response:
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
-    _conversation_or_404(conversation_id)
+    own_conversation(conversation_id)
     running = services().generations.running_for(conversation_id)
     if running is not None:
         running.stop()
@@ -136,18 +124,18 @@ def _message_id(body: dict[str, Any], name: str) -> int | None:
 
 def _shown(conversation_id: str) -> Response:
     """The conversation as GET shows it (read again: the request changed it)."""
-    return jsonify(with_answers(_conversation_or_404(conversation_id)))
+    return jsonify(with_answers(own_conversation(conversation_id)))
 
 
 @bp.get("/conversations/<conversation_id>/tree")
 def show_tree(conversation_id: str) -> Response:
-    return jsonify(whole_tree(_conversation_or_404(conversation_id)))
+    return jsonify(whole_tree(own_conversation(conversation_id)))
 
 
 @bp.post("/conversations/<conversation_id>/messages")
 def post_message(conversation_id: str) -> tuple[Response, int]:
-    conversation = _conversation_or_404(conversation_id)
-    body = _body()
+    conversation = own_conversation(conversation_id)
+    body = optional_body()
     content = body.get("content")
     if not isinstance(content, str) or not content.strip():
         raise InvalidField("content", "must be a non-empty string")
@@ -162,16 +150,16 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
 
 @bp.post("/conversations/<conversation_id>/regenerate")
 def regenerate(conversation_id: str) -> tuple[Response, int]:
-    conversation = _conversation_or_404(conversation_id)
-    body = _body()
+    conversation = own_conversation(conversation_id)
+    body = optional_body()
     answer, generation = turns.regenerate(conversation, _message_id(body, "message_id"), _answer_options(body))
     return jsonify(message=answer, generation=generation.summary()), 202
 
 
 @bp.post("/conversations/<conversation_id>/continue")
 def continue_answer(conversation_id: str) -> tuple[Response, int]:
-    conversation = _conversation_or_404(conversation_id)
-    body = _body()
+    conversation = own_conversation(conversation_id)
+    body = optional_body()
     knobs = {key: value for key, value in _answer_options(body).items() if key != "model"}  # it keeps its model
     answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs)
     return jsonify(message=answer, generation=generation.summary()), 202
@@ -179,8 +167,8 @@ def continue_answer(conversation_id: str) -> tuple[Response, int]:
 
 @bp.put("/conversations/<conversation_id>/current")
 def show_branch(conversation_id: str) -> Response:
-    conversation = _conversation_or_404(conversation_id)
-    message_id = _message_id(_body(), "message_id")
+    conversation = own_conversation(conversation_id)
+    message_id = _message_id(optional_body(), "message_id")
     if message_id is None:
         raise InvalidField("message_id", "is required")
     if tree.show(services().store, conversation_id, turns.message_of(conversation, message_id)["id"]) is None:

@@ -6,9 +6,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..auth import owner
+from ..errors import ApiError
 from ..services import services
+from ..validation import parse_json_object, request_body
 from . import tree
 from .generations import AnyGeneration
+
+
+def own_conversation(conversation_id: str) -> dict[str, Any]:
+    """The caller's conversation, or a 404: a conversation is only ever found by its owner, so a guessed id of
+    somebody else's is "not found", never "forbidden"."""
+    conversation = services().store.conversation(conversation_id, owner())
+    if conversation is None:
+        raise ApiError(404, f"no conversation '{conversation_id}'")
+    return conversation
+
+
+def optional_body() -> dict[str, Any]:
+    """A request's JSON object body, or {} when it sent none (the chat routes' fields are all optional)."""
+    raw = request_body(services().settings.max_body_bytes)
+    return parse_json_object(raw) if raw.strip() else {}
 
 
 def with_answers(conversation: dict[str, Any]) -> dict[str, Any]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template
 
-from ..auth import identity, owner
+from ..auth import identity
 from ..errors import ApiError
 from ..i18n import LANG_TAGS, language, strings
 from ..services import services
-from ..validation import parse_json_object, request_body
 from . import shares
+from .history import optional_body, own_conversation
 
 bp = Blueprint("shares", __name__)
 
@@ -21,34 +20,26 @@ bp = Blueprint("shares", __name__)
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
 
 
-def _own_conversation(conversation_id: str) -> dict[str, Any]:
-    conversation = services().store.conversation(conversation_id, owner())
-    if conversation is None:
-        raise ApiError(404, f"no conversation '{conversation_id}'")
-    return conversation
-
-
 @bp.post("/api/conversations/<conversation_id>/share")
 def share(conversation_id: str) -> tuple[Response, int]:
     app = services()
     if app.settings.share == "off":
         raise ApiError(403, "sharing is turned off on this server (CLAWWEB_SHARE=off)", code="sharing_off")
-    raw = request_body(app.settings.max_body_bytes)
-    expires_in_s = shares.expires_in(parse_json_object(raw) if raw.strip() else {})
-    conversation = _own_conversation(conversation_id)
+    expires_in_s = shares.expires_in(optional_body())
+    conversation = own_conversation(conversation_id)
     token, row = shares.create(app.store, conversation, identity().name, expires_in_s)
     return jsonify(url=f"/s/{token}", id=row["id"], created_at=row["created_at"], expires_at=row["expires_at"]), 201
 
 
 @bp.get("/api/conversations/<conversation_id>/share")
 def list_shares(conversation_id: str) -> Response:
-    _own_conversation(conversation_id)
+    own_conversation(conversation_id)
     return jsonify(shares=shares.live(services().store, conversation_id))
 
 
 @bp.delete("/api/conversations/<conversation_id>/share")
 def revoke_shares(conversation_id: str) -> tuple[str, int]:
-    _own_conversation(conversation_id)  # still allowed with CLAWWEB_SHARE=off: taking links back always is
+    own_conversation(conversation_id)  # still allowed with CLAWWEB_SHARE=off: taking links back always is
     shares.revoke_all(services().store, conversation_id)
     return "", 204
 

@@ -16,15 +16,9 @@ from ..relay.responses import streaming_response
 from ..services import services
 from ..validation import parse_json_object, request_body
 from . import transfer
+from .history import own_conversation
 
 bp = Blueprint("transfer", __name__, url_prefix="/api")
-
-
-def _conversation_or_404(conversation_id: str) -> dict[str, Any]:
-    conversation = services().store.conversation(conversation_id, owner())
-    if conversation is None:
-        raise ApiError(404, f"no conversation '{conversation_id}'")
-    return conversation
 
 
 @bp.get("/conversations/<conversation_id>/export")
@@ -32,7 +26,7 @@ def export_conversation(conversation_id: str) -> Response:
     kind = request.args.get("format", "md")
     if kind not in ("md", "json"):
         raise ApiError(400, "'format' must be md or json")
-    conversation = _conversation_or_404(conversation_id)
+    conversation = own_conversation(conversation_id)
     store = services().store
     disposition = {"Content-Disposition": transfer.attachment(conversation["title"], kind)}
     if kind == "md":

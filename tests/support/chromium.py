@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from playwright.sync_api import Browser, Page
+
 CHROMIUM = "/usr/bin/chromium"
 # As root, without a sandbox; no background networking (this machine has no internet, Chromium would retry).
 CHROMIUM_ARGS = [
@@ -12,3 +17,19 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@contextmanager
+def chat_page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """The chat page at ``base_url`` in a fresh context (1200×800, en-US, the clipboard allowed). On leaving,
+    nothing may have gone wrong in it: no script error, no CSP violation, no failed request."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    opened.goto(base_url + "/")
+    yield opened
+    context.close()
+    assert errors == []
