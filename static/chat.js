@@ -625,10 +625,26 @@
 
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
 
-  for (const article of articles()) {
-    if (article.matches(".assistant") && article.dataset.status !== "streaming") renderStored(article, null, null);
-    renderTime(article);
-  }
+  // Stored answers arrive as Markdown source. The newest (what the page opens on, scrolled to the bottom) are
+  // rendered at once; the older ones in idle time, newest first, so a long branch is usable as soon as its end
+  // is drawn instead of after every answer in it (Chromium's scroll anchoring keeps the view still meanwhile).
+  const RENDER_AT_ONCE = 6;
+  const stored = articles()
+    .filter((article) => article.matches(".assistant") && article.dataset.status !== "streaming")
+    .reverse();
+  for (const article of articles()) renderTime(article);
+  stored.slice(0, RENDER_AT_ONCE).forEach((article) => renderStored(article, null, null));
+  const later = stored.slice(RENDER_AT_ONCE);
+  later.forEach((article) => renderMeta(article, null, null));
+  const whenIdle = window.requestIdleCallback || ((work) => setTimeout(() => work({ timeRemaining: () => 8 }), 16));
+  const renderOlder = (deadline) => {
+    while (later.length && deadline.timeRemaining() > 2) {
+      const article = later.shift();
+      if (article.isConnected && !article.querySelector(".content.rendered")) renderStored(article, null, null);
+    }
+    if (later.length) whenIdle(renderOlder);
+  };
+  if (later.length) whenIdle(renderOlder);
   syncActions();
   const running = body.dataset.generation ? JSON.parse(body.dataset.generation) : null;
   if (running) {

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -369,7 +370,14 @@ def test_share_pages_are_not_stored_and_their_token_stays_out_of_the_logs(
     # Not logged in (CLAWWEB_SHARE=users): the login page, the link in its next=.
     browser = requests.get(nginx.url + url, headers={"Accept": "text/html"}, verify=ca, timeout=10)
     assert browser.status_code == 200 and "/login" in browser.url
-    access = (nginx.site_path.parent / "access.log").read_text()
+    # Both servers write a request's log line after its response has gone: wait for the last ones to arrive.
+    access_log = nginx.site_path.parent / "access.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+        "/login?next=/s/REDACTED " in access_log.read_text() and '"GET /s/REDACTED HTTP/1.1" 302' in gateway.log
+    ):
+        time.sleep(0.05)
+    access = access_log.read_text()
     assert token not in access and token not in gateway.log
     assert "GET /s/REDACTED HTTP" in access and "/login?next=/s/REDACTED " in access
     assert '"GET /s/REDACTED HTTP/1.1" 200' in gateway.log
