@@ -403,7 +403,8 @@ def test_tree_queries(store: Store) -> None:
     b = store.add_message(cid, "assistant", "b", parent_id=q["id"])
     q2 = store.add_message(cid, "user", "q2", parent_id=a["id"])
     assert [m["id"] for m in tree.path(store, cid, q2["id"])] == [q["id"], a["id"], q2["id"]]
-    assert tree.newest_leaf(store, cid, a["id"]) == q2["id"] and tree.newest_leaf(store, cid, b["id"]) == b["id"]
+    assert tree.show(store, cid, b["id"]) == b["id"]  # a leaf: itself
+    assert tree.show(store, cid, a["id"]) == q2["id"]  # the newest leaf under it
     assert tree.show(store, cid, q["id"]) == q2["id"]
     shown = tree.branch(store, store.conversation(cid, None) or {})
     assert [(m["id"], m["siblings"]) for m in shown] == [

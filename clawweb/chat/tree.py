@@ -92,14 +92,6 @@ def everything(store: Store, conversation_id: str) -> list[dict[str, Any]]:
     return store.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
 
 
-def newest_leaf(store: Store, conversation_id: str, message_id: int) -> int:
-    """The newest leaf under ``message_id`` (itself when it has no children)."""
-    rows = store.execute(
-        _SUBTREE + "SELECT max(id) AS leaf FROM subtree", {"message": message_id, "conversation": conversation_id}
-    )
-    return int(rows[0]["leaf"] or message_id)
-
-
 def has_children(store: Store, conversation_id: str, message_id: int) -> bool:
     rows = store.execute(
         "SELECT 1 FROM messages WHERE conversation_id = ? AND parent_id = ? LIMIT 1", (conversation_id, message_id)
