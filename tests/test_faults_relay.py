@@ -92,10 +92,12 @@ def worker_rss(gateway: Gateway) -> int:
 def test_a_stream_holds_at_most_its_buffer_for_a_client_that_stops_reading(
     sim: SimProcess, start_gateway: StartGateway
 ) -> None:
-    """Six clients that read nothing of 60000-token answers (~6 MB of lines each: more than the kernel's socket
-    buffers take). The yardstick first: with the bound lifted (what the worker did before it had one) it takes
-    every answer into memory (+43 MB here). Then with 50 kB per stream, in the time the yardstick took to read
-    everything, reading from Ollama pauses: the six answers wait upstream and the worker grows by under 8 MB."""
+    """Six clients that read nothing of 60000-token answers (~6 MB of lines each). The yardstick first: with the
+    bound lifted (what the worker did before it had one) it takes every answer into memory (+43 MB here). Then
+    with 50 kB per stream, in the time the yardstick took to read everything, the worker grows by under 8 MB:
+    reading from Ollama pauses. (Whether Ollama has finished writing says nothing here: the kernel may take an
+    answer whole into the gateway's upstream socket, whose receive buffer grows to tcp_rmem's 32 MB; that is not
+    the worker's memory. A clean-clone run saw 1 of 6 finish that way, with the worker at +0.7 MB.)"""
 
     def six_stalled(buffer_bytes: int, wait_s: float) -> tuple[int, int, float]:
         """(RSS growth, answers Ollama finished, seconds until all six were, or ``wait_s``)."""
@@ -120,7 +122,7 @@ def test_a_stream_holds_at_most_its_buffer_for_a_client_that_stops_reading(
     assert finished == 6 and grown > 24 << 20  # the scenario shows a missing bound
     grown, finished, _ = six_stalled(50_000, wait_s=took * 1.5)
     print(f"with 50 kB per stream: +{grown / 1e6:.1f} MB, {finished} of 6 read whole")
-    assert finished == 0 and grown < 8 << 20
+    assert grown < 8 << 20
 
 
 def test_a_client_that_accepts_nothing_is_cut_and_its_slot_freed(
