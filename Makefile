@@ -33,10 +33,10 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Two processes, each module on one of them (its servers and module fixtures stay together): the suite waits on
-# real servers far more than it computes (8 minutes here, 13 in one process).
+# Three processes, each module on one of them (its servers and module fixtures stay together): the suite waits on
+# real servers far more than it computes (7 minutes here with three, 9-11 with two; the CPUs are 45% busy with two).
 test: $(VENV)/.dev-deps system-deps lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 # The in-process tests alone (no simulator, gunicorn, Redis, nginx or browser): the quick loop, ~20 s here.
 unit: $(VENV)/.dev-deps
