@@ -9,8 +9,6 @@ shows the branch it showed before.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 from .. import quotas
@@ -63,12 +61,8 @@ def ask(
         parent = message_of(conversation, parent)["id"]
     sent = [*history(conversation, parent), {"role": "user", "content": content}]
     relay, model = _admitted(conversation, sent, knobs, quotas.size(content))
-    store = services().store
-    with _taken_back_on_failure(conversation, relay) as added:
-        user, answer = _claimed(store.start_answer(conversation["id"], parent, model, content), parent)
-        assert user is not None
-        added.append(user["id"])
-        generation = services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
+    user, _, generation = _start(conversation, relay, parent, model, content)
+    assert user is not None  # a question was given
     return user, generation
 
 
@@ -83,11 +77,7 @@ def regenerate(
     if parent is None:
         raise ApiError(409, f"message {message['id']} answers nothing: there is no question to answer again")
     relay, model = _admitted(conversation, history(conversation, parent), knobs, 0)
-    store = services().store
-    with _taken_back_on_failure(conversation, relay) as added:
-        _, answer = _claimed(store.start_answer(conversation["id"], parent, model), parent)
-        added.append(answer["id"])
-        generation = services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
+    _, answer, generation = _start(conversation, relay, parent, model)
     return answer, generation
 
 
@@ -150,16 +140,6 @@ def _idle(conversation: dict[str, Any]) -> None:
     services().store.mark_interrupted(conversation["id"], time.time() - generations.lease_s)
 
 
-def _claimed(
-    started: tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"], parent: int | None
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    if started == "busy":
-        raise ApiError(409, BUSY)
-    if started == "gone":
-        raise ApiError(404, f"no message {parent} in this conversation")
-    return started
-
-
 def _admitted(
     conversation: dict[str, Any], sent: list[dict[str, str]], knobs: dict[str, Any], stored_bytes: int
 ) -> tuple[Relay, str]:
@@ -170,20 +150,31 @@ def _admitted(
     return admit(body), model  # admit also counts the answer for today's quota
 
 
-@contextmanager
-def _taken_back_on_failure(conversation: dict[str, Any], relay: Relay) -> Iterator[list[int]]:
-    """Yields a list for the ids of the messages added (the first one is the top of what is added): when the
-    block fails, they are removed and the conversation shows what it showed, from where it was in the list."""
-    added: list[int] = []
+def _start(
+    conversation: dict[str, Any], relay: Relay, parent: int | None, model: str, question: str | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any], AnyGeneration]:
+    """The question (if any) and a streaming answer written under ``parent`` in one transaction, then the answer
+    started: (the question or None, the answer, its generation). When that fails (a 409 or 404 from the store's
+    own check, a 503), the slot is given back, and what was written is taken back: the conversation shows what
+    it showed, from where it was in the list."""
+    store = services().store
     try:
-        yield added
-    except BaseException:
-        relay.close()  # give the slot back: nothing will run it
-        if added:  # the request failed (a 503): it leaves nothing behind to answer 409 for
-            store = services().store
-            tree.remove(store, conversation["id"], added[0])
+        started = store.start_answer(conversation["id"], parent, model, question)
+        if started == "busy":
+            raise ApiError(409, BUSY)
+        if started == "gone":
+            raise ApiError(404, f"no message {parent} in this conversation")
+        user, answer = started
+        try:
+            generation = services().generations.start(conversation["id"], conversation["user_id"], answer["id"], relay)
+        except BaseException:  # it leaves nothing behind to answer 409 for
+            tree.remove(store, conversation["id"], (user or answer)["id"])
             store.execute(
                 "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?",
                 (conversation["current_id"], conversation["updated_at"], conversation["id"]),
             )
+            raise
+    except BaseException:
+        relay.close()  # give the slot back: nothing will run it
         raise
+    return user, answer, generation
