@@ -16,11 +16,11 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, e
 
 from clawweb.simulator import answer_tokens
 
+from .support.chromium import SCREENSHOTS
 from .support.factories import StartGateway, StartSimulator
-from .support.servers import ROOT, Gateway
+from .support.servers import Gateway
 from .support.simproc import SimProcess
 
-SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 USER = "alice"
 PASSWORD = "correct horse battery"
 COOKIE = "clawweb"

@@ -13,12 +13,10 @@ from playwright.sync_api import APIResponse, Browser, Locator, Page, expect
 
 from clawweb.simulator import answer_tokens, default_tokens, thinking_tokens
 
-from .support.chromium import chat_page
+from .support.chromium import SCREENSHOTS, chat_page
 from .support.factories import StartGateway, StartSimulator
-from .support.servers import ROOT, CuttableProxy, Gateway
+from .support.servers import CuttableProxy, Gateway
 from .support.simproc import SimProcess
-
-SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from .support.chromium import chat_page
+from .support.chromium import SCREENSHOTS, chat_page
 from .support.factories import StartGateway, StartSimulator
-from .support.servers import ROOT, Gateway
+from .support.servers import Gateway
 from .support.simproc import SimProcess
-
-SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from playwright.sync_api import Browser, Page, expect
 
 from clawweb.simulator import answer_tokens
 
+from .support.chromium import SCREENSHOTS
 from .support.factories import StartGateway, StartSimulator
-from .support.servers import ROOT, Gateway
+from .support.servers import Gateway
 from .support.simproc import SimProcess
 
-SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 DAY = 86_400.0
 ROWS = "#conversation-list li[data-id]"
 RUNNING = ("queued", "streaming")

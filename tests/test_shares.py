@@ -19,11 +19,11 @@ from clawweb.chat import shares
 from clawweb.errors import ApiError
 from clawweb.storage import CONVERSATION_PAGE, Store
 
+from .support.chromium import SCREENSHOTS
 from .support.factories import StartGateway, StartSimulator
-from .support.servers import ROOT, Gateway, wait_for
+from .support.servers import Gateway, wait_for
 from .support.simproc import SimProcess
 
-SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
 ANSWER = "Here is **bold** text.\n\n```python\nprint('shared')\n```\n"
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
 Headers = dict[str, str]

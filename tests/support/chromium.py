@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from playwright.sync_api import Browser, Page
 
 CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"  # tests/artifacts/screenshots
 # As root, without a sandbox; no background networking (this machine has no internet, Chromium would retry).
 CHROMIUM_ARGS = [
     "--no-sandbox",
