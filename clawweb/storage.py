@@ -249,6 +249,12 @@ MIGRATIONS = [
     );
     CREATE INDEX shares_conversation ON shares (conversation_id);
     """,
+    # The figures of an answer's wait (chat/generations.py): in the queue, for a model load, and its thinking.
+    """
+    ALTER TABLE messages ADD COLUMN queue_ms REAL;
+    ALTER TABLE messages ADD COLUMN load_ms REAL;
+    ALTER TABLE messages ADD COLUMN thinking_ms REAL;
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -295,6 +301,11 @@ def _append(
         "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?", (row["id"], now, conversation_id)
     )
     return dict(row)
+
+
+# An answer's figures: the wait in the queue, a model load, the first token (from admission), the thinking, the
+# tokens (thinking ones included) and their rate.
+FIGURES = ("queue_ms", "load_ms", "ttft_ms", "thinking_ms", "tokens", "tokens_per_s")
 
 
 class StorageUnavailable(Exception):
@@ -562,9 +573,8 @@ class Store:
         return self.transaction(start)
 
     def finish_message(self, message_id: int, **fields: Any) -> dict[str, Any]:
-        """Store an answer's final state: content, thinking, status, error, done_reason, ttft_ms, tokens,
-        tokens_per_s."""
-        names = ("content", "thinking", "status", "error", "done_reason", "ttft_ms", "tokens", "tokens_per_s")
+        """Store an answer's final state: its text, how it ended and its figures (``FIGURES``)."""
+        names = ("content", "thinking", "status", "error", "done_reason", *FIGURES)
         values = {k: v for k, v in fields.items() if k in names}
         assignments = ", ".join(f"{name} = ?" for name in values)
         rows = self.execute(
