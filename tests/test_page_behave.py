@@ -101,6 +101,7 @@ def test_an_unsaved_system_prompt_goes_with_the_message_and_is_shown_saved(
     wait_status(page, "done")
     assert sim.stats()["last_request"]["messages"][0] == {"role": "system", "content": "Answer in French."}
     expect(page.locator("#system-prompt-status")).to_have_text("Saved with your message.")
+    shot(page, "system-prompt-saved")
     cid = conversation_id(page)
     assert stored(gateway, cid)["system_prompt"] == "Answer in French."
 
