@@ -636,6 +636,7 @@
   const unsavedPrompt = () => (systemBox.value === savedPrompt ? null : systemBox.value);
   const showPromptState = () => (systemStatus.textContent = unsavedPrompt() === null ? "" : T.system_prompt_unsaved);
   systemBox.addEventListener("input", showPromptState);
+  showPromptState(); // a draft the browser restored on reload is unsaved too
 
   function promptSaved(value, note) {
     savedPrompt = value;
