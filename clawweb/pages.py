@@ -45,6 +45,7 @@ def _page(conversation: dict[str, Any] | None) -> str:
         generation=conversation["generation"] if conversation else None,
         model=conversation["model"] if conversation else settings.default_model,
         simulated=settings.simulator,
+        heartbeat_ms=round(settings.heartbeat_s * 1000),  # the page takes a longer silence for a dead stream
         lang=lang,
         lang_tag=LANG_TAGS[lang],
         t=strings(lang),
