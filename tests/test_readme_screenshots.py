@@ -12,8 +12,10 @@ catches it writing. The question carries no ``#sim`` line (it would show): the s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +161,19 @@ def test_readme_screenshots_mid_answer(
         DOCS.mkdir(exist_ok=True)
         for name, path in pictures.items():
             shutil.copyfile(path, DOCS / f"screenshot-{name}.png")
+
+
+def test_the_readmes_show_files_that_exist() -> None:
+    """Every picture and local link of README.md and bench/README.md is a file of the repository; the plot is SVG
+    with a line per target."""
+    for readme in (ROOT / "README.md", ROOT / "bench" / "README.md"):
+        text = readme.read_text()
+        local = re.findall(r'(?:src|srcset)="([^"]+)"|\]\(([^)#\s]+)\)', text)
+        targets = [path for pair in local for path in pair if path and "://" not in path]
+        assert targets, readme
+        for target in targets:
+            assert (readme.parent / target).is_file(), f"{readme.name}: {target}"
+    plot = ET.parse(ROOT / "bench" / "results" / "latest.svg").getroot()
+    titles = {"".join(t.itertext()) for t in plot.iter("{http://www.w3.org/2000/svg}title")}
+    for target in ("simulator direct", "nginx", "naive relay", "clawweb"):
+        assert any(title.startswith(target) for title in titles), target
