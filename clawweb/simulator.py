@@ -204,6 +204,7 @@ class Simulator:
     def reset(self) -> dict[str, Any]:
         self._stats: dict[str, Any] = {
             "requests": 0,
+            "ps": 0,  # GET /api/ps answered
             "active": 0,
             "max_active": 0,
             "queued": 0,
@@ -273,6 +274,7 @@ class Simulator:
                 ).encode(),
             )
         if route == ("GET", "/api/ps"):
+            self._stats["ps"] += 1
             return self._send(sock, 200, json.dumps({"models": self._ps()}, separators=(",", ":")).encode())
         if route == ("GET", "/_sim/stats"):
             return self._send(sock, 200, json.dumps(self.stats()).encode())

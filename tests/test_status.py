@@ -129,6 +129,21 @@ def test_the_metrics_have_every_stage_and_the_estimates_error(gateway: Gateway, 
     assert 'clawweb_estimate_error_seconds_count{stage="loading"}' in text
 
 
+def test_a_burst_of_answers_asks_the_host_once_whether_the_model_is_loaded(
+    start_simulator: StartSimulator, start_gateway: StartGateway
+) -> None:
+    sim = start_simulator("--ttft", "0.3", "--tps", "40", "--tokens", "3")
+    gateway = start_gateway(sim.url, max_active=20, max_active_per_client=20)
+    received: list[list[Event]] = []
+    burst = [threading.Thread(target=lambda: received.append(stream(gateway, chat({})))) for _ in range(20)]
+    for thread in burst:
+        thread.start()
+    for thread in burst:
+        thread.join()
+    assert len(received) == 20 and all(statuses(r)[-1]["stage"] == "writing" for r in received)
+    assert sim.stats()["ps"] <= 3  # one question shared by the burst (a straggler may ask once more)
+
+
 def test_the_queue_right_now(gateway: Gateway) -> None:
     queue = requests.get(gateway.url + "/api/queue", timeout=5).json()
     assert queue == {"active": 0, "waiting": 0, "slots": 1, "eta_s": 0.0}

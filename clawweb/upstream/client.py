@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -58,6 +59,7 @@ class OllamaClient:
         self._checked_at = float("-inf")  # when a refresh last heard from at least one host
         self._refresh_lock = threading.Lock()  # a gevent lock once gunicorn's worker has monkey-patched
         self._turn = 0
+        self._asking: dict[int, gevent.event.AsyncResult] = {}  # host index -> its /api/ps under way (in_memory)
         # One host needs no health check: there is nowhere else to send a request.
         self.checker = HealthChecker(self.check_round) if self._several else None
 
@@ -112,12 +114,21 @@ class OllamaClient:
             return True
         if now - host.ps_at < PS_REASK_S:
             return False  # not listed a moment ago: every answer waiting for the load shares one question
-        try:
-            running = self._fetch_names(host, "/api/ps", CHECK_TIMEOUT_S)
-        except Exception:  # whatever it is, the chat request itself will say
-            return None
-        host.in_memory(running, now)
-        return key in running
+        asked = self._asking.get(host.index)
+        if asked is not None:  # a burst of answers: one question to the host, every one of them waits for it
+            running: frozenset[str] | None = asked.get()
+        else:
+            asked = self._asking[host.index] = gevent.event.AsyncResult()
+            running = None  # also for those waiting when this greenlet is killed (its answer ended meanwhile)
+            try:
+                running = self._fetch_names(host, "/api/ps", CHECK_TIMEOUT_S)
+                host.in_memory(running, now)
+            except Exception:  # whatever it is, the chat request itself will say
+                pass
+            finally:
+                del self._asking[host.index]
+                asked.set(running)
+        return None if running is None else key in running
 
     # --- every host --------------------------------------------------------------------------------------------
 
