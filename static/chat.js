@@ -8,7 +8,7 @@
 
 (() => {
   const body = document.body;
-  const { T, $, fmt, api } = ClawwebPage;
+  const { T, $, fmt, plural, api } = ClawwebPage;
   const messagesEl = $("#messages");
   const input = $("#input");
   const sendButton = $("#send");
@@ -196,7 +196,7 @@
   }
 
   function showQueue(position) {
-    queueEl.textContent = position == null ? "" : position <= 1 ? T.queued_next : fmt(T.queued_ahead, { n: position - 1 });
+    queueEl.textContent = position == null ? "" : position <= 1 ? T.queued_next : fmt(plural("queued_ahead", position - 1), { n: position - 1 });
   }
 
   // Follows one generation's SSE events into its view. The stream opens at a cursor in the URL; EventSource's
@@ -604,6 +604,7 @@
     const system_prompt = $("#system-prompt").value;
     if (conversationId) await api("PATCH", `/api/conversations/${conversationId}`, { system_prompt });
     else await ensureConversation({ system_prompt });
+    showSystemPrompt(system_prompt);
     event.target.textContent = T.saved;
     setTimeout(() => (event.target.textContent = T.save), 1500);
   });
@@ -621,6 +622,14 @@
     } catch (_) {
       // Ollama unreachable: keep the current model; sending will report the error
     }
+  }
+
+  // --- The system prompt's summary: whether one is set, by its first words, as chat.html renders it ----------
+
+  function showSystemPrompt(text) {
+    const preview = text.split(/\s+/).filter(Boolean).join(" ");
+    $("#system-prompt-state").textContent = preview ? ` · ${preview.length > 80 ? preview.slice(0, 79) + "…" : preview}` : "";
+    $("details.system-prompt").toggleAttribute("data-set", Boolean(preview));
   }
 
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
