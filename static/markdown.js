@@ -40,6 +40,7 @@ window.ClawwebMarkdown = (() => {
       setTimeout(() => (button.textContent = labels.copy), 1500);
     });
     head.append(label, button);
+    pre.tabIndex = 0; // a region that scrolls sideways must be reachable by keyboard to be scrolled
     pre.replaceWith(block);
     block.append(head, pre);
   }
@@ -50,6 +51,7 @@ window.ClawwebMarkdown = (() => {
       const template = document.createElement("template");
       template.innerHTML = DOMPurify.sanitize(marked.parse(markdown));
       for (const code of template.content.querySelectorAll("pre > code")) decorateCode(code, labels);
+      for (const table of template.content.querySelectorAll("table")) table.tabIndex = 0; // scrolls when wide
       return template.content;
     };
   }
