@@ -112,6 +112,13 @@ def _answer_options(body: dict[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("model", "think", "options") if body.get(key) is not None}
 
 
+def _system_prompt(body: dict[str, Any]) -> str | None:
+    """The conversation's system prompt as the page had it when the user sent (edited, perhaps not saved yet):
+    the answer uses it and it is saved with the message in one transaction, so an edit is never lost or half
+    applied (a PATCH first could save it for a message that is then refused)."""
+    return _text_field(body, "system_prompt", services().settings.max_chars)
+
+
 MESSAGE_ID_MAX = 2**63 - 1  # SQLite's integers: a larger one would fail in sqlite3, not be "not found"
 
 
@@ -142,7 +149,7 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
     parent: int | None | Literal["leaf"] = "leaf"
     if "parent_id" in body:  # null: a new first message (the first one edited)
         parent = _message_id(body, "parent_id")
-    user, generation = turns.ask(conversation, content, parent, _answer_options(body))
+    user, generation = turns.ask(conversation, content, parent, _answer_options(body), _system_prompt(body))
     if not conversation["title"]:
         services().store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
     return jsonify(message=user, generation=generation.summary()), 202
@@ -152,7 +159,9 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
 def regenerate(conversation_id: str) -> tuple[Response, int]:
     conversation = own_conversation(conversation_id)
     body = optional_body()
-    answer, generation = turns.regenerate(conversation, _message_id(body, "message_id"), _answer_options(body))
+    answer, generation = turns.regenerate(
+        conversation, _message_id(body, "message_id"), _answer_options(body), _system_prompt(body)
+    )
     return jsonify(message=answer, generation=generation.summary()), 202
 
 
@@ -161,7 +170,7 @@ def continue_answer(conversation_id: str) -> tuple[Response, int]:
     conversation = own_conversation(conversation_id)
     body = optional_body()
     knobs = {key: value for key, value in _answer_options(body).items() if key != "model"}  # it keeps its model
-    answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs)
+    answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs, _system_prompt(body))
     return jsonify(message=answer, generation=generation.summary()), 202
 
 
