@@ -15,6 +15,8 @@ fields (``param``, ``code``); every other route answers ``{"error": message}``::
 Not refusals, mapped here to statuses: ``StorageUnavailable`` (the disk, the database file: 503) and any
 ``redis.RedisError`` (shared state: 503); anything else is a bug (500, logged). After a stream has started
 nothing is raised to the client: the relay's ``Failure`` events become an in-band ``event: error``.
+
+A browser on a page (not ``/api/``, ``/v1/``) gets the same refusal as an HTML page instead (error_pages.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .error_pages import error_page
 from .state.redis import unavailable_reason
 from .storage import StorageUnavailable
 
@@ -85,12 +88,23 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
     return response
 
 
+def _api_path() -> bool:
+    return request.path.startswith("/api/") or request.path.startswith("/v1/")
+
+
 def _wants_json() -> bool:
-    """API paths always get JSON; pages get Werkzeug's HTML error unless the client prefers JSON."""
-    if request.path.startswith("/api/") or request.path.startswith("/v1/"):
+    """API paths always get JSON; pages get the HTML error page unless the client prefers JSON."""
+    if _api_path():
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"
+
+
+def _asks_for_html() -> bool:
+    """A browser (it names text/html above JSON) on a page: refusals that were always JSON (``ApiError``, a
+    500) stay JSON for a program that sends ``*/*`` or nothing, as they were before pages had their own."""
+    accepted = request.accept_mimetypes
+    return not _api_path() and accepted["text/html"] > accepted["application/json"]
 
 
 def too_large_message() -> str:
@@ -99,13 +113,18 @@ def too_large_message() -> str:
 
 
 def _handle_api_error(exc: ApiError) -> Response:
+    if _asks_for_html():
+        return error_page(exc.status, exc.message, exc.headers)
     return error_response(exc.status, exc.message, exc.headers)
 
 
 def _handle_http_exception(exc: HTTPException) -> Response | HTTPException:
-    if not _wants_json():
-        return exc
     status = exc.code or 500
+    if status < 400:  # a routing redirect (308 to the URL with its slash) is not an error
+        return exc
+    if not _wants_json():
+        allow = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        return error_page(status, None, allow)
     message = exc.description or exc.name
     if status == 413:
         message = too_large_message()
@@ -127,6 +146,8 @@ def _handle_storage_error(exc: StorageUnavailable) -> Response:
 
 def _handle_unexpected(exc: Exception) -> Response:
     current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    if _asks_for_html():
+        return error_page(500)
     return error_response(500, "internal error; the gateway log has the details")
 
 

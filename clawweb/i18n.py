@@ -30,8 +30,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "copied": "Copied",
         "you": "You",
         "assistant": "Assistant",
-        "queued_next": "You are next",
-        "queued_ahead": "{n} requests ahead of you",
         "connected": "Connected",
         "connecting": "Connecting…",
         "reconnecting": "Reconnecting…",
@@ -134,10 +132,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "queue_free": "Free now: {active} of {slots} answering, nobody waiting",
         "queue_busy": "Busy: {active} of {slots} answering, {waiting} waiting",
         "queue_eta": "a new question waits about {s} s",
+<<<<<<< HEAD
         # The answer's status line, figures and refusals (issue 18, lead: chat.js)
         "status_next": "You are next",
-        "status_ahead_one": "1 ahead of you",
-        "status_ahead": "{n} ahead of you",
+        "status_ahead_one": "1 question ahead of you",
+        "status_ahead": "{n} questions ahead of you",
         "status_loading": "Loading {model}",
         "status_prompt": "Reading your prompt",
         "status_thinking": "Thinking…",
@@ -153,12 +152,24 @@ STRINGS: dict[str, dict[str, str]] = {
         "refused_many": "You have asked a lot in a short time; your message was not sent.",
         "retrying_in": "Trying again in {n} s.",
         "refused_later": "You can ask again in about {t}.",
+=======
+        # Issue 18, the defects seen in screenshots: the skip link, plural forms, the error pages (errors.py).
+        "skip_to_input": "Skip to message box",
+        "error_title": "Error {status}",
+        "error_404": "Nothing is here: no such page, or no conversation of yours at this address.",
+        "error_403": "You may not open this page.",
+        "error_405": "This address does not take that kind of request.",
+        "error_500": "Something went wrong on the server; its log has the details.",
+        "error_503": "The server cannot answer right now; try again in a moment.",
+        "error_other": "The server could not answer this request.",
+        "error_home": "Start a new chat",
+>>>>>>> i18-look
     },
     "zh": {
         "app": "clawweb",
         "new_chat": "新对话",
         "conversations": "对话",
-        "untitled": "新对话",
+        "untitled": "未命名对话",
         "rename": "重命名",
         "delete": "删除",
         "rename_prompt": "新标题",
@@ -179,8 +190,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "copied": "已复制",
         "you": "你",
         "assistant": "助手",
-        "queued_next": "下一个就是你",
-        "queued_ahead": "前面还有 {n} 个请求",
         "connected": "已连接",
         "connecting": "连接中…",
         "reconnecting": "重新连接中…",
@@ -188,7 +197,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "stopped": "已停止",
         "error": "出错",
         "ttft": "首字 {s} 秒",
-        "rate": "{r} 字/秒",
+        "rate": "{r} 词元/秒",
         "tokens": "{n} 个词元",
         "empty": "在下方输入问题，开始对话。",
         "simulator": "模拟器：未找到 Ollama，回答为预设文本。",
@@ -283,10 +292,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "queue_free": "空闲：{slots} 个名额中 {active} 个在回答，无人排队",
         "queue_busy": "繁忙：{slots} 个名额中 {active} 个在回答，{waiting} 个在排队",
         "queue_eta": "新问题约需等待 {s} 秒",
+<<<<<<< HEAD
         # The answer's status line, figures and refusals (issue 18, lead: chat.js)
         "status_next": "下一个就轮到你",
-        "status_ahead_one": "前面还有 1 个",
-        "status_ahead": "前面还有 {n} 个",
+        "status_ahead_one": "前面还有 1 个问题",
+        "status_ahead": "前面还有 {n} 个问题",
         "status_loading": "正在加载 {model}",
         "status_prompt": "正在读取你的提示",
         "status_thinking": "思考中…",
@@ -302,6 +312,18 @@ STRINGS: dict[str, dict[str, str]] = {
         "refused_many": "你在短时间内提问太多，消息未发送。",
         "retrying_in": "{n} 秒后重试。",
         "refused_later": "约 {t} 后可以再问。",
+=======
+        # Issue 18, the defects seen in screenshots: the skip link, plural forms, the error pages (errors.py).
+        "skip_to_input": "跳到输入框",
+        "error_title": "错误 {status}",
+        "error_404": "这里什么都没有：页面不存在，或此地址不是你的对话。",
+        "error_403": "你无权打开此页面。",
+        "error_405": "此地址不接受这种请求。",
+        "error_500": "服务器出错了；详情见服务器日志。",
+        "error_503": "服务器暂时无法响应，请稍后再试。",
+        "error_other": "服务器无法处理此请求。",
+        "error_home": "开始新对话",
+>>>>>>> i18-look
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}

@@ -6,11 +6,14 @@ cd "$(dirname "$0")/.."
 MARKED=18.2.1           # Markdown → HTML
 DOMPURIFY=3.4.18        # sanitizes that HTML before it touches the DOM
 HIGHLIGHT=11.12.0       # code highlighting (prebuilt "common languages" bundle)
+AXE=4.14.1              # accessibility checks, for the tests only (tests/vendor/: not under static/, never served)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 out=static/vendor
 rm -rf "$out" && mkdir -p "$out"
+tests_out=tests/vendor
+rm -rf "$tests_out" && mkdir -p "$tests_out"
 
 fetch() {  # package version -> unpacked into $work/<name>
     local dir="$work/$(basename "$1")"
@@ -34,9 +37,14 @@ cp "$dir/styles/github.min.css" "$out/highlight-light.min.css"
 cp "$dir/styles/github-dark.min.css" "$out/highlight-dark.min.css"
 cp "$dir/LICENSE" "$out/LICENSE.highlightjs"
 
+dir=$(fetch axe-core "$AXE")
+cp "$dir/axe.min.js" "$tests_out/axe.min.js"
+cp "$dir/LICENSE" "$tests_out/LICENSE.axe-core"  # MPL-2.0
+
 cat > "$out/VERSIONS" <<VERSIONS
 marked $MARKED
 dompurify $DOMPURIFY
 @highlightjs/cdn-assets $HIGHLIGHT
+axe-core $AXE (in tests/vendor/, for the tests only)
 VERSIONS
-ls -l "$out"
+ls -l "$out" "$tests_out"

@@ -8,7 +8,7 @@
 
 (() => {
   const body = document.body;
-  const { T, $, fmt, api } = ClawwebPage;
+  const { T, $, fmt, plural, api } = ClawwebPage;
   const messagesEl = $("#messages");
   const input = $("#input");
   const sendButton = $("#send");
@@ -153,7 +153,7 @@
   function stageText(stage) {
     switch (stage.stage) {
       case "queued":
-        return stage.ahead === 0 ? T.status_next : stage.ahead === 1 ? T.status_ahead_one : fmt(T.status_ahead, { n: stage.ahead });
+        return stage.ahead === 0 ? T.status_next : fmt(plural("status_ahead", stage.ahead), { n: stage.ahead });
       case "loading":
         return fmt(T.status_loading, { model: stage.model });
       case "prompt":
@@ -786,6 +786,14 @@
     }
   }
 
+  // --- The system prompt's summary: whether one is set, by its first words, as chat.html renders it ----------
+
+  function showSystemPrompt(text) {
+    const preview = text.split(/\s+/).filter(Boolean).join(" ");
+    $("#system-prompt-state").textContent = preview ? ` · ${preview.length > 80 ? preview.slice(0, 79) + "…" : preview}` : "";
+    $("details.system-prompt").toggleAttribute("data-set", Boolean(preview));
+  }
+
   // --- Around the answer (issue 18): the system prompt sent along, Think remembered, Regenerate only where it can
   // run, a scroll-down button, Esc stops, the new chat's empty state -------------------------------------------
 
@@ -803,6 +811,7 @@
   function promptSaved(value, note) {
     savedPrompt = value;
     systemStatus.textContent = note;
+    showSystemPrompt(value);
   }
 
   // POST a turn (a message, a regenerate, a continue) with the unsaved system prompt, if any.

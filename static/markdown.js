@@ -2,7 +2,8 @@
 //
 // Model output is Markdown: marked turns it into HTML, raw HTML in it is shown as text, DOMPurify sanitizes
 // the result before it touches the DOM, links open in a new tab without a referrer, and code blocks are
-// highlighted with a copy button. No DOM state of its own: a page creates one renderer with its labels.
+// highlighted under a header bar (their language, a copy button). No DOM state of its own: a page creates one
+// renderer with its labels.
 "use strict";
 
 window.ClawwebMarkdown = (() => {
@@ -16,8 +17,19 @@ window.ClawwebMarkdown = (() => {
     }
   });
 
+  // A code block gets a header bar above it (the fence's language, a Copy button) and scrolls under it on its
+  // own: a button floating over the <pre> covered the ends of long lines.
   function decorateCode(code, labels) {
+    const pre = code.parentElement;
+    const language = (/(?:^|\s)language-(\S+)/.exec(code.className) || [])[1] || "";
     hljs.highlightElement(code);
+    const block = document.createElement("div");
+    block.className = "code-block";
+    const head = document.createElement("div");
+    head.className = "code-head";
+    const label = document.createElement("span");
+    label.className = "code-language";
+    label.textContent = language;
     const button = document.createElement("button");
     button.type = "button";
     button.className = "copy";
@@ -27,7 +39,10 @@ window.ClawwebMarkdown = (() => {
       button.textContent = labels.copied;
       setTimeout(() => (button.textContent = labels.copy), 1500);
     });
-    code.parentElement.append(button);
+    head.append(label, button);
+    pre.tabIndex = 0; // a region that scrolls sideways must be reachable by keyboard to be scrolled
+    pre.replaceWith(block);
+    block.append(head, pre);
   }
 
   // toFragment(markdown) -> a DocumentFragment, safe to insert; `labels` = {copy, copied} for the code button.
@@ -36,6 +51,7 @@ window.ClawwebMarkdown = (() => {
       const template = document.createElement("template");
       template.innerHTML = DOMPurify.sanitize(marked.parse(markdown));
       for (const code of template.content.querySelectorAll("pre > code")) decorateCode(code, labels);
+      for (const table of template.content.querySelectorAll("table")) table.tabIndex = 0; // scrolls when wide
       return template.content;
     };
   }

@@ -1,5 +1,6 @@
 // clawweb page helpers, shared by chat.js (the conversation) and sidebar.js (the list and menus): the page's
-// strings, a selector, a string filler, and the JSON API call carrying the session's CSRF token.
+// strings, a selector, a string filler (and its plural forms), and the JSON API call carrying the session's CSRF
+// token.
 "use strict";
 
 window.ClawwebPage = (() => {
@@ -7,6 +8,9 @@ window.ClawwebPage = (() => {
   const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (selector) => document.querySelector(selector);
   const fmt = (text, vars) => text.replace(/\{(\w+)\}/g, (_, key) => vars[key]);
+  // The string for a count: `key_one` etc. by the page language's plural rules where i18n.py has it, else `key`.
+  const pluralRules = new Intl.PluralRules(document.documentElement.lang);
+  const plural = (key, n) => T[`${key}_${pluralRules.select(n)}`] || T[key];
 
   // `payload` goes as JSON; `raw` is a body that is JSON already (an import file's text), sent as it is. A
   // refusal throws an Error with the API's own message, its `status` and its Retry-After (`retryAfter`, s).
@@ -25,5 +29,5 @@ window.ClawwebPage = (() => {
     return data;
   }
 
-  return { T, $, fmt, api };
+  return { T, $, fmt, plural, api };
 })();

@@ -117,7 +117,6 @@
         const label = document.createElement("li");
         label.className = "group-label";
         label.dataset.group = group;
-        label.setAttribute("role", "presentation");
         label.textContent = T[`group_${group}`];
         row.before(label);
         previous = group;

@@ -177,8 +177,8 @@ def test_code_is_highlighted_and_copyable(page: Page) -> None:
     wait_status(page, "done")
     block = last_answer(page).locator("pre code.hljs")
     expect(block.locator(".hljs-keyword").first).to_be_visible()
-    last_answer(page).locator("pre .copy").click()
-    expect(last_answer(page).locator("pre .copy")).to_have_text("Copied")
+    last_answer(page).locator(".code-block .copy").click()
+    expect(last_answer(page).locator(".code-block .copy")).to_have_text("Copied")
     assert "QuantumCircuit(2)" in page.evaluate("navigator.clipboard.readText()")
 
 

@@ -383,7 +383,7 @@ def test_a_link_opened_in_another_browser_shows_rendered_markdown_and_no_compose
         answer = page.locator(".message.assistant .content.rendered")
         expect(answer.locator("strong")).to_have_text("bold")
         expect(answer.locator("pre code.hljs")).to_contain_text("print('shared')")
-        expect(answer.locator("pre .copy")).to_be_visible()
+        expect(answer.locator(".code-block .copy")).to_be_visible()
         expect(page.locator(".message.user .content")).to_contain_text("Share this")
         assert page.locator("#composer, textarea, #input, .sidebar").count() == 0
         expect(page.locator("h1")).to_contain_text("Share this")
