@@ -132,7 +132,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "queue_free": "Free now: {active} of {slots} answering, nobody waiting",
         "queue_busy": "Busy: {active} of {slots} answering, {waiting} waiting",
         "queue_eta": "a new question waits about {s} s",
-<<<<<<< HEAD
         # The answer's status line, figures and refusals (issue 18, lead: chat.js)
         "status_next": "You are next",
         "status_ahead_one": "1 question ahead of you",
@@ -152,7 +151,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "refused_many": "You have asked a lot in a short time; your message was not sent.",
         "retrying_in": "Trying again in {n} s.",
         "refused_later": "You can ask again in about {t}.",
-=======
         # Issue 18, the defects seen in screenshots: the skip link, plural forms, the error pages (errors.py).
         "skip_to_input": "Skip to message box",
         "error_title": "Error {status}",
@@ -163,7 +161,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_503": "The server cannot answer right now; try again in a moment.",
         "error_other": "The server could not answer this request.",
         "error_home": "Start a new chat",
->>>>>>> i18-look
     },
     "zh": {
         "app": "clawweb",
@@ -292,7 +289,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "queue_free": "空闲：{slots} 个名额中 {active} 个在回答，无人排队",
         "queue_busy": "繁忙：{slots} 个名额中 {active} 个在回答，{waiting} 个在排队",
         "queue_eta": "新问题约需等待 {s} 秒",
-<<<<<<< HEAD
         # The answer's status line, figures and refusals (issue 18, lead: chat.js)
         "status_next": "下一个就轮到你",
         "status_ahead_one": "前面还有 1 个问题",
@@ -312,7 +308,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "refused_many": "你在短时间内提问太多，消息未发送。",
         "retrying_in": "{n} 秒后重试。",
         "refused_later": "约 {t} 后可以再问。",
-=======
         # Issue 18, the defects seen in screenshots: the skip link, plural forms, the error pages (errors.py).
         "skip_to_input": "跳到输入框",
         "error_title": "错误 {status}",
@@ -323,7 +318,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_503": "服务器暂时无法响应，请稍后再试。",
         "error_other": "服务器无法处理此请求。",
         "error_home": "开始新对话",
->>>>>>> i18-look
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}
