@@ -121,6 +121,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "share_read_only": "a read-only copy, as it was when shared",
         "share_gone_title": "Link not found",
         "share_gone": "This link does not exist, has expired, or was revoked.",
+        # tabs and devices in sync (static/sync.js)
+        "sync_stale": "This conversation changed in another tab or on another device. It is shown as it is now; "
+        "your message is still in the box: send it again if it still fits.",
+        "sync_deleted": "This conversation was deleted in another tab or on another device.",
     },
     "zh": {
         "app": "clawweb",
@@ -238,6 +242,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "share_read_only": "只读副本，内容为分享时的样子",
         "share_gone_title": "链接不存在",
         "share_gone": "此链接不存在、已过期或已被撤销。",
+        # tabs and devices in sync (static/sync.js)
+        "sync_stale": "此对话已在其他标签页或设备上更改，现显示其最新内容；你的消息仍在输入框中，如仍合适请再次发送。",
+        "sync_deleted": "此对话已在其他标签页或设备上删除。",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}

@@ -193,6 +193,7 @@
     sendButton.disabled = busy;
     stopButton.hidden = !busy;
     syncActions();
+    if (!busy && syncPending) syncShown(); // a change another tab made while this one was busy
   }
 
   function showQueue(position) {
@@ -356,8 +357,15 @@
     const options = knobs();
     return startAnswer(
       async () => {
+        const view = { current_id: conversationId ? shownLeaf() : null }; // refused (409) if it moved on meanwhile
         await ensureConversation({});
-        return api("POST", `/api/conversations/${conversationId}/messages`, { content: text, ...options });
+        try {
+          return await api("POST", `/api/conversations/${conversationId}/messages`, { content: text, ...view, ...options });
+        } catch (error) {
+          if (error.status !== 409) throw error;
+          syncShown(); // show it as it is now (once startAnswer is no longer busy); the text stays in the box
+          throw new Error(T.sync_stale);
+        }
       },
       () => {
         if (!messagesEl.querySelector(".message")) showTitle(text);
@@ -622,6 +630,57 @@
       // Ollama unreachable: keep the current model; sending will report the error
     }
   }
+
+  // --- Another tab or device changed the conversation shown (static/sync.js) ------------------------------
+
+  let syncPending = false; // a change arrived while busy (or while loading): shown once idle
+  let syncLoading = false;
+
+  function shownLeaf() {
+    const last = articles().at(-1);
+    return last && last.dataset.id ? Number(last.dataset.id) : null;
+  }
+
+  // The conversation reloaded and shown, and the answer another tab started followed (showConversation does).
+  // Not while this tab asks for or follows an answer: a redraw would take the streaming article away.
+  async function syncShown() {
+    if (busy || syncLoading) return void (syncPending = true);
+    syncPending = false;
+    syncLoading = true;
+    try {
+      const conversation = await loadConversation();
+      if (conversation && conversation.id === conversationId) {
+        showSettings(conversation);
+        showConversation(conversation);
+      }
+    } catch (_) {
+      // offline or deleted: the next event, or the feed's reset on reconnecting, tries again
+    } finally {
+      syncLoading = false;
+      if (syncPending) syncShown();
+    }
+  }
+
+  // The title, model and system prompt as stored, unless the user is editing one of them here.
+  function showSettings(conversation) {
+    const title = conversation.title || T.new_chat;
+    $(".topbar h1").textContent = title;
+    document.title = conversation.title || T.app;
+    if (document.activeElement !== modelSelect && conversation.model) {
+      if (![...modelSelect.options].some((option) => option.value === conversation.model)) modelSelect.add(new Option(conversation.model, conversation.model));
+      modelSelect.value = conversation.model;
+    }
+    const prompt = $("#system-prompt");
+    if (document.activeElement !== prompt) prompt.value = conversation.system_prompt || "";
+  }
+
+  document.addEventListener("clawweb:conversation-changed", (event) => {
+    const { conversation_id: changedId, type, data } = event.detail;
+    if (changedId !== conversationId) return;
+    if (type === "answer.ended" && current && current.generation.id === data.generation_id) return; // its Follower ends it
+    if (type === "conversation.updated" && !data.changed.includes("current_id")) return showSettings(data.conversation);
+    syncShown();
+  });
 
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
 
