@@ -15,7 +15,7 @@ import gc
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -441,7 +441,7 @@ def test_idle_memory_feeds_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("clawweb.state.memory.FEED_IDLE_S", 0.05)
     feeds = MemoryFeeds()
     old = feeds.cursor("1")
-    follow = feeds.follow("2", str(feeds.cursor("2")), 0.01)
+    follow = cast(Generator[Entry | None, None, None], feeds.follow("2", str(feeds.cursor("2")), 0.01))
     next(follow)  # owner 2 has a reader: kept however idle
     gevent.sleep(0.1)
     feeds.cursor("3")  # any use sweeps
