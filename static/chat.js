@@ -650,7 +650,7 @@
     try {
       const conversation = await loadConversation();
       if (conversation && conversation.id === conversationId) {
-        showSettings(conversation);
+        syncSettings(conversation);
         showConversation(conversation);
       }
     } catch (_) {
@@ -661,24 +661,25 @@
     }
   }
 
-  // The title, model and system prompt as stored, unless the user is editing one of them here.
-  function showSettings(conversation) {
-    const title = conversation.title || T.new_chat;
-    $(".topbar h1").textContent = title;
+  // The title as stored; the model and system prompt only when that is what changed (and the user is not
+  // editing it here): an unsaved prompt typed in this tab is not overwritten by another tab's rename.
+  function syncSettings(conversation, changed = []) {
+    $(".topbar h1").textContent = conversation.title || T.new_chat;
     document.title = conversation.title || T.app;
-    if (document.activeElement !== modelSelect && conversation.model) {
+    if (changed.includes("model") && document.activeElement !== modelSelect && conversation.model) {
       if (![...modelSelect.options].some((option) => option.value === conversation.model)) modelSelect.add(new Option(conversation.model, conversation.model));
       modelSelect.value = conversation.model;
     }
     const prompt = $("#system-prompt");
-    if (document.activeElement !== prompt) prompt.value = conversation.system_prompt || "";
+    if (changed.includes("system_prompt") && document.activeElement !== prompt) prompt.value = conversation.system_prompt || "";
   }
 
   document.addEventListener("clawweb:conversation-changed", (event) => {
     const { conversation_id: changedId, type, data } = event.detail;
     if (changedId !== conversationId) return;
     if (type === "answer.ended" && current && current.generation.id === data.generation_id) return; // its Follower ends it
-    if (type === "conversation.updated" && !data.changed.includes("current_id")) return showSettings(data.conversation);
+    if (type === "conversation.updated") syncSettings(data.conversation, data.changed);
+    if (type === "conversation.updated" && !data.changed.includes("current_id")) return;
     syncShown();
   });
 

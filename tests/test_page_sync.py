@@ -131,6 +131,11 @@ def test_what_b_does_shows_in_a_at_once(two: tuple[Page, Page, str], gateway: Ga
     expect(row(a, cid).locator("a")).to_have_text("Renamed on B")
     expect(a.locator(".topbar h1")).to_have_text("Renamed on B")
 
+    b.click(".system-prompt summary")
+    b.fill("#system-prompt", "Answer like a pirate.")
+    b.click("#save-system")
+    expect(a.locator("#system-prompt")).to_have_value("Answer like a pirate.")
+
     b.once("dialog", lambda dialog: dialog.accept())
     row(b, cid).hover()
     row(b, cid).locator("button.delete").click()
