@@ -99,6 +99,7 @@ def build_services(settings: Settings) -> Services:
     from .chat.generations import Generations
     from .edge import AllowedHosts
     from .guesses import ADDRESS_FACTOR, LOGIN_WINDOW_S
+    from .relay.estimates import Estimates
     from .services import Services
     from .state.make import make_state
     from .storage import Store
@@ -120,4 +121,5 @@ def build_services(settings: Settings) -> Services:
         conversation_rate=window("conversations", settings.conversations_per_minute, 60.0),
         login_by_name=window("login-name", settings.login_attempts, LOGIN_WINDOW_S),
         login_by_address=window("login-address", settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),
+        estimates=Estimates(),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, jsonify, request
 
 from .relay.admit import admit, allowed
 from .relay.responses import native_response, sse_response
@@ -35,6 +35,18 @@ def chat() -> Response:
         return sse_response(admit(body))
     relay = admit(body)
     return native_response(relay, stream=body.get("stream", True))
+
+
+@bp.get("/api/queue")
+def queue() -> Response:
+    """The admission queue right now, for the page's empty state: a new question would wait ``eta_s`` (None until
+    enough answers were measured; 0 with a slot free)."""
+    slots = services().state.slots
+    active, waiting = slots.active, slots.queued
+    eta_s = 0.0 if active < slots.max_active else services().estimates.queue_s(waiting + 1, slots.max_active)
+    return jsonify(
+        active=active, waiting=waiting, slots=slots.max_active, eta_s=None if eta_s is None else round(eta_s, 1)
+    )
 
 
 def _pass_through() -> Response:

@@ -31,6 +31,18 @@ MAX_GAP = Histogram(
 )
 QUEUE_WAIT = Histogram("clawweb_queue_wait_seconds", "Time spent waiting for an upstream slot", buckets=_LATENCY)
 DURATION = Histogram("clawweb_generation_duration_seconds", "Whole stream duration", buckets=_DURATION)
+STAGE_SECONDS = Histogram(
+    "clawweb_stage_seconds",
+    "Time answers spent in each stage (queued, loading, prompt, thinking, writing)",
+    ["stage"],
+    buckets=_LATENCY + (300,),
+)
+ESTIMATE_ERROR = Histogram(
+    "clawweb_estimate_error_seconds",
+    "Measured minus estimated time of a stage (eta_s), once known: positive when it took longer",
+    ["stage"],
+    buckets=(-60, -30, -10, -5, -2, -1, -0.5, -0.1, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+)
 TOKENS = Counter("clawweb_tokens_relayed", "Upstream lines relayed to clients")
 UPSTREAM_ERRORS = Counter("clawweb_upstream_errors", "Upstream failures by kind", ["kind"])
 DISCONNECTS = Counter("clawweb_client_disconnects", "Clients that left before the end of their stream")

@@ -23,7 +23,7 @@ from .errors import ApiError, too_large_message
 from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
 from .relay import sse
 from .relay.admit import admit, allowed
-from .relay.events import Failure, Heartbeat, Queued
+from .relay.events import Failure, Heartbeat, Queued, Status
 from .relay.relay import Relay
 from .relay.responses import streaming_response
 from .services import services
@@ -143,6 +143,8 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
                     yield sse.KEEP_ALIVE
                 case Queued(position=position, active=active):
                     yield b": queued position=%d active=%d\n\n" % (position, active)
+                case Status():
+                    pass  # OpenAI's stream has no place for it (clients take any data frame for a chunk)
                 case Failure(message=message, kind=kind, status=status):
                     yield sse.json_frame(error_body(status or 500, message, code=kind))
                 case _:

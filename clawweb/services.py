@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # types only: these modules use ``services()`` themselves
     from .chat.generations import Generations
     from .config import Settings
     from .edge import AllowedHosts
+    from .relay.estimates import Estimates
     from .state.base import State, Window
     from .storage import Store
     from .upstream.client import OllamaClient
@@ -31,6 +32,7 @@ class Services:
     conversation_rate: Window  # CLAWWEB_CONVERSATIONS_PER_MINUTE, by client
     login_by_name: Window  # guesses per name
     login_by_address: Window  # guesses per address
+    estimates: Estimates  # how long the stages of answers took here: the eta_s of status frames
 
 
 def install(app: Flask, built: Services) -> None:

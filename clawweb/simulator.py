@@ -6,9 +6,10 @@ until the first token* (so a model load looks like silence), Go's JSON escaping,
 parallel slots with a silent queue, errors before and during the stream, and 403 for a foreign Host/Origin.
 
 A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, ``ttft`` (s), ``tps``, ``text``,
-``think_tokens``, ``error_after`` (an error line after N tokens), ``close_after`` (drop the connection after
-N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft`` when given),
-``hang`` (send nothing, ever).
+``think_tokens``, ``load`` (s: the model is unloaded and loads first, absent from ``/api/ps`` meanwhile), ``prompt``
+(s spent reading the prompt, after any load), ``error_after`` (an error line after N tokens), ``close_after`` (drop
+the connection after N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft``
+when given), ``hang`` (send nothing, ever). ``--load`` makes a model that is not in memory load that long.
 
 A chat whose last message is the assistant's is *continued*, as Ollama does: the answer planned (as if it
 had not been begun) goes on after that text, and only the rest is streamed (``num_predict`` and ``eval_count``
@@ -110,6 +111,7 @@ class SimConfig:
     max_queue: int = 512
     models: list[str] = field(default_factory=lambda: ["qwen3:32b"])
     think_style: str = "native"  # or "tags": <think>...</think> inside content, like Ollama before 0.9
+    load: float = 0.0  # seconds to load a model that is not in memory (never used, or idle for 5 minutes)
 
 
 class ClientGone(Exception):
@@ -148,6 +150,14 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host.split("]")[0] + "]"
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _prompt_count(body: dict[str, Any]) -> int:
+    """The prompt's tokens as this simulator counts them (its own tokenizer, 4 per message for the template)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return len(tokenize(str(body.get("prompt") or ""))) + 4
+    return sum(len(tokenize(str(m.get("content") or ""))) + 4 for m in messages if isinstance(m, dict))
 
 
 def _continued(body: dict[str, Any]) -> str | None:
@@ -321,7 +331,10 @@ class Simulator:
         prompt = body.get("messages") if chat else body.get("prompt")
         if not prompt:  # a load (or unload) request: no generation, one final object
             reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
-            self._loaded[model] = time.time()
+            if reason == "unload":
+                self._loaded.pop(model, None)
+            else:
+                self._loaded[model] = time.time()
             final = b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b"}' % (
                 go_json(model),
                 rfc3339(time.time_ns()),
@@ -340,7 +353,6 @@ class Simulator:
         self._active += 1
         self._stats["max_active"] = max(self._stats["max_active"], self._active)
         try:
-            self._loaded[model] = time.time()
             return (
                 self._stream(sock, body, sim, chat) if body.get("stream", True) else self._whole(sock, body, sim, chat)
             )
@@ -417,12 +429,24 @@ class Simulator:
             thinking = []
         return [go_json(t) for t in thinking], content, reason
 
+    def _load(self, sock: socket.socket, model: str, sim: dict[str, Any]) -> int:
+        """Load the model if it is not in memory (or ``load`` says to), then read the prompt; when loaded (ns)."""
+        used = self._loaded.get(model)
+        load_s = float(sim.get("load", 0 if used is not None and used + 300 > time.time() else self.config.load))
+        if load_s:
+            self._loaded.pop(model, None)  # not in /api/ps while it loads, as in Ollama
+            self._wait(sock, load_s)
+        self._loaded[model] = time.time()
+        loaded = time.monotonic_ns()
+        self._wait(sock, float(sim.get("prompt", 0)) + float(sim.get("ttft", self.config.ttft)))
+        return loaded
+
     def _stream(self, sock: socket.socket, body: dict[str, Any], sim: dict[str, Any], chat: bool) -> bool:
         model = go_json(body["model"])
         thinking, content, reason = self._plan(body, sim)
         tps = float(sim.get("tps", self.config.tps))
         started = time.monotonic_ns()
-        self._wait(sock, float(sim.get("ttft", self.config.ttft)))
+        loaded = self._load(sock, body["model"], sim)
         if sim.get("hang"):
             while not self._client_gone(sock, 3600):
                 pass
@@ -467,7 +491,7 @@ class Simulator:
             rfc3339(time.time_ns()),
             b'"message":{"role":"assistant","content":""},' if chat else b'"response":"",',
             reason.encode(),
-            self._counters(started, prompt_done, now, len(content)),
+            self._counters(started, loaded, prompt_done, now, len(content), _prompt_count(body)),
         )
         sock.sendall(head + b"%x\r\n%b\n\r\n0\r\n\r\n" % (len(final) + 1, final))
         self._stats["completed"] += 1
@@ -479,18 +503,27 @@ class Simulator:
             gevent.sleep(delay)  # a departed client shows up as a failed send, within two tokens
 
     @staticmethod
-    def _counters(started: int, prompt_done: int, now: int, eval_count: int) -> bytes:
-        load = max(1, (prompt_done - started) // 10)
+    def _counters(started: int, loaded: int, prompt_done: int, now: int, eval_count: int, prompt_count: int) -> bytes:
+        """Ollama's durations (ns). Its ``eval_count`` counts thinking tokens too; this one leaves them out, as some
+        servers do, so that the gateway's own count of the stream is tested."""
+        load = max(1, loaded - started, (prompt_done - started) // 10)
         return (
-            b'"total_duration":%d,"load_duration":%d,"prompt_eval_count":26,"prompt_eval_duration":%d,'
+            b'"total_duration":%d,"load_duration":%d,"prompt_eval_count":%d,"prompt_eval_duration":%d,'
             b'"eval_count":%d,"eval_duration":%d'
-            % (now - started, load, prompt_done - started - load, eval_count, max(1, now - prompt_done))
+            % (
+                now - started,
+                load,
+                prompt_count,
+                max(1, prompt_done - started - load),
+                eval_count,
+                max(1, now - prompt_done),
+            )
         )
 
     def _whole(self, sock: socket.socket, body: dict[str, Any], sim: dict[str, Any], chat: bool) -> bool:
         thinking, content, reason = self._plan(body, sim)
         started = time.monotonic_ns()
-        self._wait(sock, float(sim.get("ttft", self.config.ttft)))
+        loaded = self._load(sock, body["model"], sim)
         prompt_done = time.monotonic_ns()
         self._wait(sock, (len(thinking) + len(content)) / float(sim.get("tps", self.config.tps)))
         think = b"".join(json.loads(t).encode() for t in thinking)
@@ -507,7 +540,7 @@ class Simulator:
             rfc3339(time.time_ns()),
             message,
             reason.encode(),
-            self._counters(started, prompt_done, time.monotonic_ns(), len(content)),
+            self._counters(started, loaded, prompt_done, time.monotonic_ns(), len(content), _prompt_count(body)),
         )
         self._stats["completed"] += 1
         return self._send(sock, 200, answer)
@@ -524,6 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-queue", type=int, default=512, help="waiting requests before 503")
     parser.add_argument("--model", action="append", dest="models", help="model to list (repeatable)")
     parser.add_argument("--think-style", choices=["native", "tags"], default="native")
+    parser.add_argument("--load", type=float, default=0.0, help="seconds to load a model not in memory")
     args = parser.parse_args(argv)
     config = SimConfig(
         args.host,
@@ -535,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
         args.max_queue,
         args.models or ["qwen3:32b"],
         args.think_style,
+        args.load,
     )
     simulator = Simulator(config)
     simulator.start()

@@ -249,6 +249,12 @@ MIGRATIONS = [
     );
     CREATE INDEX shares_conversation ON shares (conversation_id);
     """,
+    # The figures of an answer's wait (chat/generations.py): in the queue, for a model load, and its thinking.
+    """
+    ALTER TABLE messages ADD COLUMN queue_ms REAL;
+    ALTER TABLE messages ADD COLUMN load_ms REAL;
+    ALTER TABLE messages ADD COLUMN thinking_ms REAL;
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -295,6 +301,16 @@ def _append(
         "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?", (row["id"], now, conversation_id)
     )
     return dict(row)
+
+
+# An answer's figures: the wait in the queue, a model load, the first token (from admission), the thinking, the
+# tokens (thinking ones included) and their rate.
+FIGURES = ("queue_ms", "load_ms", "ttft_ms", "thinking_ms", "tokens", "tokens_per_s")
+
+
+def _set_system_prompt(db: sqlite3.Connection, conversation_id: str, system_prompt: str) -> None:
+    """The conversation's system prompt, in the caller's transaction (the quota triggers count its bytes)."""
+    db.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", (system_prompt, conversation_id))
 
 
 class StorageUnavailable(Exception):
@@ -539,12 +555,18 @@ class Store:
         return self.transaction(add)
 
     def start_answer(
-        self, conversation_id: str, parent_id: int | None, model: str, question: str | None = None
+        self,
+        conversation_id: str,
+        parent_id: int | None,
+        model: str,
+        question: str | None = None,
+        system_prompt: str | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"]:
         """A ``streaming`` answer under ``parent_id`` (after a new user message ``question`` there, if given), made
         the current leaf: (the user message or None, the answer). "busy" when an answer in the conversation is
         streaming already, "gone" when the parent is no longer in it (deleted meanwhile): then nothing is written.
-        One transaction, so of requests racing (in any worker) exactly one starts an answer."""
+        One transaction, so of requests racing (in any worker) exactly one starts an answer; ``system_prompt``
+        (the conversation's new one, sent with the message) is saved in it too, or not at all."""
 
         def start(db: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"]:
             busy = "SELECT 1 FROM messages WHERE conversation_id = ? AND status = 'streaming' LIMIT 1"
@@ -553,6 +575,8 @@ class Store:
             there = "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?"
             if parent_id is not None and not db.execute(there, (parent_id, conversation_id)).fetchone():
                 return "gone"
+            if system_prompt is not None:
+                _set_system_prompt(db, conversation_id, system_prompt)
             user = None
             if question is not None:
                 user = _append(db, conversation_id, parent_id, "user", question, None, "done")
@@ -562,9 +586,8 @@ class Store:
         return self.transaction(start)
 
     def finish_message(self, message_id: int, **fields: Any) -> dict[str, Any]:
-        """Store an answer's final state: content, thinking, status, error, done_reason, ttft_ms, tokens,
-        tokens_per_s."""
-        names = ("content", "thinking", "status", "error", "done_reason", "ttft_ms", "tokens", "tokens_per_s")
+        """Store an answer's final state: its text, how it ended and its figures (``FIGURES``)."""
+        names = ("content", "thinking", "status", "error", "done_reason", *FIGURES)
         values = {k: v for k, v in fields.items() if k in names}
         assignments = ", ".join(f"{name} = ?" for name in values)
         rows = self.execute(
@@ -572,9 +595,10 @@ class Store:
         )
         return rows[0] if rows else {}
 
-    def reopen_message(self, message_id: int) -> dict[str, Any] | None:
+    def reopen_message(self, message_id: int, system_prompt: str | None = None) -> dict[str, Any] | None:
         """Mark an ended answer ``streaming`` again (it is being continued); its row as it was, or None when it
-        an answer of its conversation is streaming (another request started one first). ``finish_message`` undoes it."""
+        an answer of its conversation is streaming (another request started one first). ``finish_message`` undoes it.
+        ``system_prompt``: the conversation's new one, saved in the same transaction."""
 
         def reopen(db: sqlite3.Connection) -> dict[str, Any] | None:
             # Not while any answer of its conversation streams (one at a time, whichever worker started it).
@@ -589,6 +613,8 @@ class Store:
                     "WHERE id = ?",
                     (time.time(), message_id),
                 )
+                if system_prompt is not None:
+                    _set_system_prompt(db, row["conversation_id"], system_prompt)
             return None if row is None else dict(row)
 
         return self.transaction(reopen)

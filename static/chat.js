@@ -360,7 +360,7 @@
         const view = { current_id: conversationId ? shownLeaf() : null }; // refused (409) if it moved on meanwhile
         await ensureConversation({});
         try {
-          return await api("POST", `/api/conversations/${conversationId}/messages`, { content: text, ...view, ...options });
+          return await postTurn(`/api/conversations/${conversationId}/messages`, { content: text, ...view, ...options });
         } catch (error) {
           if (error.status !== 409) throw error;
           syncShown(); // show it as it is now (once startAnswer is no longer busy); the text stays in the box
@@ -444,6 +444,7 @@
       if (more) more.hidden = !(index === all.length - 1 && continuable(article));
       for (const button of article.querySelectorAll(".action:not(.copy-message), .save-edit, .retry")) button.disabled = busy;
     });
+    hideWhatCannotRun(all);
   }
 
   // Show the branch in `conversation` (the API's): articles already showing the same message are kept, the
@@ -467,9 +468,7 @@
     for (const article of shown.slice(same)) article.remove();
     for (const message of conversation.messages.slice(same)) messagesEl.append(messageFromData(message));
     $(".empty")?.remove();
-    if (!conversation.messages.length) {
-      messagesEl.append(Object.assign(document.createElement("p"), { className: "empty", textContent: T.empty }));
-    }
+    if (!conversation.messages.length) showEmptyState();
     syncActions();
   }
 
@@ -529,18 +528,18 @@
     if (!text || busy) return;
     const parent = article.dataset.parentId;
     const payload = { content: text, parent_id: parent ? Number(parent) : null, ...knobs() };
-    return startAnswer(() => api("POST", `/api/conversations/${conversationId}/messages`, payload));
+    return startAnswer(() => postTurn(`/api/conversations/${conversationId}/messages`, payload));
   }
 
   function regenerate(article) {
     if (!conversationId) return;
     const payload = { message_id: Number(article.dataset.id), ...knobs() };
-    return startAnswer(() => api("POST", `/api/conversations/${conversationId}/regenerate`, payload));
+    return startAnswer(() => postTurn(`/api/conversations/${conversationId}/regenerate`, payload));
   }
 
   function continueAnswer(article) {
     const payload = { message_id: Number(article.dataset.id) };
-    return startAnswer(() => api("POST", `/api/conversations/${conversationId}/continue`, payload));
+    return startAnswer(() => postTurn(`/api/conversations/${conversationId}/continue`, payload));
   }
 
   async function deleteMessage(article) {
@@ -612,11 +611,13 @@
     const system_prompt = $("#system-prompt").value;
     if (conversationId) await api("PATCH", `/api/conversations/${conversationId}`, { system_prompt });
     else await ensureConversation({ system_prompt });
+    promptSaved(system_prompt, "");
     event.target.textContent = T.saved;
     setTimeout(() => (event.target.textContent = T.save), 1500);
   });
 
   modelSelect.addEventListener("change", () => {
+    fillEmptyState();
     if (conversationId) api("PATCH", `/api/conversations/${conversationId}`, { model: modelSelect.value }).catch(() => {});
   });
 
@@ -630,6 +631,134 @@
       // Ollama unreachable: keep the current model; sending will report the error
     }
   }
+
+  // --- Around the answer (issue 18): the system prompt sent along, Think remembered, Regenerate only where it can
+  // run, a scroll-down button, Esc stops, the new chat's empty state -------------------------------------------
+
+  // The system prompt as its box has it goes with every turn that starts an answer, when it differs from the one
+  // saved: the server answers with it and saves it in the transaction that starts the answer (a refused turn
+  // saves nothing), so an edit is neither lost nor applied to a message that never went.
+  const systemBox = $("#system-prompt");
+  const systemStatus = $("#system-prompt-status");
+  let savedPrompt = systemBox.defaultValue; // the server's; .value may be a draft the browser restored
+  const unsavedPrompt = () => (systemBox.value === savedPrompt ? null : systemBox.value);
+  const showPromptState = () => (systemStatus.textContent = unsavedPrompt() === null ? "" : T.system_prompt_unsaved);
+  systemBox.addEventListener("input", showPromptState);
+  showPromptState(); // a draft the browser restored on reload is unsaved too
+
+  function promptSaved(value, note) {
+    savedPrompt = value;
+    systemStatus.textContent = note;
+  }
+
+  // POST a turn (a message, a regenerate, a continue) with the unsaved system prompt, if any.
+  async function postTurn(url, payload) {
+    const prompt = unsavedPrompt();
+    const started = await api("POST", url, prompt === null ? payload : { ...payload, system_prompt: prompt });
+    if (prompt !== null) promptSaved(prompt, T.system_prompt_sent);
+    rememberThink();
+    return started;
+  }
+
+  // Think, remembered in this browser per conversation, and the last choice for a new chat (and a conversation
+  // not opened here before). localStorage rather than a column: a per-device preference like the theme, no
+  // write per toggle, and it works before the conversation exists.
+  const THINK_KEY = "clawweb.think";
+  const storage = (() => {
+    try {
+      return window.localStorage; // null or throwing when storage is off: Think then starts checked, as before
+    } catch (_) {
+      return null;
+    }
+  })();
+
+  function rememberThink() {
+    const value = thinkBox.checked ? "1" : "0";
+    try {
+      storage?.setItem(THINK_KEY, value);
+      if (conversationId) storage?.setItem(`${THINK_KEY}.${conversationId}`, value);
+    } catch (_) {
+      // full or refused: the box just starts checked next time
+    }
+  }
+  const rememberedThink = (conversationId && storage?.getItem(`${THINK_KEY}.${conversationId}`)) || storage?.getItem(THINK_KEY);
+  if (rememberedThink) thinkBox.checked = rememberedThink === "1";
+  thinkBox.addEventListener("change", rememberThink);
+
+  // Regenerate (and Retry) answer the question above an answer again: an answer with none above it (an imported
+  // conversation may start with one) has nothing to regenerate, and the server would refuse.
+  function hideWhatCannotRun(all) {
+    all.forEach((article, index) => {
+      if (!article.matches(".assistant")) return;
+      const asked = index > 0 && all[index - 1].matches(".user");
+      for (const button of article.querySelectorAll(".regenerate, .meta .retry")) button.hidden = !asked;
+    });
+  }
+
+  // New text below what is shown (the reader scrolled up while an answer streams): a button that goes down.
+  const toBottom = $("#to-bottom");
+  const grewBelow = (record) => {
+    const last = messagesEl.lastElementChild;
+    return record.target === messagesEl ? record.addedNodes.length > 0 : !!last && last.contains(record.target);
+  };
+  new MutationObserver((records) => {
+    if (!isAtBottom() && records.some(grewBelow)) toBottom.hidden = false;
+  }).observe(messagesEl, { childList: true, subtree: true, characterData: true });
+  messagesEl.addEventListener("scroll", () => isAtBottom() && (toBottom.hidden = true), { passive: true });
+  toBottom.addEventListener("click", () => {
+    const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+    messagesEl.scrollTo({ top: messagesEl.scrollHeight, behavior: smooth ? "smooth" : "auto" });
+    input.focus({ preventScroll: true });
+  });
+
+  // Esc stops the running answer, unless something focused or open uses Esc itself (an edit box, a menu, a
+  // dialog, the sidebar's search or its phone overlay: their own listeners act on it).
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented || event.isComposing || !current) return;
+    if (event.target.closest?.(".edit-box, [role=menu], dialog, #sidebar")) return;
+    if (document.querySelector("dialog[open], #sidebar.open, .menu-items:not([hidden])")) return;
+    event.preventDefault();
+    current.stop();
+  });
+
+  // A new chat's empty state: examples that send themselves, the model, and the queue right now.
+  const QUEUE_EVERY_MS = 10000;
+
+  function showEmptyState() {
+    messagesEl.append(fromTemplate("empty-state"));
+    fillEmptyState();
+  }
+
+  function fillEmptyState() {
+    const model = $(".empty .empty-model");
+    if (model) model.textContent = fmt(T.empty_model, { model: modelSelect.value });
+  }
+
+  async function showQueueNow() {
+    const line = $(".empty .empty-queue");
+    if (!line || document.visibilityState !== "visible") return;
+    try {
+      const queue = await api("GET", "/api/queue");
+      const free = queue.waiting === 0 && queue.active < queue.slots;
+      const parts = [fmt(free ? T.queue_free : T.queue_busy, queue)];
+      if (!free && queue.eta_s != null) parts.push(fmt(T.queue_eta, { s: Math.round(queue.eta_s) }));
+      line.textContent = parts.join(" · ");
+    } catch (_) {
+      line.textContent = ""; // unknown is said by saying nothing
+    }
+  }
+
+  messagesEl.addEventListener("click", (event) => {
+    const example = event.target.closest(".empty .example");
+    if (!example || busy) return;
+    input.value = example.textContent;
+    $("#composer").requestSubmit();
+  });
+  fillEmptyState();
+  showQueueNow();
+  setInterval(showQueueNow, QUEUE_EVERY_MS);
+  document.addEventListener("visibilitychange", showQueueNow);
+
 
   // --- Another tab or device changed the conversation shown (static/sync.js) ------------------------------
 
@@ -661,17 +790,20 @@
     }
   }
 
-  // The title as stored; the model and system prompt only when that is what changed (and the user is not
-  // editing it here): an unsaved prompt typed in this tab is not overwritten by another tab's rename.
-  function syncSettings(conversation, changed = []) {
+  // The title as stored; the model and system prompt when they changed, unless the user is editing them here
+  // (an unsaved system prompt typed in this tab stays, and goes with its next message).
+  function syncSettings(conversation, changed = ["model", "system_prompt"]) {
     $(".topbar h1").textContent = conversation.title || T.new_chat;
     document.title = conversation.title || T.app;
     if (changed.includes("model") && document.activeElement !== modelSelect && conversation.model) {
       if (![...modelSelect.options].some((option) => option.value === conversation.model)) modelSelect.add(new Option(conversation.model, conversation.model));
       modelSelect.value = conversation.model;
     }
-    const prompt = $("#system-prompt");
-    if (changed.includes("system_prompt") && document.activeElement !== prompt) prompt.value = conversation.system_prompt || "";
+    const stored = conversation.system_prompt || "";
+    if (changed.includes("system_prompt") && unsavedPrompt() === null && document.activeElement !== systemBox && stored !== savedPrompt) {
+      systemBox.value = stored;
+      promptSaved(stored, "");
+    }
   }
 
   document.addEventListener("clawweb:conversation-changed", (event) => {

@@ -216,14 +216,22 @@
     action(row).catch((error) => alert(`${T.error}: ${error.message}`));
   });
 
+  // A conversation's full row (link, pin, rename, delete: the same <template> as the server's rows), made or
+  // brought up to date from a conversation object as the API gives it ({id, title, updated_at, pinned}), in its
+  // place, the day labels redone; the row. For the conversations this page creates and those other tabs report.
+  function showRow(c) {
+    if (!rowOf(c.id) && nextOffset !== null) nextOffset += 1; // one more row before the next page on the server
+    upsert(c);
+    relabel();
+    return rowOf(c.id);
+  }
+
   // A conversation chat.js just created (its first message sent): a new row at the top, and the menu.
   document.addEventListener("conversation-titled", (event) => {
     const { id, title } = event.detail;
     const known = rowOf(id);
-    if (!known && nextOffset !== null) nextOffset += 1; // one more row before the next page on the server
     setConversation(id);
-    upsert({ id, title, updated_at: Date.now() / 1000, pinned: known ? known.dataset.pinned === "1" : false });
-    relabel();
+    showRow({ id, title, updated_at: Date.now() / 1000, pinned: known ? known.dataset.pinned === "1" : false });
   });
 
   function setConversation(id) {
@@ -237,6 +245,7 @@
   // --- Changes made in another tab or on another device (static/sync.js) ----------------------------------
 
   window.ClawwebSidebar = {
+    showRow,
     // A conversation created or changed elsewhere: its row, in its place (a new one counts as one more row on
     // the server before the next page; one that sorts after every row loaded waits for its page).
     synced(c) {
@@ -257,14 +266,24 @@
 
   // --- Phone: the sidebar is an overlay ------------------------------------------------------------------
 
+  // It opens below the topbar (whose height chat.css reads from --topbar-h), so its own button stays there to
+  // close it; a tap on the backdrop or Escape closes it too, and the focus goes back to that button.
   const backdrop = $("#backdrop");
+  const menuToggle = $("#menu");
   function openSidebar(open) {
+    const wasOpen = sidebarEl.classList.contains("open");
     sidebarEl.classList.toggle("open", open);
     backdrop.hidden = !open;
-    $("#menu").setAttribute("aria-expanded", open ? "true" : "false");
+    menuToggle.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open && !wasOpen) $(".new-chat").focus({ preventScroll: true });
+    if (!open && wasOpen && sidebarEl.contains(document.activeElement)) menuToggle.focus();
   }
-  $("#menu").addEventListener("click", () => openSidebar(!sidebarEl.classList.contains("open")));
+  menuToggle.addEventListener("click", () => openSidebar(!sidebarEl.classList.contains("open")));
   backdrop.addEventListener("click", () => openSidebar(false));
+  const topbar = $(".topbar");
+  const measureTopbar = () => document.documentElement.style.setProperty("--topbar-h", `${topbar.offsetHeight}px`);
+  new ResizeObserver(measureTopbar).observe(topbar);
+  measureTopbar();
 
   // --- Search -------------------------------------------------------------------------------------------
 

@@ -66,13 +66,14 @@ def test_wait_reports_change_or_timeout() -> None:
 def test_nobody_waits_longer_than_the_queue_timeout() -> None:
     from clawweb.config import Settings
     from clawweb.metrics import StreamStats
+    from clawweb.relay.estimates import Estimates
     from clawweb.relay.events import Failure, Heartbeat, Queued
     from clawweb.relay.relay import Relay
 
     settings = Settings(queue_timeout_s=0.3, heartbeat_s=0.1)
     admission = Admission(max_active=1, max_queue=5, max_per_client=10)
     admission.enter("x")  # holds the only slot
-    relay = Relay(None, {}, admission, admission.enter("y"), settings, StreamStats("m", "y", "10.0.0.1"))  # type: ignore[arg-type]
+    relay = Relay(None, {}, admission, admission.enter("y"), settings, StreamStats("m", "y", "10.0.0.1"), Estimates())  # type: ignore[arg-type]
     events = list(relay.wait_for_slot())
     assert events[0] == Queued(position=1, active=1)
     assert Heartbeat.BEAT in events

@@ -161,7 +161,7 @@ def test_metrics_move_as_streams_run_and_each_stream_logs_one_line(gateway: Gate
     before = metrics(gateway)
     response = open_stream(gateway, chat({"tokens": 200, "tps": 40}), "10.4.0.1")
     reader = events(response)
-    next(e for e in reader if e.data_lines)
+    next(e for e in reader if e.is_line)
     during = metrics(gateway)
     assert during["clawweb_open_streams"] == before["clawweb_open_streams"] + 1
     assert during["clawweb_generations_active"] >= 1

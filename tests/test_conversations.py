@@ -111,6 +111,43 @@ def test_second_turn_sends_the_history(gateway: Gateway, sim: SimProcess) -> Non
     assert sent["messages"][2]["content"] == "".join(answer_tokens(3))
 
 
+def test_a_system_prompt_sent_with_a_message_is_used_and_saved_with_it_or_not_at_all(
+    gateway: Gateway, sim: SimProcess
+) -> None:
+    """The page sends the system prompt as it is in its box (edited, perhaps not saved): a message that starts
+    saves it in the same transaction; one that is refused leaves the stored prompt as it was."""
+    conversation = new_conversation(gateway, system_prompt="Be brief.")
+    cid = conversation["id"]
+
+    def stored_prompt() -> str:
+        return str(requests.get(f"{gateway.url}/api/conversations/{cid}", timeout=5).json()["system_prompt"])
+
+    running = ask(gateway, cid, {"tokens": 400, "tps": 40}, system_prompt="Answer in French.")
+    assert sim.stats()["last_request"]["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert stored_prompt() == "Answer in French."
+    refused = requests.post(
+        f"{gateway.url}/api/conversations/{cid}/messages",
+        json={"content": "again", "system_prompt": "Answer in German."},
+        timeout=5,
+    )
+    assert refused.status_code == 409  # one answer at a time: nothing of it is stored, the prompt neither
+    assert stored_prompt() == "Answer in French."
+    requests.delete(f"{gateway.url}/api/generations/{running['generation']['id']}", timeout=5)
+    follow(gateway, running["generation"])
+
+    wrong = requests.post(
+        f"{gateway.url}/api/conversations/{cid}/messages", json={"content": "x", "system_prompt": 3}, timeout=5
+    )
+    assert wrong.status_code == 400 and "system_prompt" in wrong.json()["error"]
+    regenerated = requests.post(
+        f"{gateway.url}/api/conversations/{cid}/regenerate", json={"system_prompt": ""}, timeout=5
+    )
+    assert regenerated.status_code == 202, regenerated.text
+    follow(gateway, regenerated.json()["generation"])
+    assert [m["role"] for m in sim.stats()["last_request"]["messages"]] == ["user"]  # "" is no system prompt
+    assert stored_prompt() == ""
+
+
 @pytest.mark.parametrize("header", [True, False], ids=["Last-Event-ID", "after"])
 def test_reconnect_resumes_exactly(gateway: Gateway, header: bool) -> None:
     conversation = new_conversation(gateway)

@@ -92,7 +92,7 @@ def stream_via(url: str, body: dict[str, Any], cert: Path, key: str | None) -> l
 
 def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple[Path, Path], key: str) -> None:
     received = stream_via(nginx.url, chat({"tokens": 8, "tps": 10}), certificate[0], key)
-    times = [e.at for e in received if e.data_lines]
+    times = [e.at for e in received if e.is_line]
     gaps = [b - a for a, b in zip(times, times[1:8], strict=False)]
     assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
     assert content_of(received) == "".join(answer_tokens(8))

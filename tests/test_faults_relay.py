@@ -188,6 +188,6 @@ def test_ollama_down_is_a_502_before_any_stream_and_the_first_request_after_it_r
     assert requests.get(messages_url.rsplit("/", 1)[0], timeout=5).json()["messages"] == []  # nothing stored
     sim = start_simulator("--ttft", "0.01", "--tps", "500", "--port", str(sim.port))
     with requests.post(gateway.url + "/api/chat", json=chat(), headers=sse, stream=True, timeout=10) as back:
-        final = [e for e in events(back) if e.data_lines][-1]
+        final = [e for e in events(back) if e.is_line][-1]
     assert back.status_code == 200 and final.json()["done"] is True
     assert requests.post(messages_url, json={"content": "hi"}, timeout=10).status_code == 202

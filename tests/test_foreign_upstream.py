@@ -39,7 +39,9 @@ def test_sse_ends_with_the_done_line_not_an_error(gateway: Gateway) -> None:
     body = {"model": MODEL, "messages": MESSAGES}
     with requests.post(gateway.url + "/api/chat", json=body, headers={"Accept": "text/event-stream"}, stream=True) as r:
         received = [e for e in events(r) if not e.is_comment]
-    assert [e.event for e in received] == ["message"] * (len(WORDS) + 1)
+    # Its other spacing and field order read right: the stage frames say writing once its text flows.
+    assert [e.json()["stage"] for e in received if e.event == "status"] == ["prompt", "writing"]
+    assert [e.event for e in received if e.event != "status"] == ["message"] * (len(WORDS) + 1)
     assert content_of(received) == ANSWER and received[-1].json()["done"] is True
 
 

@@ -498,7 +498,7 @@ def test_prefers_the_host_where_the_model_is_loaded(gateway: Gateway, sims: tupl
 
 def first_token(response: requests.Response) -> Iterator[Event]:
     reader = events(response)
-    next(e for e in reader if e.data_lines)
+    next(e for e in reader if e.is_line)
     return reader
 
 
@@ -577,7 +577,7 @@ def test_no_failover_after_the_first_token(
 ) -> None:
     reset(*sims)
     status, received = sse(gateway, chat(directive, model="s:1"))
-    data = [e for e in received if e.data_lines]
+    data = [e for e in received if e.is_line]
     assert status == 200 and len(data) == frames + 1
     assert data[-1].event == "error" and data[-1].json() == {"error": message}
     assert sum(sim.stats()["requests"] for sim in sims) == 1  # tried on one host only

@@ -131,7 +131,7 @@ def test_admission_limits_hold_across_both_processes(pair: list[Gateway]) -> Non
     first, second = pair
     holder = open_stream(first, "10.9.0.1", {"tokens": 30, "tps": 30})  # the only slot (max_active=1)
     holder_events = events(holder)
-    next(e for e in holder_events if e.data_lines)
+    next(e for e in holder_events if e.is_line)
     waiter_result: list[Event] = []
 
     def wait_on_second() -> None:

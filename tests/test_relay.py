@@ -55,7 +55,7 @@ def test_sse_headers_and_every_line_as_one_frame(gateway: Gateway) -> None:
     assert response.headers["X-Accel-Buffering"] == "no"
     assert "Content-Length" not in response.headers
     assert received[0].is_comment and received[0].comments == ["ok"]
-    frames = [e for e in received if e.data_lines]
+    frames = [e for e in received if e.is_line]
     assert [f.id for f in frames] == [str(i) for i in range(1, 8)]  # 6 tokens + the done line
     assert content_of(frames) == "".join(answer_tokens(6))
     final = frames[-1].json()
@@ -64,7 +64,7 @@ def test_sse_headers_and_every_line_as_one_frame(gateway: Gateway) -> None:
 
 def test_frames_arrive_spaced_out_not_in_one_burst(gateway: Gateway) -> None:
     _, received = stream(gateway, chat({"tokens": 8, "tps": 10}))
-    token_times = [e.at for e in received if e.data_lines][:8]
+    token_times = [e.at for e in received if e.is_line][:8]
     gaps = [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
     # The simulator emits one token every 100 ms; a buffering relay would deliver them all within a few ms.
     assert min(gaps) > 0.05, gaps
@@ -83,7 +83,7 @@ def test_opening_comment_and_heartbeats_while_the_model_loads(gateway: Gateway) 
     start = time.monotonic()
     _, received = stream(gateway, chat({"ttft": 1.5, "tokens": 2}))
     assert received[0].comments == ["ok"] and received[0].at - start < 0.5  # headers did not wait for the model
-    first_data = next(i for i, e in enumerate(received) if e.data_lines)
+    first_data = next(i for i, e in enumerate(received) if e.is_line)
     heartbeats = [e for e in received[1:first_data] if e.comments == ["keep-alive"]]
     assert len(heartbeats) >= 3  # 1.5 s of silence / 0.3 s heartbeat
     assert content_of(received) == "".join(answer_tokens(2))
@@ -91,7 +91,7 @@ def test_opening_comment_and_heartbeats_while_the_model_loads(gateway: Gateway) 
 
 def test_thinking_lines_pass_through(gateway: Gateway) -> None:
     _, received = stream(gateway, chat({"tokens": 3, "think_tokens": 4}, think=True))
-    thinking = "".join(e.json()["message"].get("thinking", "") for e in received if e.data_lines)
+    thinking = "".join(e.json()["message"].get("thinking", "") for e in received if e.is_line)
     assert thinking and content_of(received) == "".join(answer_tokens(3))
 
 
@@ -162,7 +162,7 @@ def test_upstream_failures_become_an_error_event(
 ) -> None:
     response, received = stream(gateway, chat(directive))
     assert response.status_code == 200
-    data = [e for e in received if e.data_lines]
+    data = [e for e in received if e.is_line or e.event == "error"]
     assert len(data) == frames_before + 1
     assert data[-1].event == "error"
     assert data[-1].json() == {"error": message}
@@ -227,7 +227,7 @@ def test_worker_stop_ends_open_streams_with_a_final_frame(
     ]
     readers = [events(r) for r in streams]
     for reader in readers:
-        next(e for e in reader if e.data_lines)  # each stream is relaying tokens
+        next(e for e in reader if e.is_line)  # each stream is relaying tokens
     started = time.monotonic()
     server.signal(signum)
     for reader in readers:

@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from clawweb.chat import tree
-from clawweb.chat.generations import Resumed, _added, text_of
+from clawweb.chat.generations import _added, text_of
 from clawweb.simulator import _after, answer_tokens
-from clawweb.storage import MIGRATIONS, Store
+from clawweb.storage import FIGURES, MIGRATIONS, Store
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
@@ -418,11 +418,17 @@ def test_tree_queries(store: Store) -> None:
 
 
 def test_a_continued_answers_figures_add_up() -> None:
-    before = Resumed("ab", "", ttft_ms=120.0, tokens=10, tokens_per_s=20.0)  # 0.5 s
-    first, tokens, rate = _added(before, 80.0, 30, 10.0)  # 3 s
-    assert (first, tokens) == (120.0, 40) and rate == pytest.approx(40 / 3.5)
-    assert _added(before, 80.0, 0, None) == (120.0, 10, 20.0)  # stopped before a new token
-    assert _added(Resumed("", "", None, None, None), 80.0, 3, 5.0) == (80.0, 3, 5.0)
+    none = dict.fromkeys(FIGURES)
+    before = {**none, "queue_ms": 900.0, "ttft_ms": 120.0, "tokens": 10, "tokens_per_s": 20.0}  # 0.5 s
+    after = {**none, "queue_ms": 5.0, "load_ms": 3000.0, "ttft_ms": 80.0, "tokens": 30, "tokens_per_s": 10.0}  # 3 s
+    added = _added(before, after)
+    assert added["queue_ms"] == 900.0 and added["ttft_ms"] == 120.0 and added["tokens"] == 40
+    assert added["load_ms"] == 3000.0  # the first part had none: the continuation's wait is the one there was
+    assert added["tokens_per_s"] == pytest.approx(40 / 3.5, abs=0.01)
+    stopped = _added(before, {**after, "tokens": 0, "tokens_per_s": None})  # stopped before a new token
+    assert (stopped["tokens"], stopped["tokens_per_s"]) == (10, 20.0)
+    fresh = _added(none, after)
+    assert (fresh["ttft_ms"], fresh["tokens"], fresh["tokens_per_s"]) == (80.0, 30, 10.0)
 
 
 def test_text_of_a_continued_log_starts_with_its_prefix() -> None:

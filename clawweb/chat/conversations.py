@@ -127,6 +127,13 @@ def _answer_options(body: dict[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("model", "think", "options") if body.get(key) is not None}
 
 
+def _system_prompt(body: dict[str, Any]) -> str | None:
+    """The conversation's system prompt as the page had it when the user sent (edited, perhaps not saved yet):
+    the answer uses it and it is saved with the message in one transaction, so an edit is never lost or half
+    applied (a PATCH first could save it for a message that is then refused)."""
+    return _text_field(body, "system_prompt", services().settings.max_chars)
+
+
 MESSAGE_ID_MAX = 2**63 - 1  # SQLite's integers: a larger one would fail in sqlite3, not be "not found"
 
 
@@ -149,12 +156,16 @@ def _check_view(conversation: dict[str, Any], body: dict[str, Any]) -> None:
         )
 
 
-def _started(conversation: dict[str, Any], generation: AnyGeneration) -> None:
-    """An answer started: its summary, to follow it, and the conversation's new place in the list."""
-    stored = services().store.conversation(conversation["id"], owner()) or conversation
+def _stored(conversation: dict[str, Any]) -> dict[str, Any]:
+    """The conversation read again after a turn changed it (its place in the list, a system prompt sent along)."""
+    return services().store.conversation(conversation["id"], owner()) or conversation
+
+
+def _started(stored: dict[str, Any], generation: AnyGeneration) -> None:
+    """An answer started: its summary, to follow it, and the conversation as it now is."""
     _tell(
         "answer.started",
-        conversation["id"],
+        stored["id"],
         conversation=stored,
         generation=generation.summary(),
         message_id=generation.message_id,
@@ -182,13 +193,13 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
     if "parent_id" in body:  # null: a new first message (the first one edited)
         parent = _message_id(body, "parent_id")
     _check_view(conversation, body)
-    user, generation = turns.ask(conversation, content, parent, _answer_options(body))
+    user, generation = turns.ask(conversation, content, parent, _answer_options(body), _system_prompt(body))
     store = services().store
-    titled = None
     if not conversation["title"]:
-        titled = store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
-    _tell("message.created", conversation_id, conversation=titled or conversation, message=user)
-    _started(conversation, generation)
+        store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
+    stored = _stored(conversation)
+    _tell("message.created", conversation_id, conversation=stored, message=user)
+    _started(stored, generation)
     return jsonify(message=user, generation=generation.summary()), 202
 
 
@@ -197,8 +208,10 @@ def regenerate(conversation_id: str) -> tuple[Response, int]:
     conversation = own_conversation(conversation_id)
     body = optional_body()
     _check_view(conversation, body)
-    answer, generation = turns.regenerate(conversation, _message_id(body, "message_id"), _answer_options(body))
-    _started(conversation, generation)
+    answer, generation = turns.regenerate(
+        conversation, _message_id(body, "message_id"), _answer_options(body), _system_prompt(body)
+    )
+    _started(_stored(conversation), generation)
     return jsonify(message=answer, generation=generation.summary()), 202
 
 
@@ -208,8 +221,8 @@ def continue_answer(conversation_id: str) -> tuple[Response, int]:
     body = optional_body()
     knobs = {key: value for key, value in _answer_options(body).items() if key != "model"}  # it keeps its model
     _check_view(conversation, body)
-    answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs)
-    _started(conversation, generation)
+    answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs, _system_prompt(body))
+    _started(_stored(conversation), generation)
     return jsonify(message=answer, generation=generation.summary()), 202
 
 

@@ -34,11 +34,11 @@ import gevent
 
 from ..outage import Outage
 from ..relay import sse
-from ..relay.events import Failure, Heartbeat, Queued
+from ..relay.events import Failure, Heartbeat, Queued, Status
 from ..relay.relay import Relay
 from ..relay.upstream_stream import CLOSED_EARLY
 from ..state.base import Entry, Listed, LogLost, LogReader, LogUnavailable, LogWriter, State
-from ..storage import INTERRUPTED, StorageUnavailable, Store
+from ..storage import FIGURES, INTERRUPTED, StorageUnavailable, Store
 from . import feed
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,11 @@ class Resumed:
 
     content: str
     thinking: str
-    ttft_ms: float | None
-    tokens: int | None
-    tokens_per_s: float | None
+    figures: dict[str, Any]  # storage.FIGURES
 
     @classmethod
     def of(cls, message: dict[str, Any]) -> Resumed:
-        return cls(
-            message["content"], message["thinking"], message["ttft_ms"], message["tokens"], message["tokens_per_s"]
-        )
+        return cls(message["content"], message["thinking"], {name: message.get(name) for name in FIGURES})
 
 
 def text_of(entries: Iterable[Entry]) -> tuple[str, str]:
@@ -210,6 +206,8 @@ class Generation(_Answer):
                 match event:
                     case Queued(position=position, active=active):
                         self.log.append("queued", json.dumps({"position": position, "active": active}).encode())
+                    case Status():
+                        self.log.append("status", json.dumps(event.payload()).encode())
                     case Failure(message=message):
                         error = message
                     case Heartbeat.BEAT:
@@ -252,23 +250,16 @@ class Generation(_Answer):
         content, thinking = self.text()
         if not thinking:
             thinking, content = split_thinking(content)
-        stats = self._relay.stats
-        ttft_ms = None if stats.first_token_at is None else round((stats.first_token_at - stats.started) * 1000, 1)
-        rate = stats.tokens_per_s()
-        if final.get("eval_count") and final.get("eval_duration"):
-            rate = final["eval_count"] / final["eval_duration"] * 1e9
-        tokens = final.get("eval_count", stats.tokens)
+        figures = self._relay.figures()
         if self._resumed is not None:
-            ttft_ms, tokens, rate = _added(self._resumed, ttft_ms, tokens, rate)
+            figures = _added(self._resumed.figures, figures)
         return {
             "content": content,
             "thinking": thinking,
             "status": status,
             "error": error or None,
             "done_reason": final.get("done_reason"),
-            "ttft_ms": ttft_ms,
-            "tokens": tokens,
-            "tokens_per_s": None if rate is None else round(rate, 2),
+            **figures,
         }
 
     def stop(self) -> None:
@@ -280,18 +271,21 @@ class Generation(_Answer):
         self._greenlet.join(timeout)
 
 
-def _added(
-    before: Resumed, ttft_ms: float | None, tokens: int | None, rate: float | None
-) -> tuple[float | None, int | None, float | None]:
-    """A continued answer's figures: its first token stays the first one; tokens add up; the rate is all tokens
-    over all generating time (the two rates' mean weighted by their tokens, harmonic: time is what adds up)."""
-    first = before.ttft_ms if before.ttft_ms is not None else ttft_ms
-    if not before.tokens:
-        return first, tokens, rate
-    total = before.tokens + (tokens or 0)
-    if not tokens or not rate or not before.tokens_per_s:  # one part's rate unknown: the other's
-        return first, total, before.tokens_per_s or rate
-    return first, total, total / (before.tokens / before.tokens_per_s + tokens / rate)
+def _added(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """A continued answer's figures: the waits and the first token stay those of its first part (what its reader
+    waited for first); tokens add up; the rate is all tokens over all generating time (the two rates' mean weighted
+    by their tokens, harmonic: time is what adds up)."""
+    added = {name: before[name] if before.get(name) is not None else after.get(name) for name in FIGURES}
+    tokens, rate = after.get("tokens"), after.get("tokens_per_s")
+    if not before.get("tokens"):
+        return {**added, "tokens": tokens, "tokens_per_s": rate}
+    added["tokens"] = total = before["tokens"] + (tokens or 0)
+    if not tokens or not rate or not before.get("tokens_per_s"):  # one part's rate unknown: the other's
+        added["tokens_per_s"] = before.get("tokens_per_s") or rate
+    else:
+        rate = total / (before["tokens"] / before["tokens_per_s"] + tokens / rate)
+        added["tokens_per_s"] = round(rate, 2)
+    return added
 
 
 class RemoteGeneration(_Answer):

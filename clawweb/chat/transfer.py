@@ -6,8 +6,8 @@ clawweb's JSON (``FORMAT``, version ``VERSION``)::
      "conversations": [{"id", "title", "model", "system_prompt", "created_at", "updated_at", "pinned",
                         "source", "current_id",
                         "messages": [{"id", "parent_id", "role", "content", "thinking", "model", "status",
-                                      "error", "done_reason", "ttft_ms", "tokens", "tokens_per_s",
-                                      "created_at"}, ...]}, ...]}
+                                      "error", "done_reason", "queue_ms", "load_ms", "ttft_ms",
+                                      "thinking_ms", "tokens", "tokens_per_s", "created_at"}, ...]}, ...]}
 
 Messages are listed parents first; ids are the exporting database's and only tie ``parent_id`` and
 ``current_id`` to them (an import gives new ones). An import is recorded in ``conversations.source``
@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ApiError
-from ..storage import Store
+from ..storage import FIGURES, Store
 from . import tree
 
 FORMAT, VERSION = "clawweb", 1
@@ -46,14 +46,12 @@ MESSAGE_FIELDS = (
     "status",
     "error",
     "done_reason",
-    "ttft_ms",
-    "tokens",
-    "tokens_per_s",
+    *FIGURES,
     "created_at",
 )
 CONVERSATION_FIELDS = ("id", "title", "model", "system_prompt", "created_at", "updated_at", "pinned", "source")
-BLANK = {"thinking": "", "status": "done", "error": None, "done_reason": None, "ttft_ms": None}
-BLANK |= {"tokens": None, "tokens_per_s": None}  # what a ChatGPT message does not say
+# What a ChatGPT message does not say.
+BLANK = {"thinking": "", "status": "done", "error": None, "done_reason": None, **dict.fromkeys(FIGURES)}
 CHATGPT_TEXT = ("text", "multimodal_text")  # other content types are tools, browsing, code runs: not the chat
 
 
@@ -191,9 +189,7 @@ def from_clawweb(data: dict[str, Any], max_chars: int) -> list[dict[str, Any]]:
                     "status": status if status in STATUSES else "stopped",
                     "error": _get(raw, "error", (str,), at),
                     "done_reason": _get(raw, "done_reason", (str,), at),
-                    "ttft_ms": _get(raw, "ttft_ms", NUMBER, at),
-                    "tokens": _get(raw, "tokens", (int,), at),
-                    "tokens_per_s": _get(raw, "tokens_per_s", NUMBER, at),
+                    **{name: _get(raw, name, (int,) if name == "tokens" else NUMBER, at) for name in FIGURES},
                     "created_at": _get(raw, "created_at", NUMBER, at),
                 }
             )
@@ -378,8 +374,8 @@ def store_one(store: Store, owner: int | None, conversation: dict[str, Any], def
         for m in conversation["messages"]:
             row = db.execute(
                 "INSERT INTO messages (conversation_id, parent_id, role, content, thinking, model, status, error, "
-                "done_reason, ttft_ms, tokens, tokens_per_s, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                f"done_reason, {', '.join(FIGURES)}, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     conversation_id,
                     None if m["parent"] is None else ids[m["parent"]],
@@ -390,9 +386,7 @@ def store_one(store: Store, owner: int | None, conversation: dict[str, Any], def
                     m["status"],
                     m["error"],
                     m["done_reason"],
-                    m["ttft_ms"],
-                    m["tokens"],
-                    m["tokens_per_s"],
+                    *(m[name] for name in FIGURES),
                     m["created_at"] or created,
                 ),
             ).fetchone()

@@ -51,23 +51,28 @@ def message_of(conversation: dict[str, Any], message_id: int | None) -> dict[str
 
 
 def ask(
-    conversation: dict[str, Any], content: str, parent_id: int | None | Literal["leaf"], knobs: dict[str, Any]
+    conversation: dict[str, Any],
+    content: str,
+    parent_id: int | None | Literal["leaf"],
+    knobs: dict[str, Any],
+    system_prompt: str | None = None,
 ) -> tuple[dict[str, Any], AnyGeneration]:
     """A user message under ``parent_id`` ("leaf": the current leaf; None: a new first message, i.e. the first
-    message edited) and its answer; (the user message, the generation)."""
+    message edited) and its answer; (the user message, the generation). ``system_prompt`` (all three starts take
+    it): the conversation's new one, used for this answer and saved with it, or not at all if it is refused."""
     _idle(conversation)
     parent = conversation["current_id"] if parent_id == "leaf" else parent_id
     if parent is not None:
         parent = message_of(conversation, parent)["id"]
-    sent = [*history(conversation, parent), {"role": "user", "content": content}]
-    relay, model = _admitted(conversation, sent, knobs, quotas.size(content))
-    user, _, generation = _start(conversation, relay, parent, model, content)
+    sent = [*history(_prompted(conversation, system_prompt), parent), {"role": "user", "content": content}]
+    relay, model = _admitted(conversation, sent, knobs, quotas.size(content) + _growth(conversation, system_prompt))
+    user, _, generation = _start(conversation, relay, parent, model, content, system_prompt)
     assert user is not None  # a question was given
     return user, generation
 
 
 def regenerate(
-    conversation: dict[str, Any], message_id: int | None, knobs: dict[str, Any]
+    conversation: dict[str, Any], message_id: int | None, knobs: dict[str, Any], system_prompt: str | None = None
 ) -> tuple[dict[str, Any], AnyGeneration]:
     """A new answer beside an answer (None: the current leaf's), which stays; for a user message, a new answer
     to it. (The new answer, the generation.)"""
@@ -76,13 +81,14 @@ def regenerate(
     parent = message["id"] if message["role"] == "user" else message["parent_id"]
     if parent is None:
         raise ApiError(409, f"message {message['id']} answers nothing: there is no question to answer again")
-    relay, model = _admitted(conversation, history(conversation, parent), knobs, 0)
-    _, answer, generation = _start(conversation, relay, parent, model)
+    sent = history(_prompted(conversation, system_prompt), parent)
+    relay, model = _admitted(conversation, sent, knobs, _growth(conversation, system_prompt))
+    _, answer, generation = _start(conversation, relay, parent, model, None, system_prompt)
     return answer, generation
 
 
 def resume(
-    conversation: dict[str, Any], message_id: int | None, knobs: dict[str, Any]
+    conversation: dict[str, Any], message_id: int | None, knobs: dict[str, Any], system_prompt: str | None = None
 ) -> tuple[dict[str, Any], AnyGeneration]:
     """Continue an answer (None: the current leaf) in place: Ollama is sent its text as the last message and
     writes on. Only a leaf answer that stopped short: stopped, cut by ``num_predict`` (done_reason "length"), or
@@ -92,12 +98,15 @@ def resume(
     problem = _why_not_continued(conversation, message)
     if problem:
         raise ApiError(409, f"message {message['id']} cannot be continued: {problem}")
-    sent = [*history(conversation, message["parent_id"]), {"role": "assistant", "content": message["content"]}]
+    sent = [
+        *history(_prompted(conversation, system_prompt), message["parent_id"]),
+        {"role": "assistant", "content": message["content"]},
+    ]
     knobs = {**knobs, "model": message["model"] or conversation["model"]}
-    relay, _ = _admitted(conversation, sent, knobs, 0)
+    relay, _ = _admitted(conversation, sent, knobs, _growth(conversation, system_prompt))
     store = services().store
     try:
-        before = store.reopen_message(message["id"])
+        before = store.reopen_message(message["id"], system_prompt)
         if before is None:  # another request reopened it since the checks above
             raise ApiError(409, BUSY)
         try:
@@ -106,6 +115,7 @@ def resume(
             )
         except BaseException:
             store.finish_message(message["id"], **{k: before[k] for k in ("status", "error", "done_reason")})
+            _restore_prompt(conversation, system_prompt)
             raise
     except BaseException:
         relay.close()
@@ -150,8 +160,32 @@ def _admitted(
     return admit(body), model  # admit also counts the answer for today's quota
 
 
+def _prompted(conversation: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    """The conversation as the answer sees it: with the system prompt sent along, if one was."""
+    return conversation if system_prompt is None else {**conversation, "system_prompt": system_prompt}
+
+
+def _growth(conversation: dict[str, Any], system_prompt: str | None) -> int:
+    """The bytes a new system prompt adds to what the user stores (0 when it is shorter, or not sent)."""
+    if system_prompt is None:
+        return 0
+    return max(0, quotas.size(system_prompt) - quotas.size(conversation["system_prompt"] or ""))
+
+
+def _restore_prompt(conversation: dict[str, Any], system_prompt: str | None) -> None:
+    """Take back a system prompt saved by a start that then failed."""
+    if system_prompt is not None:
+        before = (conversation["system_prompt"], conversation["id"])
+        services().store.execute("UPDATE conversations SET system_prompt = ? WHERE id = ?", before)
+
+
 def _start(
-    conversation: dict[str, Any], relay: Relay, parent: int | None, model: str, question: str | None = None
+    conversation: dict[str, Any],
+    relay: Relay,
+    parent: int | None,
+    model: str,
+    question: str | None = None,
+    system_prompt: str | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any], AnyGeneration]:
     """The question (if any) and a streaming answer written under ``parent`` in one transaction, then the answer
     started: (the question or None, the answer, its generation). When that fails (a 409 or 404 from the store's
@@ -159,7 +193,7 @@ def _start(
     it showed, from where it was in the list."""
     store = services().store
     try:
-        started = store.start_answer(conversation["id"], parent, model, question)
+        started = store.start_answer(conversation["id"], parent, model, question, system_prompt)
         if started == "busy":
             raise ApiError(409, BUSY)
         if started == "gone":
@@ -173,6 +207,7 @@ def _start(
                 "UPDATE conversations SET current_id = ?, updated_at = ? WHERE id = ?",
                 (conversation["current_id"], conversation["updated_at"], conversation["id"]),
             )
+            _restore_prompt(conversation, system_prompt)
             raise
     except BaseException:
         relay.close()  # give the slot back: nothing will run it

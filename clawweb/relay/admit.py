@@ -64,7 +64,7 @@ def admit(body: dict[str, Any]) -> Relay:
     try:
         ticket = admission.enter(who)
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
-        relay = Relay(app.ollama, body, admission, ticket, settings, stats)
+        relay = Relay(app.ollama, body, admission, ticket, settings, stats, app.estimates)
         if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is
             relay.open_if_admitted()
     except BaseException:

@@ -36,6 +36,26 @@ class Queued:
     active: int
 
 
+Stage = Literal["queued", "loading", "prompt", "thinking", "writing"]
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the answer waits for or does now, as the client is told it: ``info`` holds the stage's own fields
+    (``position``, ``ahead``, ``model``, ``prompt_tokens``...) and ``eta_s`` only when it is measured
+    (``estimates``)."""
+
+    stage: Stage
+    eta_s: float | None = None
+    info: tuple[tuple[str, object], ...] = ()
+
+    def payload(self) -> dict[str, object]:
+        fields: dict[str, object] = {"stage": self.stage, **dict(self.info)}
+        if self.eta_s is not None:
+            fields["eta_s"] = round(self.eta_s, 1)
+        return fields
+
+
 @dataclass(frozen=True)
 class Failure:
     """Ollama did not deliver, or the wait for it ended: ``status``/``body`` are set when it answered with an HTTP
@@ -53,5 +73,5 @@ class Heartbeat(Enum):
     BEAT = "heartbeat"
 
 
-UpstreamEvent = bytes | Heartbeat | Failure  # what one upstream stream yields
-RelayEvent = bytes | Queued | Heartbeat | Failure  # what a relay yields: queue positions first, then the stream
+UpstreamEvent = bytes | Status | Heartbeat | Failure  # what one upstream stream yields
+RelayEvent = bytes | Queued | Status | Heartbeat | Failure  # what a relay yields: the queue, then the stream

@@ -7,6 +7,7 @@ stream ends, when the client leaves (the next write fails) and when the worker s
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any, assert_never
@@ -21,7 +22,11 @@ from ..metrics import StreamStats
 from ..state.base import Slots, Ticket
 from ..state.redis import unavailable_message
 from ..upstream.client import OllamaClient
-from .events import Failure, Heartbeat, Outcome, Queued, RelayEvent
+from ..upstream.wire import model_key
+from .estimates import Estimates
+from .events import Failure, Heartbeat, Outcome, Queued, RelayEvent, Status
+from .progress import Progress
+from .stages import Stages
 from .upstream_stream import UpstreamStream
 
 # How long a request waits, before its stream starts, for Ollama to answer or refuse: a refused connection or an
@@ -38,6 +43,7 @@ class Relay:
         ticket: Ticket,
         settings: Settings,
         stats: StreamStats,
+        estimates: Estimates,
     ) -> None:
         self._client = client
         self._body = body
@@ -45,12 +51,16 @@ class Relay:
         self._ticket = ticket
         self._settings = settings
         self.stats = stats
+        self._estimates = estimates
+        self.stages = Stages(ticket.created)
+        self.final: dict[str, Any] = {}  # Ollama's last line, parsed: its durations and counts
         self.stream: UpstreamStream | None = None
         self.outcome: Outcome = "client_left"  # what `close` records unless the stream got further
         self._closed = False
 
-    def wait_for_slot(self) -> Iterator[Queued | Heartbeat | Failure]:
-        """While queued: ``Queued`` on every move, a heartbeat on silence; a ``Failure`` ends the wait."""
+    def wait_for_slot(self) -> Iterator[Queued | Status | Heartbeat | Failure]:
+        """While queued: ``Queued`` and its ``Status`` on every move, a heartbeat on silence; a ``Failure`` ends the
+        wait."""
         ticket, heartbeat_s = self._ticket, self._settings.heartbeat_s
         deadline = ticket.created + self._settings.queue_timeout_s
         announced = 0
@@ -67,6 +77,7 @@ class Relay:
                     if ticket.position != announced:
                         announced = ticket.position
                         yield Queued(ticket.position, self._admission.active)
+                        yield self._queued(ticket.position)
                     changed = self._admission.wait(ticket, min(heartbeat_s, max(deadline - time.monotonic(), 0)))
                 except redis.RedisError as exc:
                     yield self._failed(Failure(unavailable_message(exc), "shared_state", 503))
@@ -74,6 +85,12 @@ class Relay:
                 if not changed:
                     yield Heartbeat.BEAT
         self.stats.admitted(ticket.queue_wait_s)
+
+    def _queued(self, position: int) -> Status:
+        eta_s = self._estimates.queue_s(position, self._admission.max_active)
+        status = Status("queued", eta_s, (("position", position), ("ahead", position - 1)))
+        self.stages.enter(status)
+        return status
 
     def wait_admitted(self) -> Failure | None:
         """Wait in the queue silently (clients of a whole answer or of Ollama's NDJSON have no way to be told
@@ -100,8 +117,14 @@ class Relay:
     def start(self) -> UpstreamStream:
         """Open the upstream request (in its own greenlet); call once admitted."""
         settings = self._settings
+        progress = Progress(self._client, self._body, self._estimates)
         self.stream = UpstreamStream(
-            self._client, self._body, settings.heartbeat_s, settings.stream_buffer_bytes, self._upstream_ended
+            self._client,
+            self._body,
+            settings.heartbeat_s,
+            settings.stream_buffer_bytes,
+            self._upstream_ended,
+            progress,
         )
         return self.stream
 
@@ -120,11 +143,19 @@ class Relay:
         stream = self.stream or self.start()
         for event in stream.events():
             if isinstance(event, bytes):  # a token: first, outside the match (see the events module)
-                if not stream.done:  # the final line carries statistics, not a token
+                if stream.done:  # the final line carries statistics, not a token
+                    self._learn(event, stream)
+                else:
                     self.stats.token()
+                    now_doing = self.stages.token(event)
+                    if now_doing is not None:
+                        yield now_doing
                 yield event
                 continue
             match event:
+                case Status():
+                    if not self.stages.enter(event):
+                        continue
                 case Heartbeat.BEAT:
                     pass
                 case Failure():
@@ -134,6 +165,48 @@ class Relay:
             yield event
         if stream.done:
             self.outcome = "done"
+
+    def _learn(self, line: bytes, stream: UpstreamStream) -> None:
+        """From Ollama's last line: what the next answers' estimates go by."""
+        try:
+            final = json.loads(line)
+        except ValueError:
+            return
+        self.final = final if isinstance(final, dict) else {}
+        host, key, now = stream.host, model_key(str(self._body["model"])), time.monotonic()
+        if host is None:
+            return
+        host.in_use(key, now)
+        load_s = self.stages.load_s(self.final)
+        if load_s is not None:
+            self._estimates.loaded(host.label, key, load_s)
+        count, duration = self.final.get("prompt_eval_count"), self.final.get("prompt_eval_duration")
+        if isinstance(count, int) and isinstance(duration, int | float):
+            self._estimates.read_prompt(host.label, key, count, duration / 1e9)
+        if self._ticket.admitted_at is not None:
+            self._estimates.answered(now - self._ticket.admitted_at)
+
+    def figures(self) -> dict[str, float | int | None]:
+        """What the answer's figures line shows and the message keeps: the wait in the queue, the model load, the
+        first token counted from admission, the thinking, and the tokens (thinking ones included) and their rate."""
+        stats, final, admitted_at = self.stats, self.final, self._ticket.admitted_at
+        ended = stats.last_token_at or time.monotonic()
+        first_ms = None
+        if stats.first_token_at is not None and admitted_at is not None:
+            first_ms = round((stats.first_token_at - admitted_at) * 1000, 1)
+        tokens: int = max(final.get("eval_count") or 0, stats.tokens)
+        rate = stats.tokens_per_s()
+        if final.get("eval_count") and final.get("eval_duration") and final["eval_count"] >= stats.tokens:
+            rate = final["eval_count"] / final["eval_duration"] * 1e9  # Ollama's own count covers every token
+        load_s, thinking_s = self.stages.load_s(final), self.stages.thinking_s(ended)
+        return {
+            "queue_ms": round(self._ticket.queue_wait_s * 1000, 1) if admitted_at is not None else None,
+            "load_ms": None if load_s is None else round(load_s * 1000, 1),
+            "ttft_ms": first_ms,
+            "thinking_ms": None if thinking_s is None else round(thinking_s * 1000, 1),
+            "tokens": tokens or None,
+            "tokens_per_s": None if rate is None else round(rate, 2),
+        }
 
     def fail(self, outcome: Outcome) -> None:
         """Record how the request ended, when that is decided outside the event stream (a refusal before it
@@ -166,4 +239,5 @@ class Relay:
                 self.stream.close()
         finally:
             self._admission.release(self._ticket)
+            self.stages.finish(self.final, self._ticket.admitted_at, time.monotonic())
             self.stats.finish(self.outcome)

@@ -18,7 +18,7 @@ from ..send_watch import WATCH
 from ..services import services
 from ..state.base import RETRY_AFTER_BUSY_S
 from . import sse
-from .events import Failure, Heartbeat, Queued
+from .events import Failure, Heartbeat, Queued, Status
 from .relay import Relay
 
 
@@ -45,7 +45,8 @@ def sse_response(relay: Relay) -> Response:
 
 
 def sse_events(relay: Relay) -> Iterator[bytes]:
-    """``id: N`` + ``data: <line>`` per upstream line, ``event: queued`` while waiting, ``event: error`` last."""
+    """``id: N`` + ``data: <line>`` per upstream line, ``event: status`` when the stage changes (``event: queued``
+    too while waiting, as before status frames), ``event: error`` last."""
     try:
         yield sse.OPENING
         seq = 0
@@ -59,6 +60,8 @@ def sse_events(relay: Relay) -> Iterator[bytes]:
                     yield sse.KEEP_ALIVE
                 case Queued(position=position, active=active):
                     yield sse.json_frame({"position": position, "active": active}, event="queued")
+                case Status():
+                    yield sse.json_frame(event.payload(), event="status")
                 case Failure(message=message):
                     yield sse.json_frame({"error": message}, event="error")
                 case _:
@@ -77,7 +80,7 @@ def ndjson_lines(relay: Relay) -> Iterator[bytes]:
             match event:
                 case Failure(message=message):
                     yield json.dumps({"error": message}).encode() + b"\n"
-                case Heartbeat.BEAT | Queued():
+                case Heartbeat.BEAT | Queued() | Status():
                     pass  # NDJSON has no comment syntax, and a blank line breaks Ollama's clients
                 case _:
                     assert_never(event)

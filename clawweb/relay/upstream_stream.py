@@ -25,8 +25,10 @@ from .. import lifecycle
 from ..upstream.client import OllamaClient
 from ..upstream.errors import OllamaTimeout, OllamaUnreachable
 from ..upstream.failover import Opened
+from ..upstream.hosts import Host
 from ..upstream.wire import ollama_error_text
-from .events import Failure, Heartbeat, UpstreamEvent
+from .events import Failure, Heartbeat, Status, UpstreamEvent
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,12 @@ class UpstreamStream:
         heartbeat_s: float,
         buffer_bytes: int,
         on_end: Callable[[], None],
+        progress: Progress | None = None,
     ) -> None:
         """``buffer_bytes``: how much of the answer may wait here for a slow client; beyond it reading pauses
         (memory stays bounded; Ollama then waits too). ``on_end``: called in the reader once the upstream response
-        is over, however much of it the client has still to read."""
+        is over, however much of it the client has still to read. ``progress``: says what the request waits for
+        before its first line (``Status`` events)."""
         self._queue: _Queue = gevent.queue.Queue()
         self._buffered = 0  # bytes of lines read from upstream and not yet taken by ``events``
         self._buffer_bytes = buffer_bytes
@@ -113,6 +117,9 @@ class UpstreamStream:
         self.headers_received = gevent.event.Event()  # set when Ollama answered (or failed)
         self.first_failure: Failure | None = None
         self.done = False
+        self.host: Host | None = None  # the host that answered
+        self._progress = progress
+        self._begun = False  # a line was read: from then on the lines say what happens
         # Heartbeats come from one repeating timer rather than a timeout on every queue wait, which would arm and
         # cancel a timer per token (a tenth of the relay's CPU). A tick with no line since the previous one puts a
         # heartbeat, so silence gets one after between one and two intervals.
@@ -135,7 +142,8 @@ class UpstreamStream:
         try:
             # With several hosts, open_chat tries the next one while nothing has reached the client yet; from the
             # first token on, a failure is reported in-band below and never retried (the client has text already).
-            self._opened = client.open_chat(body)
+            self._opened = client.open_chat(body, self._sending)
+            self.host = self._opened.host
             response = self._opened.response
             if response.status_code != 200:
                 self._fail(_status_failure(response))
@@ -143,7 +151,7 @@ class UpstreamStream:
             self.headers_received.set()
             for line in response.iter_lines(chunk_size=None):
                 if line:  # Ollama sends no blank lines; tolerate them anyway
-                    self._heard = True
+                    self._heard = self._begun = True
                     self._buffered += len(line)
                     self._queue.put(line)
                     if self._buffered > self._buffer_bytes:  # the client reads slower than Ollama writes
@@ -163,7 +171,19 @@ class UpstreamStream:
                 self._fail(Failure(CLOSED_EARLY, "closed", 502))
         finally:
             self.headers_received.set()
+            if self._progress is not None:
+                self._progress.stop()
             self._end_upstream()
+
+    def _sending(self, host: Host) -> None:
+        if self._progress is not None:
+            self._progress.sending(host, self._say)
+
+    def _say(self, status: Status) -> bool:
+        if self._begun:
+            return False
+        self._queue.put(status)
+        return True
 
     def _end_upstream(self) -> None:
         """Upstream is over: close its response (back to the pool, or Ollama stops) and tell the relay."""
@@ -198,7 +218,7 @@ class UpstreamStream:
                     yield item
                     continue
                 match item:
-                    case Heartbeat.BEAT:
+                    case Heartbeat.BEAT | Status():
                         yield item
                     case _End.ENDED:
                         yield Failure(CLOSED_EARLY, "closed")
@@ -215,6 +235,8 @@ class UpstreamStream:
     def close(self) -> None:
         """Stop reading and close the upstream connection. Safe to call twice and from ``finally``."""
         self._ticker.close()
+        if self._progress is not None:
+            self._progress.stop()
         if self.done:
             # Let the reader consume the end of the chunked body so the connection goes back to the pool.
             self._greenlet.join(timeout=0.5)

@@ -88,6 +88,11 @@ class Slots(Protocol):
     @property
     def active(self) -> int: ...
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot now."""
+        ...
+
     def enter(self, client: str) -> Ticket:
         """Take a slot or a place in the queue, or raise ``Refused`` (before any stream starts)."""
         ...

@@ -121,6 +121,10 @@ class RedisAdmission:
     def active(self) -> int:
         return int(self._redis.zcard(KEYS[0]))
 
+    @property
+    def queued(self) -> int:
+        return int(self._redis.zcard(KEYS[1]))
+
     def enter(self, client: str) -> Ticket:
         self._bus.start()
         self._renewer.start()

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -23,13 +24,17 @@ from .checker import CHECK_TIMEOUT_S, HealthChecker, each, monkey_patched
 from .errors import OllamaTimeout, OllamaUnreachable, problem, reason
 from .failover import Opened, clearest, down_error, missing, open_first
 from .hosts import Host, rank
-from .wire import json_response, merge_listings, names_in
+from .wire import json_response, merge_listings, model_key, names_in
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "clawweb/0.1"
 MERGED = ("/api/tags", "/api/ps")  # lists of models: with several hosts, the union over those that are up
 PASS_THROUGH_TIMEOUT_S = 10.0  # /api/tags, /api/ps, /api/version answer from Ollama's memory: slow means trouble
+# A model seen in memory this recently (an answer's line, /api/ps) is taken to be there still: Ollama keeps a model
+# loaded for minutes after its last use, and asking /api/ps before every answer would add a round trip to each.
+LOADED_FRESH_S = 1.0
+PS_REASK_S = 0.25  # and one that was not listed is asked about again after this long (answers waiting for a load)
 
 
 class OllamaClient:
@@ -97,6 +102,22 @@ class OllamaClient:
             gauges.failed(host, repr(exc), exc)
         else:
             gauges.answered(host, models, running)
+
+    def in_memory(self, host: Host, model: str) -> bool | None:
+        """Whether ``host`` has ``model`` loaded now, from a sighting at most ``LOADED_FRESH_S`` old or else its
+        ``/api/ps`` (asked at most every ``PS_REASK_S``); None when it does not say (no /api/ps there, an error: the
+        answer goes on)."""
+        key, now = model_key(model), time.monotonic()
+        if now - host.seen_loaded.get(key, float("-inf")) < LOADED_FRESH_S:
+            return True
+        if now - host.ps_at < PS_REASK_S:
+            return False  # not listed a moment ago: every answer waiting for the load shares one question
+        try:
+            running = self._fetch_names(host, "/api/ps", CHECK_TIMEOUT_S)
+        except Exception:  # whatever it is, the chat request itself will say
+            return None
+        host.in_memory(running, now)
+        return key in running
 
     # --- every host --------------------------------------------------------------------------------------------
 
@@ -177,14 +198,22 @@ class OllamaClient:
         opened.release()
         return opened.response
 
-    def open_chat(self, body: dict[str, Any]) -> Opened:
+    def open_chat(self, body: dict[str, Any], sending: Callable[[Host], None] = lambda host: None) -> Opened:
         """Start ``POST /api/chat`` streaming; returns once a host sent headers (after its model load), trying the
-        next host when one fails before that. ``close()`` the result when done with it."""
+        next host when one fails before that. ``sending(host)`` runs before each attempt. ``close()`` the result
+        when done with it."""
         self._start_checker()
-        return self._failover("POST", "/api/chat", body, stream=True)
+        return self._failover("POST", "/api/chat", body, stream=True, sending=sending)
 
     def _failover(
-        self, method: str, path: str, body: dict[str, Any] | None, *, stream: bool, read_timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        stream: bool,
+        read_timeout: float | None = None,
+        sending: Callable[[Host], None] = lambda host: None,
     ) -> Opened:
         data = None if body is None else json.dumps(body).encode()
         model = body.get("model") if body is not None and isinstance(body.get("model"), str) else None
@@ -192,6 +221,7 @@ class OllamaClient:
         self._turn += 1
 
         def send(host: Host) -> requests.Response:
+            sending(host)
             return self._send(host, method, path, data, stream, timeout)
 
         return open_first(rank(self.hosts, model, self._turn), send, model, self._several)

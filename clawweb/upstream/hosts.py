@@ -24,6 +24,8 @@ class Host:
     up: bool = True  # until a check or a request says otherwise
     models: frozenset[str] | None = None  # /api/tags as model_keys; None until the host first answered
     loaded: frozenset[str] = frozenset()  # /api/ps as model_keys
+    seen_loaded: dict[str, float] = field(default_factory=dict)  # model_key -> when last seen in memory (monotonic)
+    ps_at: float = float("-inf")  # when /api/ps last answered (monotonic)
     streams: int = 0  # requests this process has open to it; a stream counts from its start until it is closed
     problem: str = ""  # why it is down, short ("Connection refused"), for messages and /readyz
     error: Exception | None = field(default=None, repr=False)  # the full error of the last failure
@@ -46,6 +48,14 @@ class Host:
         self.up, self.models, self.problem, self.error = True, models, "", None
         if loaded is not None:
             self.loaded = loaded
+
+    def in_memory(self, running: frozenset[str], now: float) -> None:
+        """``/api/ps`` said at ``now`` which models are in memory."""
+        self.loaded, self.seen_loaded, self.ps_at = running, dict.fromkeys(running, now), now
+
+    def in_use(self, key: str, now: float) -> None:
+        """The model answered on this host at ``now``: it is in memory."""
+        self.seen_loaded[key] = now
 
     def failed(self, problem: str, error: Exception) -> None:
         self.up, self.problem, self.error = False, problem, error

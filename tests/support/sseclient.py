@@ -30,6 +30,11 @@ class Event:
     def is_comment(self) -> bool:
         return not self.data_lines and bool(self.comments)
 
+    @property
+    def is_line(self) -> bool:
+        """A relayed upstream line (unnamed, with data): not a ``status``, ``queued`` or ``error`` frame."""
+        return bool(self.data_lines) and self.event == "message"
+
 
 def events(response: requests.Response) -> Iterator[Event]:
     """Every block up to a blank line, as it arrives; comment-only blocks (opening, heartbeats) included."""
@@ -59,4 +64,4 @@ def events(response: requests.Response) -> Iterator[Event]:
 
 def content_of(received: list[Event]) -> str:
     """The answer text carried by the data frames (Ollama chunks)."""
-    return "".join(e.json()["message"]["content"] for e in received if e.data_lines and e.event == "message")
+    return "".join(e.json()["message"]["content"] for e in received if e.is_line)
