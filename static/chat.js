@@ -779,8 +779,10 @@
     try {
       const conversation = await loadConversation();
       if (conversation && conversation.id === conversationId) {
+        const pinned = isAtBottom(); // a reader at the end stays there as the other tab's messages arrive
         syncSettings(conversation);
         showConversation(conversation);
+        if (pinned) scrollToBottom();
       }
     } catch (_) {
       // offline or deleted: the next event, or the feed's reset on reconnecting, tries again

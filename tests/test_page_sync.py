@@ -20,8 +20,13 @@ from .support.servers import Gateway
 from .support.simproc import SimProcess
 
 USER, PASSWORD = "ann", "correct horse battery"
-LAPTOP = {"viewport": {"width": 1200, "height": 800}}
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "color_scheme": "dark"}
+LAPTOP: dict[str, Any] = {"viewport": {"width": 1200, "height": 800}}
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "is_mobile": True,
+    "has_touch": True,
+    "color_scheme": "dark",
+}
 
 
 @pytest.fixture(scope="module")
