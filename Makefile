@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint format bench system-deps clean
+.PHONY: run test unit lint format bench screenshots system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,8 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.deps
 	scripts/run.sh
 
-# nginx, chromium and redis-server from Debian when missing (the tests use the real programs).
+# What the tests drive, from Debian when missing (apt-get, as root or through sudo): nginx-light, caddy, chromium,
+# redis-server, openssl, systemd (for systemd-analyze) and fonts-noto-cjk. See scripts/system-deps.sh.
 system-deps:
 	scripts/system-deps.sh
 
@@ -42,9 +43,14 @@ test: $(VENV)/.dev-deps system-deps lint
 unit: $(VENV)/.dev-deps
 	$(BIN)/python -m pytest -m "not integration"
 
-# Loopback benchmark: simulator direct vs nginx vs clawweb; prints markdown, writes bench/results/latest.*
+# Loopback benchmark: simulator direct vs nginx vs the naive relay vs clawweb; prints markdown, writes
+# bench/results/latest.{md,json,svg} (see bench/README.md).
 bench: $(VENV)/.dev-deps system-deps
 	$(BIN)/python bench/run.py
+
+# The README's pictures, docs/screenshot-{light,dark}.png: the chat page mid-answer in Debian's Chromium.
+screenshots: $(VENV)/.dev-deps system-deps
+	CLAWWEB_README_SCREENSHOTS=1 $(BIN)/python -m pytest tests/test_readme_screenshots.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,8 +1,12 @@
-"""``make bench``: the same streams three ways — the Ollama simulator direct (the floor), nginx relaying the
-simulator (a C proxy), and clawweb under its real gunicorn.conf.py (direct and behind the deploy kit's nginx).
+"""``make bench``: the same streams four ways — the Ollama simulator direct (the floor), nginx relaying the
+simulator (a C proxy), the naive relay (bench/naive.py: 20 lines of Flask under the same gunicorn gevent, the
+floor of this stack), and clawweb under its real gunicorn.conf.py (direct and behind the deploy kit's nginx).
 
-Loopback only. Prints markdown tables and writes JSON to bench/results/. The client is gevent + http.client in
-this process; every stream is timed on arrival of each line.
+Loopback only. Prints markdown tables, writes JSON and an SVG plot (bench/plot.py) to bench/results/. The client
+is gevent + http.client in this process; every stream is timed on arrival of each line.
+
+``--quick``: two small levels of each table and no other part, into bench/results/quick.* (for working on the
+plot or the targets; its figures are not the benchmark's).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import argparse  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -28,11 +33,15 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
+import requests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from plot import svg  # noqa: E402  (bench/plot.py, beside this script)
+
 from tests.support.servers import (  # noqa: E402
+    BIN,
     Gateway,
     Nginx,
     RedisServer,
@@ -217,6 +226,17 @@ http {{
     return server
 
 
+def naive_relay(log: Path, sim_url: str) -> ServerProcess:
+    """bench/naive.py under gunicorn's gevent worker, one worker with clawweb's connection and timeout settings."""
+    port = free_port()
+    argv = [str(BIN / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "4096", "--keep-alive", "5"]
+    argv += ["--timeout", "30", "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "naive:app"]
+    server = ServerProcess(argv, log, {"NAIVE_OLLAMA_URL": sim_url})
+    server.port = port  # type: ignore[attr-defined]
+    server.wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code > 0)
+    return server
+
+
 def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
     """clawweb with admission wide open (the benchmark measures relaying, not queueing) unless overridden."""
     wide_open = {"max_active": 2000, "max_queue": 4000, "max_active_per_client": 10000, "heartbeat_s": 15}
@@ -224,10 +244,14 @@ def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="The loopback benchmark (make bench): see bench/README.md.")
+    parser.add_argument("--quick", action="store_true", help="small levels, relaying only, into results/quick.*")
+    quick = parser.parse_args().quick
+    seed_levels, high_levels = ((1, 4), (50,)) if quick else ((1, 4, 8, 16), (200, 500))
     work = Path(tempfile.mkdtemp(prefix="clawweb-bench-"))
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "command": "make bench",
+        "command": "bench/run.py --quick" if quick else "make bench",
         "started": datetime.now(UTC).isoformat(),
     }
     out: list[str] = []
@@ -238,16 +262,18 @@ def main() -> None:
     cert, key = self_signed_certificate(work)
     front = Nginx(work / "front", gateway.port, cert, key)
     relay = plain_proxy(work / "relay", sim.port)
+    naive = naive_relay(work / "naive.log", sim.url)
     tls = ssl.create_default_context(cafile=str(cert))
     paths = {
         "simulator direct": ("127.0.0.1", sim.port, False, None),
         "nginx → simulator": ("127.0.0.1", relay.port, False, None),  # type: ignore[attr-defined]
+        "naive relay": ("127.0.0.1", naive.port, True, None),  # type: ignore[attr-defined]
         "clawweb": ("127.0.0.1", gateway.port, True, None),
         "nginx (TLS) → clawweb": ("127.0.0.1", front.https_port, True, tls),
     }
     seed: dict[str, dict[int, dict[str, float]]] = {}
     rows = []
-    for level in (1, 4, 8, 16):
+    for level in seed_levels:
         for name, target in paths.items():
             result = summarize(concurrent(level, target, chat(100)))
             seed.setdefault(name, {})[level] = result
@@ -290,23 +316,29 @@ def main() -> None:
     gateway = start_gateway(work / "gw2.log", sim.url)
     relay.stop()
     relay = plain_proxy(work / "relay2", sim.port)
+    naive.stop()
+    naive = naive_relay(work / "naive2.log", sim.url)
     worker = children(gateway.proc.pid)[0]
     nginx_worker = children(relay.proc.pid)[0]
+    naive_worker = children(naive.proc.pid)[0]
     high: dict[str, dict[int, dict[str, float]]] = {}
     rows = []
-    for level in (200, 500):
+    for level in high_levels:
         for name, target, pid in (
             ("simulator direct", ("127.0.0.1", sim.port, False, None), 0),
             ("nginx → simulator", ("127.0.0.1", relay.port, False, None), nginx_worker),  # type: ignore[attr-defined]
+            ("naive relay", ("127.0.0.1", naive.port, True, None), naive_worker),  # type: ignore[attr-defined]
             ("clawweb", ("127.0.0.1", gateway.port, True, None), worker),
         ):
             before = cpu_seconds(pid) if pid else 0.0
             result = summarize(concurrent(level, target, chat(200)))
             result["cpu_s_per_1k_tokens"] = (cpu_seconds(pid) - before) / result["tokens"] * 1000 if pid else 0.0
             high.setdefault(name, {})[level] = result
-        for name in ("nginx → simulator", "clawweb"):
+        for name in ("nginx → simulator", "naive relay", "clawweb"):
             result, direct = high[name][level], high["simulator direct"][level]
-            ratio = result["cpu_s_per_1k_tokens"] / high["nginx → simulator"][level]["cpu_s_per_1k_tokens"]
+            cpu = result["cpu_s_per_1k_tokens"]
+            vs_nginx = cpu / high["nginx → simulator"][level]["cpu_s_per_1k_tokens"]
+            vs_naive = cpu / high["naive relay"][level]["cpu_s_per_1k_tokens"]
             rows.append(
                 [
                     str(level),
@@ -314,8 +346,9 @@ def main() -> None:
                     f"{result['latency_p50_ms'] - direct['latency_p50_ms']:+.2f}",
                     f"{result['latency_p99_ms'] - direct['latency_p99_ms']:+.2f}",
                     f"{result['latency_max_ms']:.1f}",
-                    f"{result['cpu_s_per_1k_tokens'] * 1000:.1f}",
-                    f"{ratio:.2f}×",
+                    f"{cpu * 1000:.1f}",
+                    f"{vs_nginx:.2f}×",
+                    f"{vs_naive:.2f}×",
                     f"{result['completed_pct']:.1f}%",
                 ]
             )
@@ -330,12 +363,20 @@ def main() -> None:
                 "max latency ms",
                 "CPU ms / 1k tokens",
                 "CPU vs nginx",
+                "CPU vs naive relay",
                 "completed",
             ],
             rows,
         )
     )
     report["high_load"] = high
+    naive.stop()
+    if quick:
+        relay.stop()
+        gateway.stop()
+        sim.stop()
+        write(report, out, "quick")
+        return
 
     # --- 3. Many idle streams: 2000 queued behind 4 slots, heartbeats every second ------------------------
     gateway.stop()
@@ -507,15 +548,21 @@ def main() -> None:
     )
     report["history"] = history
 
+    write(report, out, "latest")
+
+
+def write(report: dict[str, Any], out: list[str], name: str) -> None:
+    """Print the tables; bench/results/<name>.md, .json and .svg (the plot of the seed and high-load runs)."""
     header = (
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, by `make bench` (bench/run.py); everything on loopback.\n"
+        f"{platform.python_version()}, by `{report['command']}` (bench/run.py); everything on loopback.\n"
     )
     text = header + "\n" + "\n".join(out)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.svg").write_text(svg(report))
 
 
 if __name__ == "__main__":

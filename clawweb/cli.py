@@ -24,9 +24,16 @@ from .doctor import Doctor, warmup
 from .doctor_state import database_checks, redis_checks
 from .storage import Store
 
+# Plain text, not the docstring: --help prints it as it stands, and RST's ``markup`` would show.
+DESCRIPTION = "The operator's command line: check the setup, load the model, manage users, API keys and conversations."
+EPILOG = (
+    "From a checkout: .venv/bin/python -m clawweb (after make run or make test). Installed by deploy/install.sh: "
+    "clawweb, with the service's settings. The database is the one named by CLAWWEB_DB."
+)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clawweb", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="clawweb", description=DESCRIPTION, epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
     doctor = commands.add_parser("doctor", help="check that answers really stream, and say what to fix")
     doctor.add_argument("--url", help="the gateway (or nginx in front of it) to test, e.g. https://chat.example.com")

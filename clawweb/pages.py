@@ -52,6 +52,7 @@ def _page(conversation: dict[str, Any] | None, events_after: str) -> str:
         model=conversation["model"] if conversation else settings.default_model,
         simulated=settings.simulator,
         events_after=events_after,
+        heartbeat_ms=round(settings.heartbeat_s * 1000),  # the page takes a longer silence for a dead stream
         lang=lang,
         lang_tag=LANG_TAGS[lang],
         t=strings(lang),

@@ -152,7 +152,7 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _prompt_count(body: dict[str, Any]) -> int:
+def prompt_count(body: dict[str, Any]) -> int:
     """The prompt's tokens as this simulator counts them (its own tokenizer, 4 per message for the template)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -491,7 +491,7 @@ class Simulator:
             rfc3339(time.time_ns()),
             b'"message":{"role":"assistant","content":""},' if chat else b'"response":"",',
             reason.encode(),
-            self._counters(started, loaded, prompt_done, now, len(content), _prompt_count(body)),
+            self._counters(started, loaded, prompt_done, now, len(content), prompt_count(body)),
         )
         sock.sendall(head + b"%x\r\n%b\n\r\n0\r\n\r\n" % (len(final) + 1, final))
         self._stats["completed"] += 1
@@ -540,7 +540,7 @@ class Simulator:
             rfc3339(time.time_ns()),
             message,
             reason.encode(),
-            self._counters(started, loaded, prompt_done, time.monotonic_ns(), len(content), _prompt_count(body)),
+            self._counters(started, loaded, prompt_done, time.monotonic_ns(), len(content), prompt_count(body)),
         )
         self._stats["completed"] += 1
         return self._send(sock, 200, answer)

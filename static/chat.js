@@ -61,6 +61,8 @@
       this.content = article.querySelector(".content");
       this.details = article.querySelector(".thinking");
       this.thinkingText = article.querySelector(".thinking-text");
+      this.statusLine = article.querySelector(".status-line");
+      this.countdown = 0;
       this.raw = "";
       this.nativeThinking = "";
       this.renderedUpTo = 0; // text before this index is rendered as finished blocks
@@ -70,6 +72,8 @@
       this.details.addEventListener("toggle", () => (this.userToggled = this.userToggled || this.autoToggled !== true));
       // The log is replayed from its start (a continued answer's begins with the text so far): start empty.
       article.dataset.status = "streaming";
+      delete article.dataset.stage;
+      this.statusLine.hidden = true;
       this.details.hidden = true;
       this.thinkingText.replaceChildren();
       article.querySelector(".meta").replaceChildren();
@@ -108,6 +112,24 @@
       if (pinned) scrollToBottom();
     }
 
+    // What the answer waits for or does now, from an `event: status` (queued, loading, prompt, thinking,
+    // writing): one line in the answer's place, its estimate counted down each second; once text flows, the
+    // typing indicator (CSS, on data-stage) instead.
+    status(stage) {
+      this.article.dataset.stage = stage.stage;
+      clearInterval(this.countdown);
+      if (stage.stage === "writing") {
+        this.statusLine.hidden = true;
+        return;
+      }
+      const what = stageText(stage);
+      const due = stage.eta_s != null ? Date.now() + stage.eta_s * 1000 : null;
+      const show = () => (this.statusLine.textContent = due ? `${what} · ${remaining(due)}` : what);
+      show();
+      this.statusLine.hidden = false;
+      if (due) this.countdown = setInterval(show, 1000);
+    }
+
     setOpen(open) {
       this.autoToggled = true;
       this.details.open = open;
@@ -117,12 +139,36 @@
     finish(message, error) {
       cancelAnimationFrame(this.frame);
       this.frame = 0;
+      clearInterval(this.countdown);
+      this.statusLine.hidden = true;
+      delete this.article.dataset.stage;
       // What the stream delivered, kept beside the stored text (data-raw): tests compare the two.
       this.content.dataset.streamed = this.nativeThinking ? this.raw : splitThink(this.raw).content;
       const pinned = isAtBottom();
       renderStored(this.article, message, error);
       if (pinned) scrollToBottom();
     }
+  }
+
+  function stageText(stage) {
+    switch (stage.stage) {
+      case "queued":
+        return stage.ahead === 0 ? T.status_next : stage.ahead === 1 ? T.status_ahead_one : fmt(T.status_ahead, { n: stage.ahead });
+      case "loading":
+        return fmt(T.status_loading, { model: stage.model });
+      case "prompt":
+        return T.status_prompt;
+      default:
+        return T.status_thinking;
+    }
+  }
+
+  const duration = (seconds) => (seconds < 60 ? fmt(T.seconds, { n: seconds }) : fmt(T.minutes, { n: Math.round(seconds / 60) }));
+
+  // "about 40 s" until the estimate is reached; after it, say so rather than count below zero.
+  function remaining(due) {
+    const left = Math.round((due - Date.now()) / 1000);
+    return left > 0 ? fmt(T.status_about, { t: duration(left) }) : T.status_late;
   }
 
   // Render an answer from its stored form: `message` from the API, or null for the server-rendered history
@@ -143,17 +189,28 @@
     renderMeta(article, message, error || (message && message.error));
   }
 
+  // The figures line: the wait in the queue, a model load, the first token (from admission), the rate and the
+  // tokens; and "Thought for N s" on the thoughts. From the API's message, or the server-rendered data attributes.
   function renderMeta(article, message, error) {
     const meta = article.querySelector(".meta");
     if (!meta) return;
+    const figure = (name, attribute) => (message ? message[name] : Number(meta.dataset[attribute]) || null);
+    const seconds = (ms) => (ms / 1000).toFixed(ms < 10000 ? 2 : 1);
     const parts = article.dataset.model ? [article.dataset.model] : [];
-    const ttft = message ? message.ttft_ms : Number(meta.dataset.ttftMs) || null;
-    const rate = message ? message.tokens_per_s : Number(meta.dataset.rate) || null;
-    const tokens = message ? message.tokens : Number(meta.dataset.tokens) || null;
-    if (ttft) parts.push(fmt(T.ttft, { s: (ttft / 1000).toFixed(2) }));
+    const waited = figure("queue_ms", "queueMs");
+    const load = figure("load_ms", "loadMs");
+    const ttft = figure("ttft_ms", "ttftMs");
+    const rate = figure("tokens_per_s", "rate");
+    const tokens = figure("tokens", "tokens");
+    const thought = figure("thinking_ms", "thinkingMs");
+    if (waited >= 100) parts.push(fmt(T.waited, { s: seconds(waited) }));
+    if (load) parts.push(fmt(T.load, { s: seconds(load) }));
+    if (ttft) parts.push(fmt(T.ttft, { s: seconds(ttft) }));
     if (rate) parts.push(fmt(T.rate, { r: rate.toFixed(1) }));
     if (tokens) parts.push(fmt(T.tokens, { n: tokens }));
     meta.replaceChildren(...parts.map((text) => Object.assign(document.createElement("span"), { textContent: text })));
+    const summary = article.querySelector(".thinking summary");
+    if (summary) summary.textContent = thought ? fmt(T.thought_for, { s: Math.max(1, Math.round(thought / 1000)) }) : T.thought;
     const status = article.dataset.status;
     if (status === "stopped" || status === "error") {
       const label = document.createElement("span");
@@ -183,10 +240,32 @@
 
   // --- Following a generation -----------------------------------------------------------------------------
 
+  // The indicator: green ("open") only while bytes arrive. The server sends a heartbeat event during every
+  // silence, so a stream quiet for much longer than that is a connection that died without saying so.
+  const LABELS = { idle: "", connecting: T.connecting, open: T.connected, closed: T.reconnecting, stale: T.no_data };
   function setConnection(state) {
     connectionEl.dataset.state = state;
-    connectionEl.textContent = { idle: "", connecting: T.connecting, open: T.connected, closed: T.reconnecting }[state];
+    connectionEl.textContent = LABELS[state];
   }
+  const STALE_MS = 2 * Number(body.dataset.heartbeatMs || 15000) + 5000;
+
+  // A screen that stays on while an answer streams (a phone that locks mid-answer stops reading it).
+  const wakeLock = {
+    sentinel: null,
+    async hold() {
+      if (this.sentinel || !navigator.wakeLock || document.visibilityState !== "visible") return;
+      try {
+        this.sentinel = await navigator.wakeLock.request("screen");
+        this.sentinel.addEventListener("release", () => (this.sentinel = null));
+      } catch (_) {
+        // refused (battery saver, no permission): the answer streams anyway
+      }
+    },
+    release() {
+      this.sentinel?.release().catch(() => {});
+      this.sentinel = null;
+    },
+  };
 
   function setBusy(value) {
     busy = value;
@@ -196,13 +275,10 @@
     if (!busy && syncPending) syncShown(); // a change another tab made while this one was busy
   }
 
-  function showQueue(position) {
-    queueEl.textContent = position == null ? "" : position <= 1 ? T.queued_next : fmt(T.queued_ahead, { n: position - 1 });
-  }
-
   // Follows one generation's SSE events into its view. The stream opens at a cursor in the URL; EventSource's
   // own reconnects resume with Last-Event-ID; a close for good asks the API what happened, then ends the answer
-  // or opens again later. Only the current follower acts: one that was replaced ignores what still arrives.
+  // or opens again later; so does a stream silent for too long. Only the current follower acts: one that was
+  // replaced ignores what still arrives.
   class Follower {
     constructor(generation, view, after) {
       this.generation = generation;
@@ -211,6 +287,7 @@
       this.retryMs = RETRY_MIN_MS;
       this.es = null;
       this.timer = 0;
+      this.watchdog = 0;
     }
 
     get current() {
@@ -219,44 +296,68 @@
 
     open() {
       if (!this.current) return;
+      this.es?.close();
       setConnection("connecting");
       const es = new EventSource(`${this.generation.events_url}?after=${this.lastId}`);
       this.es = es;
       es.onopen = () => {
-        setConnection("open");
+        this.heard();
         this.retryMs = RETRY_MIN_MS;
       };
-      es.addEventListener("queued", (event) => {
-        this.lastId = event.lastEventId;
-        showQueue(JSON.parse(event.data).position);
-      });
+      const on = (type, handle) =>
+        es.addEventListener(type, (event) => {
+          if (this.es !== es) return; // a stream this follower replaced
+          this.heard();
+          if (event.lastEventId) this.lastId = event.lastEventId;
+          handle(JSON.parse(event.data));
+        });
+      on("heartbeat", () => {});
+      on("queued", () => {}); // the status frame beside it says the same, and more
+      on("status", (stage) => this.view.status(stage));
       // A continued answer's log starts with its text so far; the tokens then extend the same message.
-      es.addEventListener("continue", (event) => {
-        this.lastId = event.lastEventId;
-        const soFar = JSON.parse(event.data);
-        this.view.add(soFar.content || "", soFar.thinking || "");
-      });
-      es.addEventListener("token", (event) => {
-        this.lastId = event.lastEventId;
-        showQueue(null);
-        const message = JSON.parse(event.data).message || {};
+      on("continue", (soFar) => this.view.add(soFar.content || "", soFar.thinking || ""));
+      on("token", (chunk) => {
+        const message = chunk.message || {};
         this.view.add(message.content || "", message.thinking || "");
       });
-      for (const type of FINAL_EVENTS) {
-        es.addEventListener(type, (event) => {
-          const payload = JSON.parse(event.data);
-          this.end(payload.message, payload.error);
-        });
-      }
-      es.onerror = () => this.error(es);
+      on("done", (payload) => this.end(payload.message, payload.error));
+      on("stopped", (payload) => this.end(payload.message, payload.error));
+      // "error" is two things: the server's final `event: error` (it has data) and EventSource's own report of a
+      // connection that broke (it has none). Only the first ends the answer.
+      es.addEventListener("error", (event) => {
+        if (this.es !== es) return;
+        if (event.data === undefined) return this.dropped(es);
+        const payload = JSON.parse(event.data);
+        this.end(payload.message, payload.error);
+      });
     }
 
-    error(es) {
+    heard() {
+      setConnection("open");
+      clearTimeout(this.watchdog);
+      this.watchdog = setTimeout(() => this.resume("stale"), STALE_MS);
+    }
+
+    // Open again from the last event seen: after a silence longer than the heartbeats allow, or when the page
+    // comes back (a locked phone, a tab restored from the back/forward cache) and its stream may be gone.
+    resume(state = "connecting") {
+      if (!this.current) return;
+      clearTimeout(this.timer);
+      clearTimeout(this.watchdog);
+      this.es?.close();
+      this.es = null;
+      setConnection(state);
+      this.open();
+    }
+
+    dropped(es) {
+      clearTimeout(this.watchdog);
       if (es.readyState === EventSource.CONNECTING) {
         setConnection("closed"); // the browser reconnects by itself, sending Last-Event-ID
         return;
       }
       es.close(); // closed for good (a non-200: 204 when finished, 404 after a restart): find out what happened
+      this.es = null;
       setConnection("closed");
       this.recover();
     }
@@ -287,10 +388,11 @@
       if (!this.current) return;
       this.es?.close();
       clearTimeout(this.timer);
+      clearTimeout(this.watchdog);
       current = null;
       this.view.finish(message, error);
-      showQueue(null);
       setConnection("idle");
+      wakeLock.release();
       setBusy(false);
     }
   }
@@ -298,8 +400,25 @@
   function follow(generation, view, after) {
     current = new Follower(generation, view, after);
     setBusy(true);
+    wakeLock.hold();
     current.open();
   }
+
+  // A page that comes back (unlocked phone, visible tab, restored from the back/forward cache) may have missed
+  // events or lost its stream: resume it from the last event, or look again at what the server has.
+  function comeBack() {
+    if (document.visibilityState !== "visible") return;
+    if (current) {
+      wakeLock.hold(); // released by the browser while hidden
+      current.resume();
+    } else if (conversationId) {
+      loadConversation()
+        .then((conversation) => conversation && showConversation(conversation))
+        .catch(() => {});
+    }
+  }
+  document.addEventListener("visibilitychange", comeBack);
+  window.addEventListener("pageshow", (event) => event.persisted && comeBack());
 
   // --- Actions --------------------------------------------------------------------------------------------
 
@@ -325,17 +444,19 @@
   const showError = (error) => (queueEl.textContent = `${T.error}: ${error.message}`);
 
   // Ask for an answer (`request` resolves to the API's 202 with a generation), show the branch it is on as the
-  // server now has it (a new version's arrows included), then follow the answer in its article.
+  // server now has it (a new version's arrows included), then follow the answer in its article. Refused for
+  // being busy (429, 503: nothing was stored), it says so in the conversation and asks again by itself.
   async function startAnswer(request, beforeShow = () => {}) {
     if (busy) return;
+    refusal.clear();
     setBusy(true);
-    showQueue(null);
     let started;
     try {
       started = await request();
     } catch (error) {
-      showError(error); // refused (429/503/409...): nothing was stored
       setBusy(false);
+      if (error.status === 429 || error.status === 503) refusal.show(error, () => startAnswer(request, beforeShow));
+      else showError(error); // refused otherwise (409, 400...): nothing was stored
       return;
     }
     beforeShow();
@@ -352,6 +473,47 @@
     scrollToBottom();
     follow(started.generation, new AnswerView(article), "0");
   }
+
+  // A refusal in the conversation, in plain words (the API's message names settings), counting down to the
+  // retry the server's Retry-After allows; Cancel gives up. A wait too long to sit through is only said.
+  const AUTO_RETRY_MAX_S = 300;
+  const refusal = {
+    notice: null,
+    timer: 0,
+    show(error, retry) {
+      this.clear();
+      const notice = fromTemplate("refusal");
+      const text = notice.querySelector(".refusal-text");
+      const countdown = notice.querySelector(".refusal-countdown");
+      text.textContent = error.status === 503 ? T.refused_busy : T.refused_many;
+      notice.querySelector(".refusal-cancel").addEventListener("click", () => this.clear());
+      messagesEl.append(notice);
+      this.notice = notice;
+      scrollToBottom();
+      const wait = error.retryAfter ?? 30;
+      if (wait > AUTO_RETRY_MAX_S) {
+        countdown.textContent = fmt(T.refused_later, { t: duration(wait) });
+        return;
+      }
+      const due = Date.now() + wait * 1000;
+      const tick = () => {
+        const left = Math.ceil((due - Date.now()) / 1000);
+        if (left > 0) {
+          countdown.textContent = fmt(T.retrying_in, { n: left });
+          this.timer = setTimeout(tick, 250);
+        } else {
+          this.clear();
+          retry();
+        }
+      };
+      tick();
+    },
+    clear() {
+      clearTimeout(this.timer);
+      this.notice?.remove();
+      this.notice = null;
+    },
+  };
 
   function send(text) {
     const options = knobs();

@@ -9,14 +9,19 @@ window.ClawwebPage = (() => {
   const fmt = (text, vars) => text.replace(/\{(\w+)\}/g, (_, key) => vars[key]);
 
   // `payload` goes as JSON; `raw` is a body that is JSON already (an import file's text), sent as it is. A
-  // refusal throws with the API's own message (and its HTTP status, as `status`).
+  // refusal throws an Error with the API's own message, its `status` and its Retry-After (`retryAfter`, s).
   async function api(method, url, payload, raw) {
     const headers = { "X-CSRF-Token": csrfToken };
     if (payload !== undefined || raw !== undefined) headers["Content-Type"] = "application/json";
     const body = raw !== undefined ? raw : payload === undefined ? undefined : JSON.stringify(payload);
     const response = await fetch(url, { method, headers, body });
     const data = response.status === 204 ? null : await response.json().catch(() => null);
-    if (!response.ok) throw Object.assign(new Error(data && data.error ? data.error : `HTTP ${response.status}`), { status: response.status });
+    if (!response.ok) {
+      const error = new Error(data && data.error ? data.error : `HTTP ${response.status}`);
+      error.status = response.status;
+      error.retryAfter = Number(response.headers.get("Retry-After")) || null; // seconds
+      throw error;
+    }
     return data;
   }
 

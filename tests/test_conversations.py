@@ -166,7 +166,8 @@ def test_two_readers_at_different_offsets(gateway: Gateway) -> None:
     def read(name: str, after: int | None) -> None:
         results[name] = follow(gateway, generation, after=after)
 
-    late = threading.Thread(target=read, args=("late", 5))
+    # The log begins with two status entries (prompt, writing), then the tokens: after entry 7, the 6th token on.
+    late = threading.Thread(target=read, args=("late", 7))
     early = threading.Thread(target=read, args=("early", None))
     early.start()
     time.sleep(0.3)

@@ -55,7 +55,7 @@ def start_answer(gateway: Gateway, directive: dict[str, Any], conversation_id: s
 
 class Reader(threading.Thread):
     """Follows an answer's events in the background, as a browser tab would, keeping every block it gets
-    (heartbeat comments included); stops at the final event, when the connection breaks, or after ``give_up``
+    (heartbeats included); stops at the final event, when the connection breaks, or after ``give_up``
     heartbeats in a row (an answer that never ends)."""
 
     def __init__(self, url: str, give_up: int = 100) -> None:
@@ -74,7 +74,7 @@ class Reader(threading.Thread):
                 self.status = response.status_code
                 for event in events(response):
                     self.received.append(event)
-                    quiet = quiet + 1 if event.is_comment else 0
+                    quiet = quiet + 1 if event.is_heartbeat else 0
                     if event.event in FINAL or quiet >= self.give_up:
                         return
         except requests.RequestException:
@@ -175,7 +175,7 @@ def test_a_reader_on_another_process_ends_with_an_error_and_the_exact_text_when_
     assert "the gateway process running this answer stopped" in final.json()["error"]
     last_token = max(i for i, e in enumerate(reader.received) if e.event == "token")
     waited = reader.received[last_token + 1 : -1]
-    assert all(e.is_comment for e in waited) and len(waited) <= 12  # about the lease's 3 heartbeats
+    assert all(e.is_heartbeat for e in waited) and len(waited) <= 12  # about the lease's 3 heartbeats
     shown = "".join(reader.tokens)
     assert final.json()["message"]["content"] == shown
     # Stored then, by whoever noticed, before anyone opened the conversation: read the file itself.

@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from clawweb.simulator import answer_tokens, thinking_tokens
+from clawweb.simulator import answer_tokens, prompt_count, thinking_tokens
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
@@ -93,10 +93,11 @@ def test_whole_answer(client: openai.OpenAI) -> None:
     assert choice.message.role == "assistant" and choice.message.content == "".join(answer_tokens(5))
     assert choice.finish_reason == "stop"
     assert not hasattr(choice.message, "reasoning_content")
+    prompt = prompt_count({"messages": ask({"tokens": 5})})  # the simulator's prompt_eval_count
     assert reply.usage is not None and reply.usage.model_dump(exclude_none=True) == {
-        "prompt_tokens": 26,
+        "prompt_tokens": prompt,
         "completion_tokens": 5,
-        "total_tokens": 31,
+        "total_tokens": prompt + 5,
     }
 
 
@@ -141,7 +142,8 @@ def test_stream_with_reasoning_and_usage(client: openai.OpenAI) -> None:
     assert "".join(d.content or "" for d in deltas) == "".join(answer_tokens(3))
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (26, 3)
+    prompt = prompt_count({"messages": ask({"tokens": 3, "think_tokens": 4})})
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (prompt, 3)
 
 
 def test_request_fields_become_ollama_options(client: openai.OpenAI, sim: SimProcess) -> None:

@@ -100,14 +100,15 @@ def text_of(entries: Iterable[Entry]) -> tuple[str, str]:
 
 
 def sse_follow(events: LogReader, after: str, heartbeat_s: float) -> Iterator[bytes]:
-    """SSE for one reader: every event after ``after``, then live ones; ends after the final event, or with an
+    """SSE for one reader: every event after ``after``, then live ones (``event: heartbeat`` during silences, which the
+    page watches to tell a quiet stream from a dead one); ends after the final event, or with an
     ``event: error`` when it cannot go on (Redis failed, the log is lost). Never by raising: the response has
     started, and an exception would cut it mid-body (or become gunicorn's HTML 500 before the first byte)."""
     yield b"retry: %d\n" % RETRY_MS + sse.OPENING
     try:
         for entry in events.follow(after, heartbeat_s):
             if entry is None:
-                yield sse.KEEP_ALIVE
+                yield sse.HEARTBEAT_EVENT
             else:
                 entry_id, event, data = entry
                 yield sse.frame(data, event=event, id=entry_id)

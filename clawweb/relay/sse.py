@@ -17,6 +17,9 @@ HEADERS = {
 
 OPENING = b": ok\n\n"  # sent at once: headers and the browser's `open` event must not wait for the model
 KEEP_ALIVE = b": keep-alive\n\n"  # a comment: what a heartbeat becomes on an SSE stream
+# What it becomes on a generation's stream, which the page reads: an event, so that the page sees bytes arrive (a
+# comment never reaches EventSource's listeners) and can tell a quiet stream from a dead one.
+HEARTBEAT_EVENT = b"event: heartbeat\ndata: {}\n\n"
 
 
 def frame(data: bytes, *, event: str | None = None, id: int | str | None = None, retry: int | None = None) -> bytes:

@@ -50,8 +50,9 @@ class Host:
             self.loaded = loaded
 
     def in_memory(self, running: frozenset[str], now: float) -> None:
-        """``/api/ps`` said at ``now`` which models are in memory."""
-        self.loaded, self.seen_loaded, self.ps_at = running, dict.fromkeys(running, now), now
+        """``/api/ps`` said at ``now`` which models are in memory. (``loaded``, which ranks the hosts, stays the
+        health check's: all hosts are compared as of the same round.)"""
+        self.seen_loaded, self.ps_at = dict.fromkeys(running, now), now
 
     def in_use(self, key: str, now: float) -> None:
         """The model answered on this host at ``now``: it is in memory."""

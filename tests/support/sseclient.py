@@ -31,6 +31,11 @@ class Event:
         return not self.data_lines and bool(self.comments)
 
     @property
+    def is_heartbeat(self) -> bool:
+        """A keep-alive: a comment on a relay's stream, ``event: heartbeat`` on a generation's."""
+        return self.is_comment or self.event == "heartbeat"
+
+    @property
     def is_line(self) -> bool:
         """A relayed upstream line (unnamed, with data): not a ``status``, ``queued`` or ``error`` frame."""
         return bool(self.data_lines) and self.event == "message"
