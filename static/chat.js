@@ -520,6 +520,7 @@
     return startAnswer(
       async () => {
         const view = { current_id: conversationId ? shownLeaf() : null }; // refused (409) if it moved on meanwhile
+        if (queueEl.textContent === `${T.error}: ${T.sync_stale}`) queueEl.textContent = ""; // said; sent again now
         await ensureConversation({});
         try {
           return await postTurn(`/api/conversations/${conversationId}/messages`, { content: text, ...view, ...options });
