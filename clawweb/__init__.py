@@ -38,7 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         openai_api,
         pages,
     )
-    from .chat import conversations, search_api, share_views, transfer_api
+    from .chat import conversations, events_api, search_api, share_views, transfer_api
     from .config import load_settings, redact_url
     from .drain import DrainBody
     from .services import install
@@ -61,6 +61,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         account_page.bp,
         api.bp,
         conversations.bp,
+        events_api.bp,
         health.bp,
         login.bp,
         metrics.bp,

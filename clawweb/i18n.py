@@ -161,6 +161,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_503": "The server cannot answer right now; try again in a moment.",
         "error_other": "The server could not answer this request.",
         "error_home": "Start a new chat",
+        # tabs and devices in sync (static/sync.js)
+        "sync_stale": "This conversation changed in another tab or on another device. It is shown as it is now; "
+        "your message is still in the box: send it again if it still fits.",
+        "sync_deleted": "This conversation was deleted in another tab or on another device.",
     },
     "zh": {
         "app": "clawweb",
@@ -318,6 +322,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "error_503": "服务器暂时无法响应，请稍后再试。",
         "error_other": "服务器无法处理此请求。",
         "error_home": "开始新对话",
+        # tabs and devices in sync (static/sync.js)
+        "sync_stale": "此对话已在其他标签页或设备上更改，现显示其最新内容；你的消息仍在输入框中，如仍合适请再次发送。",
+        "sync_deleted": "此对话已在其他标签页或设备上删除。",
     },
 }
 LANG_TAGS = {"en": "en", "zh": "zh-CN"}

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, abort, render_template, request
 
 from .auth import identity, owner
-from .chat import tree
+from .chat import feed, tree
 from .chat.history import with_answers
 from .i18n import LANG_TAGS, language, strings
 from .services import services
@@ -33,7 +33,13 @@ SECURITY_HEADERS = {
 }
 
 
-def _page(conversation: dict[str, Any] | None) -> str:
+def _events_after() -> str:
+    """The owner's feed cursor, taken before the page reads anything: a change made meanwhile reaches the page as
+    an event (sync.js), never lost. Empty when Redis cannot say: the page then reloads its lists once connected."""
+    return services().state.feeds.cursor(feed.key(owner())) or ""
+
+
+def _page(conversation: dict[str, Any] | None, events_after: str) -> str:
     settings, lang = services().settings, language()
     rows = services().store.conversations(owner(), SIDEBAR_PAGE, 0)
     return render_template(
@@ -45,6 +51,7 @@ def _page(conversation: dict[str, Any] | None) -> str:
         generation=conversation["generation"] if conversation else None,
         model=conversation["model"] if conversation else settings.default_model,
         simulated=settings.simulator,
+        events_after=events_after,
         heartbeat_ms=round(settings.heartbeat_s * 1000),  # the page takes a longer silence for a dead stream
         lang=lang,
         lang_tag=LANG_TAGS[lang],
@@ -55,18 +62,19 @@ def _page(conversation: dict[str, Any] | None) -> str:
 
 @bp.get("/")
 def index() -> str:
-    return _page(None)
+    return _page(None, _events_after())
 
 
 @bp.get("/c/<conversation_id>")
 def conversation(conversation_id: str) -> str:
     store = services().store
+    events_after = _events_after()
     found = store.conversation(conversation_id, owner())
     if found is None:
         abort(404)
     if _show_requested_branch(found):
         found = store.conversation(conversation_id, owner()) or found
-    return _page(with_answers(found))
+    return _page(with_answers(found), events_after)
 
 
 def _show_requested_branch(conversation: dict[str, Any]) -> bool:

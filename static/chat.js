@@ -272,6 +272,7 @@
     sendButton.disabled = busy;
     stopButton.hidden = !busy;
     syncActions();
+    if (!busy && syncPending) syncShown(); // a change another tab made while this one was busy
   }
 
   // Follows one generation's SSE events into its view. The stream opens at a cursor in the URL; EventSource's
@@ -518,8 +519,16 @@
     const options = knobs();
     return startAnswer(
       async () => {
+        const view = { current_id: conversationId ? shownLeaf() : null }; // refused (409) if it moved on meanwhile
+        if (queueEl.textContent === `${T.error}: ${T.sync_stale}`) queueEl.textContent = ""; // said; sent again now
         await ensureConversation({});
-        return postTurn(`/api/conversations/${conversationId}/messages`, { content: text, ...options });
+        try {
+          return await postTurn(`/api/conversations/${conversationId}/messages`, { content: text, ...view, ...options });
+        } catch (error) {
+          if (error.status !== 409) throw error;
+          syncShown(); // show it as it is now (once startAnswer is no longer busy); the text stays in the box
+          throw new Error(T.sync_stale);
+        }
       },
       () => {
         if (!messagesEl.querySelector(".message")) showTitle(text);
@@ -921,6 +930,64 @@
   showQueueNow();
   setInterval(showQueueNow, QUEUE_EVERY_MS);
   document.addEventListener("visibilitychange", showQueueNow);
+
+
+  // --- Another tab or device changed the conversation shown (static/sync.js) ------------------------------
+
+  let syncPending = false; // a change arrived while busy (or while loading): shown once idle
+  let syncLoading = false;
+
+  function shownLeaf() {
+    const last = articles().at(-1);
+    return last && last.dataset.id ? Number(last.dataset.id) : null;
+  }
+
+  // The conversation reloaded and shown, and the answer another tab started followed (showConversation does).
+  // Not while this tab asks for or follows an answer: a redraw would take the streaming article away.
+  async function syncShown() {
+    if (busy || syncLoading) return void (syncPending = true);
+    syncPending = false;
+    syncLoading = true;
+    try {
+      const conversation = await loadConversation();
+      if (conversation && conversation.id === conversationId) {
+        const pinned = isAtBottom(); // a reader at the end stays there as the other tab's messages arrive
+        syncSettings(conversation);
+        showConversation(conversation);
+        if (pinned) scrollToBottom();
+      }
+    } catch (_) {
+      // offline or deleted: the next event, or the feed's reset on reconnecting, tries again
+    } finally {
+      syncLoading = false;
+      if (syncPending) syncShown();
+    }
+  }
+
+  // The title as stored; the model and system prompt when they changed, unless the user is editing them here
+  // (an unsaved system prompt typed in this tab stays, and goes with its next message).
+  function syncSettings(conversation, changed = ["model", "system_prompt"]) {
+    $(".topbar h1").textContent = conversation.title || T.new_chat;
+    document.title = conversation.title || T.app;
+    if (changed.includes("model") && document.activeElement !== modelSelect && conversation.model) {
+      if (![...modelSelect.options].some((option) => option.value === conversation.model)) modelSelect.add(new Option(conversation.model, conversation.model));
+      modelSelect.value = conversation.model;
+    }
+    const stored = conversation.system_prompt || "";
+    if (changed.includes("system_prompt") && unsavedPrompt() === null && document.activeElement !== systemBox && stored !== savedPrompt) {
+      systemBox.value = stored;
+      promptSaved(stored, "");
+    }
+  }
+
+  document.addEventListener("clawweb:conversation-changed", (event) => {
+    const { conversation_id: changedId, type, data } = event.detail;
+    if (changedId !== conversationId) return;
+    if (type === "answer.ended" && current && current.generation.id === data.generation_id) return; // its Follower ends it
+    if (type === "conversation.updated") syncSettings(data.conversation, data.changed);
+    if (type === "conversation.updated" && !data.changed.includes("current_id")) return;
+    syncShown();
+  });
 
   // --- Start: upgrade the server-rendered history, resume a running answer --------------------------------
 

@@ -1,7 +1,8 @@
 // clawweb sidebar: the conversation list (paged as it scrolls, pinned first, grouped by day in the browser's
 // local time), search, import and export, and the open conversation's menu (export, share). chat.js is the
 // conversation view; it tells this file about a conversation it created with one DOM event,
-// "conversation-titled" {id, title}. Server text only ever reaches the DOM as text (textContent, text nodes).
+// "conversation-titled" {id, title}. sync.js (other tabs and devices) uses `window.ClawwebSidebar`. Server text
+// only ever reaches the DOM as text (textContent, text nodes).
 "use strict";
 
 (() => {
@@ -223,7 +224,6 @@
     relabel();
     return rowOf(c.id);
   }
-  window.ClawwebSidebar = { showRow };
 
   // A conversation chat.js just created (its first message sent): a new row at the top, and the menu.
   document.addEventListener("conversation-titled", (event) => {
@@ -240,6 +240,28 @@
     $("#export-md").setAttribute("href", `/api/conversations/${id}/export?format=md`);
     $("#export-json").setAttribute("href", `/api/conversations/${id}/export?format=json`);
   }
+
+  // --- Changes made in another tab or on another device (static/sync.js) ----------------------------------
+
+  window.ClawwebSidebar = {
+    showRow,
+    // A conversation created or changed elsewhere: its row, in its place (a new one counts as one more row on
+    // the server before the next page; one that sorts after every row loaded waits for its page).
+    synced(c) {
+      const row = rowOf(c.id);
+      if (!row && nextOffset !== null) nextOffset += 1;
+      move(row ? fill(row, c) : newRow(c));
+      relabel();
+    },
+    removed(id) {
+      const row = rowOf(id);
+      if (!row) return;
+      row.remove();
+      if (nextOffset !== null) nextOffset -= 1;
+      relabel();
+    },
+    reload: () => reloadList(),
+  };
 
   // --- Phone: the sidebar is an overlay ------------------------------------------------------------------
 

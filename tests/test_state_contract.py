@@ -15,9 +15,9 @@ import gc
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import gevent
 import gevent.socket
@@ -34,7 +34,11 @@ from clawweb.config import load_settings
 from clawweb.services import services
 from clawweb.simulator import answer_tokens
 from clawweb.state.base import (
+    FEED_MAX_EVENTS,
+    RESET,
     START,
+    Entry,
+    Feeds,
     LogLost,
     LogReader,
     LogWriter,
@@ -45,8 +49,10 @@ from clawweb.state.base import (
     Ticket,
     Window,
     order,
+    valid_cursor,
 )
 from clawweb.state.make import make_state
+from clawweb.state.memory import MemoryFeeds
 from clawweb.storage import INTERRUPTED, Store
 
 from .support.factories import StartRedis, StartSimulator
@@ -327,6 +333,121 @@ def test_a_log_lost_before_its_end_ends_its_followers(redis_processes: Processes
     client.close()
     with pytest.raises(LogLost):
         list(follow)
+
+
+# --- per-owner feeds -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", pytest.param("redis, read by another process", marks=ON_REDIS)])
+def feeds(request: pytest.FixtureRequest) -> Iterator[tuple[Feeds, Feeds]]:
+    """(where events are published, where they are followed): one process's feeds, or two processes' on Redis."""
+    processes = Processes(request.getfixturevalue("redis_url") if request.param != "memory" else "")
+    writer = processes()
+    yield writer.feeds, processes().feeds if request.param != "memory" else writer.feeds
+    processes.close()
+
+
+def taken(follow: Iterator[Entry | None], count: int) -> list[Entry]:
+    """The next ``count`` entries (heartbeats skipped)."""
+    got: list[Entry] = []
+    for entry in follow:
+        if entry is not None:
+            got.append(entry)
+            if len(got) == count:
+                break
+    return got
+
+
+def test_a_feed_follower_resumes_exactly_after_its_cursor(feeds: tuple[Feeds, Feeds]) -> None:
+    writer, reader = feeds
+    cursor = reader.cursor("7")
+    assert cursor is not None and valid_cursor(cursor)
+    for n in range(4):
+        writer.publish("7", "message.created", b'{"n": %d}' % n)
+    got = taken(reader.follow("7", cursor, 0.05), 4)
+    assert [data for _, _, data in got] == [b'{"n": %d}' % n for n in range(4)]
+    ids = [entry_id for entry_id, _, _ in got]
+    assert sorted(ids, key=order) == ids and len(set(ids)) == 4 and order(ids[0]) > order(cursor)
+    assert taken(reader.follow("7", ids[1], 0.05), 2) == got[2:]  # Last-Event-ID: exactly what came after
+
+
+def test_a_live_feed_follower_gets_events_as_they_come_and_heartbeats_between(feeds: tuple[Feeds, Feeds]) -> None:
+    writer, reader = feeds
+    follow = reader.follow("7", str(reader.cursor("7")), 0.05)
+    assert next(follow) is None  # nothing yet: a heartbeat
+    writer.publish("7", "conversation.deleted", b"{}")
+    assert taken(follow, 1)[0][1:] == ("conversation.deleted", b"{}")
+
+
+def test_owners_never_see_each_others_events(feeds: tuple[Feeds, Feeds]) -> None:
+    writer, reader = feeds
+    mine, theirs = str(reader.cursor("1")), str(reader.cursor("2"))
+    writer.publish("2", "conversation.created", b"theirs")
+    writer.publish("1", "conversation.created", b"mine")
+    assert [data for _, _, data in taken(reader.follow("1", mine, 0.05), 1)] == [b"mine"]
+    assert [data for _, _, data in taken(reader.follow("2", theirs, 0.05), 1)] == [b"theirs"]
+
+
+def test_a_cursor_older_than_the_events_kept_gets_a_reset_then_the_live_ones(feeds: tuple[Feeds, Feeds]) -> None:
+    writer, reader = feeds
+    old = str(reader.cursor("7"))
+    for n in range(FEED_MAX_EVENTS + 5):  # the oldest are trimmed: the feed stays bounded
+        writer.publish("7", "message.created", b"%d" % n)
+    newest = str(reader.cursor("7"))
+    follow = reader.follow("7", old, 0.05)
+    reset = taken(follow, 1)[0]
+    assert reset[0] == newest and reset[1] == RESET  # the page reloads its lists, and resumes from the newest
+    writer.publish("7", "answer.ended", b"after")
+    assert taken(follow, 1)[0][1:] == ("answer.ended", b"after")
+
+
+@pytest.mark.parametrize("cursor", ["0", "99999999999999-0"], ids=["from nothing", "unknown"])
+def test_an_unknown_cursor_gets_a_reset(feeds: tuple[Feeds, Feeds], cursor: str) -> None:
+    writer, reader = feeds
+    writer.publish("7", "conversation.created", b"{}")
+    newest = str(reader.cursor("7"))
+    assert taken(reader.follow("7", cursor, 0.05), 1)[0][:2] == (newest, RESET)
+
+
+def test_a_feed_that_expired_gives_its_old_cursors_a_reset(redis_processes: Processes, redis_url: str) -> None:
+    writer, reader = redis_processes().feeds, redis_processes().feeds
+    cursor = str(reader.cursor("7"))
+    client = redis.Redis.from_url(redis_url)
+    client.delete("clawweb:feed:7")  # idle for FEED_IDLE_S, or Redis restarted empty
+    client.close()
+    writer.publish("7", "conversation.created", b"{}")  # begins a new feed, newer than every old cursor
+    assert taken(reader.follow("7", cursor, 0.05), 1)[0][1] == RESET
+
+
+def test_a_publish_lost_while_redis_is_away_is_followed_by_a_reset(redis_processes: Processes) -> None:
+    state = redis_processes()
+    cursor = str(state.feeds.cursor("7"))
+    feeds: Any = state.feeds
+    script = feeds._append
+
+    def away(**_: Any) -> NoReturn:
+        raise redis.ConnectionError("Connection refused")  # what redis-py raises while Redis is away
+
+    feeds._append = away
+    feeds.publish("7", "conversation.deleted", b"lost")  # logged, not raised: the change is stored
+    feeds._append = script
+    feeds.publish("7", "conversation.created", b"later")
+    got = taken(state.feeds.follow("7", cursor, 0.05), 2)
+    assert [event for _, event, _ in got] == [RESET, "conversation.created"]
+
+
+def test_idle_memory_feeds_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MemoryFeeds, "SWEEP_EVERY_S", 0.0)
+    monkeypatch.setattr("clawweb.state.memory.FEED_IDLE_S", 0.05)
+    feeds = MemoryFeeds()
+    old = feeds.cursor("1")
+    follow = cast(Generator[Entry | None, None, None], feeds.follow("2", str(feeds.cursor("2")), 0.01))
+    next(follow)  # owner 2 has a reader: kept however idle
+    gevent.sleep(0.1)
+    feeds.cursor("3")  # any use sweeps
+    assert len(feeds) == 2
+    assert taken(feeds.follow("1", old, 0.01), 1)[0][1] == RESET  # owner 1's feed was freed: a new one
+    follow.close()
 
 
 # --- bus ------------------------------------------------------------------------------------------------------

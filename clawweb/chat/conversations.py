@@ -17,7 +17,7 @@ from ..relay.responses import streaming_response
 from ..services import services
 from ..state.base import START, valid_cursor
 from ..validation import query_int
-from . import tree, turns
+from . import feed, tree, turns
 from .generations import AnyGeneration
 from .history import optional_body, own_conversation, whole_tree, with_answers
 
@@ -50,6 +50,11 @@ def _conversation_fields(body: dict[str, Any], settings: Settings) -> dict[str, 
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def _tell(event: str, conversation_id: str | None, **fields: Any) -> None:
+    """The owner's other pages learn of the change (``feed``)."""
+    feed.publish(services().state.feeds, owner(), event, conversation_id, **fields)
+
+
 def _generation_or_404(generation_id: str) -> AnyGeneration:
     generation = services().generations.get(generation_id)
     if generation is None or generation.owner != owner():
@@ -63,7 +68,9 @@ def create_conversation() -> tuple[Response, int]:
     fields = _conversation_fields(optional_body(), settings)
     fields.setdefault("model", settings.default_model)
     quotas.check_new_conversation(owner(), client_id(), quotas.stored_size(fields))
-    return jsonify(services().store.create_conversation(owner(), **fields)), 201
+    created = services().store.create_conversation(owner(), **fields)
+    _tell("conversation.created", created["id"], conversation=created)
+    return jsonify(created), 201
 
 
 @bp.get("/conversations")
@@ -90,11 +97,18 @@ def update_conversation(conversation_id: str) -> Response:
     added = quotas.stored_size({**conversation, **fields}) - quotas.stored_size(conversation)
     if added > 0:  # making things smaller is always allowed, even over the quota
         quotas.check_storing(owner(), added)
+    store = services().store
     if pinned is not None:
-        services().store.pin(conversation_id, pinned)
-        if not fields:  # only pinned: the conversation did not change
-            return jsonify(services().store.conversation(conversation_id, owner()))
-    return jsonify(services().store.update_conversation(conversation_id, **fields))
+        store.pin(conversation_id, pinned)
+    # Only pinned: the conversation did not change (its place in the list stays).
+    if fields:
+        updated = store.update_conversation(conversation_id, **fields)
+    else:
+        updated = store.conversation(conversation_id, owner())
+    changed = sorted([*fields, *(["pinned"] if pinned is not None else [])])
+    if updated is not None and changed:
+        _tell("conversation.updated", conversation_id, conversation=updated, changed=changed)
+    return jsonify(updated)
 
 
 @bp.delete("/conversations/<conversation_id>")
@@ -104,6 +118,7 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
     if running is not None:
         running.stop()
     services().store.delete_conversation(conversation_id)
+    _tell("conversation.deleted", conversation_id)
     return "", 204
 
 
@@ -129,6 +144,34 @@ def _message_id(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+def _check_view(conversation: dict[str, Any], body: dict[str, Any]) -> None:
+    """``current_id``, when sent, is the leaf of the branch the page shows (null: none): a 409 if the conversation
+    moved on meanwhile (another tab or device sent, deleted, switched branch), rather than answering under a
+    history the user has not seen. The page then reloads the conversation, the typed text kept."""
+    if "current_id" in body and _message_id(body, "current_id") != conversation["current_id"]:
+        raise ApiError(
+            409,
+            "this conversation changed in another tab or on another device since you loaded it; "
+            "look at it again and resend",
+        )
+
+
+def _stored(conversation: dict[str, Any]) -> dict[str, Any]:
+    """The conversation read again after a turn changed it (its place in the list, a system prompt sent along)."""
+    return services().store.conversation(conversation["id"], owner()) or conversation
+
+
+def _started(stored: dict[str, Any], generation: AnyGeneration) -> None:
+    """An answer started: its summary, to follow it, and the conversation as it now is."""
+    _tell(
+        "answer.started",
+        stored["id"],
+        conversation=stored,
+        generation=generation.summary(),
+        message_id=generation.message_id,
+    )
+
+
 def _shown(conversation_id: str) -> Response:
     """The conversation as GET shows it (read again: the request changed it)."""
     return jsonify(with_answers(own_conversation(conversation_id)))
@@ -149,9 +192,14 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
     parent: int | None | Literal["leaf"] = "leaf"
     if "parent_id" in body:  # null: a new first message (the first one edited)
         parent = _message_id(body, "parent_id")
+    _check_view(conversation, body)
     user, generation = turns.ask(conversation, content, parent, _answer_options(body), _system_prompt(body))
+    store = services().store
     if not conversation["title"]:
-        services().store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
+        store.update_conversation(conversation_id, title=" ".join(content.split())[:60])
+    stored = _stored(conversation)
+    _tell("message.created", conversation_id, conversation=stored, message=user)
+    _started(stored, generation)
     return jsonify(message=user, generation=generation.summary()), 202
 
 
@@ -159,9 +207,11 @@ def post_message(conversation_id: str) -> tuple[Response, int]:
 def regenerate(conversation_id: str) -> tuple[Response, int]:
     conversation = own_conversation(conversation_id)
     body = optional_body()
+    _check_view(conversation, body)
     answer, generation = turns.regenerate(
         conversation, _message_id(body, "message_id"), _answer_options(body), _system_prompt(body)
     )
+    _started(_stored(conversation), generation)
     return jsonify(message=answer, generation=generation.summary()), 202
 
 
@@ -170,7 +220,9 @@ def continue_answer(conversation_id: str) -> tuple[Response, int]:
     conversation = own_conversation(conversation_id)
     body = optional_body()
     knobs = {key: value for key, value in _answer_options(body).items() if key != "model"}  # it keeps its model
+    _check_view(conversation, body)
     answer, generation = turns.resume(conversation, _message_id(body, "message_id"), knobs, _system_prompt(body))
+    _started(_stored(conversation), generation)
     return jsonify(message=answer, generation=generation.summary()), 202
 
 
@@ -180,8 +232,12 @@ def show_branch(conversation_id: str) -> Response:
     message_id = _message_id(optional_body(), "message_id")
     if message_id is None:
         raise InvalidField("message_id", "is required")
-    if tree.show(services().store, conversation_id, turns.message_of(conversation, message_id)["id"]) is None:
+    current_id = tree.show(services().store, conversation_id, turns.message_of(conversation, message_id)["id"])
+    if current_id is None:
         raise ApiError(404, f"no message {message_id} in this conversation")
+    if current_id != conversation["current_id"]:
+        shown = {**conversation, "current_id": current_id}
+        _tell("conversation.updated", conversation_id, conversation=shown, changed=["current_id"])
     return _shown(conversation_id)
 
 
@@ -200,7 +256,10 @@ def delete_message(message_id: str) -> Response:
         raise ApiError(409, "an answer under this message is still being generated; stop it first")
     if running is None:  # what a dead process left streaming is interrupted (as opening it does), not running
         store.mark_interrupted(conversation_id, time.time() - generations.lease_s)
-    tree.remove(store, conversation_id, found["id"], streaming_too=False)  # a 409 if an answer started since
+    gone = tree.remove(store, conversation_id, found["id"], streaming_too=False)  # a 409 if an answer started since
+    after = store.conversation(conversation_id, owner())
+    if gone and after is not None:
+        _tell("message.deleted", conversation_id, conversation=after, message_ids=gone)
     return _shown(conversation_id)
 
 

@@ -39,6 +39,7 @@ from ..relay.relay import Relay
 from ..relay.upstream_stream import CLOSED_EARLY
 from ..state.base import Entry, Listed, LogLost, LogReader, LogUnavailable, LogWriter, State
 from ..storage import FIGURES, INTERRUPTED, StorageUnavailable, Store
+from . import feed
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +330,7 @@ class Generations:
         """``checkpoint_s``: how often the text of streaming answers is stored (0: only when they end)."""
         self.store = store
         self.logs = state.logs
+        self.feeds = state.feeds
         self.bus = state.bus
         self._answers = state.answers
         self.lease_s = state.answers.lease_s
@@ -472,6 +474,7 @@ class Generations:
 
     def finished(self, generation: Generation) -> None:
         self.publish(generation)
+        feed.answer_ended(self.feeds, generation)  # the owner's other pages update their view
         self._expiry.append((time.monotonic() + self._ttl_s, generation.id))
         self.sweep()
 

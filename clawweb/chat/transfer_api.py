@@ -15,7 +15,7 @@ from ..offload import in_thread
 from ..relay.responses import streaming_response
 from ..services import services
 from ..validation import parse_json_object, request_body
-from . import transfer
+from . import feed, transfer
 from .history import own_conversation
 
 bp = Blueprint("transfer", __name__, url_prefix="/api")
@@ -90,6 +90,8 @@ def import_conversations() -> Response:
     # One transaction per conversation: the storage thread serves every request, and one transaction for a
     # whole ChatGPT export would stall them all. Sending the file again completes an import cut short.
     imported = [c for c in new if transfer.store_one(store, who, c, settings.default_model)]
+    if imported:
+        feed.publish(services().state.feeds, who, "conversations.imported", None, count=len(imported))
     return jsonify(
         imported=len(imported),
         skipped=len(found) - len(imported),

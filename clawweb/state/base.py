@@ -6,6 +6,7 @@ A process has one ``State``, built once by ``make_state`` (make.py) from the set
 - ``logs``: an answer's event log, appended by the greenlet that runs it, followed by any number of readers;
 - ``bus``: messages between the processes (stop this answer; an admission place was freed);
 - ``answers``: the directory of running answers, for the other processes to find, follow and stop;
+- ``feeds``: per-owner feeds of what changed in their conversations, that every open page follows;
 - ``window(name, limit, window_s)``: sliding-window limits (answers per minute, failed logins).
 
 In memory all of it is this process's (one worker); with ``CLAWWEB_REDIS_URL`` every worker and host shares it.
@@ -13,6 +14,7 @@ In memory all of it is this process's (one worker); with ``CLAWWEB_REDIS_URL`` e
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -274,6 +276,53 @@ class Directory(Protocol):
         ...
 
 
+# --- per-owner feeds -----------------------------------------------------------------------------------------
+
+FEED_MAX_EVENTS = 500  # per owner; a page further behind than that reloads its lists (``reset``)
+FEED_IDLE_S = 3600.0  # a feed nobody wrote or read for this long is freed (its next reader gets a reset)
+FEED_OPENED = "opened"  # every feed's first entry: each cursor handed out is one of its ids, so any is checkable
+RESET = "reset"
+
+
+class Feeds(Protocol):
+    """An owner's feed of changes (conversations, messages, answers), followed by each page the owner has open.
+
+    Ids are ``<ms>-<seq>`` in both stores and only grow, across restarts too (the clock's). A reader resumes after
+    a cursor: if entries after it are no longer held (it is older than the feed's first entry: trimmed at
+    ``FEED_MAX_EVENTS``, or the feed was freed, or Redis restarted empty) or it is unknown (newer than the
+    last), the reader gets a ``reset`` entry first, carrying the newest id, and follows from there: never a
+    silent hole."""
+
+    def publish(self, owner: str, event: str, data: bytes) -> None:
+        """Append to ``owner``'s feed. Never raises: the change it tells of is stored already. A failed one
+        (Redis away) is logged, and the owner's readers get a ``reset`` with the next entry."""
+
+    def cursor(self, owner: str) -> str | None:
+        """The newest id of ``owner``'s feed (opening it if need be): what a page just rendered follows after.
+        None when the store cannot say (Redis away)."""
+        ...
+
+    def follow(self, owner: str, after: str, wait_s: float) -> Iterator[Entry | None]:
+        """Entries after ``after`` (a ``reset`` first if some are gone), then live ones; ``None`` after ``wait_s``
+        without one; ends only when the worker stops. Raises ``LogUnavailable`` when the store fails."""
+        ...
+
+
+def reset_entry(entry_id: str, reason: str) -> Entry:
+    return entry_id, RESET, json.dumps({"reason": reason}).encode()
+
+
+def feed_gap(after: str, first: str | None, last: str | None) -> str | None:
+    """Why a reader at ``after`` cannot resume exactly in a feed holding ``first``..``last`` (None: it can)."""
+    if first is None or last is None:
+        return "the feed is new"
+    if order(after) < order(first):
+        return "the cursor is older than the events kept"
+    if order(after) > order(last):
+        return "the cursor is unknown"
+    return None
+
+
 # --- rate windows ---------------------------------------------------------------------------------------------
 
 
@@ -317,6 +366,7 @@ class State:
     logs: EventLogs
     bus: Bus
     answers: Directory
+    feeds: Feeds
     window: Callable[[str, int, float], Window]  # (name, limit, window_s): windows of one name are one
     problem: Callable[[float], str | None]  # for /readyz: None, or why the shared state cannot serve (timeout s)
     close: Callable[[], None]  # let go of its connections

@@ -8,6 +8,7 @@ from .memory import memory_state
 from .redis import RedisBus, connect, ping_problem
 from .redis_admission import RedisAdmission
 from .redis_answers import RedisDirectory
+from .redis_feed import RedisFeeds
 from .redis_log import RedisLogs
 from .redis_window import RedisWindow
 
@@ -28,6 +29,7 @@ def redis_state(settings: Settings) -> State:
         logs=RedisLogs(client, settings.generation_ttl_s),
         bus=bus,
         answers=RedisDirectory(client, settings.generation_ttl_s, answer_lease_s(settings)),
+        feeds=RedisFeeds(client),
         window=window,
         problem=lambda timeout_s: ping_problem(client, timeout_s),
         close=client.close,

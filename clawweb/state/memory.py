@@ -14,9 +14,13 @@ from collections.abc import Callable, Iterator, Mapping
 
 import gevent.event
 
+from .. import lifecycle
 from ..config import Settings
 from ..metrics import ACTIVE, QUEUED
 from .base import (
+    FEED_IDLE_S,
+    FEED_MAX_EVENTS,
+    FEED_OPENED,
     FINAL_EVENTS,
     START,
     Answer,
@@ -29,8 +33,10 @@ from .base import (
     Window,
     answer_lease_s,
     client_limit,
+    feed_gap,
     order,
     queue_full,
+    reset_entry,
 )
 
 MAX_KEYS = 10_000  # per window; beyond, the keys whose attempts all expired are forgotten
@@ -214,6 +220,91 @@ class MemoryDirectory:
         return self._readers.get(generation_id, 0)
 
 
+class TimeIds:
+    """``<ms>-<seq>`` ids that only grow (as Redis names stream entries): a restarted worker's ids are newer than
+    any its predecessor handed out, so an old cursor is recognised as unknown rather than taken for a new one."""
+
+    def __init__(self) -> None:
+        self._last = (0, 0)
+
+    def next(self) -> str:
+        now_ms = int(time.time() * 1000)
+        self._last = (now_ms, 0) if now_ms > self._last[0] else (self._last[0], self._last[1] + 1)
+        return f"{self._last[0]}-{self._last[1]}"
+
+
+class _Feed:
+    def __init__(self, opened_id: str) -> None:
+        self.entries: deque[Entry] = deque([(opened_id, FEED_OPENED, b"{}")], maxlen=FEED_MAX_EVENTS)
+        self.readers = 0
+        self.touched = time.monotonic()
+        self._tick = gevent.event.Event()
+
+    def wake(self) -> None:
+        tick, self._tick = self._tick, gevent.event.Event()
+        tick.set()
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self._tick.wait(timeout))
+
+
+class MemoryFeeds:
+    """Each owner's last ``FEED_MAX_EVENTS`` entries in this process; a feed with no reader that saw no entry for
+    ``FEED_IDLE_S`` is freed (looked for at most once a minute)."""
+
+    SWEEP_EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self._feeds: dict[str, _Feed] = {}
+        self._ids = TimeIds()
+        self._swept = time.monotonic()
+
+    def _feed(self, owner: str) -> _Feed:
+        now = time.monotonic()
+        if now - self._swept > self.SWEEP_EVERY_S:
+            self._swept = now
+            for name, idle in list(self._feeds.items()):
+                if not idle.readers and now - idle.touched > FEED_IDLE_S:
+                    del self._feeds[name]
+        feed = self._feeds.get(owner)
+        if feed is None:
+            feed = self._feeds[owner] = _Feed(self._ids.next())
+        feed.touched = now
+        return feed
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def publish(self, owner: str, event: str, data: bytes) -> None:
+        feed = self._feed(owner)
+        feed.entries.append((self._ids.next(), event, data))
+        feed.wake()
+
+    def cursor(self, owner: str) -> str:
+        return self._feed(owner).entries[-1][0]
+
+    def follow(self, owner: str, after: str, wait_s: float) -> Iterator[Entry | None]:
+        feed = self._feed(owner)
+        feed.readers += 1
+        try:
+            with lifecycle.registered(feed.wake):
+                while not lifecycle.stopping():
+                    entries = feed.entries
+                    gap = feed_gap(after, entries[0][0], entries[-1][0])
+                    if gap is not None:  # trimmed past the reader (it fell behind), or a cursor of another feed
+                        after = entries[-1][0]
+                        yield reset_entry(after, gap)
+                    newer = [entry for entry in entries if order(entry[0]) > order(after)]
+                    for entry in newer:
+                        after = entry[0]
+                        yield entry
+                    if not newer and not feed.wait(wait_s) and not lifecycle.stopping():
+                        yield None
+        finally:
+            feed.readers -= 1
+            feed.touched = time.monotonic()
+
+
 class SlidingWindow:
     """In process memory: at most ``limit`` timestamps per key, exact. A reservation's token is its timestamp
     (two taken in the same instant are interchangeable), so a key costs a float per attempt, no more."""
@@ -259,6 +350,7 @@ def memory_state(settings: Settings) -> State:
         logs=MemoryLogs(),
         bus=MemoryBus(),
         answers=MemoryDirectory(answer_lease_s(settings)),
+        feeds=MemoryFeeds(),
         window=window,
         problem=lambda timeout_s: None,
         close=lambda: None,

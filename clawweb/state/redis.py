@@ -4,8 +4,8 @@ One client per process (redis-py's pool; its sockets are gevent's once the worke
 subscriber greenlet that hands published messages (stop this generation, an admission slot was freed) to the
 handlers registered in this process. Keys and channels all start with ``clawweb:``; their names and the Lua
 scripts' semantics are shared by every gateway version on the same Redis (an upgrade runs old and new at once).
-Admission, the event logs, the directory of running answers and the rate windows are in
-``redis_admission.py``, ``redis_log.py``, ``redis_answers.py`` and ``redis_window.py``.
+Admission, the event logs, the directory of running answers, the per-owner feeds and the rate windows are in
+``redis_admission.py``, ``redis_log.py``, ``redis_answers.py``, ``redis_feed.py`` and ``redis_window.py``.
 
 Redis going away is an expected fault, not a bug: every command is bounded (``COMMAND_TIMEOUT_S``, so a paused
 redis-server cannot hang a request), a failure before a response starts is a 503 (``errors.py``), and one
