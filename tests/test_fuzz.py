@@ -1367,7 +1367,7 @@ def test_regression_a_remote_reader_past_the_end_stops_with_the_answer(redis_sit
     with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
         assert response.status_code == 200
         for block in sse_blocks(response):
-            assert block == b": keep-alive" or block.startswith(b"retry:"), block  # nothing after the cursor
+            assert block == b"event: heartbeat\ndata: {}" or block.startswith(b"retry:"), block  # nothing after it
             state = requests.get(f"{gateway}/api/generations/{generation['id']}", timeout=TIMEOUT).json()
             heartbeats_after_the_end += state["status"] == "done"
             assert heartbeats_after_the_end <= 5, "the stream outlived its answer"

@@ -6,6 +6,9 @@ import gc
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from clawweb import create_app
 from clawweb.chat.generations import Generation, Generations
@@ -16,7 +19,9 @@ from .support.factories import StartSimulator
 LEAK_PER_GENERATION = 1_500  # bytes: a kept log of 6 events (plus its Generation) is well above this
 
 
-def test_event_log_memory_returns_to_baseline(tmp_path: Path, start_simulator: StartSimulator) -> None:
+def test_event_log_memory_returns_to_baseline(
+    tmp_path: Path, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sim = start_simulator("--ttft", "0", "--tps", "5000", "--tokens", "5")
     settings = {
         "ollama_url": sim.url,
@@ -30,12 +35,22 @@ def test_event_log_memory_returns_to_baseline(tmp_path: Path, start_simulator: S
     client = app.test_client()
     generations: Generations = services(app).generations
 
+    # The answer as it starts: by the time the request returns it may have finished and expired (a 0.05 s TTL).
+    started_here: list[Generation] = []
+    start = generations.start
+
+    def starting(*args: Any, **kwargs: Any) -> Generation:
+        started_here.append(start(*args, **kwargs))
+        return started_here[-1]
+
+    monkeypatch.setattr(generations, "start", starting)
+
     def run(count: int) -> None:
         for _ in range(count):
             conversation = client.post("/api/conversations", json={}).get_json()
             started = client.post(f"/api/conversations/{conversation['id']}/messages", json={"content": "hi"})
-            generation = generations.get(started.get_json()["generation"]["id"])
-            assert isinstance(generation, Generation)  # one process: the answer runs here, not elsewhere
+            generation = started_here.pop()  # one process: the answer runs here, not elsewhere
+            assert generation.id == started.get_json()["generation"]["id"]
             generation.join(5)
             assert generation.status == "done"
 

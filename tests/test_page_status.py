@@ -150,17 +150,18 @@ def test_a_measured_load_is_promised_and_counted_down(open_page: Open, gateway: 
 def test_a_queued_answer_says_its_place_and_when(open_page: Open, gateway: Gateway) -> None:
     answered(gateway, {}, 3)  # answers measured: the queue's estimate has something to go by
     holder = requests.post(gateway.url + "/api/conversations", json={}, timeout=5).json()
-    requests.post(
+    held = requests.post(
         f"{gateway.url}/api/conversations/{holder['id']}/messages",
-        json={"content": "hold" + sim_line(prompt=4), "think": False},
+        json={"content": "hold" + sim_line(prompt=30), "think": False},
         timeout=5,
-    )
+    ).json()["generation"]
     assert wait_for(lambda: requests.get(gateway.url + "/api/queue", timeout=5).json()["active"] == 1)
     page = open_page(color_scheme="dark")
     send(page, "Me next")
     line = page.locator(".message.assistant .status-line")
     expect(line).to_contain_text("You are next · about ")
     shot(page, "queued-dark")
+    requests.delete(f"{gateway.url}/api/generations/{held['id']}", timeout=10)  # the slot is the page's now
     expect(page.locator(".message.assistant")).to_have_attribute("data-status", "done", timeout=20_000)
     meta = page.locator(".message.assistant .meta").inner_text()
     assert "waited " in meta, meta  # the wait in the queue, apart from the first token

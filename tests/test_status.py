@@ -39,9 +39,9 @@ def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
 
 
 def stream(gateway: Gateway, body: dict[str, Any]) -> list[Event]:
-    response = requests.post(gateway.url + "/api/chat", json=body, headers=SSE, stream=True, timeout=30)
-    assert response.status_code == 200
-    return list(events(response))
+    with requests.post(gateway.url + "/api/chat", json=body, headers=SSE, stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        return list(events(response))
 
 
 def statuses(received: list[Event]) -> list[dict[str, Any]]:
@@ -233,7 +233,8 @@ def test_a_generation_logs_its_stages_and_its_message_keeps_the_figures(gateway:
     )
     assert started.status_code == 202
     url = gateway.url + started.json()["generation"]["events_url"]
-    received = list(events(requests.get(url, stream=True, timeout=30)))
+    with requests.get(url, stream=True, timeout=30) as response:
+        received = list(events(response))
     assert [e.json()["stage"] for e in received if e.event == "status"] == ["loading", "prompt", "thinking", "writing"]
     message = next(e for e in received if e.event == "done").json()["message"]
     assert message["load_ms"] >= 600 * 0.9  # Ollama's load_duration, as the simulator reports the 0.6 s
