@@ -19,7 +19,6 @@ from ..relay.responses import streaming_response
 from ..services import services
 from ..state.base import START, Entry, LogUnavailable, valid_cursor
 from . import feed
-from .generations import RETRY_MS
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 
@@ -27,16 +26,7 @@ bp = Blueprint("events", __name__, url_prefix="/api")
 def sse_feed(entries: Iterator[Entry | None]) -> Iterator[bytes]:
     """The frames; ``event: unavailable`` last when the shared state fails (not ``error``: EventSource fires its
     own ``error`` for every dropped connection, and a page must tell the two apart)."""
-    yield b"retry: %d\n" % RETRY_MS + sse.OPENING
-    try:
-        for entry in entries:
-            if entry is None:
-                yield sse.KEEP_ALIVE
-            else:
-                entry_id, event, data = entry
-                yield sse.frame(data, event=event, id=entry_id)
-    except LogUnavailable as exc:
-        yield sse.json_frame({"error": str(exc)}, event="unavailable")
+    return sse.follow(entries, heartbeat=sse.KEEP_ALIVE, failures=(LogUnavailable,), failure_event="unavailable")
 
 
 @bp.get("/events")

@@ -43,7 +43,6 @@ from . import feed
 
 log = logging.getLogger(__name__)
 
-RETRY_MS = 2000  # EventSource reconnect delay after a dropped connection
 # What ``new_id`` makes. Anything else names no generation, and must not reach Redis, where the id becomes part
 # of a key: ``<id>:log`` would name the event log stream, not a generation's hash.
 _ID = re.compile(r"[0-9a-f]{16}")
@@ -101,19 +100,14 @@ def text_of(entries: Iterable[Entry]) -> tuple[str, str]:
 
 def sse_follow(events: LogReader, after: str, heartbeat_s: float) -> Iterator[bytes]:
     """SSE for one reader: every event after ``after``, then live ones (``event: heartbeat`` during silences, which the
-    page watches to tell a quiet stream from a dead one); ends after the final event, or with an
-    ``event: error`` when it cannot go on (Redis failed, the log is lost). Never by raising: the response has
-    started, and an exception would cut it mid-body (or become gunicorn's HTML 500 before the first byte)."""
-    yield b"retry: %d\n" % RETRY_MS + sse.OPENING
-    try:
-        for entry in events.follow(after, heartbeat_s):
-            if entry is None:
-                yield sse.HEARTBEAT_EVENT
-            else:
-                entry_id, event, data = entry
-                yield sse.frame(data, event=event, id=entry_id)
-    except (LogLost, LogUnavailable, StorageUnavailable) as exc:
-        yield sse.json_frame({"error": str(exc)}, event="error")
+    page watches to tell a quiet stream from a dead one); ends after the final event, or with an ``event: error`` when
+    it cannot go on (Redis failed, the log is lost)."""
+    return sse.follow(
+        events.follow(after, heartbeat_s),
+        heartbeat=sse.HEARTBEAT_EVENT,
+        failures=(LogLost, LogUnavailable, StorageUnavailable),
+        failure_event="error",
+    )
 
 
 class _Answer:

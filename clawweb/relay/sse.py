@@ -6,6 +6,7 @@ Pure functions. The relay calls ``line_frame`` once per upstream line, so that o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 HEADERS = {
@@ -15,6 +16,7 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
+RETRY_MS = 2000  # EventSource's reconnect delay after a dropped connection, on the streams the page follows
 OPENING = b": ok\n\n"  # sent at once: headers and the browser's `open` event must not wait for the model
 KEEP_ALIVE = b": keep-alive\n\n"  # a comment: what a heartbeat becomes on an SSE stream
 # What it becomes on a generation's stream, which the page reads: an event, so that the page sees bytes arrive (a
@@ -44,3 +46,26 @@ def line_frame(line: bytes, id: int) -> bytes:
 def json_frame(payload: Any, *, event: str | None = None, id: int | str | None = None) -> bytes:
     """An event whose data is ``payload`` as compact JSON (escaped to ASCII, so never a raw line break)."""
     return frame(json.dumps(payload, separators=(",", ":")).encode(), event=event, id=id)
+
+
+def follow(
+    entries: Iterable[tuple[str, str, bytes] | None],
+    *,
+    heartbeat: bytes,
+    failures: tuple[type[Exception], ...],
+    failure_event: str,
+) -> Iterator[bytes]:
+    """A log's entries (id, event, data) as SSE for EventSource: the reconnect delay and the opening first, each entry
+    with its id, ``heartbeat`` for each silence (``None``), and when one of ``failures`` ends the entries, one
+    ``failure_event`` frame ``{"error": ...}`` last. Never by raising: the response has started, and an exception
+    would cut it mid-body (or become gunicorn's HTML 500 before the first byte)."""
+    yield b"retry: %d\n" % RETRY_MS + OPENING
+    try:
+        for entry in entries:
+            if entry is None:
+                yield heartbeat
+            else:
+                entry_id, event, data = entry
+                yield frame(data, event=event, id=entry_id)
+    except failures as exc:
+        yield json_frame({"error": str(exc)}, event=failure_event)
