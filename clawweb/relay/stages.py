@@ -37,9 +37,6 @@ class Stages:
         self.stage: Stage | None = None
         self.entered: dict[Stage, float] = {"queued": created}
         self.estimated: dict[Stage, tuple[float, float]] = {}  # stage -> (when estimated, eta_s)
-        self.first_thought_at: float | None = None
-        self.first_written_at: float | None = None
-        self.tokens = 0  # every token line streamed, thinking included (Ollama's eval_count may leave those out)
         self._inline = False  # the model thinks inside <think> tags in its content
 
     def enter(self, status: Status) -> bool:
@@ -54,8 +51,7 @@ class Stages:
         return True
 
     def token(self, line: bytes) -> Status | None:
-        """Count one token line; the new ``Status`` when it starts thinking or writing."""
-        self.tokens += 1
+        """The new ``Status`` when this token line starts the thinking or the writing, else None."""
         if self.stage == "writing":
             return None
         if self.stage == "thinking" and b'"content":""' in line and b'"thinking"' in line:
@@ -75,13 +71,8 @@ class Stages:
         return self._now("writing")
 
     def _now(self, stage: Stage) -> Status:
-        now = time.monotonic()
-        if stage == "thinking":
-            self.first_thought_at = now
-        else:
-            self.first_written_at = now
         self.stage = stage
-        self.entered.setdefault(stage, now)
+        self.entered.setdefault(stage, time.monotonic())
         return Status(stage)
 
     # --- what it came to -----------------------------------------------------------------------------------
@@ -95,9 +86,10 @@ class Stages:
         return load_s if "loading" in self.entered or load_s >= LOAD_SHOWN_S else None
 
     def thinking_s(self, ended: float) -> float | None:
-        if self.first_thought_at is None:
+        thought_at = self.entered.get("thinking")
+        if thought_at is None:
             return None
-        return (self.first_written_at or ended) - self.first_thought_at
+        return self.entered.get("writing", ended) - thought_at
 
     def finish(self, final: dict[str, Any], admitted_at: float | None, ended: float) -> None:
         """Into ``/metrics``: the time each stage took, and for each estimated one how far off the estimate was

@@ -122,7 +122,7 @@ class OllamaClient:
             running = None  # also for those waiting when this greenlet is killed (its answer ended meanwhile)
             try:
                 running = self._fetch_names(host, "/api/ps", CHECK_TIMEOUT_S)
-                host.in_memory(running, now)
+                host.ps_answered(running, now)
             except Exception:  # whatever it is, the chat request itself will say
                 pass
             finally:

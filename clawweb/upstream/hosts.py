@@ -49,7 +49,7 @@ class Host:
         if loaded is not None:
             self.loaded = loaded
 
-    def in_memory(self, running: frozenset[str], now: float) -> None:
+    def ps_answered(self, running: frozenset[str], now: float) -> None:
         """``/api/ps`` said at ``now`` which models are in memory. (``loaded``, which ranks the hosts, stays the
         health check's: all hosts are compared as of the same round.)"""
         self.seen_loaded, self.ps_at = dict.fromkeys(running, now), now
