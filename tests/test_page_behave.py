@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 from .support.chromium import SCREENSHOTS
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 
 PHONE: dict[str, Any] = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
 ROWS = "#conversation-list li[data-id]"
@@ -61,7 +61,7 @@ def open_page(browser: Browser, gateway: Gateway, sim: SimProcess) -> Iterator[O
 
 
 def ask(page: Page, text: str, directive: dict[str, Any] | None = None) -> None:
-    page.fill("#input", text + (f"\n#sim {json.dumps(directive)}" if directive else ""))
+    page.fill("#input", text + sim_line(**(directive or {})))
     page.keyboard.press("Enter")
 
 

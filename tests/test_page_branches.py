@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from .support.chromium import SCREENSHOTS, chat_page
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,6 @@ def page(browser: Browser, gateway: Gateway, sim: SimProcess) -> Iterator[Page]:
     sim.reset()
     with chat_page(browser, gateway.url) as opened:
         yield opened
-
-
-def sim_line(**directive: Any) -> str:
-    return f"\n#sim {json.dumps(directive)}"
 
 
 def ask(page: Page, text: str) -> None:

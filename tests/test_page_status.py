@@ -4,7 +4,6 @@ tab that wakes up to the finished answer, and the wake lock."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -20,7 +19,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 from .support.chromium import SCREENSHOTS
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 
 THOUGHT_FOR = re.compile(r"Thought for \d+ s")
 PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True}
@@ -70,10 +69,6 @@ def open_page(browser: Browser, gateway: Gateway, sim: SimProcess) -> Iterator[O
     for context, errors in opened:
         context.close()
         assert errors == []
-
-
-def sim_line(**directive: Any) -> str:
-    return f"\n#sim {json.dumps(directive)}"
 
 
 def send(page: Page, text: str, think: bool = False) -> None:

@@ -5,7 +5,6 @@ made stale, cannot send on a view that moved on: refused, shown as it is now, th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from clawweb.simulator import answer_tokens
 from .support.chromium import SCREENSHOTS
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 
 USER, PASSWORD = "ann", "correct horse battery"
 LAPTOP: dict[str, Any] = {"viewport": {"width": 1200, "height": 800}}
@@ -94,7 +93,7 @@ def two(
 
 def ask(page: Page, text: str, directive: dict[str, Any]) -> None:
     page.locator("#think").set_checked(False)
-    page.fill("#input", f"{text}\n#sim {json.dumps(directive)}")
+    page.fill("#input", text + sim_line(**directive))
     page.keyboard.press("Enter")
 
 

@@ -6,7 +6,6 @@ and a thinking phase last as long as asked; and the pure parts (estimates, the s
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from clawweb.upstream.client import LOADED_FRESH_S
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
-from .support.simproc import SimProcess, chat
+from .support.simproc import SimProcess, chat, sim_line
 from .support.sseclient import Event, content_of, events
 
 SSE = {"Accept": "text/event-stream"}
@@ -50,7 +49,7 @@ def statuses(received: list[Event]) -> list[dict[str, Any]]:
 
 def asking(text: str, directive: dict[str, Any], **fields: Any) -> dict[str, Any]:
     body = chat(directive, **fields)
-    body["messages"][-1]["content"] = f"{text}\n#sim {json.dumps(directive)}"
+    body["messages"][-1]["content"] = text + sim_line(**directive)
     return body
 
 

@@ -21,7 +21,7 @@ from clawweb.storage import FIGURES, MIGRATIONS, Store
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 from .support.sseclient import Event, events
 
 
@@ -55,7 +55,7 @@ class Chat:
 
     def ask(self, text: str, directive: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
         """Post a user message, follow its answer to the end; the user message."""
-        content = text + (f"\n#sim {json.dumps(directive)}" if directive else "")
+        content = text + sim_line(**(directive or {}))
         started = self.start("messages", {"content": content, "think": False, **body})
         self.follow(started)
         return dict(started["message"])

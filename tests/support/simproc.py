@@ -39,7 +39,12 @@ class SimProcess(ServerProcess):
         return dict(requests.post(self.url + "/_sim/reset", timeout=5).json())
 
 
+def sim_line(**directive: Any) -> str:
+    """The ``#sim {...}`` line a message ends with to change the simulator's answer (nothing without a directive)."""
+    return f"\n#sim {json.dumps(directive)}" if directive else ""
+
+
 def chat(directive: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     """An /api/chat body whose last user message carries a ``#sim`` directive for the simulator."""
-    content = "hello" + (f"\n#sim {json.dumps(directive)}" if directive else "")
+    content = "hello" + sim_line(**(directive or {}))
     return {"model": "qwen3:32b", "messages": [{"role": "user", "content": content}], "think": False, **fields}
