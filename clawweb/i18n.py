@@ -131,7 +131,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "empty_model": "Model: {model}",
         "queue_free": "Free now: {active} of {slots} answering, nobody waiting",
         "queue_busy": "Busy: {active} of {slots} answering, {waiting} waiting",
-        "queue_eta": "a new question waits about {s} s",
+        "queue_eta": "a new question waits about {t}",
         # The answer's status line, figures and refusals (issue 18, lead: chat.js)
         "status_next": "You are next",
         "status_ahead_one": "1 question ahead of you",
@@ -292,7 +292,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "empty_model": "模型：{model}",
         "queue_free": "空闲：{slots} 个名额中 {active} 个在回答，无人排队",
         "queue_busy": "繁忙：{slots} 个名额中 {active} 个在回答，{waiting} 个在排队",
-        "queue_eta": "新问题约需等待 {s} 秒",
+        "queue_eta": "新问题约需等待 {t}",
         # The answer's status line, figures and refusals (issue 18, lead: chat.js)
         "status_next": "下一个就轮到你",
         "status_ahead_one": "前面还有 1 个问题",

@@ -913,7 +913,7 @@
       const queue = await api("GET", "/api/queue");
       const free = queue.waiting === 0 && queue.active < queue.slots;
       const parts = [fmt(free ? T.queue_free : T.queue_busy, queue)];
-      if (!free && queue.eta_s != null) parts.push(fmt(T.queue_eta, { s: Math.round(queue.eta_s) }));
+      if (!free && queue.eta_s != null) parts.push(fmt(T.queue_eta, { t: duration(Math.round(queue.eta_s)) }));
       line.textContent = parts.join(" · ");
     } catch (_) {
       line.textContent = ""; // unknown is said by saying nothing
