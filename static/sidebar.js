@@ -63,12 +63,19 @@
   }
 
   // Insert (or move) the row to its place; most rows of a page go last, so look from the end.
+  // Into its place in the order. A row moved in the DOM loses the focus it held (a pin button just pressed, and
+  // then perhaps the same change again from another tab's event): a row already in place stays untouched, and
+  // one that moves takes its focus along.
   function insertSorted(row) {
-    const all = [...rows()].filter((other) => other !== row);
+    const shown = [...rows()];
+    const all = shown.filter((other) => other !== row);
     let index = all.length;
     while (index > 0 && compare(row, all[index - 1]) < 0) index -= 1;
+    if (shown.indexOf(row) === index) return; // in its place already (the rows before it are all[0..index))
+    const focused = row.contains(document.activeElement) ? document.activeElement : null;
     if (index === all.length) list.append(row);
     else all[index].before(row);
+    focused?.focus({ preventScroll: true });
   }
 
   // A row whose place changed here (pinned, unpinned, renamed). One that now sorts after every row loaded,
@@ -200,10 +207,7 @@
     fill(row, updated);
     move(row);
     relabel();
-    if (row.isConnected) {
-      row.querySelector(".pin").focus(); // moving the row took the focus away
-      row.scrollIntoView({ block: "nearest" });
-    }
+    if (row.isConnected) row.scrollIntoView({ block: "nearest" }); // it kept its focus (insertSorted)
   }
 
   // One listener for the whole list: rows the server rendered and rows added here alike.

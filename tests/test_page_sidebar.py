@@ -276,6 +276,13 @@ def test_pin_moves_a_row_to_the_top_and_survives_a_reload(
     expect(page.locator("#conversation-list > li").first).to_have_text("Pinned")
     expect(row.locator(".pin")).to_have_attribute("aria-pressed", "true")
     expect(row.locator(".pin")).to_be_focused()  # the focus moved with the row
+    # The same change as the per-user feed then reports it (static/sync.js): the row is in place, and keeps the focus.
+    page.evaluate(
+        """(row) => ClawwebSidebar.synced({id: row.dataset.id, title: row.querySelector("a").textContent,
+                                          updated_at: Number(row.dataset.updated), pinned: true})""",
+        row.element_handle(),
+    )
+    expect(row.locator(".pin")).to_be_focused()
 
     page.reload()
     expect(page.locator(ROWS).first.locator("a")).to_have_text("Conversation 005")
