@@ -107,6 +107,7 @@ def log_in(page: Page, gateway: Gateway, path: str = "/") -> None:
     assert where(page)[0] == "/login"
     assert submit_login(page, PASSWORD) == 302
     expect(page.locator(".account .user")).to_have_text(USER)
+    page.wait_for_load_state("domcontentloaded")  # the deferred scripts ran: Enter sends
 
 
 def ask(page: Page, text: str, directive: dict[str, Any]) -> None:

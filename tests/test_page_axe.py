@@ -60,6 +60,7 @@ def log_in(page: Page, gateway: Gateway, name: str = "alice") -> None:
     page.fill("#password", PASSWORD)
     page.click("form button[type=submit]")
     expect(page.locator(".account .user")).to_have_text(name)
+    page.wait_for_load_state("domcontentloaded")  # the deferred scripts ran: Enter sends
 
 
 def violations(page: Page) -> list[dict[str, Any]]:
