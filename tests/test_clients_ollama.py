@@ -12,7 +12,7 @@ import pytest
 
 from clawweb.simulator import answer_tokens
 
-from .support.clients import CHAT_MODEL, EMBED_MODEL, QUESTION, SIM_ARGS, get_weather
+from .support.clients import CHAT_MODEL, CODE_MODEL, EMBED_MODEL, QUESTION, SIM_ARGS, get_weather
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
 from .support.simproc import SimProcess, sim_line
@@ -70,15 +70,18 @@ def test_generate_passes_context_through(client: ollama.Client, direct: ollama.C
     assert through.context == straight.context  # Ollama's docs/api.md: the final object's `context` (token ids)
 
 
-def test_generate_fill_in_the_middle(client: ollama.Client, sim: SimProcess) -> None:
+def test_generate_fill_in_the_middle(client: ollama.Client, direct: ollama.Client, sim: SimProcess) -> None:
     # examples/fill-in-middle.py, as a code assistant completes between the cursor's two sides.
-    prompt = 'def remove_non_ascii(s: str) -> str:\n    """ ' + sim_line(tokens=5)
+    prompt = 'def remove_non_ascii(s: str) -> str:\n    """ '
     suffix = "\n    return result\n"
     options = {"num_predict": 128, "temperature": 0, "top_p": 0.9, "stop": ["<EOT>"]}
-    response = client.generate(model=CHAT_MODEL, prompt=prompt, suffix=suffix, options=options)
-    assert response["response"] == "".join(answer_tokens(5))
+    response = client.generate(model=CODE_MODEL, prompt=prompt, suffix=suffix, options=options)
     sent = last_request(sim)
     assert sent["prompt"] == prompt and sent["suffix"] == suffix and sent["options"] == options
+    # The simulator writes another middle for a suffix than without one: the same as Ollama's own answer is the
+    # middle, so the suffix arrived.
+    assert response["response"] == direct.generate(CODE_MODEL, prompt, suffix, options=options).response
+    assert response["response"] != direct.generate(CODE_MODEL, prompt, options=options).response
 
 
 def test_generate_streamed(client: ollama.Client) -> None:

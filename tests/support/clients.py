@@ -6,8 +6,9 @@ from __future__ import annotations
 from .simproc import sim_line
 
 CHAT_MODEL = "qwen3:32b"
-EMBED_MODEL = "nomic-embed-text:latest"  # the name Ollama's and LangChain's embedding docs use
-SIM_ARGS = ("--ttft", "0.02", "--tps", "200", "--model", CHAT_MODEL, "--model", EMBED_MODEL)
+CODE_MODEL = "qwen2.5-coder:7b"  # fills in the middle: Ollama refuses a `suffix` to a model without "insert"
+EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's own embedding model, the one Ollama's docs use
+SIM_ARGS = ("--ttft", "0.02", "--tps", "200", "--model", CHAT_MODEL, "--model", CODE_MODEL)
 
 # The tool call the simulator makes when the request has tools and the last user message carries this line.
 CALL_WEATHER = sim_line(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}])
