@@ -138,7 +138,7 @@ def test_static_files_come_from_nginx(nginx: Nginx, gateway: Gateway, certificat
     assert "public" in response.headers["Cache-Control"] and "Expires" in response.headers
     assert "Strict-Transport-Security" in response.headers
     assert "/static/chat.css" not in gateway.log  # gunicorn never saw it
-    page = requests.get(nginx.url + "/", verify=str(certificate[0]), timeout=5)
+    page = requests.get(nginx.url + "/", headers={"Accept": "text/html"}, verify=str(certificate[0]), timeout=5)
     assert page.status_code == 200 and "Content-Security-Policy" in page.headers
 
 
@@ -182,7 +182,7 @@ def test_login_cookie_is_secure_and_hsts_set_behind_tls(nginx: Nginx, key: str, 
     assert login.status_code == 302 and login.headers["Location"] == "/"
     cookie = login.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie  # TLS seen via nginx
-    page = browser.get(nginx.url + "/", verify=ca, timeout=5)
+    page = browser.get(nginx.url + "/", headers={"Accept": "text/html"}, verify=ca, timeout=5)
     assert page.status_code == 200 and "ops" in page.text
     for header in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options"):
         assert header in page.headers
