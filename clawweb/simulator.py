@@ -29,7 +29,7 @@ A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, `
 the connection after N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft``
 when given), ``hang`` (send nothing, ever), ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``: the answer
 calls these tools instead of writing, when the request offers ``tools``: Ollama only calls tools it was given).
-``tokens`` counts the directive's or the built-in text, never the derived answers above. In an embedding input,
+A directive's ``text`` or ``tokens`` wins over those derived answers. In an embedding input,
 ``#sim {...}`` takes ``delay`` (s, instead of ``--embed-delay``) and ``status``. ``--load`` makes a model that is
 not in memory load that long.
 
@@ -241,7 +241,7 @@ def _tool_call(index: int, call: dict[str, Any]) -> bytes:
     """One of Ollama's ``ToolCall``s: ``id`` (``call_`` and 8 of [a-z0-9], as server/routes.go's toolCallId makes
     them; derived from the call here, so that tests can predict it) and ``function`` {index, name, arguments}; the
     arguments keep their order (Ollama keeps the model's), nested objects sorted as Go writes a map."""
-    name, arguments = str(call["name"]), dict(call.get("arguments") or {})
+    name, arguments = str(call.get("name", "")), dict(call.get("arguments") or {})
     args = (
         b"{"
         + b",".join(
@@ -570,7 +570,7 @@ class Simulator:
             derived = FIM_TEXT
         if calls:
             content = []
-        elif text is None and derived is not None:
+        elif derived is not None and text is None and "tokens" not in sim:
             content = tokenize(derived)
         else:
             count = int(sim.get("tokens", len(tokenize(text)) if text is not None else self.config.tokens))
@@ -609,7 +609,8 @@ class Simulator:
         in raw mode (Ollama's docs/api.md: "raw mode will not return a context")."""
         if body.get("raw"):
             return b""
-        sent = [n for n in body.get("context") or [] if isinstance(n, int)]
+        given = body.get("context")
+        sent = [n for n in given if isinstance(n, int)] if isinstance(given, list) else []
         ids = sent + _token_ids(tokenize(str(body.get("prompt") or ""))) + _token_ids(content)
         return b'"context":[%b],' % ",".join(map(str, ids)).encode()
 
@@ -807,7 +808,8 @@ class Simulator:
             return self._send(
                 sock, 200, b'{"embedding":%b}' % catalog.embedding_json(spec.name, inputs[0], spec.embedding_length)
             )
-        num_ctx = (body.get("options") or {}).get("num_ctx")
+        options = body.get("options")
+        num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
         limit = min(spec.context_length, num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else spec.context_length)
         limit -= 2  # the BOS and EOS tokens the model adds
         vectors, counted = [], 0

@@ -198,28 +198,39 @@ def show(spec: ModelSpec, verbose: bool) -> dict[str, Any]:
 # --- what the models write -------------------------------------------------------------------------------------------
 
 
-def schema_instance(schema: Any, defs: dict[str, Any] | None = None) -> Any:
-    """A small value that a JSON schema accepts (the first choice of each ``enum``/``anyOf``), for ``format``."""
-    if not isinstance(schema, dict):
+def schema_instance(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """A small value that a JSON schema accepts (the first choice of each ``enum``/``anyOf``), for ``format``. Any
+    JSON at all may come as a schema: what is not understood gives ``{}``, and ``$ref`` loops end at depth 8."""
+    if not isinstance(schema, dict) or depth > 8:
         return {}
-    defs = defs if defs is not None else dict(schema.get("$defs") or schema.get("definitions") or {})
+    if defs is None:
+        found = schema.get("$defs", schema.get("definitions"))
+        defs = found if isinstance(found, dict) else {}
+    deeper = depth + 1
     if isinstance(schema.get("$ref"), str):
-        return schema_instance(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+        return schema_instance(defs.get(schema["$ref"].rsplit("/", 1)[-1]), defs, deeper)
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][0]
     for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return schema_instance(schema[key][0], defs)
+        if isinstance(schema.get(key), list) and schema[key]:
+            return schema_instance(schema[key][0], defs, deeper)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
+    properties = schema.get("properties")
     if kind == "object":
-        return {key: schema_instance(value, defs) for key, value in (schema.get("properties") or {}).items()}
+        items = properties.items() if isinstance(properties, dict) else ()
+        return {str(key): schema_instance(value, defs, deeper) for key, value in items}
     if kind == "array":
-        return [schema_instance(schema.get("items", {}), defs)] * max(1, int(schema.get("minItems", 1)))
-    return {"integer": 42, "number": 4.2, "boolean": True, "null": None}.get(kind, "text")
+        least = schema.get("minItems")
+        return [schema_instance(schema.get("items"), defs, deeper)] * (
+            min(least, 3) if isinstance(least, int) and least > 1 else 1
+        )
+    return (
+        {"integer": 42, "number": 4.2, "boolean": True, "null": None}.get(kind, "text") if isinstance(kind, str) else {}
+    )
 
 
 # --- embeddings ------------------------------------------------------------------------------------------------------
