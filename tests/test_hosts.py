@@ -215,7 +215,7 @@ def test_every_host_down_is_one_502_naming_each() -> None:
 
 
 def chat_through(client: OllamaClient) -> tuple[str, int]:
-    opened = client.open_chat(BODY)
+    opened = client.open_stream("/api/chat", BODY)
     try:
         assert opened.host is not None and opened.host.streams == 1  # counted while open
         return opened.response.url.rsplit("/api/", 1)[0], opened.response.status_code
@@ -306,7 +306,7 @@ def test_when_every_host_fails_the_clearest_error_wins(
     client = two_hosts(read_timeout_s=7)
     client._turn = 1  # A first: the messages list the hosts in the order they were tried
     try:
-        opened = client.open_chat(BODY)
+        opened = client.open_stream("/api/chat", BODY)
     except ApiError as exc:
         assert (exc.status, exc.message[: len(expected[1])]) == expected
         assert isinstance(exc, OllamaTimeout if exc.status == 504 else OllamaUnreachable)  # the stream's kinds
@@ -471,7 +471,8 @@ def test_a_model_only_one_host_has_always_goes_there(gateway: Gateway, sims: tup
 
 def test_model_lists_are_merged_and_version_comes_from_any_host(gateway: Gateway) -> None:
     listed = requests.get(gateway.url + "/api/tags", timeout=5).json()
-    assert sorted(m["name"] for m in listed["models"]) == ["a:1", "b:1", "p:1", "s:1"]
+    # Each simulator lists its embedding model too: the union holds it once.
+    assert sorted(m["name"] for m in listed["models"]) == ["a:1", "b:1", "nomic-embed-text:latest", "p:1", "s:1"]
     running = [m["name"] for m in requests.get(gateway.url + "/api/ps", timeout=5).json()["models"]]
     assert sorted(running) == sorted(set(running)) and {"a:1", "b:1"} <= set(running)
     assert requests.get(gateway.url + "/api/version", timeout=5).json() == {"version": "0.12.6"}
@@ -655,3 +656,44 @@ def test_failover_when_a_host_dies_and_recovery_without_a_restart(
     print(f"sim_a got s:1 traffic again {recovery_s:.2f} s after its restart")
     assert answered(sse(gateway, chat(model="a:1"))[1])
     assert [h["streams"] for h in refresh(gateway)["hosts"]] == [0, 0]  # failed attempts gave theirs back
+
+
+def test_generate_embed_and_show_go_to_a_host_with_the_model_and_fail_over(
+    start_simulator: StartSimulator, start_gateway: StartGateway
+) -> None:
+    """Each route goes to a host that lists its model (the embedding dimensions tell the hosts apart); when a host
+    that lists it dies before answering, the request goes to the next one."""
+    sim_a = start_simulator(*sim_args("a:1", "s:1", extra=("--embed-model", "ea=8", "--embed-model", "both=4")))
+    sim_b = start_simulator(*sim_args("b:1", "s:1", extra=("--embed-model", "eb=16", "--embed-model", "both=4")))
+    gateway = gateway_on(start_gateway, sim_a, sim_b)
+    url = gateway.url
+
+    def embedding(model: str) -> list[float]:
+        response = requests.post(url + "/api/embed", json={"model": model, "input": "hi"}, timeout=10)
+        assert response.status_code == 200, response.text
+        return list(response.json()["embeddings"][0])
+
+    assert (len(embedding("ea")), len(embedding("eb"))) == (8, 16)
+    for model, sim in (("a:1", sim_a), ("b:1", sim_b)):
+        reset(sim_a, sim_b)
+        whole = requests.post(url + "/api/generate", json={"model": model, "prompt": "hi", "stream": False}, timeout=10)
+        assert whole.status_code == 200 and whole.json()["done"] is True
+        shown = requests.post(url + "/api/show", json={"model": model}, timeout=10)
+        assert shown.status_code == 200 and shown.json()["details"]
+        assert sim.stats()["requests"] == 1 and sim.stats()["last_request"]["model"] == model
+        assert (sim_a.stats()["requests"] + sim_b.stats()["requests"]) == 1
+    vector = embedding("both")
+    # sim_a has both models loaded, as the gateway learns (/readyz checks every host now), so it is tried first.
+    load(sim_a, "s:1")
+    assert requests.post(sim_a.url + "/api/embed", json={"model": "both", "input": "x"}, timeout=5).ok
+    assert all(host["up"] for host in refresh(gateway)["hosts"])
+    sim_a.signal(signal.SIGKILL)  # the gateway has not noticed yet: its next requests there fail and move on
+    sim_a.proc.wait()
+    reset(sim_b)
+    for _ in range(2):
+        assert embedding("both") == vector  # deterministic: the same vector from the other host
+        streamed = requests.post(url + "/api/generate", json={"model": "s:1", "prompt": "hi"}, timeout=10)
+        assert streamed.status_code == 200 and json.loads(streamed.text.splitlines()[-1])["done"] is True
+    assert sim_b.stats()["embeds"] == 2 and sim_b.stats()["completed"] == 2
+    metrics = requests.get(url + "/metrics", timeout=5).text  # and the dead host was really tried on the way
+    assert re.search(rf'clawweb_upstream_host_failures_total{{host="{sim_a.url}",kind="unreachable"}} [1-9]', metrics)
