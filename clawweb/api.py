@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import requests
 from flask import Blueprint, Response, jsonify, request
 
 from . import embeddings
@@ -19,7 +18,7 @@ from .auth import identity
 from .errors import ApiError
 from .metrics import ROUTE_REQUESTS
 from .relay.admit import admit, allowed, require_allowed
-from .relay.responses import native_response, sse_response
+from .relay.responses import as_answered, native_response, sse_response
 from .services import services
 from .upstream.client import PASS_THROUGH_TIMEOUT_S
 from .validation import (
@@ -75,13 +74,13 @@ def generate() -> Response:
 
 @bp.post("/api/embed")
 def embed() -> Response:
-    return _as_ollama_answered(embeddings.forward(validate_embed(_json_body(), services().settings)))
+    return as_answered(embeddings.forward(validate_embed(_json_body(), services().settings)))
 
 
 @bp.post("/api/embeddings")
 def embeddings_old() -> Response:
     body = validate_embeddings(_json_body(), services().settings)
-    return _as_ollama_answered(embeddings.forward(body, "/api/embeddings"))
+    return as_answered(embeddings.forward(body, "/api/embeddings"))
 
 
 @bp.post("/api/show")
@@ -92,11 +91,7 @@ def show() -> Response:
     require_allowed(body["model"])
     upstream = services().ollama.request("POST", "/api/show", body, read_timeout=PASS_THROUGH_TIMEOUT_S)
     ROUTE_REQUESTS.labels("/api/show", "done" if upstream.status_code == 200 else "status").inc()
-    return _as_ollama_answered(upstream)
-
-
-def _as_ollama_answered(upstream: requests.Response) -> Response:
-    return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+    return as_answered(upstream)
 
 
 @bp.get("/api/queue")
@@ -115,12 +110,11 @@ def _pass_through() -> Response:
     """Ollama's answer as it is, except that with ``CLAWWEB_MODELS`` set, model lists show only those."""
     settings = services().settings
     upstream = services().ollama.request("GET", request.path, read_timeout=PASS_THROUGH_TIMEOUT_S)
-    content = upstream.content
     if settings.models and upstream.status_code == 200 and request.path in ("/api/tags", "/api/ps"):
         listing = upstream.json()
         listing["models"] = [m for m in listing.get("models") or [] if allowed(m.get("name", ""), settings)]
-        content = json.dumps(listing).encode()
-    return Response(content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+        return Response(json.dumps(listing).encode(), 200, content_type=upstream.headers.get("Content-Type"))
+    return as_answered(upstream)
 
 
 for _path in PASS_THROUGH:

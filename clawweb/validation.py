@@ -282,11 +282,18 @@ def _context(value: Any, where: str, settings: Settings) -> Any:
     """``/api/generate``'s ``context``: the token ids a previous answer returned (deprecated, still sent)."""
     if value is None:
         return OMIT
-    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise InvalidField(where, "must be a list of integers (the context a previous answer returned)")
+    if not isinstance(value, list) or not all(_token_id(t) for t in value):
+        raise InvalidField(where, "must be a list of token ids (the context a previous answer returned)")
     if len(value) > MAX_CONTEXT:
         raise InvalidField(where, f"must hold at most {MAX_CONTEXT} tokens")
     return value
+
+
+def _token_id(value: Any) -> bool:
+    """A token id as a previous answer returned it: llama.cpp's ``llama_token`` is an int32 and never negative.
+    Anything else is no context (an id past the vocabulary is a known way to crash a tokenizer's runner), and one
+    past Go's int64 is a 400 from Ollama only after a slot was spent on it."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
 def _inputs(value: Any, where: str, settings: Settings) -> Any:
