@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .config import Settings
 from .errors import ApiError, too_large_message
-from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
+from .openai_format import DONE, Completion, error_body, to_ollama
 from .relay import sse
 from .relay.admit import admit, allowed
 from .relay.events import Failure, Heartbeat, Queued, Status
@@ -128,12 +128,8 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
                 if not started:
                     started = True
                     yield completion.chunk({"role": "assistant", "content": ""})
-                message = line.get("message") or {}
-                delta = {"reasoning_content": message.get("thinking"), "content": message.get("content")}
-                if delta := {k: v for k, v in delta.items() if v}:
-                    yield completion.chunk(delta)
+                yield from completion.frames(line)
                 if line.get("done") is True:
-                    yield completion.chunk({}, finish_reason(line))
                     if completion.include_usage:
                         yield completion.usage_chunk(line)
                     yield DONE

@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import InvalidField
+from .openai_tools import ollama_calls, ollama_tools, openai_calls, tool_name
 from .relay import sse
 from .validation import validate_options
 
@@ -41,9 +42,8 @@ OPTIONS = {
 }
 THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 # Features with no Ollama counterpart here: refused rather than silently ignored, unless sent empty.
-UNSUPPORTED = (
-    "tools tool_choice functions function_call logprobs top_logprobs logit_bias audio prediction web_search_options"
-).split()
+# ``functions``/``function_call`` are the deprecated spelling of tools: no call ids, so no way to answer them.
+UNSUPPORTED = "functions function_call logprobs top_logprobs logit_bias audio prediction web_search_options".split()
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -79,14 +79,20 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
         raise InvalidField("messages", "must be a non-empty list of {role, content} objects")
     messages = []
+    names: dict[str, str] = {}  # tool call id -> the function called, for the tool messages that answer it
     for i, message in enumerate(raw):
+        where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
         role = "system" if role == "developer" else role
-        if role not in ("system", "user", "assistant") or message.get("tool_calls"):
-            text = "must be system, developer, user or assistant (tool calling is not offered here)"
-            raise InvalidField(f"messages[{i}].role", text)
-        content, images = _content(message.get("content"), f"messages[{i}].content")
-        messages.append({"role": role, "content": content, **({"images": images} if images else {})})
+        if role not in ("system", "user", "assistant", "tool"):  # "function" (deprecated) gives no call id
+            raise InvalidField(f"{where}.role", "must be system, developer, user, assistant or tool")
+        content, images = _content(message.get("content"), f"{where}.content")
+        converted = {"role": role, "content": content, **({"images": images} if images else {})}
+        if role == "assistant" and message.get("tool_calls") is not None:
+            converted["tool_calls"] = ollama_calls(message["tool_calls"], f"{where}.tool_calls", names)
+        elif role == "tool":
+            converted["tool_name"] = tool_name(message, where, names)
+        messages.append(converted)
     return messages
 
 
@@ -120,6 +126,10 @@ def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
         body["model"] = raw["model"]
     if options := _options(raw, settings):
         body["options"] = options
+    # ``parallel_tool_calls`` is accepted and not forwarded: Ollama has no such switch (a model makes the calls it
+    # makes), and refusing it would refuse clients that send ``true``, which is what Ollama does anyway.
+    if (tools := ollama_tools(raw)) is not None:
+        body["tools"] = tools
     effort = raw.get("reasoning_effort")
     if effort is not None:
         if effort not in THINK:
@@ -151,12 +161,14 @@ def _usage(final: dict[str, Any]) -> dict[str, int]:
 
 @dataclass
 class Completion:
-    """What every chunk of one answer repeats: its id, creation time and model."""
+    """One answer: what every chunk repeats (its id, creation time and model), and the tool calls streamed so far
+    (numbered across the stream's lines; any call makes the finish reason "tool_calls", as in Ollama's layer)."""
 
     model: str
     include_usage: bool = False
     id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
+    calls: int = 0
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
@@ -166,13 +178,29 @@ class Completion:
         usage = {"usage": None} if self.include_usage else {}  # as OpenAI: null on all but the usage chunk
         return sse.json_frame({**self._head("chat.completion.chunk"), "choices": [choice], **usage})
 
+    def frames(self, line: dict[str, Any]) -> list[bytes]:
+        """The chunks for one Ollama line: its thinking, text and tool calls, and the finish reason on the last."""
+        message = line.get("message") or {}
+        calls = openai_calls(message.get("tool_calls"), self.calls)
+        self.calls += len(calls)
+        delta = {"reasoning_content": message.get("thinking"), "content": message.get("content"), "tool_calls": calls}
+        frames = [self.chunk(delta)] if (delta := {k: v for k, v in delta.items() if v}) else []
+        if line.get("done") is True:
+            frames.append(self.chunk({}, "tool_calls" if self.calls else finish_reason(line)))
+        return frames
+
     def usage_chunk(self, final: dict[str, Any]) -> bytes:
         return sse.json_frame({**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(final)})
 
     def whole(self, answer: dict[str, Any]) -> dict[str, Any]:
         message = answer.get("message") or {}
-        reply = {"role": "assistant", "content": message.get("content") or ""}
+        calls = [{k: v for k, v in call.items() if k != "index"} for call in openai_calls(message.get("tool_calls"), 0)]
+        # OpenAI's content is null when the model only called tools; "" is an answer that said nothing.
+        reply: dict[str, Any] = {"role": "assistant", "content": message.get("content") or (None if calls else "")}
         if message.get("thinking"):
             reply["reasoning_content"] = message["thinking"]
-        choice = {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish_reason(answer)}
+        if calls:
+            reply["tool_calls"] = calls
+        finish = "tool_calls" if calls else finish_reason(answer)
+        choice = {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}
         return {**self._head("chat.completion"), "choices": [choice], "usage": _usage(answer)}

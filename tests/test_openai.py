@@ -242,10 +242,10 @@ REMOTE_IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/c
     [
         (b"not json", None),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": [REMOTE_IMAGE]}]}, "messages[0].content[0]"),
-        ({"messages": ask(), "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": ask(), "tools": [{"type": "function"}]}, "tools[0].function"),
         ({"messages": ask(), "temperature": "hot"}, "temperature"),
         ({"messages": ask(), "reasoning_effort": "max"}, "reasoning_effort"),
         ({"messages": ask(), "response_format": {"type": "yaml"}}, "response_format"),
