@@ -111,6 +111,23 @@ def _options(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _format(form: Any) -> Any:
+    """``response_format`` as Ollama's ``format``: "json" for ``json_object``, the schema itself for
+    ``json_schema`` (Ollama constrains the output to it; its ``name`` and ``strict`` have no counterpart, and the
+    official client's ``parse`` validates the answer against its model anyway)."""
+    form = form or {"type": "text"}
+    kind = form.get("type") if isinstance(form, dict) else None
+    described = form.get("json_schema") if kind == "json_schema" else None
+    schema = described.get("schema") if isinstance(described, dict) else None
+    if kind == "json_object":
+        return "json"
+    if isinstance(schema, dict):
+        return schema
+    if kind != "text":
+        raise InvalidField("response_format", "must be text, json_object, or json_schema with a schema")
+    return None
+
+
 def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """An OpenAI chat request as an Ollama ``/api/chat`` body, read field by field by exact name; it still
     passes ``validate_chat``, whose canonical builder makes what Ollama receives (as for native requests)."""
@@ -135,14 +152,8 @@ def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
         if effort not in THINK:
             raise InvalidField("reasoning_effort", f"must be one of {', '.join(THINK)}")
         body["think"] = THINK[effort]
-    form = raw.get("response_format") or {"type": "text"}
-    schema = (form.get("json_schema") or {}).get("schema") if isinstance(form, dict) else None
-    if isinstance(form, dict) and form.get("type") == "json_object":
-        body["format"] = "json"
-    elif isinstance(schema, dict) and form.get("type") == "json_schema":
-        body["format"] = schema
-    elif not isinstance(form, dict) or form.get("type") != "text":
-        raise InvalidField("response_format", "must be text, json_object, or json_schema with a schema")
+    if (form := _format(raw.get("response_format"))) is not None:
+        body["format"] = form
     return body
 
 

@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 import requests
 
-from clawweb.simulator import answer_tokens, prompt_count, thinking_tokens
+from clawweb.simulator import answer_tokens, prompt_count, thinking_tokens, tokenize
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
@@ -249,6 +250,7 @@ REMOTE_IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/c
         ({"messages": ask(), "temperature": "hot"}, "temperature"),
         ({"messages": ask(), "reasoning_effort": "max"}, "reasoning_effort"),
         ({"messages": ask(), "response_format": {"type": "yaml"}}, "response_format"),
+        ({"messages": ask(), "response_format": {"type": "json_schema", "json_schema": "Weather"}}, "response_format"),
         ({"model": "", "messages": ask()}, "model"),
     ],
 )
@@ -339,3 +341,59 @@ def test_allow_list_queue_and_rate_limit_apply(sim: SimProcess, start_gateway: S
             limited.chat.completions.create(model=MODEL, messages=ask())
         assert int(limit.value.response.headers["Retry-After"]) > 0
         assert limit.value.code == "rate_limit_exceeded"
+
+
+# --- structured output ---------------------------------------------------------------------------------------
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    celsius: float
+    sunny: bool
+
+
+WEATHER_JSON = '{"city": "Paris", "celsius": 21.5, "sunny": true}'
+
+
+def test_parse_sends_the_models_schema_as_ollamas_format(client: openai.OpenAI, sim: SimProcess) -> None:
+    reply = client.chat.completions.parse(
+        model=MODEL, messages=ask({"text": WEATHER_JSON}, "weather in Paris?"), response_format=Weather
+    )
+    message = reply.choices[0].message
+    assert message.parsed == Weather(city="Paris", celsius=21.5, sunny=True)
+    assert message.content == WEATHER_JSON and message.refusal is None
+    # The schema the client made of the model (strict: every property required, no others), as Ollama's format.
+    assert sim.stats()["last_request"]["format"] == {
+        "type": "object",
+        "title": "Weather",
+        "properties": {
+            "city": {"type": "string", "title": "City"},
+            "celsius": {"type": "number", "title": "Celsius"},
+            "sunny": {"type": "boolean", "title": "Sunny"},
+        },
+        "required": ["city", "celsius", "sunny"],
+        "additionalProperties": False,
+    }
+
+
+def test_stream_helper_parses_the_streamed_json(client: openai.OpenAI, sim: SimProcess) -> None:
+    with client.chat.completions.stream(
+        model=MODEL, messages=ask({"text": WEATHER_JSON}), response_format=Weather, reasoning_effort="none"
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    deltas = [event.delta for event in events if event.type == "content.delta"]
+    assert "".join(deltas) == WEATHER_JSON and deltas[1:] == tokenize(WEATHER_JSON)  # "" first, with the role
+    (done,) = [event for event in events if event.type == "content.done"]
+    assert done.parsed == Weather(city="Paris", celsius=21.5, sunny=True)
+    assert final.choices[0].message.parsed == Weather(city="Paris", celsius=21.5, sunny=True)
+    assert sim.stats()["last_request"]["format"]["title"] == "Weather"
+
+
+def test_a_hand_written_json_schema_is_ollamas_format(gateway: Gateway, key: str, sim: SimProcess) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    form = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": False}}
+    response = post(gateway, key, {"model": MODEL, "messages": ask({"text": '{"n": 3}'}), "response_format": form})
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"n": 3}
+    assert sim.stats()["last_request"]["format"] == schema

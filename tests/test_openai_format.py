@@ -123,6 +123,7 @@ def test_an_unsupported_feature_sent_empty_is_no_feature(empty: Any) -> None:
         ),
         ({"reasoning_effort": "max"}, "reasoning_effort", "must be one of none, minimal, low, medium, high"),
         ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema with a schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": "n"}}, "response_format", "json_schema with a"),
         ({"response_format": "json"}, "response_format", "must be text, json_object"),
         ({"max_tokens": 0}, "max_tokens", "'max_tokens' must be at least 1"),
     ],
