@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .config import Settings
 from .errors import InvalidField
@@ -43,7 +44,9 @@ OPTIONS = {
 THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 # Features with no Ollama counterpart here: refused rather than silently ignored, unless sent empty.
 # ``functions``/``function_call`` are the deprecated spelling of tools: no call ids, so no way to answer them.
-UNSUPPORTED = "functions function_call logprobs top_logprobs logit_bias audio prediction web_search_options".split()
+UNSUPPORTED = tuple(
+    "functions function_call logprobs top_logprobs logit_bias audio prediction web_search_options".split()
+)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -96,7 +99,8 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _options(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def options_of(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The sampling fields of a chat or legacy completion request as Ollama options, errors under their names."""
     options: dict[str, Any] = {}
     for name, key in OPTIONS.items():
         value = raw.get(name)
@@ -109,6 +113,19 @@ def _options(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
         if key == "num_predict" and options[key] < 1:
             raise InvalidField(name, "must be at least 1")
     return options
+
+
+def refuse_unsupported(raw: dict[str, Any], names: tuple[str, ...]) -> None:
+    """A 400 naming the first of ``names`` that is sent and not empty (clients send some as false, none or {})."""
+    for name in names:
+        if raw.get(name) not in (None, False, 0, "none", "auto", [], {}):
+            raise InvalidField(name, "is not supported by this gateway")
+
+
+def include_usage(raw: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``: a last chunk with the usage, as OpenAI sends it."""
+    stream_options = raw.get("stream_options")
+    return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
 
 
 def _format(form: Any) -> Any:
@@ -131,9 +148,7 @@ def _format(form: Any) -> Any:
 def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """An OpenAI chat request as an Ollama ``/api/chat`` body, read field by field by exact name; it still
     passes ``validate_chat``, whose canonical builder makes what Ollama receives (as for native requests)."""
-    for name in UNSUPPORTED:
-        if raw.get(name) not in (None, False, 0, "none", "auto", [], {}):
-            raise InvalidField(name, "is not supported by this gateway")
+    refuse_unsupported(raw, UNSUPPORTED)
     if raw.get("n") not in (None, 1):
         raise InvalidField("n", "must be 1: one answer per request")
     if not isinstance(raw.get("stream", False), bool | None):
@@ -141,7 +156,7 @@ def to_ollama(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": _messages(raw.get("messages")), "stream": bool(raw.get("stream"))}
     if raw.get("model") is not None:
         body["model"] = raw["model"]
-    if options := _options(raw, settings):
+    if options := options_of(raw, settings):
         body["options"] = options
     # ``parallel_tool_calls`` is accepted and not forwarded: Ollama has no such switch (a model makes the calls it
     # makes), and refusing it would refuse clients that send ``true``, which is what Ollama does anyway.
@@ -171,26 +186,63 @@ def _usage(final: dict[str, Any]) -> dict[str, int]:
 
 
 @dataclass
-class Completion:
-    """One answer: what every chunk repeats (its id, creation time and model), and the tool calls streamed so far
-    (numbered across the stream's lines; any call makes the finish reason "tool_calls", as in Ollama's layer)."""
+class Answer(ABC):
+    """One answer as OpenAI sends it: what every chunk repeats (its id, creation time and model) and the usage.
+    A kind of answer (chat here, text in openai_completions.py) says how Ollama's lines become its chunks."""
+
+    PREFIX: ClassVar[str] = "chatcmpl-"
+    OBJECT: ClassVar[str] = "chat.completion"
+    CHUNK: ClassVar[str] = "chat.completion.chunk"
 
     model: str
     include_usage: bool = False
-    id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
+    id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
-    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.id = self.id or self.PREFIX + secrets.token_hex(12)
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def _chunk(self, choice: dict[str, Any]) -> bytes:
         usage = {"usage": None} if self.include_usage else {}  # as OpenAI: null on all but the usage chunk
-        return sse.json_frame({**self._head("chat.completion.chunk"), "choices": [choice], **usage})
+        return sse.json_frame({**self._head(self.CHUNK), "choices": [choice], **usage})
+
+    def usage_chunk(self, final: dict[str, Any]) -> bytes:
+        return sse.json_frame({**self._head(self.CHUNK), "choices": [], "usage": _usage(final)})
+
+    def _whole(self, choice: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+        return {**self._head(self.OBJECT), "choices": [choice], "usage": _usage(answer)}
+
+    def opening(self) -> list[bytes]:
+        """What goes before the first line's chunks."""
+        return []
+
+    @abstractmethod
+    def frames(self, line: dict[str, Any]) -> list[bytes]:
+        """The chunks for one Ollama line, the finish reason with the last line's."""
+
+    @abstractmethod
+    def whole(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """The whole answer, from Ollama's ``stream: false`` object."""
+
+
+@dataclass
+class Completion(Answer):
+    """A chat answer; the tool calls streamed so far are counted (numbered across the stream's lines; any call
+    makes the finish reason "tool_calls", as in Ollama's layer)."""
+
+    calls: int = 0
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason})
+
+    def opening(self) -> list[bytes]:
+        return [self.chunk({"role": "assistant", "content": ""})]
 
     def frames(self, line: dict[str, Any]) -> list[bytes]:
-        """The chunks for one Ollama line: its thinking, text and tool calls, and the finish reason on the last."""
+        """Its thinking (``reasoning_content``), text and tool calls."""
         message = line.get("message") or {}
         calls = openai_calls(message.get("tool_calls"), self.calls)
         self.calls += len(calls)
@@ -199,9 +251,6 @@ class Completion:
         if line.get("done") is True:
             frames.append(self.chunk({}, "tool_calls" if self.calls else finish_reason(line)))
         return frames
-
-    def usage_chunk(self, final: dict[str, Any]) -> bytes:
-        return sse.json_frame({**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(final)})
 
     def whole(self, answer: dict[str, Any]) -> dict[str, Any]:
         message = answer.get("message") or {}
@@ -213,5 +262,4 @@ class Completion:
         if calls:
             reply["tool_calls"] = calls
         finish = "tool_calls" if calls else finish_reason(answer)
-        choice = {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}
-        return {**self._head("chat.completion"), "choices": [choice], "usage": _usage(answer)}
+        return self._whole({"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}, answer)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import statistics
 import time
@@ -19,7 +20,7 @@ from clawweb.simulator import answer_tokens, prompt_count, thinking_tokens, toke
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 from .support.sseclient import events
 
 HEARTBEAT_S = 0.3
@@ -267,7 +268,7 @@ def test_unknown_routes_and_methods_in_openai_shape(gateway: Gateway, key: str) 
     auth = {"Authorization": f"Bearer {key}"}
     wrong_method = requests.get(gateway.url + "/v1/chat/completions", headers=auth, timeout=5)
     assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"]
-    unknown = requests.post(gateway.url + "/v1/embeddings", json={"input": "x"}, headers=auth, timeout=5)
+    unknown = requests.post(gateway.url + "/v1/audio/speech", json={"input": "x"}, headers=auth, timeout=5)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
     for response in (wrong_method, unknown):
         assert response.json()["error"]["type"] == "invalid_request_error"
@@ -397,3 +398,158 @@ def test_a_hand_written_json_schema_is_ollamas_format(gateway: Gateway, key: str
     assert response.status_code == 200, response.text
     assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"n": 3}
     assert sim.stats()["last_request"]["format"] == schema
+
+
+# --- tool calls ----------------------------------------------------------------------------------------------
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+PARIS_CALL = {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}
+
+
+def test_tool_call_and_the_tools_answer_sent_back(client: openai.OpenAI, sim: SimProcess) -> None:
+    """The function-calling guide's loop: the model calls, the program runs the tool, sends the result back."""
+    messages: list[Any] = ask(PARIS_CALL, "weather in Paris?")
+    first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert sim.stats()["last_request"]["tools"] == [WEATHER_TOOL]
+    messages.append(choice.message)  # the message object itself, as the guide does
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 °C"})
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+    assert "sunny, 21 °C" in (second.choices[0].message.content or "")
+    sent = sim.stats()["last_request"]["messages"]
+    assert sent[1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "content": "sunny, 21 °C", "tool_name": "get_weather"},
+    ]
+
+
+def test_tool_call_streamed(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ask(PARIS_CALL), tools=[WEATHER_TOOL], stream=True, reasoning_effort="none"
+    )
+    chunks = list(stream)
+    deltas = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.type, d.function and d.function.name) for d in deltas] == [(0, "function", "get_weather")]
+    assert deltas[0].id and deltas[0].id.startswith("call_")
+    assert json.loads(deltas[0].function.arguments or "") == {"city": "Paris"}  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+class GetWeather(pydantic.BaseModel):
+    city: str
+
+
+def test_stream_helper_accumulates_and_parses_the_call(client: openai.OpenAI) -> None:
+    """``client.chat.completions.stream`` with a strict pydantic tool: the client accumulates the chunks by index
+    and parses the arguments into the model."""
+    directive = {
+        "tool_calls": [
+            {"name": "GetWeather", "arguments": {"city": "Paris"}},
+            {"name": "GetWeather", "arguments": {"city": "Rome"}},
+        ]
+    }
+    with client.chat.completions.stream(
+        model=MODEL, messages=ask(directive), tools=[openai.pydantic_function_tool(GetWeather)]
+    ) as stream:
+        done = [event for event in stream if event.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion()
+    assert [(event.index, event.parsed_arguments) for event in done] == [
+        (0, GetWeather(city="Paris")),
+        (1, GetWeather(city="Rome")),
+    ]
+    calls = final.choices[0].message.tool_calls or []
+    assert [call.function.parsed_arguments for call in calls] == [GetWeather(city="Paris"), GetWeather(city="Rome")]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+# --- legacy completions --------------------------------------------------------------------------------------
+
+
+def test_completion_with_suffix(client: openai.OpenAI, sim: SimProcess) -> None:
+    prompt = "def add(a, b):\n" + sim_line(tokens=4)
+    reply = client.completions.create(model=MODEL, prompt=prompt, suffix="\nprint(add(1, 2))\n", max_tokens=50, seed=1)
+    assert reply.object == "text_completion" and reply.id.startswith("cmpl-") and reply.model == MODEL
+    assert reply.choices[0].text == "".join(answer_tokens(4)) and reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    sent = sim.stats()["last_request"]
+    assert (sent["prompt"], sent["suffix"], sent["stream"]) == (prompt, "\nprint(add(1, 2))\n", False)
+    assert sent["options"] == {"num_predict": 50, "seed": 1}
+
+
+def test_completion_streamed(client: openai.OpenAI, sim: SimProcess) -> None:
+    stream = client.completions.create(
+        model=MODEL,
+        prompt="once" + sim_line(tokens=5),
+        suffix="end",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "".join(answer_tokens(5))
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert {c.object for c in chunks} == {"text_completion"}
+    assert sim.stats()["last_request"]["suffix"] == "end"
+
+
+def test_completion_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
+    for kwargs, param in [
+        ({"echo": True}, "echo"),
+        ({"best_of": 2}, "best_of"),
+        ({"n": 2}, "n"),
+        ({"logprobs": 1}, "logprobs"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.completions.create(model=MODEL, prompt="x", **kwargs)
+        assert refused.value.param == param
+    with pytest.raises(openai.BadRequestError) as tokens:
+        client.completions.create(model=MODEL, prompt=[1, 2, 3])
+    assert tokens.value.param == "prompt" and "token arrays" in tokens.value.message
+    assert sim.stats()["requests"] == 0
+
+
+# --- embeddings ----------------------------------------------------------------------------------------------
+
+
+def test_embeddings_default_encoding_is_base64_decoded_by_the_client(client: openai.OpenAI, sim: SimProcess) -> None:
+    default = client.embeddings.create(model=MODEL, input=["first text", "second text"])
+    assert sim.stats()["last_request"]["input"] == ["first text", "second text"]
+    floats = client.embeddings.create(model=MODEL, input=["first text", "second text"], encoding_format="float")
+    assert [e.index for e in default.data] == [0, 1] and default.model == MODEL and default.object == "list"
+    # base64 is float32: the client's decoded vectors are the floats rounded to float32
+    rounded = [list(array.array("f", e.embedding)) for e in floats.data]
+    assert [e.embedding for e in default.data] == rounded
+    assert default.data[0].embedding != default.data[1].embedding
+    assert default.usage.prompt_tokens == default.usage.total_tokens
+
+
+def test_embeddings_with_dimensions(client: openai.OpenAI, sim: SimProcess) -> None:
+    reply = client.embeddings.create(model=MODEL, input="one text", dimensions=8, encoding_format="float", user="u1")
+    assert len(reply.data) == 1 and len(reply.data[0].embedding) == 8
+    sent = sim.stats()["last_request"]
+    assert (sent["input"], sent["dimensions"]) == ("one text", 8) and "user" not in sent
+
+
+def test_embeddings_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as tokens:
+        client.embeddings.create(model=MODEL, input=[[1, 2, 3]])
+    assert tokens.value.param == "input" and "token arrays" in tokens.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="missing:1b", input="x")
+    assert sim.stats()["requests"] == 0
