@@ -118,6 +118,7 @@ def build_services(settings: Settings) -> Services:
             store, state, settings.generation_ttl_s, settings.cancel_without_readers_s, settings.checkpoint_s
         ),
         answer_rate=window("answers", settings.rate_per_minute, 60.0),
+        embed_rate=window("embeddings", settings.embed_rate_per_minute, 60.0),
         conversation_rate=window("conversations", settings.conversations_per_minute, 60.0),
         login_by_name=window("login-name", settings.login_attempts, LOGIN_WINDOW_S),
         login_by_address=window("login-address", settings.login_attempts * ADDRESS_FACTOR, LOGIN_WINDOW_S),

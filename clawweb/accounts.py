@@ -71,10 +71,10 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(store: Store, user_id: int, name: str = "") -> tuple[str, dict[str, Any]]:
-    """A new key: returned once here, stored only as its digest."""
+def create_key(store: Store, user_id: int, name: str = "", admin: bool = False) -> tuple[str, dict[str, Any]]:
+    """A new key: returned once here, stored only as its digest. ``admin``: it may send load requests."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, store.add_key(user_id, name, key[:10], key_digest(key))
+    return key, store.add_key(user_id, name, key[:10], key_digest(key), admin)
 
 
 def user_for_key(store: Store, key: str) -> dict[str, Any]:

@@ -1,20 +1,36 @@
-"""Ollama-compatible routes: ``POST /api/chat`` (SSE or native) and the read-only pass-through routes.
+"""Ollama-compatible routes: ``POST /api/chat`` and ``/api/generate`` (SSE or native), ``/api/embed`` and the older
+``/api/embeddings``, ``/api/show``, and the read-only pass-through routes.
 
 Views decide everything that can be known before the first byte (body, model, reachability, a place in the
-admission queue), then hand a generator to ``Response``; nothing after that point raises into Flask.
+admission queue), then hand a generator to ``Response``; nothing after that point raises into Flask. Model
+management (pull, push, create, copy, delete) is not routed: on a shared GPU box that is the operator's.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import requests
 from flask import Blueprint, Response, jsonify, request
 
-from .relay.admit import admit, allowed
+from . import embeddings
+from .auth import identity
+from .errors import ApiError
+from .metrics import ROUTE_REQUESTS
+from .relay.admit import admit, allowed, require_allowed
 from .relay.responses import native_response, sse_response
 from .services import services
 from .upstream.client import PASS_THROUGH_TIMEOUT_S
-from .validation import parse_json_object, request_body, validate_chat
+from .validation import (
+    parse_json_object,
+    request_body,
+    validate_chat,
+    validate_embed,
+    validate_embeddings,
+    validate_generate,
+    validate_show,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -26,15 +42,61 @@ def _wants_sse() -> bool:
     return any(mimetype == "text/event-stream" and q > 0 for mimetype, q in request.accept_mimetypes)
 
 
-@bp.post("/api/chat")
-def chat() -> Response:
-    settings = services().settings
-    body = validate_chat(parse_json_object(request_body(settings.max_body_bytes)), settings)
+def _generation(body: dict[str, Any], path: str) -> Response:
+    """An answer relayed as SSE (asked for with ``Accept``) or as Ollama answers: NDJSON, or one JSON object."""
     if _wants_sse():
         body["stream"] = True  # SSE is a stream whatever the body said
-        return sse_response(admit(body))
-    relay = admit(body)
+        return sse_response(admit(body, path))
+    relay = admit(body, path)
     return native_response(relay, stream=body.get("stream", True))
+
+
+def _json_body() -> dict[str, Any]:
+    return parse_json_object(request_body(services().settings.max_body_bytes))
+
+
+@bp.post("/api/chat")
+def chat() -> Response:
+    return _generation(validate_chat(_json_body(), services().settings), "/api/chat")
+
+
+@bp.post("/api/generate")
+def generate() -> Response:
+    raw = _json_body()
+    body = validate_generate(raw, services().settings)
+    if not body.get("prompt") and raw.get("keep_alive") is not None:
+        # A load request (Ollama loads, or with keep_alive 0 unloads, the model and answers done_reason "load"):
+        # it changes what the GPU holds for everyone, so it is an operator's, and only then is keep_alive sent.
+        if not identity().admin:
+            raise ApiError(403, "a load request (an empty prompt with keep_alive) needs an admin API key")
+        body["keep_alive"] = raw["keep_alive"]
+    return _generation(body, "/api/generate")
+
+
+@bp.post("/api/embed")
+def embed() -> Response:
+    return _as_ollama_answered(embeddings.forward(validate_embed(_json_body(), services().settings)))
+
+
+@bp.post("/api/embeddings")
+def embeddings_old() -> Response:
+    body = validate_embeddings(_json_body(), services().settings)
+    return _as_ollama_answered(embeddings.forward(body, "/api/embeddings"))
+
+
+@bp.post("/api/show")
+def show() -> Response:
+    """A model's details (template, parameters, context length, capabilities): read-only, allowed models only, from
+    a host that has it. Not queued: Ollama answers from its files, without the GPU."""
+    body = validate_show(_json_body(), services().settings)
+    require_allowed(body["model"])
+    upstream = services().ollama.request("POST", "/api/show", body, read_timeout=PASS_THROUGH_TIMEOUT_S)
+    ROUTE_REQUESTS.labels("/api/show", "done" if upstream.status_code == 200 else "status").inc()
+    return _as_ollama_answered(upstream)
+
+
+def _as_ollama_answered(upstream: requests.Response) -> Response:
+    return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
 
 
 @bp.get("/api/queue")

@@ -42,6 +42,7 @@ class Identity:
     name: str
     via: str  # session | key | open
     session_id: int | None = None  # the server-side session, when via == "session"
+    admin: bool = False  # an admin API key: may load and unload models for everyone (clawweb keys create --admin)
 
 
 OPEN = Identity(None, "", "open")
@@ -97,6 +98,12 @@ def _secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def ollama_probe() -> bool:
+    """``GET /`` or ``HEAD /`` from a program, not a browser: Ollama's clients probe it for "Ollama is running".
+    Browsers always name ``text/html`` in ``Accept`` when they navigate; programs send ``*/*`` or nothing."""
+    return request.path == "/" and "text/html" not in {mimetype for mimetype, q in request.accept_mimetypes if q > 0}
+
+
 def _wants_page() -> bool:
     if request.path.startswith(("/api/", "/v1/")) or request.path == "/metrics":
         return False
@@ -110,7 +117,7 @@ def _from_key(header: str) -> Identity:
     row = accounts.user_for_key(services().store, key.strip())
     if row["last_used_at"] is None or time.time() - row["last_used_at"] > KEY_TOUCH_EVERY_S:
         services().store.touch_key(row["id"])  # not on every request: a write before each stream would cost latency
-    return Identity(row["user_id"], row["user_name"], "key")
+    return Identity(row["user_id"], row["user_name"], "key", admin=bool(row["admin"]))
 
 
 def _from_key_in_open_mode(header: str) -> Identity | None:
@@ -185,7 +192,8 @@ def _identify() -> BaseResponse | None:
         who = _from_key_in_open_mode(header)
     if who is None and not settings.auth_required:
         who = OPEN
-    if who is None and request.endpoint not in PUBLIC_ENDPOINTS and not _local_metrics() and not _open_share():
+    public = request.endpoint in PUBLIC_ENDPOINTS or ollama_probe()
+    if who is None and not public and not _local_metrics() and not _open_share():
         if _wants_page():  # back to the page after the login; a form post cannot be replayed, so not to that
             back = request.full_path.rstrip("?") if request.method == "GET" else None
             return redirect(url_for("login.login_form", next=back))

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="a new key for a user, shown once")
     create.add_argument("user")
     create.add_argument("--name", default="", help="what the key is for")
+    create.add_argument("--admin", action="store_true", help="may load and unload models (Ollama load requests)")
     keys.add_parser("revoke", help="stop a key from working").add_argument("id", type=int)
     keys.add_parser("list", help="every key (never the key itself)")
 
@@ -151,8 +152,9 @@ def _usage(store: Store, settings: Settings, name: str | None) -> None:
 
 def _keys(store: Store, args: argparse.Namespace) -> None:
     if args.action == "create":
-        key, row = accounts.create_key(store, _user(store, args.user)["id"], args.name)
-        print(f"key {row['id']} for {args.user} (shown only now; store it safely):\n{key}")
+        key, row = accounts.create_key(store, _user(store, args.user)["id"], args.name, args.admin)
+        kind = "admin key" if args.admin else "key"
+        print(f"{kind} {row['id']} for {args.user} (shown only now; store it safely):\n{key}")
     elif args.action == "revoke":
         if not store.revoke_key(args.id):
             raise ValueError(f"no live key with id {args.id}")
@@ -163,6 +165,7 @@ def _keys(store: Store, args: argparse.Namespace) -> None:
             print(
                 f"{entry['id']:>4} {entry['prefix']}… {entry['user_name']:<16} {entry['name'] or '-':<20} "
                 f"created {_when(entry['created_at'])}  last used {_when(entry['last_used_at'])}  {state}"
+                + ("  admin" if entry["admin"] else "")
             )
 
 

@@ -248,6 +248,13 @@ class Settings:
     import_timeout_s: float = _setting(
         600.0, _positive_float, "longest a full-size import body may take to arrive (smaller: their share; 408 beyond)"
     )
+    max_embed_inputs: int = _setting(256, _positive_int, "most texts one embedding request may hold (/api/embed)")
+    embed_rate_per_minute: int = _setting(
+        600, _positive_int, "embedding requests one user may send per minute (429 beyond; apart from answers)"
+    )
+    max_active_embed: int = _setting(
+        4, _positive_int, "embedding requests at Ollama at once: slots of their own, beside the answers' ones"
+    )
 
     @property
     def auth_required(self) -> bool:

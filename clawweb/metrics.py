@@ -25,6 +25,10 @@ _DURATION = (1, 5, 10, 30, 60, 120, 300, 600)
 OPEN_STREAMS = Gauge("clawweb_open_streams", "Streams open to clients", multiprocess_mode="livesum")
 ACTIVE = Gauge("clawweb_generations_active", "Generations holding an upstream slot", multiprocess_mode="livesum")
 QUEUED = Gauge("clawweb_generations_queued", "Generations waiting for a slot", multiprocess_mode="livesum")
+EMBED_ACTIVE = Gauge("clawweb_embeddings_active", "Embedding requests at Ollama", multiprocess_mode="livesum")
+EMBED_QUEUED = Gauge("clawweb_embeddings_queued", "Embedding requests waiting for a slot", multiprocess_mode="livesum")
+# Admission's pools of slots, each with its gauges (active, queued): answers, and embeddings beside them.
+POOL_GAUGES = {"answers": (ACTIVE, QUEUED), "embeddings": (EMBED_ACTIVE, EMBED_QUEUED)}
 TTFT = Histogram("clawweb_time_to_first_token_seconds", "Request accepted to first token relayed", buckets=_LATENCY)
 MAX_GAP = Histogram(
     "clawweb_stream_max_token_gap_seconds", "Longest pause between two tokens of a stream", buckets=_GAP
@@ -48,6 +52,11 @@ UPSTREAM_ERRORS = Counter("clawweb_upstream_errors", "Upstream failures by kind"
 DISCONNECTS = Counter("clawweb_client_disconnects", "Clients that left before the end of their stream")
 REFUSALS = Counter("clawweb_refusals", "Requests refused by admission control", ["reason"])
 STREAMS = Counter("clawweb_streams", "Finished streams by outcome", ["outcome"])
+ROUTE_REQUESTS = Counter(
+    "clawweb_route_requests", "Finished generation and embedding requests by route and outcome", ["route", "outcome"]
+)
+EMBED_INPUTS = Counter("clawweb_embed_inputs", "Texts embedded (one /api/embed request may hold many)")
+EMBED_SECONDS = Histogram("clawweb_embed_seconds", "Embedding request accepted to answered", buckets=_LATENCY)
 SLOW_CLIENTS = Counter("clawweb_slow_clients_cut", "Streams cut because the client accepted nothing for too long")
 
 
@@ -62,6 +71,7 @@ class StreamStats:
     model: str
     client: str  # the admission key: the user, or the address in open mode
     address: str
+    route: str = "/api/chat"
     started: float = field(default_factory=time.monotonic)
     queue_wait_s: float = 0.0
     first_token_at: float | None = None
@@ -110,6 +120,7 @@ class StreamStats:
         if self.tokens > 1:
             MAX_GAP.observe(self.max_gap_s)
         STREAMS.labels(outcome).inc()
+        ROUTE_REQUESTS.labels(self.route, outcome).inc()
         if outcome == "client_left":
             DISCONNECTS.inc()
         elif outcome in UPSTREAM_FAILURES:
@@ -118,9 +129,10 @@ class StreamStats:
         tokens_per_s = self.tokens_per_s()
         rate = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         log.info(
-            "stream end=%s model=%s client=%s addr=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s "
+            "stream end=%s route=%s model=%s client=%s addr=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s "
             "max_gap=%.3fs duration=%.3fs",
             outcome,
+            self.route,
             self.model,
             self.client,
             self.address,

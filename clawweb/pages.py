@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, render_template, request
 
-from .auth import identity, owner
+from .auth import identity, ollama_probe, owner
 from .chat import feed, tree
 from .chat.history import with_answers
 from .i18n import LANG_TAGS, language, strings
@@ -61,7 +61,9 @@ def _page(conversation: dict[str, Any] | None, events_after: str) -> str:
 
 
 @bp.get("/")
-def index() -> str:
+def index() -> str | Response:
+    if ollama_probe():  # a program checking that "Ollama is running" here, as Ollama answers it
+        return Response("Ollama is running", content_type="text/plain; charset=utf-8")
     return _page(None, _events_after())
 
 

@@ -29,6 +29,7 @@ class Services:
     store: Store  # conversations, users, keys, sessions, quotas
     generations: Generations
     answer_rate: Window  # CLAWWEB_RATE_PER_MINUTE, by client
+    embed_rate: Window  # CLAWWEB_EMBED_RATE_PER_MINUTE, by client: indexing does not use up a user's answers
     conversation_rate: Window  # CLAWWEB_CONVERSATIONS_PER_MINUTE, by client
     login_by_name: Window  # guesses per name
     login_by_address: Window  # guesses per address

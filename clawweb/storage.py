@@ -255,6 +255,10 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN load_ms REAL;
     ALTER TABLE messages ADD COLUMN thinking_ms REAL;
     """,
+    # Keys that may send load requests (a model loaded or unloaded for everyone): `clawweb keys create --admin`.
+    """
+    ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -692,10 +696,11 @@ class Store:
         assignments = ", ".join(f"{name} = ?" for name in values)
         self.execute(f"UPDATE users SET {assignments} WHERE id = ?", (*values.values(), user_id))
 
-    def add_key(self, user_id: int, name: str, prefix: str, digest: str) -> dict[str, Any]:
+    def add_key(self, user_id: int, name: str, prefix: str, digest: str, admin: bool = False) -> dict[str, Any]:
         return self.execute(
-            "INSERT INTO api_keys (user_id, name, prefix, digest, created_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
-            (user_id, name, prefix, digest, time.time()),
+            "INSERT INTO api_keys (user_id, name, prefix, digest, created_at, admin) VALUES (?, ?, ?, ?, ?, ?) "
+            "RETURNING *",
+            (user_id, name, prefix, digest, time.time(), int(admin)),
         )[0]
 
     def key(self, digest: str) -> dict[str, Any] | None:
@@ -711,7 +716,7 @@ class Store:
         """Every key (or one user's), newest last; never the key itself."""
         return self.execute(
             "SELECT api_keys.id, prefix, api_keys.name, users.name AS user_name, api_keys.created_at, "
-            "last_used_at, revoked_at FROM api_keys JOIN users ON users.id = api_keys.user_id "
+            "last_used_at, revoked_at, admin FROM api_keys JOIN users ON users.id = api_keys.user_id "
             "WHERE ? IS NULL OR api_keys.user_id = ? ORDER BY api_keys.id",
             (user_id, user_id),
         )

@@ -250,10 +250,7 @@ def _messages(value: Any, where: str, settings: Settings) -> list[dict[str, Any]
         problem = f"too many messages: {len(value)} > {settings.max_messages} (CLAWWEB_MAX_MESSAGES)"
         raise ApiError(400, problem, field=where)
     messages = [canonical(message, MESSAGE, f"{where}[{i}]", settings) for i, message in enumerate(value)]
-    chars = sum(len(m.get("content", "")) + len(m.get("thinking", "")) for m in messages)
-    if chars > settings.max_chars:
-        problem = f"messages hold {chars} characters, more than {settings.max_chars} (CLAWWEB_MAX_CHARS)"
-        raise ApiError(413, problem, field=where)
+    _cap_chars(sum(len(m.get("content", "")) + len(m.get("thinking", "")) for m in messages), where, settings)
     return messages
 
 
@@ -297,6 +294,90 @@ CHAT = Struct(
 )
 
 
+def _context(value: Any, where: str, settings: Settings) -> Any:
+    """``/api/generate``'s ``context``: the token ids a previous answer returned (deprecated, still sent)."""
+    if value is None:
+        return OMIT
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise InvalidField(where, "must be a list of integers (the context a previous answer returned)")
+    if len(value) > MAX_CONTEXT:
+        raise InvalidField(where, f"must hold at most {MAX_CONTEXT} tokens")
+    return value
+
+
+def _inputs(value: Any, where: str, settings: Settings) -> Any:
+    """``/api/embed``'s ``input``: one text or a list of texts, counted and capped."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise InvalidField(where, "must be a string or a list of strings")
+    if len(texts) > settings.max_embed_inputs:
+        problem = f"too many inputs: {len(texts)} > {settings.max_embed_inputs} (CLAWWEB_MAX_EMBED_INPUTS)"
+        raise ApiError(400, problem, field=where)
+    _cap_chars(sum(map(len, texts)), where, settings)
+    return value
+
+
+def _dimensions(value: Any, where: str, settings: Settings) -> Any:
+    if value is None:
+        return OMIT
+    if not _has_type(value, _INT) or not 1 <= value <= 65_536:
+        raise InvalidField(where, "must be a whole number from 1 to 65536")
+    return int(value)
+
+
+def _cap_chars(chars: int, where: str, settings: Settings) -> None:
+    if chars > settings.max_chars:
+        problem = f"'{where}' holds {chars} characters, more than {settings.max_chars} (CLAWWEB_MAX_CHARS)"
+        raise ApiError(413, problem, field=where)
+
+
+def _capped_text(value: Any, where: str, settings: Settings) -> str:
+    text = _text(value, where, settings)
+    _cap_chars(len(text), where, settings)
+    return text
+
+
+# Ollama's GenerateRequest. ``prompt`` may be empty: with nothing else, that loads the model (see api.py).
+GENERATE = Struct(
+    {
+        "model": Field(_model, default=lambda settings: settings.default_model),
+        "prompt": Field(_capped_text),
+        "suffix": Field(_capped_text),  # fill-in-the-middle: the answer goes between prompt and suffix
+        "system": Field(_capped_text),
+        "template": Field(_capped_text),
+        "context": Field(_context),
+        "stream": Field(_bool),
+        "raw": Field(_bool),
+        "format": Field(_format),
+        "images": Field(_images),
+        "options": Field(_options),
+        "think": Field(_think),
+        "keep_alive": Field(_keep_alive, forward=False),  # as for chat; an admin's load request forwards it
+    }
+)
+# Ollama's EmbedRequest (/api/embed) and the older EmbeddingRequest (/api/embeddings).
+EMBED = Struct(
+    {
+        "model": Field(_model, default=lambda settings: settings.default_model),
+        "input": Field(_inputs, required=True),
+        "truncate": Field(_bool),
+        "dimensions": Field(_dimensions),
+        "options": Field(_options),
+        "keep_alive": Field(_keep_alive, forward=False),
+    }
+)
+EMBEDDINGS = Struct(
+    {
+        "model": Field(_model, default=lambda settings: settings.default_model),
+        "prompt": Field(_capped_text, required=True),
+        "options": Field(_options),
+        "keep_alive": Field(_keep_alive, forward=False),
+    }
+)
+# Ollama's ShowRequest: ``name`` is its old spelling of ``model``, still read when ``model`` is empty.
+SHOW = Struct({"model": Field(_model), "name": Field(_model), "verbose": Field(_bool)})
+
+
 def validate_options(options: Any, settings: Settings) -> dict[str, Any]:
     """Known options only, each of the right type and within bounds; ``num_ctx`` clamped."""
     return canonical(options, OPTION_FIELDS, "options", settings)
@@ -321,3 +402,28 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise InvalidField(name, f"must be a whole number from {low} to {high}")
     return int(raw)
+
+
+def validate_generate(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """An Ollama ``/api/generate`` body, checked as ``validate_chat`` checks a chat."""
+    return canonical(body, GENERATE, "", settings)
+
+
+def validate_embed(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """An Ollama ``/api/embed`` body: at most ``CLAWWEB_MAX_EMBED_INPUTS`` texts, ``CLAWWEB_MAX_CHARS`` characters."""
+    return canonical(body, EMBED, "", settings)
+
+
+def validate_embeddings(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The older ``/api/embeddings`` body: one ``prompt``."""
+    return canonical(body, EMBEDDINGS, "", settings)
+
+
+def validate_show(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """An Ollama ``/api/show`` body, as ``{"model", "verbose"?}`` (``name`` read as ``model``, as Ollama does)."""
+    shown = canonical(body, SHOW, "", settings)
+    model = shown.pop("model", None) or shown.pop("name", None)
+    shown.pop("name", None)
+    if model is None:
+        raise InvalidField("model", "is required")
+    return {"model": model, **shown}

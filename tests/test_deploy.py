@@ -23,7 +23,7 @@ from clawweb.simulator import answer_tokens
 from .support.exports import chatgpt_file
 from .support.factories import StartGateway, StartRedis, StartSimulator
 from .support.servers import ROOT, Gateway, Nginx, render_deploy, require, self_signed_certificate
-from .support.simproc import SimProcess, chat
+from .support.simproc import SimProcess, chat, sim_line
 from .support.sseclient import Event, content_of, events
 
 pytestmark = pytest.mark.integration  # nginx, systemd-analyze, install.sh, caddy: real programs throughout
@@ -98,6 +98,19 @@ def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple
     assert content_of(received) == "".join(answer_tokens(8))
 
 
+def test_ollamas_ndjson_from_generate_is_not_buffered(nginx: Nginx, certificate: tuple[Path, Path], key: str) -> None:
+    """NDJSON has no heartbeats and no X-Accel-Buffering header: the site's stream location must cover it."""
+    body = {"model": "qwen3:32b", "prompt": "hi" + sim_line(tokens=8, tps=10)}
+    headers = {"Authorization": f"Bearer {key}"}
+    with requests.post(
+        nginx.url + "/api/generate", json=body, headers=headers, stream=True, verify=str(certificate[0]), timeout=10
+    ) as response:
+        arrivals = [(time.monotonic(), json.loads(line)) for line in response.iter_lines() if line]
+    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:8], strict=False)]
+    assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
+    assert "".join(line["response"] for _, line in arrivals) == "".join(answer_tokens(8))
+
+
 def test_silence_longer_than_proxy_timeout_survives_thanks_to_heartbeats(
     nginx: Nginx,
     certificate: tuple[Path, Path],
@@ -138,7 +151,7 @@ def test_static_files_come_from_nginx(nginx: Nginx, gateway: Gateway, certificat
     assert "public" in response.headers["Cache-Control"] and "Expires" in response.headers
     assert "Strict-Transport-Security" in response.headers
     assert "/static/chat.css" not in gateway.log  # gunicorn never saw it
-    page = requests.get(nginx.url + "/", verify=str(certificate[0]), timeout=5)
+    page = requests.get(nginx.url + "/", headers={"Accept": "text/html"}, verify=str(certificate[0]), timeout=5)
     assert page.status_code == 200 and "Content-Security-Policy" in page.headers
 
 
@@ -182,7 +195,7 @@ def test_login_cookie_is_secure_and_hsts_set_behind_tls(nginx: Nginx, key: str, 
     assert login.status_code == 302 and login.headers["Location"] == "/"
     cookie = login.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie  # TLS seen via nginx
-    page = browser.get(nginx.url + "/", verify=ca, timeout=5)
+    page = browser.get(nginx.url + "/", headers={"Accept": "text/html"}, verify=ca, timeout=5)
     assert page.status_code == 200 and "ops" in page.text
     for header in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options"):
         assert header in page.headers

@@ -215,7 +215,7 @@ def test_every_host_down_is_one_502_naming_each() -> None:
 
 
 def chat_through(client: OllamaClient) -> tuple[str, int]:
-    opened = client.open_chat(BODY)
+    opened = client.open_stream("/api/chat", BODY)
     try:
         assert opened.host is not None and opened.host.streams == 1  # counted while open
         return opened.response.url.rsplit("/api/", 1)[0], opened.response.status_code
@@ -306,7 +306,7 @@ def test_when_every_host_fails_the_clearest_error_wins(
     client = two_hosts(read_timeout_s=7)
     client._turn = 1  # A first: the messages list the hosts in the order they were tried
     try:
-        opened = client.open_chat(BODY)
+        opened = client.open_stream("/api/chat", BODY)
     except ApiError as exc:
         assert (exc.status, exc.message[: len(expected[1])]) == expected
         assert isinstance(exc, OllamaTimeout if exc.status == 504 else OllamaUnreachable)  # the stream's kinds

@@ -29,7 +29,7 @@ def test_make_run_falls_back_to_the_simulator_and_says_so(tmp_path: Path) -> Non
         server.wait_until(lambda: requests.get(url + "/readyz", timeout=1).status_code == 200)
         assert "using the built-in Ollama SIMULATOR" in server.log
         assert f"relaying to Ollama simulator at http://127.0.0.1:{sim_port}" in server.log
-        page = requests.get(url + "/", timeout=5)
+        page = requests.get(url + "/", headers={"Accept": "text/html"}, timeout=5)
         banner = '<p class="banner" role="note">Simulator: no Ollama was found, answers are canned text.</p>'
         assert page.status_code == 200 and banner in page.text  # the chat page says so too
         body = {"model": "qwen3:32b", "messages": [{"role": "user", "content": "hi"}]}

@@ -216,7 +216,7 @@ def test_the_page_says_simulator_exactly_when_the_setting_does(
 ) -> None:
     app = create_app({"db": str(tmp_path / "clawweb.db"), "secret_key_file": str(tmp_path / "key"), **settings})
     try:
-        page = app.test_client().get("/")
+        page = app.test_client().get("/", headers={"Accept": "text/html"})
     finally:
         services(app).store.close()
     assert page.status_code == 200

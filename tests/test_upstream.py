@@ -99,7 +99,7 @@ def test_pass_through_routes(client: FlaskClient, path: str) -> None:
 
 @responses.activate
 def test_model_management_is_not_exposed(client: FlaskClient) -> None:
-    for path in ("/api/pull", "/api/delete", "/api/create", "/api/show"):
+    for path in ("/api/pull", "/api/delete", "/api/create", "/api/copy", "/api/push"):
         assert client.post(path, json={}).status_code in (404, 405)
     assert len(responses.calls) == 0
 

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import ApiError
 from ..metrics import StreamStats
 from ..services import services
-from ..state.base import Throttled
+from ..state.base import Throttled, Window
 from ..upstream.wire import model_key
 from .relay import Relay
 
@@ -37,24 +37,34 @@ def allowed(model: str, settings: Settings) -> bool:
     return not settings.models or model_key(model) in {model_key(name) for name in settings.models}
 
 
-def admit(body: dict[str, Any]) -> Relay:
-    """What every generation passes before anything streams: the model is offered here (403) and exists (404),
-    Ollama answers (502), this client is under its rate and its answers a day (429), and there is a slot or a
-    place in the queue for it (429/503)."""
-    app, who = services(), client_id()
-    settings, rate = app.settings, app.answer_rate
-    if not allowed(body["model"], settings):
-        raise ApiError(403, f"model '{body['model']}' is not offered here (CLAWWEB_MODELS)")
-    app.ollama.require_model(body["model"])
+def require_allowed(model: str) -> None:
+    """The model is offered here (403) and some host lists it (404; 502 when every host that does is down)."""
+    app = services()
+    if not allowed(model, app.settings):
+        raise ApiError(403, f"model '{model}' is not offered here (CLAWWEB_MODELS)")
+    app.ollama.require_model(model)
+
+
+def reserve_rate(rate: Window, who: str, what: str, setting: str) -> str:
+    """One request against this client's ``rate`` (429 beyond, naming ``setting``); what ``release`` takes back."""
     try:
-        counted = rate.reserve(who)
+        return rate.reserve(who)
     except Throttled as exc:
         raise ApiError(
             429,
-            f"more than {settings.rate_per_minute} answers a minute (CLAWWEB_RATE_PER_MINUTE); "
-            f"retry in {exc.retry_after} s",
+            f"more than {rate.limit} {what} a minute (CLAWWEB_{setting}); retry in {exc.retry_after} s",
             {"Retry-After": str(exc.retry_after)},
         ) from None
+
+
+def admit(body: dict[str, Any], path: str = "/api/chat") -> Relay:
+    """What every generation (``path``: /api/chat or /api/generate) passes before anything streams: the model is
+    offered here (403) and exists (404), Ollama answers (502), this client is under its rate and its answers a
+    day (429), and there is a slot or a place in the queue for it (429/503)."""
+    app, who = services(), client_id()
+    settings, rate = app.settings, app.answer_rate
+    require_allowed(body["model"])
+    counted = reserve_rate(rate, who, "answers", "RATE_PER_MINUTE")
     try:
         give_back = quotas.count_answer(owner())  # 429 when today's answers are used up
     except BaseException:
@@ -63,8 +73,8 @@ def admit(body: dict[str, Any]) -> Relay:
     admission = app.state.slots
     try:
         ticket = admission.enter(who)
-        stats = StreamStats(body["model"], who, request.remote_addr or "unknown")
-        relay = Relay(app.ollama, body, admission, ticket, settings, stats, app.estimates)
+        stats = StreamStats(body["model"], who, request.remote_addr or "unknown", path)
+        relay = Relay(app.ollama, body, admission, ticket, settings, stats, app.estimates, path)
         if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is
             relay.open_if_admitted()
     except BaseException:
@@ -72,5 +82,6 @@ def admit(body: dict[str, Any]) -> Relay:
         give_back()
         raise
     if settings.log_content:
-        log.info("prompt client=%s model=%s messages=%s", who, body["model"], json.dumps(body["messages"])[-2000:])
+        asked = json.dumps(body.get("messages") or body.get("prompt"))[-2000:]
+        log.info("prompt client=%s model=%s route=%s messages=%s", who, body["model"], path, asked)
     return relay

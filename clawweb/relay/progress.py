@@ -28,7 +28,9 @@ class Progress:
         self._client = client
         self._model = str(body["model"])
         self._key = model_key(self._model)
-        self._tokens = prompt_tokens(body.get("messages") or [])
+        # A chat's messages; a generate's system, prompt and suffix read as the messages they become.
+        texts = [{"content": body[key]} for key in ("system", "prompt", "suffix") if body.get(key)]
+        self._tokens = prompt_tokens(body.get("messages") or texts)
         self._estimates = estimates
         self._poller: gevent.Greenlet | None = None
 

@@ -12,15 +12,12 @@ import time
 from collections.abc import Iterator
 from typing import Any, assert_never
 
-import redis
 import requests
 
-from .. import lifecycle
 from ..config import Settings
 from ..errors import ApiError
 from ..metrics import StreamStats
 from ..state.base import Slots, Ticket
-from ..state.redis import unavailable_message
 from ..upstream.client import OllamaClient
 from ..upstream.wire import model_key
 from .estimates import Estimates
@@ -28,6 +25,7 @@ from .events import Failure, Heartbeat, Outcome, Queued, RelayEvent, Status
 from .progress import Progress
 from .stages import Stages
 from .upstream_stream import UpstreamStream
+from .waiting import waiting
 
 # How long a request waits, before its stream starts, for Ollama to answer or refuse: a refused connection or an
 # error status comes within milliseconds; a slow answer is a model loading, and heartbeats must flow meanwhile.
@@ -44,8 +42,10 @@ class Relay:
         settings: Settings,
         stats: StreamStats,
         estimates: Estimates,
+        path: str = "/api/chat",
     ) -> None:
         self._client = client
+        self.path = path  # /api/chat or /api/generate: their lines differ, the relay's handling does not
         self._body = body
         self._admission = admission
         self._ticket = ticket
@@ -61,30 +61,14 @@ class Relay:
     def wait_for_slot(self) -> Iterator[Queued | Status | Heartbeat | Failure]:
         """While queued: ``Queued`` and its ``Status`` on every move, a heartbeat on silence; a ``Failure`` ends the
         wait."""
-        ticket, heartbeat_s = self._ticket, self._settings.heartbeat_s
-        deadline = ticket.created + self._settings.queue_timeout_s
-        announced = 0
-        with lifecycle.registered(ticket.changed.set):
-            while not ticket.admitted:
-                if lifecycle.stopping():
-                    yield self._failed(Failure(lifecycle.RESTARTING, "shutdown"))
-                    return
-                if time.monotonic() >= deadline:
-                    message = f"waited {self._settings.queue_timeout_s:g} s for a free slot; retry later"
-                    yield self._failed(Failure(message, "queue_timeout", 503))
-                    return
-                try:  # the queue is in Redis, and Redis went away: an in-band error, not an exception mid-stream
-                    if ticket.position != announced:
-                        announced = ticket.position
-                        yield Queued(ticket.position, self._admission.active)
-                        yield self._queued(ticket.position)
-                    changed = self._admission.wait(ticket, min(heartbeat_s, max(deadline - time.monotonic(), 0)))
-                except redis.RedisError as exc:
-                    yield self._failed(Failure(unavailable_message(exc), "shared_state", 503))
-                    return
-                if not changed:
-                    yield Heartbeat.BEAT
-        self.stats.admitted(ticket.queue_wait_s)
+        for event in waiting(self._admission, self._ticket, self._settings):
+            yield event
+            if isinstance(event, Queued):
+                yield self._queued(event.position)
+            elif isinstance(event, Failure):
+                self._failed(event)
+                return
+        self.stats.admitted(self._ticket.queue_wait_s)
 
     def _queued(self, position: int) -> Status:
         eta_s = self._estimates.queue_s(position, self._admission.max_active)
@@ -120,6 +104,7 @@ class Relay:
         progress = Progress(self._client, self._body, self._estimates)
         self.stream = UpstreamStream(
             self._client,
+            self.path,
             self._body,
             settings.heartbeat_s,
             settings.stream_buffer_bytes,
@@ -130,15 +115,15 @@ class Relay:
 
     def fetch_whole(self) -> requests.Response:
         """``stream: false``: one blocking request (once admitted); Ollama's status and body as they are."""
-        response = self._client.request("POST", "/api/chat", self._body)
+        response = self._client.request("POST", self.path, self._body)
         self.outcome = "done" if response.status_code == 200 else "status"
         return response
 
     def events(self) -> Iterator[RelayEvent]:
         """The whole life: queue positions, then upstream lines; heartbeats throughout; at most one Failure."""
-        for waiting in self.wait_for_slot():
-            yield waiting
-            if isinstance(waiting, Failure):
+        for queued in self.wait_for_slot():
+            yield queued
+            if isinstance(queued, Failure):
                 return
         stream = self.stream or self.start()
         for event in stream.events():

@@ -54,11 +54,12 @@ class Stages:
         """The new ``Status`` when this token line starts the thinking or the writing, else None."""
         if self.stage == "writing":
             return None
-        if self.stage == "thinking" and b'"content":""' in line and b'"thinking"' in line:
+        empty = b'"content":""' in line or b'"response":""' in line  # chat's and generate's empty text
+        if self.stage == "thinking" and empty and b'"thinking"' in line:
             return None  # Ollama's own thinking token: still thinking
         if b'"thinking"' not in line and b"think" not in line and not self._inline:
             # No thinking anywhere in the line: text, unless it is empty (no news then).
-            return None if b'"content":""' in line else self._now("writing")
+            return None if empty else self._now("writing")
         content, thinking = _token_text(line)
         if self.stage != "thinking" and content.lstrip().startswith("<think>"):
             self._inline = True

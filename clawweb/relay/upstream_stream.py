@@ -91,11 +91,13 @@ def _is_timeout(exc: requests.RequestException) -> bool:
 
 
 class UpstreamStream:
-    """One upstream chat request. ``events()`` yields lines, heartbeats and at most one final ``Failure``."""
+    """One upstream ``/api/chat`` or ``/api/generate`` request. ``events()`` yields lines, heartbeats and at most
+    one final ``Failure``."""
 
     def __init__(
         self,
         client: OllamaClient,
+        path: str,
         body: dict[str, Any],
         heartbeat_s: float,
         buffer_bytes: int,
@@ -126,7 +128,7 @@ class UpstreamStream:
         self._heard = False
         self._ticker = gevent.get_hub().loop.timer(heartbeat_s, heartbeat_s)
         self._ticker.start(self._tick)
-        self._greenlet = gevent.spawn(self._read, client, body)
+        self._greenlet = gevent.spawn(self._read, client, path, body)
 
     def _tick(self) -> None:
         if not self._heard:
@@ -138,11 +140,11 @@ class UpstreamStream:
             self.first_failure = failure  # still reportable as a real HTTP status on the native path
         self._queue.put(failure)
 
-    def _read(self, client: OllamaClient, body: dict[str, Any]) -> None:
+    def _read(self, client: OllamaClient, path: str, body: dict[str, Any]) -> None:
         try:
-            # With several hosts, open_chat tries the next one while nothing has reached the client yet; from the
+            # With several hosts, open_stream tries the next one while nothing has reached the client yet; from the
             # first token on, a failure is reported in-band below and never retried (the client has text already).
-            self._opened = client.open_chat(body, self._sending)
+            self._opened = client.open_stream(path, body, self._sending)
             self.host = self._opened.host
             response = self._opened.response
             if response.status_code != 200:

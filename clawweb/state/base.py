@@ -3,6 +3,7 @@
 A process has one ``State``, built once by ``make_state`` (make.py) from the settings:
 
 - ``slots``: admission, at most ``max_active`` answers upstream, a FIFO queue behind, a per-client cap;
+  ``embed_slots`` the same for embedding requests, beside them;
 - ``logs``: an answer's event log, appended by the greenlet that runs it, followed by any number of readers;
 - ``bus``: messages between the processes (stop this answer; an admission place was freed);
 - ``answers``: the directory of running answers, for the other processes to find, follow and stop;
@@ -50,11 +51,14 @@ def client_limit(max_per_client: int) -> Refused:
     )
 
 
-def queue_full(max_active: int, max_queue: int) -> Refused:
+POOL_DOING = {"answers": "answering", "embeddings": "embedding"}  # admission's pools, as a refusal names them
+
+
+def queue_full(max_active: int, max_queue: int, pool: str = "answers") -> Refused:
     return Refused(
         503,
         "queue_full",
-        f"the gateway is at capacity ({max_active} answering, {max_queue} waiting); retry later",
+        f"the gateway is at capacity ({max_active} {POOL_DOING[pool]}, {max_queue} waiting); retry later",
         RETRY_AFTER_BUSY_S,
     )
 
@@ -363,6 +367,7 @@ class State:
     """One process's shared state, memory or Redis (see the module's docstring)."""
 
     slots: Slots
+    embed_slots: Slots  # embedding requests: slots of their own (CLAWWEB_MAX_ACTIVE_EMBED), never behind answers
     logs: EventLogs
     bus: Bus
     answers: Directory

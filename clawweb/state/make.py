@@ -26,6 +26,9 @@ def redis_state(settings: Settings) -> State:
 
     return State(
         slots=RedisAdmission(client, bus, settings.max_active, settings.max_queue, settings.max_active_per_client),
+        embed_slots=RedisAdmission(
+            client, bus, settings.max_active_embed, settings.max_queue, settings.max_active_per_client, "embeddings"
+        ),
         logs=RedisLogs(client, settings.generation_ttl_s),
         bus=bus,
         answers=RedisDirectory(client, settings.generation_ttl_s, answer_lease_s(settings)),

@@ -16,7 +16,7 @@ import gevent.event
 
 from .. import lifecycle
 from ..config import Settings
-from ..metrics import ACTIVE, QUEUED
+from ..metrics import POOL_GAUGES
 from .base import (
     FEED_IDLE_S,
     FEED_MAX_EVENTS,
@@ -46,7 +46,8 @@ class Admission:
     """At most ``max_active`` generations upstream, a bounded FIFO queue behind them, and a per-client cap, so a
     burst of users never piles onto Ollama (whose own queue gives no feedback at all)."""
 
-    def __init__(self, max_active: int, max_queue: int, max_per_client: int) -> None:
+    def __init__(self, max_active: int, max_queue: int, max_per_client: int, pool: str = "answers") -> None:
+        self.pool = pool  # answers or embeddings: its gauges, and how a refusal names it
         self.max_active = max_active
         self.max_queue = max_queue
         self.max_per_client = max_per_client
@@ -65,7 +66,7 @@ class Admission:
         if self.active < self.max_active and not self._queue:
             self._admit(ticket)
         elif len(self._queue) >= self.max_queue:
-            raise queue_full(self.max_active, self.max_queue)
+            raise queue_full(self.max_active, self.max_queue, self.pool)
         else:
             self._queue.append(ticket)
             ticket.position = len(self._queue)
@@ -101,8 +102,9 @@ class Admission:
         ticket.changed.set()
 
     def _publish(self) -> None:
-        ACTIVE.set(self.active)
-        QUEUED.set(len(self._queue))
+        active, queued = POOL_GAUGES[self.pool]
+        active.set(self.active)
+        queued.set(len(self._queue))
 
     def _renumber(self) -> None:
         for position, ticket in enumerate(self._queue, start=1):
@@ -347,6 +349,9 @@ def memory_state(settings: Settings) -> State:
 
     return State(
         slots=Admission(settings.max_active, settings.max_queue, settings.max_active_per_client),
+        embed_slots=Admission(
+            settings.max_active_embed, settings.max_queue, settings.max_active_per_client, "embeddings"
+        ),
         logs=MemoryLogs(),
         bus=MemoryBus(),
         answers=MemoryDirectory(answer_lease_s(settings)),

@@ -15,14 +15,22 @@ from typing import Any
 
 import redis
 
-from ..metrics import ACTIVE, QUEUED
+from ..metrics import POOL_GAUGES
 from .base import Bus, Ticket, client_limit, queue_full
 from .redis import PREFIX, LeaseRenewer
 
 LEASE_S = 30.0
 log = logging.getLogger(__name__)
-ADMISSION = PREFIX + "adm:"  # the doctor reads these keys too
-KEYS = [ADMISSION + name for name in ("active", "queue", "owner", "clients", "leases", "seq")]
+ADMISSION = PREFIX + "adm:"  # the answers' pool (the doctor reads these keys too); other pools below it
+NAMES = ("active", "queue", "owner", "clients", "leases", "seq")
+
+
+def pool_keys(pool: str) -> list[str]:
+    """The keys of one pool of slots: answers under ``clawweb:adm:`` as before pools existed, others under
+    ``clawweb:adm:<pool>:``."""
+    prefix = ADMISSION if pool == "answers" else f"{ADMISSION}{pool}:"
+    return [prefix + name for name in NAMES]
+
 
 # Drop the tickets whose lease ran out (their process died), then the command's own work.
 _PURGE = """
@@ -104,7 +112,18 @@ return redis.call('ZCARD', active)
 
 
 class RedisAdmission:
-    def __init__(self, client: redis.Redis, bus: Bus, max_active: int, max_queue: int, max_per_client: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        bus: Bus,
+        max_active: int,
+        max_queue: int,
+        max_per_client: int,
+        pool: str = "answers",
+    ) -> None:
+        self.pool = pool
+        self._keys = pool_keys(pool)
+        self._channel = "admission" if pool == "answers" else f"admission:{pool}"
         self._redis = client
         self._bus = bus
         self.max_active = max_active
@@ -115,15 +134,15 @@ class RedisAdmission:
         self._release = client.register_script(_RELEASE)
         self._mine: dict[str, Ticket] = {}  # this process's tickets: their leases to renew, to wake on a change
         self._renewer = LeaseRenewer("redis: renewing admission places", LEASE_S, self._renew)
-        bus.subscribe("admission", self._changed)
+        bus.subscribe(self._channel, self._changed)
 
     @property
     def active(self) -> int:
-        return int(self._redis.zcard(KEYS[0]))
+        return int(self._redis.zcard(self._keys[0]))
 
     @property
     def queued(self) -> int:
-        return int(self._redis.zcard(KEYS[1]))
+        return int(self._redis.zcard(self._keys[1]))
 
     def enter(self, client: str) -> Ticket:
         self._bus.start()
@@ -135,7 +154,7 @@ class RedisAdmission:
         if position == -1:
             raise client_limit(self.max_per_client)
         if position == -2:
-            raise queue_full(self.max_active, self.max_queue)
+            raise queue_full(self.max_active, self.max_queue, self.pool)
         self._set(ticket, position)
         self._mine[ticket.id] = ticket
         self._publish_gauges()
@@ -147,7 +166,7 @@ class RedisAdmission:
         ticket.position = -1
         try:
             self._run(self._release, ticket.id)
-            self._bus.publish("admission", ticket.id)
+            self._bus.publish(self._channel, ticket.id)
         except redis.RedisError as exc:  # no longer renewed, its lease frees the place once Redis answers again
             log.warning("redis: releasing an admission place: %s; its lease frees it within %g s", exc, LEASE_S)
         self._publish_gauges()
@@ -161,7 +180,7 @@ class RedisAdmission:
         return changed
 
     def _run(self, script: Any, *args: object) -> list[int]:
-        result = script(keys=KEYS, args=[time.time(), *args])
+        result = script(keys=self._keys, args=[time.time(), *args])
         return [int(value) for value in result] if isinstance(result, list) else [int(result)]
 
     def _set(self, ticket: Ticket, position: int) -> None:
@@ -182,10 +201,11 @@ class RedisAdmission:
     def _renew(self) -> None:
         """A ticket Redis lost meanwhile (a restart) is not renewed: it re-queues itself when it polls."""
         if self._mine:
-            self._redis.zadd(KEYS[4], {ticket: self._deadline() for ticket in self._mine}, xx=True)
+            self._redis.zadd(self._keys[4], {ticket: self._deadline() for ticket in self._mine}, xx=True)
 
     def _publish_gauges(self) -> None:
         """This process's share, as for ``Admission`` (the multi-process gauges add them up)."""
         admitted = sum(ticket.admitted for ticket in self._mine.values())
-        ACTIVE.set(admitted)
-        QUEUED.set(len(self._mine) - admitted)
+        active, queued = POOL_GAUGES[self.pool]
+        active.set(admitted)
+        queued.set(len(self._mine) - admitted)

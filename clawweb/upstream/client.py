@@ -200,7 +200,7 @@ class OllamaClient:
     ) -> requests.Response:
         """Send one request as if to one Ollama. Failures become ``OllamaUnreachable`` (502) or ``OllamaTimeout``
         (504); an error status is returned as it is. With several hosts, the model lists are merged, and a
-        request naming a ``model`` goes where ``open_chat`` would send it (only ``open_chat`` keeps a stream
+        request naming a ``model`` goes where ``open_stream`` would send it (only ``open_stream`` keeps a stream
         counted against its host until it is closed)."""
         self._start_checker()
         if self._several and method == "GET" and path in MERGED:
@@ -209,12 +209,14 @@ class OllamaClient:
         opened.release()
         return opened.response
 
-    def open_chat(self, body: dict[str, Any], sending: Callable[[Host], None] = lambda host: None) -> Opened:
-        """Start ``POST /api/chat`` streaming; returns once a host sent headers (after its model load), trying the
-        next host when one fails before that. ``sending(host)`` runs before each attempt. ``close()`` the result
-        when done with it."""
+    def open_stream(
+        self, path: str, body: dict[str, Any], sending: Callable[[Host], None] = lambda host: None
+    ) -> Opened:
+        """Start ``POST path`` (``/api/chat``, ``/api/generate``) streaming; returns once a host sent headers (after
+        its model load), trying the next host when one fails before that. ``sending(host)`` runs before each
+        attempt. ``close()`` the result when done with it."""
         self._start_checker()
-        return self._failover("POST", "/api/chat", body, stream=True, sending=sending)
+        return self._failover("POST", path, body, stream=True, sending=sending)
 
     def _failover(
         self,
