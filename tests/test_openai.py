@@ -509,12 +509,13 @@ def test_completion_streamed(client: openai.OpenAI, sim: SimProcess) -> None:
 
 
 def test_completion_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
-    for kwargs, param in [
+    refusals: list[tuple[dict[str, Any], str]] = [
         ({"echo": True}, "echo"),
         ({"best_of": 2}, "best_of"),
         ({"n": 2}, "n"),
         ({"logprobs": 1}, "logprobs"),
-    ]:
+    ]
+    for kwargs, param in refusals:
         with pytest.raises(openai.BadRequestError) as refused:
             client.completions.create(model=MODEL, prompt="x", **kwargs)
         assert refused.value.param == param

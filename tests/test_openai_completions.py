@@ -12,6 +12,7 @@ from openai.types import Completion as OpenAICompletion
 from clawweb.config import Settings
 from clawweb.errors import InvalidField
 from clawweb.openai_completions import TextCompletion, to_generate
+from clawweb.validation import validate_generate
 
 SETTINGS = Settings()
 
@@ -122,3 +123,17 @@ def test_a_whole_completion() -> None:
     assert whole["choices"] == [{"text": "    return a + b", "index": 0, "logprobs": None, "finish_reason": "stop"}]
     assert whole["usage"] == {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
     assert OpenAICompletion.model_validate(whole).choices[0].text == "    return a + b"
+
+
+def test_the_generate_body_is_then_checked_as_a_native_one() -> None:
+    body = validate_generate(to_generate({"prompt": "a", "suffix": "b", "max_tokens": 5}, SETTINGS), SETTINGS)
+    assert body == {
+        "model": SETTINGS.default_model,
+        "prompt": "a",
+        "suffix": "b",
+        "stream": False,
+        "options": {"num_predict": 5},
+    }
+    with pytest.raises(InvalidField) as refused:
+        validate_generate(to_generate({"prompt": "a", "suffix": 3}, SETTINGS), SETTINGS)
+    assert (refused.value.field, refused.value.message) == ("suffix", "'suffix' must be a string")

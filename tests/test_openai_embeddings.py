@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from clawweb.errors import InvalidField
+from clawweb.config import Settings
+from clawweb.errors import ApiError, InvalidField
 from clawweb.openai_embeddings import embedding_list, to_embed
+from clawweb.validation import validate_embed
 
 OLLAMA_ANSWER = {
     "model": "nomic-embed-text",
@@ -78,3 +80,17 @@ def test_base64_is_little_endian_float32_as_the_official_client_decodes_it() -> 
 def test_counters_ollama_omits_count_as_zero() -> None:
     answer = embedding_list({"embeddings": [[1.0]]}, "m", None)
     assert answer["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+
+
+def test_the_embed_body_is_then_checked_as_a_native_one() -> None:
+    settings = Settings(max_embed_inputs=2)
+    body = validate_embed(to_embed({"input": ["a", "b"], "dimensions": 8.0}), settings)
+    assert body == {"model": settings.default_model, "input": ["a", "b"], "dimensions": 8}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input": "a", "dimensions": 0}, "dimensions"),
+        ({"input": ["a", "b", "c"]}, "input"),
+    ]
+    for raw, field in cases:
+        with pytest.raises(ApiError) as refused:
+            validate_embed(to_embed(raw), settings)
+        assert (refused.value.status, refused.value.field) == (400, field)
