@@ -19,8 +19,6 @@ from typing import Any
 from .errors import ApiError, InvalidField
 from .validation import parse_json_object
 
-CHOICES = ("none", "auto", "required")
-
 
 def _function_tool(tool: Any, where: str) -> dict[str, Any]:
     """One ``{"type": "function", "function": {name, description, parameters, strict}}`` as Ollama's tool."""
