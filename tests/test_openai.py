@@ -16,7 +16,7 @@ import pydantic
 import pytest
 import requests
 
-from clawweb.simulator import answer_tokens, prompt_count, thinking_tokens, tokenize
+from clawweb.simulator import FIM_TEXT, JSON_TEXT, answer_tokens, prompt_count, thinking_tokens, tokenize
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
@@ -25,12 +25,25 @@ from .support.sseclient import events
 
 HEARTBEAT_S = 0.3
 MODEL = "qwen3:32b"
+CODE_MODEL = "qwen2.5-coder:7b"  # fills in the middle: Ollama (and the simulator) refuse a suffix to other models
+EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's embedding model, 768 dimensions
 
 
 @pytest.fixture(scope="module")
 def sim(start_module_simulator: StartSimulator) -> SimProcess:
     return start_module_simulator(
-        "--ttft", "0.05", "--tps", "100", "--tokens", "12", "--model", MODEL, "--model", "llama3:8b"
+        "--ttft",
+        "0.05",
+        "--tps",
+        "100",
+        "--tokens",
+        "12",
+        "--model",
+        MODEL,
+        "--model",
+        "llama3:8b",
+        "--model",
+        CODE_MODEL,
     )
 
 
@@ -71,7 +84,7 @@ def post(gateway: Gateway, key: str | None, body: Any, **kwargs: Any) -> request
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     listed = client.models.list().data
-    assert [m.id for m in listed] == [MODEL, "llama3:8b"]
+    assert [m.id for m in listed] == [MODEL, "llama3:8b", CODE_MODEL, EMBED_MODEL]
     created = int(datetime.fromisoformat("2026-01-02T03:04:05.678Z").timestamp())  # the simulator's modified_at
     assert listed[0].model_dump(exclude_none=True) == {
         "id": MODEL,
@@ -163,7 +176,8 @@ def test_request_fields_become_ollama_options(client: openai.OpenAI, sim: SimPro
         response_format={"type": "json_object"},
         user="someone",
     )
-    assert reply.choices[0].message.content == "".join(answer_tokens(3))
+    # JSON mode: the simulator answers {"answer": ...}, cut after 3 tokens
+    assert reply.choices[0].message.content == "".join(tokenize(json.dumps({"answer": JSON_TEXT}))[:3])
     assert reply.choices[0].finish_reason == "length"  # Ollama's done_reason for num_predict
     sent = sim.stats()["last_request"]
     assert sent["messages"][0] == {"role": "system", "content": "be brief"}
@@ -427,7 +441,7 @@ def test_tool_call_and_the_tools_answer_sent_back(client: openai.OpenAI, sim: Si
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 °C"})
     second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
     assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
-    assert "sunny, 21 °C" in (second.choices[0].message.content or "")
+    assert second.choices[0].message.content == "get_weather answered: sunny, 21 °C"  # the simulator read it
     sent = sim.stats()["last_request"]["messages"]
     assert sent[1:] == [
         {
@@ -482,11 +496,13 @@ def test_stream_helper_accumulates_and_parses_the_call(client: openai.OpenAI) ->
 
 
 def test_completion_with_suffix(client: openai.OpenAI, sim: SimProcess) -> None:
-    prompt = "def add(a, b):\n" + sim_line(tokens=4)
-    reply = client.completions.create(model=MODEL, prompt=prompt, suffix="\nprint(add(1, 2))\n", max_tokens=50, seed=1)
-    assert reply.object == "text_completion" and reply.id.startswith("cmpl-") and reply.model == MODEL
-    assert reply.choices[0].text == "".join(answer_tokens(4)) and reply.choices[0].finish_reason == "stop"
-    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    prompt = "def add(a, b):\n"
+    reply = client.completions.create(
+        model=CODE_MODEL, prompt=prompt, suffix="\nprint(add(1, 2))\n", max_tokens=50, seed=1
+    )
+    assert reply.object == "text_completion" and reply.id.startswith("cmpl-") and reply.model == CODE_MODEL
+    assert reply.choices[0].text == FIM_TEXT and reply.choices[0].finish_reason == "stop"  # the simulator's middle
+    assert reply.usage is not None and reply.usage.completion_tokens == len(tokenize(FIM_TEXT))
     sent = sim.stats()["last_request"]
     assert (sent["prompt"], sent["suffix"], sent["stream"]) == (prompt, "\nprint(add(1, 2))\n", False)
     assert sent["options"] == {"num_predict": 50, "seed": 1}
@@ -494,18 +510,29 @@ def test_completion_with_suffix(client: openai.OpenAI, sim: SimProcess) -> None:
 
 def test_completion_streamed(client: openai.OpenAI, sim: SimProcess) -> None:
     stream = client.completions.create(
-        model=MODEL,
-        prompt="once" + sim_line(tokens=5),
-        suffix="end",
-        stream=True,
-        stream_options={"include_usage": True},
+        model=CODE_MODEL, prompt="def f():", suffix="end", stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
-    assert "".join(c.choices[0].text for c in chunks if c.choices) == "".join(answer_tokens(5))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert "".join(texts) == FIM_TEXT and texts[:-1] == tokenize(FIM_TEXT)  # a chunk per token, "" with the finish
     assert chunks[-2].choices[0].finish_reason == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(tokenize(FIM_TEXT))
     assert {c.object for c in chunks} == {"text_completion"}
     assert sim.stats()["last_request"]["suffix"] == "end"
+
+
+def test_completion_without_suffix_and_a_suffix_ollama_refuses(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=MODEL, prompt="once" + sim_line(tokens=5), max_tokens=3)
+    assert reply.choices[0].text == "".join(answer_tokens(3)) and reply.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as refused:  # Ollama's own status and words, in OpenAI's shape
+        client.completions.create(model=MODEL, prompt="def f():", suffix="end")
+    assert refused.value.body == {
+        "message": "registry.ollama.ai/library/qwen3:32b does not support insert",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
 
 
 def test_completion_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
@@ -529,10 +556,11 @@ def test_completion_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
 
 
 def test_embeddings_default_encoding_is_base64_decoded_by_the_client(client: openai.OpenAI, sim: SimProcess) -> None:
-    default = client.embeddings.create(model=MODEL, input=["first text", "second text"])
+    default = client.embeddings.create(model=EMBED_MODEL, input=["first text", "second text"])
     assert sim.stats()["last_request"]["input"] == ["first text", "second text"]
-    floats = client.embeddings.create(model=MODEL, input=["first text", "second text"], encoding_format="float")
-    assert [e.index for e in default.data] == [0, 1] and default.model == MODEL and default.object == "list"
+    floats = client.embeddings.create(model=EMBED_MODEL, input=["first text", "second text"], encoding_format="float")
+    assert [e.index for e in default.data] == [0, 1] and default.model == EMBED_MODEL and default.object == "list"
+    assert [len(e.embedding) for e in floats.data] == [768, 768]
     # base64 is float32: the client's decoded vectors are the floats rounded to float32
     rounded = [list(array.array("f", e.embedding)) for e in floats.data]
     assert [e.embedding for e in default.data] == rounded
@@ -541,7 +569,9 @@ def test_embeddings_default_encoding_is_base64_decoded_by_the_client(client: ope
 
 
 def test_embeddings_with_dimensions(client: openai.OpenAI, sim: SimProcess) -> None:
-    reply = client.embeddings.create(model=MODEL, input="one text", dimensions=8, encoding_format="float", user="u1")
+    reply = client.embeddings.create(
+        model=EMBED_MODEL, input="one text", dimensions=8, encoding_format="float", user="u1"
+    )
     assert len(reply.data) == 1 and len(reply.data[0].embedding) == 8
     sent = sim.stats()["last_request"]
     assert (sent["input"], sent["dimensions"]) == ("one text", 8) and "user" not in sent
@@ -549,8 +579,11 @@ def test_embeddings_with_dimensions(client: openai.OpenAI, sim: SimProcess) -> N
 
 def test_embeddings_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
     with pytest.raises(openai.BadRequestError) as tokens:
-        client.embeddings.create(model=MODEL, input=[[1, 2, 3]])
+        client.embeddings.create(model=EMBED_MODEL, input=[[1, 2, 3]])
     assert tokens.value.param == "input" and "token arrays" in tokens.value.message
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="missing:1b", input="x")
-    assert sim.stats()["requests"] == 0
+    assert sim.stats()["embeds"] == 0
+    with pytest.raises(openai.InternalServerError) as chat_model:  # Ollama's 500, its words
+        client.embeddings.create(model=MODEL, input="x")
+    assert chat_model.value.body["message"] == "this model does not support embeddings"  # type: ignore[index]
