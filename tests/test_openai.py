@@ -16,7 +16,7 @@ import pydantic
 import pytest
 import requests
 
-from clawweb.simulator import FIM_TEXT, JSON_TEXT, answer_tokens, prompt_count, thinking_tokens, tokenize
+from clawweb.simulator import FIM_TEXT, answer_tokens, prompt_count, thinking_tokens, tokenize
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
@@ -31,20 +31,8 @@ EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's embedding model, 768 
 
 @pytest.fixture(scope="module")
 def sim(start_module_simulator: StartSimulator) -> SimProcess:
-    return start_module_simulator(
-        "--ttft",
-        "0.05",
-        "--tps",
-        "100",
-        "--tokens",
-        "12",
-        "--model",
-        MODEL,
-        "--model",
-        "llama3:8b",
-        "--model",
-        CODE_MODEL,
-    )
+    timing = ("--ttft", "0.05", "--tps", "100", "--tokens", "12")
+    return start_module_simulator(*timing, "--model", MODEL, "--model", "llama3:8b", "--model", CODE_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +72,7 @@ def post(gateway: Gateway, key: str | None, body: Any, **kwargs: Any) -> request
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     listed = client.models.list().data
-    assert [m.id for m in listed] == [MODEL, "llama3:8b", CODE_MODEL, EMBED_MODEL]
+    assert [m.id for m in listed] == [MODEL, "llama3:8b", CODE_MODEL, EMBED_MODEL]  # chat models, then embedding
     created = int(datetime.fromisoformat("2026-01-02T03:04:05.678Z").timestamp())  # the simulator's modified_at
     assert listed[0].model_dump(exclude_none=True) == {
         "id": MODEL,
@@ -176,8 +164,7 @@ def test_request_fields_become_ollama_options(client: openai.OpenAI, sim: SimPro
         response_format={"type": "json_object"},
         user="someone",
     )
-    # JSON mode: the simulator answers {"answer": ...}, cut after 3 tokens
-    assert reply.choices[0].message.content == "".join(tokenize(json.dumps({"answer": JSON_TEXT}))[:3])
+    assert reply.choices[0].message.content == "".join(answer_tokens(3))  # the directive's tokens, cut at 3
     assert reply.choices[0].finish_reason == "length"  # Ollama's done_reason for num_predict
     sent = sim.stats()["last_request"]
     assert sent["messages"][0] == {"role": "system", "content": "be brief"}
