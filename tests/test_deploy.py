@@ -23,7 +23,7 @@ from clawweb.simulator import answer_tokens
 from .support.exports import chatgpt_file
 from .support.factories import StartGateway, StartRedis, StartSimulator
 from .support.servers import ROOT, Gateway, Nginx, render_deploy, require, self_signed_certificate
-from .support.simproc import SimProcess, chat
+from .support.simproc import SimProcess, chat, sim_line
 from .support.sseclient import Event, content_of, events
 
 pytestmark = pytest.mark.integration  # nginx, systemd-analyze, install.sh, caddy: real programs throughout
@@ -96,6 +96,19 @@ def test_frames_arrive_spaced_out_through_nginx(nginx: Nginx, certificate: tuple
     gaps = [b - a for a, b in zip(times, times[1:8], strict=False)]
     assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
     assert content_of(received) == "".join(answer_tokens(8))
+
+
+def test_ollamas_ndjson_from_generate_is_not_buffered(nginx: Nginx, certificate: tuple[Path, Path], key: str) -> None:
+    """NDJSON has no heartbeats and no X-Accel-Buffering header: the site's stream location must cover it."""
+    body = {"model": "qwen3:32b", "prompt": "hi" + sim_line(tokens=8, tps=10)}
+    headers = {"Authorization": f"Bearer {key}"}
+    with requests.post(
+        nginx.url + "/api/generate", json=body, headers=headers, stream=True, verify=str(certificate[0]), timeout=10
+    ) as response:
+        arrivals = [(time.monotonic(), json.loads(line)) for line in response.iter_lines() if line]
+    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:8], strict=False)]
+    assert min(gaps) > 0.05, gaps  # one token every 100 ms: not buffered into one burst
+    assert "".join(line["response"] for _, line in arrivals) == "".join(answer_tokens(8))
 
 
 def test_silence_longer_than_proxy_timeout_survives_thanks_to_heartbeats(

@@ -222,6 +222,24 @@ def test_a_release_wakes_the_next_in_the_queue(processes: Processes) -> None:
     assert second.admitted
 
 
+def test_embedding_slots_are_a_pool_of_their_own(processes: Processes) -> None:
+    """Full answer slots and a queue behind them do not hold back an embedding, nor the other way round; a
+    release in one pool wakes only its own waiters."""
+    state = processes(max_active=1, max_active_embed=2, max_queue=5, max_active_per_client=10)
+    answer, queued_answer = state.slots.enter("a"), state.slots.enter("a")
+    embeds = [state.embed_slots.enter("b") for _ in range(3)]
+    assert [t.admitted for t in embeds] == [True, True, False] and position(state.embed_slots, embeds[2]) == 1
+    assert (state.slots.active, state.slots.queued, state.embed_slots.active, state.embed_slots.queued) == (1, 1, 2, 1)
+    state.embed_slots.release(embeds[0])
+    assert position(state.embed_slots, embeds[2]) == 0 and position(state.slots, queued_answer) == 1
+    state.slots.release(answer)
+    assert position(state.slots, queued_answer) == 0 and state.embed_slots.active == 2
+    with pytest.raises(Refused) as refused:
+        full = processes(max_active_embed=1, max_queue=1, max_active_per_client=10).embed_slots
+        full.enter("c"), full.enter("c"), full.enter("c")
+    assert refused.value.status == 503 and "embedding" in refused.value.message
+
+
 def _expire_leases(url: str, key: str) -> None:
     """As if every holder in ``key`` had stopped renewing a while ago (its process was killed)."""
     client = redis.Redis.from_url(url)
