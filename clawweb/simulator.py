@@ -5,11 +5,33 @@ use it. What matters for a gateway is reproduced on purpose: NDJSON with one HTT
 until the first token* (so a model load looks like silence), Go's JSON escaping, nanosecond durations,
 parallel slots with a silent queue, errors before and during the stream, and 403 for a foreign Host/Origin.
 
+Routes (shapes from Ollama's docs/api.md and api/types.go): ``GET /`` and ``HEAD /``, ``GET /api/version``,
+``/api/tags`` (the chat models, then the embedding models), ``/api/ps``; ``POST /api/chat`` and ``/api/generate``
+(``prompt``, ``system``, ``suffix``, ``raw``, ``format``, ``think``, ``images``, ``context``; its lines carry
+``response`` and ``thinking``, the last one ``context``: the token ids of context, prompt and answer, none with
+``raw``); an empty prompt or message list loads the model, and with ``keep_alive: 0`` unloads it (``keep_alive: 0``
+with a prompt unloads it after the answer); ``POST /api/embed`` and the older ``/api/embeddings``, through their
+own slots (``--embed-parallel``), never behind the answers; ``POST /api/show``; ``/_sim/stats`` and
+``/_sim/reset`` for tests. Capability errors are Ollama's: an embedding model asked to chat or generate, a chat
+model asked to embed (``500 this model does not support embeddings``), a ``suffix`` for a model without ``insert``
+(only code models, such as ``qwen2.5-coder:7b``, fill in the middle), ``think`` for a model that does not think.
+
+What the model writes: the directive's ``text``, else the built-in text; for a ``suffix``, the middle part is
+``FIM_TEXT`` (so a suffix that never arrived shows); with ``format``, JSON (``{"answer": ...}`` for ``"json"``, for
+a schema the smallest value it accepts); after a ``role: "tool"`` message (a tool's answer sent back), a sentence
+quoting what each tool answered (``get_weather answered: 18 °C``), so that an agent loop ends. Embeddings are a
+hash of model and input, of the model's declared dimension (``--embed-model NAME=DIM``), normalized as Ollama
+does (``dimensions`` cuts and normalizes again); the older route's vector is the raw one, not normalized.
+
 A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, ``ttft`` (s), ``tps``, ``text``,
 ``think_tokens``, ``load`` (s: the model is unloaded and loads first, absent from ``/api/ps`` meanwhile), ``prompt``
 (s spent reading the prompt, after any load), ``error_after`` (an error line after N tokens), ``close_after`` (drop
 the connection after N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft``
-when given), ``hang`` (send nothing, ever). ``--load`` makes a model that is not in memory load that long.
+when given), ``hang`` (send nothing, ever), ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``: the answer
+calls these tools instead of writing, when the request offers ``tools``: Ollama only calls tools it was given).
+A directive's ``text`` or ``tokens`` wins over those derived answers. In an embedding input,
+``#sim {...}`` takes ``delay`` (s, instead of ``--embed-delay``) and ``status``. ``--load`` makes a model that is
+not in memory load that long.
 
 A chat whose last message is the assistant's is *continued*, as Ollama does: the answer planned (as if it
 had not been begun) goes on after that text, and only the rest is streamed (``num_predict`` and ``eval_count``
@@ -29,6 +51,7 @@ import signal
 import socket
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -38,6 +61,8 @@ import gevent.lock
 import gevent.select
 import gevent.server
 
+from clawweb import simulator_models as catalog
+
 DEFAULT_TEXT = (
     "Quantum computing uses **qubits**, which can be 0 and 1 at the same time. "
     "量子计算利用叠加和纠缠来并行处理信息。\n\n"
@@ -45,6 +70,8 @@ DEFAULT_TEXT = (
     "A register of *n* qubits spans 2^n states, which is why some problems get exponentially easier. "
 )
 THINKING_TEXT = "The user asks about quantum computing. I should explain qubits simply, then give an example. "
+FIM_TEXT = "\n    result = a + b\n    print(result)\n"  # the middle a code model fills in between prompt and suffix
+JSON_TEXT = "Quantum computing uses qubits."  # the answer, in JSON mode
 
 _CJK = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"
 _TOKEN = re.compile(rf"[{_CJK}]|\n|[^\S\n]*[^\s{_CJK}]+|[^\S\n]+")
@@ -79,18 +106,23 @@ def thinking_tokens(n: int) -> list[str]:
     return answer_tokens(n, THINKING_TEXT)
 
 
+_GO_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def _go_escaped(text: str) -> bytes:
+    for raw, escaped in _GO_ESCAPES:
+        text = text.replace(raw, escaped)
+    return text.encode()
+
+
 def go_json(value: str) -> bytes:
     """A JSON string as Go's encoder writes it: UTF-8, with <, >, &, U+2028 and U+2029 escaped."""
-    out = json.dumps(value, ensure_ascii=False)
-    for raw, escaped in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        out = out.replace(raw, escaped)
-    return out.encode()
+    return _go_escaped(json.dumps(value, ensure_ascii=False))
+
+
+def go_dumps(value: Any) -> bytes:
+    """Any JSON value as Go writes it: compact, UTF-8, Go's escapes (``<`` and the like only occur in strings)."""
+    return _go_escaped(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 def rfc3339(ns: int) -> bytes:
@@ -112,6 +144,9 @@ class SimConfig:
     models: list[str] = field(default_factory=lambda: ["qwen3:32b"])
     think_style: str = "native"  # or "tags": <think>...</think> inside content, like Ollama before 0.9
     load: float = 0.0  # seconds to load a model that is not in memory (never used, or idle for 5 minutes)
+    embed_models: dict[str, int] = field(default_factory=lambda: {"nomic-embed-text:latest": 768})  # name: dimension
+    embed_delay: float = 0.0  # seconds each embedding request takes (inside its slot)
+    embed_parallel: int = 0  # embedding requests at once (0: unlimited), apart from the chat models' slots
 
 
 class ClientGone(Exception):
@@ -179,15 +214,87 @@ def _after(tokens: list[str], begun: str) -> list[str]:
     return [] if "".join(tokens) == begun else tokens
 
 
+def _after_tool(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``role: "tool"`` messages after the last user message: the tools' answers, sent back to be read."""
+    messages = body.get("messages")
+    answers: list[dict[str, Any]] = []
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            answers = []
+        elif isinstance(message, dict) and message.get("role") == "tool":
+            answers.append(message)
+    return answers
+
+
+def _unloads(body: dict[str, Any]) -> bool:
+    return body.get("keep_alive") in (0, "0", "0s")
+
+
+def _directive_in(text: str) -> dict[str, Any]:
+    for line in text.splitlines():
+        if line.startswith("#sim "):
+            return dict(json.loads(line[5:]))
+    return {}
+
+
+def _tool_call(index: int, call: dict[str, Any]) -> bytes:
+    """One of Ollama's ``ToolCall``s: ``id`` (``call_`` and 8 of [a-z0-9], as server/routes.go's toolCallId makes
+    them; derived from the call here, so that tests can predict it) and ``function`` {index, name, arguments}; the
+    arguments keep their order (Ollama keeps the model's), nested objects sorted as Go writes a map."""
+    name, arguments = str(call.get("name", "")), dict(call.get("arguments") or {})
+    args = (
+        b"{"
+        + b",".join(
+            go_json(k) + b":" + _go_escaped(json.dumps(v, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+            for k, v in arguments.items()
+        )
+        + b"}"
+    )
+    ident = "call_" + hashlib.sha256(b"%d %b %b" % (index, name.encode(), args)).hexdigest()[:8]
+    return b'{"id":"%b","function":{"index":%d,"name":%b,"arguments":%b}}' % (
+        ident.encode(),
+        index,
+        go_json(name),
+        args,
+    )
+
+
+def _token_ids(tokens: list[str]) -> list[int]:
+    """Token ids for ``context``: stable numbers below qwen3's vocabulary size, one per token."""
+    return [zlib.crc32(token.encode()) % 151_643 for token in tokens]
+
+
+@dataclass
+class Pool:
+    """One runner's parallel slots (None: unlimited) and who uses or waits for them, as Ollama's scheduler keeps."""
+
+    slots: gevent.lock.Semaphore | None
+    active: int = 0
+    queued: int = 0
+
+
+@dataclass
+class Plan:
+    """What one answer will be: thinking chunks (Go-escaped), content tokens, tool calls, why it ends."""
+
+    thinking: list[bytes]
+    content: list[str]
+    calls: list[bytes]
+    reason: str
+    eval_count: int
+
+
 class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.port = config.port
         self._server: gevent.server.StreamServer | None = None
-        self._slots = gevent.lock.Semaphore(config.parallel) if config.parallel else None
+        self._answers = Pool(gevent.lock.Semaphore(config.parallel) if config.parallel else None)
+        # Ollama runs each model in its own runner: embeddings never wait behind the chat model's answers.
+        self._embeds = Pool(gevent.lock.Semaphore(config.embed_parallel) if config.embed_parallel else None)
         self._loaded: dict[str, float] = {}
-        self._active = 0  # generating now
-        self._queued = 0  # waiting for a parallel slot
+        self._specs = {name: catalog.chat_spec(name) for name in config.models}
+        self._specs.update({name: catalog.embed_spec(name, dim) for name, dim in config.embed_models.items()})
         self.reset()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -203,7 +310,7 @@ class Simulator:
 
     def reset(self) -> dict[str, Any]:
         self._stats: dict[str, Any] = {
-            "requests": 0,
+            "requests": 0,  # chat and generate requests for a known model
             "ps": 0,  # GET /api/ps answered
             "active": 0,
             "max_active": 0,
@@ -211,7 +318,13 @@ class Simulator:
             "completed": 0,
             "disconnects": 0,
             "errors": 0,
-            "last_request": None,
+            "embeds": 0,  # /api/embed and /api/embeddings requests for a known model
+            "embed_inputs": 0,  # the texts they held
+            "active_embeds": 0,
+            "max_active_embeds": 0,
+            "queued_embeds": 0,
+            "shows": 0,  # /api/show answered
+            "last_request": None,  # of any route that names a model
             "last_body": None,  # the raw text, for tests of exactly what was forwarded (keys, duplicates)
             "last_headers": None,
         }
@@ -219,7 +332,8 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         stats = dict(self._stats)
-        stats["active"], stats["queued"] = self._active, self._queued
+        stats["active"], stats["queued"] = self._answers.active, self._answers.queued
+        stats["active_embeds"], stats["queued_embeds"] = self._embeds.active, self._embeds.queued
         return stats
 
     # --- HTTP ------------------------------------------------------------------------------------------------
@@ -266,13 +380,7 @@ class Simulator:
         if route == ("GET", "/api/version"):
             return self._send(sock, 200, b'{"version":"0.12.6"}')
         if route == ("GET", "/api/tags"):
-            return self._send(
-                sock,
-                200,
-                json.dumps(
-                    {"models": [self._model_info(m) for m in self.config.models]}, separators=(",", ":")
-                ).encode(),
-            )
+            return self._send(sock, 200, go_dumps({"models": [catalog.tags_entry(s) for s in self._specs.values()]}))
         if route == ("GET", "/api/ps"):
             self._stats["ps"] += 1
             return self._send(sock, 200, json.dumps({"models": self._ps()}, separators=(",", ":")).encode())
@@ -282,23 +390,11 @@ class Simulator:
             return self._send(sock, 200, json.dumps(self.reset()).encode())
         if route in (("POST", "/api/chat"), ("POST", "/api/generate")):
             return self._generate(sock, request, chat=request.path == "/api/chat")
+        if route in (("POST", "/api/embed"), ("POST", "/api/embeddings")):
+            return self._embed(sock, request, legacy=request.path == "/api/embeddings")
+        if route == ("POST", "/api/show"):
+            return self._show(sock, request)
         return self._send(sock, 404, b"404 page not found", "text/plain")
-
-    @staticmethod
-    def _model_info(name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "model": name,
-            "modified_at": "2026-01-02T03:04:05.678Z",
-            "size": 20201253788,
-            "digest": "sha256:" + hashlib.sha256(name.encode()).hexdigest(),
-            "details": {
-                "format": "gguf",
-                "family": name.split(":")[0],
-                "parameter_size": "32.8B",
-                "quantization_level": "Q4_K_M",
-            },
-        }
 
     def _ps(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -314,57 +410,104 @@ class Simulator:
             if used + 300 > now
         ]
 
-    # --- generation ------------------------------------------------------------------------------------------
-
-    def _generate(self, sock: socket.socket, request: Request, chat: bool) -> bool:
+    def _model(
+        self, sock: socket.socket, request: Request, *keys: str
+    ) -> tuple[dict[str, Any], str, catalog.ModelSpec] | None:
+        """The JSON body, the model as named and its spec; None once an error was answered (bad JSON, no model, an
+        unknown one). A request that names a known model is remembered for ``/_sim/stats``."""
         try:
             body = json.loads(request.body)
             assert isinstance(body, dict)
         except (ValueError, AssertionError):
-            return self._error(sock, 400, "invalid character in request body")
-        model = body.get("model")
+            self._error(sock, 400, "invalid character in request body")
+            return None
+        model = next((str(body[key]) for key in keys if body.get(key)), "")
         if not model:
-            return self._error(sock, 400, "model is required")
-        if model not in self.config.models:
-            return self._error(sock, 404, f"model '{model}' not found")
-        self._stats["requests"] += 1
+            self._error(sock, 400, "model is required")
+            return None
+        spec = self._specs.get(catalog.canonical(model))
+        if spec is None:
+            self._error(sock, 404, f"model '{model}' not found")
+            return None
         self._stats["last_request"], self._stats["last_headers"] = body, request.headers
         self._stats["last_body"] = request.body.decode("utf-8", "replace")
+        return body, model, spec
+
+    def _show(self, sock: socket.socket, request: Request) -> bool:
+        found = self._model(sock, request, "model", "name")  # "name": the field's old spelling, still read
+        if found is None:
+            return True
+        body, _, spec = found
+        self._stats["shows"] += 1
+        return self._send(sock, 200, go_dumps(catalog.show(spec, bool(body.get("verbose")))))
+
+    # --- generation ------------------------------------------------------------------------------------------
+
+    def _refusal(self, body: dict[str, Any], model: str, spec: catalog.ModelSpec, chat: bool) -> str | None:
+        """What Ollama answers (400) before running a model that cannot do what is asked, in its order (server/
+        routes.go GenerateHandler and ChatHandler: raw mode, thinking, then the capabilities the request needs)."""
+        quoted = json.dumps(model)  # Go's %q
+        if not chat and body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+            return "raw mode does not support template, system, or context"
+        if body.get("think") not in (None, False) and "thinking" not in spec.capabilities and not spec.embeds:
+            return f"{quoted} does not support thinking"
+        if spec.embeds:
+            return f"{quoted} does not support {'chat' if chat else 'generate'}"
+        if not chat and body.get("suffix") and "insert" not in spec.capabilities:
+            return f"{spec.full_name} does not support insert"
+        if chat and body.get("tools") and "tools" not in spec.capabilities:
+            return f"{spec.full_name} does not support tools"
+        return None
+
+    def _generate(self, sock: socket.socket, request: Request, chat: bool) -> bool:
+        found = self._model(sock, request, "model")
+        if found is None:
+            return True
+        body, model, spec = found
+        self._stats["requests"] += 1
         prompt = body.get("messages") if chat else body.get("prompt")
-        if not prompt:  # a load (or unload) request: no generation, one final object
-            reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
-            if reason == "unload":
-                self._loaded.pop(model, None)
-            else:
-                self._loaded[model] = time.time()
-            final = b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b"}' % (
-                go_json(model),
-                rfc3339(time.time_ns()),
-                b'"message":{"role":"assistant","content":""},' if chat else b'"response":"",',
-                reason.encode(),
-            )
-            return self._send(sock, 200, final)
+        if not prompt and _unloads(body):  # before any capability check, as in Ollama: any model unloads
+            self._loaded.pop(spec.name, None)
+            return self._send(sock, 200, self._done_only(model, chat, "unload"))
+        if (refused := self._refusal(body, model, spec, chat)) is not None:
+            return self._error(sock, 400, refused)
+        if not prompt:  # a load request: no generation, one final object
+            self._loaded[spec.name] = time.time()
+            return self._send(sock, 200, self._done_only(model, chat, "load"))
         sim = self._directive(body, chat)
         if "status" in sim:  # with a "ttft": the error comes after that long (a model that fails to load)
             self._wait(sock, float(sim.get("ttft", 0)))
             return self._error(sock, int(sim["status"]), "simulated error")
-        if self._slots is not None and self._queued >= self.config.max_queue and self._slots.locked():
+        pool = self._answers
+        if pool.slots is not None and pool.queued >= self.config.max_queue and pool.slots.locked():
             return self._error(sock, 503, "server busy, please try again.  maximum pending requests exceeded")
-        if not self._acquire(sock):
+        if not self._acquire(sock, pool):
             return False
-        self._active += 1
-        self._stats["max_active"] = max(self._stats["max_active"], self._active)
+        pool.active += 1
+        self._stats["max_active"] = max(self._stats["max_active"], pool.active)
         try:
-            return (
-                self._stream(sock, body, sim, chat) if body.get("stream", True) else self._whole(sock, body, sim, chat)
-            )
+            plan = self._plan(body, sim, spec, chat)
+            if body.get("stream", True):
+                return self._stream(sock, body, sim, spec, plan, chat)
+            return self._whole(sock, body, sim, spec, plan, chat)
         except (ClientGone, OSError):
             self._stats["disconnects"] += 1
             return False
         finally:
-            self._active -= 1
-            if self._slots is not None:
-                self._slots.release()
+            pool.active -= 1
+            if pool.slots is not None:
+                pool.slots.release()
+            if _unloads(body):  # keep_alive 0 with a prompt: the model goes once it has answered
+                self._loaded.pop(spec.name, None)
+
+    @staticmethod
+    def _done_only(model: str, chat: bool, reason: str) -> bytes:
+        return b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b"}' % (
+            go_json(model),
+            rfc3339(time.time_ns()),
+            b'"message":{"role":"assistant","content":""},' if chat else b'"response":"",',
+            reason.encode(),
+        )
 
     def _directive(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
         if chat:
@@ -372,24 +515,21 @@ class Simulator:
             text = users[-1] if users else ""
         else:
             text = str(body.get("prompt", ""))
-        for line in str(text).splitlines():
-            if line.startswith("#sim "):
-                return dict(json.loads(line[5:]))
-        return {}
+        return _directive_in(str(text))
 
-    def _acquire(self, sock: socket.socket) -> bool:
+    def _acquire(self, sock: socket.socket, pool: Pool) -> bool:
         """Wait for a parallel slot like Ollama's scheduler: FIFO, silent, but a client that leaves is noticed."""
-        if self._slots is None:
+        if pool.slots is None:
             return True
-        self._queued += 1
+        pool.queued += 1
         try:
-            while not self._slots.acquire(timeout=0.1):
+            while not pool.slots.acquire(timeout=0.1):
                 if self._client_gone(sock, 0):
                     self._stats["disconnects"] += 1
                     return False
             return True
         finally:
-            self._queued -= 1
+            pool.queued -= 1
 
     @staticmethod
     def _client_gone(sock: socket.socket, timeout: float) -> bool:
@@ -411,11 +551,30 @@ class Simulator:
                 # Woken before the deadline: the client sent more bytes (pipelining). Keep waiting, politely.
                 gevent.sleep(min(left, 0.05))
 
-    def _plan(self, body: dict[str, Any], sim: dict[str, Any]) -> tuple[list[bytes], list[str], str]:
-        """(thinking chunks' texts, content tokens, done_reason)."""
-        text = sim.get("text")
-        count = int(sim.get("tokens", len(tokenize(text)) if text is not None else self.config.tokens))
-        content = answer_tokens(count, text)
+    def _plan(self, body: dict[str, Any], sim: dict[str, Any], spec: catalog.ModelSpec, chat: bool) -> Plan:
+        tool_answers = _after_tool(body) if chat else []
+        calls: list[bytes] = []
+        if chat and body.get("tools") and sim.get("tool_calls") and not tool_answers:
+            calls = [_tool_call(index, call) for index, call in enumerate(sim["tool_calls"])]
+        text, derived = sim.get("text"), None
+        if tool_answers:  # a sentence that quotes each tool's answer, so that tests see it was read
+            derived = " ".join(
+                f"{m.get('tool_name') or 'The tool'} answered: {m.get('content', '')}" for m in tool_answers
+            )
+        elif body.get("format"):
+            schema = body["format"]
+            derived = json.dumps(
+                {"answer": JSON_TEXT} if schema == "json" else catalog.schema_instance(schema), ensure_ascii=False
+            )
+        elif not chat and body.get("suffix"):
+            derived = FIM_TEXT
+        if calls:
+            content = []
+        elif derived is not None and text is None and "tokens" not in sim:
+            content = tokenize(derived)
+        else:
+            count = int(sim.get("tokens", len(tokenize(text)) if text is not None else self.config.tokens))
+            content = answer_tokens(count, text)
         begun = _continued(body)
         if begun is not None:
             content = _after(content, begun)
@@ -423,13 +582,14 @@ class Simulator:
         reason = "stop"
         if isinstance(limit, int) and 0 <= limit < len(content):
             content, reason = content[:limit], "length"
-        # Left unset, Ollama 0.12.4+ thinks by default with a thinking-capable model; every model here is one.
-        thinking_wanted = body.get("think") is not False and not begun
-        thinking = thinking_tokens(int(sim.get("think_tokens", 8))) if thinking_wanted else []
+        # Left unset, Ollama 0.12.4+ thinks by default with a thinking-capable model (qwen3-like ones here).
+        wanted = body.get("think") is not False and not begun and "thinking" in spec.capabilities
+        thinking = thinking_tokens(int(sim.get("think_tokens", 8))) if wanted else []
         if thinking and self.config.think_style == "tags":
             content = ["<think>", *thinking, "</think>\n\n", *content]
             thinking = []
-        return [go_json(t) for t in thinking], content, reason
+        eval_count = len(content) + sum(len(tokenize(call.decode())) for call in calls)
+        return Plan([go_json(t) for t in thinking], content, calls, reason, eval_count)
 
     def _load(self, sock: socket.socket, model: str, sim: dict[str, Any]) -> int:
         """Load the model if it is not in memory (or ``load`` says to), then read the prompt; when loaded (ns)."""
@@ -443,12 +603,30 @@ class Simulator:
         self._wait(sock, float(sim.get("prompt", 0)) + float(sim.get("ttft", self.config.ttft)))
         return loaded
 
-    def _stream(self, sock: socket.socket, body: dict[str, Any], sim: dict[str, Any], chat: bool) -> bool:
+    @staticmethod
+    def _context(body: dict[str, Any], content: list[str]) -> bytes:
+        """``"context":[...],`` for a generate answer: the ids of the context sent, the prompt and the answer; none
+        in raw mode (Ollama's docs/api.md: "raw mode will not return a context")."""
+        if body.get("raw"):
+            return b""
+        given = body.get("context")
+        sent = [n for n in given if isinstance(n, int)] if isinstance(given, list) else []
+        ids = sent + _token_ids(tokenize(str(body.get("prompt") or ""))) + _token_ids(content)
+        return b'"context":[%b],' % ",".join(map(str, ids)).encode()
+
+    def _stream(
+        self,
+        sock: socket.socket,
+        body: dict[str, Any],
+        sim: dict[str, Any],
+        spec: catalog.ModelSpec,
+        plan: Plan,
+        chat: bool,
+    ) -> bool:
         model = go_json(body["model"])
-        thinking, content, reason = self._plan(body, sim)
         tps = float(sim.get("tps", self.config.tps))
         started = time.monotonic_ns()
-        loaded = self._load(sock, body["model"], sim)
+        loaded = self._load(sock, spec.name, sim)
         if sim.get("hang"):
             while not self._client_gone(sock, 3600):
                 pass
@@ -465,7 +643,16 @@ class Simulator:
         else:
             think_line = b'{"model":%b,"created_at":"%%b","response":"","thinking":%%b,"done":false}' % model
             token_line = b'{"model":%b,"created_at":"%%b","response":%%b,"done":false}' % model
-        lines = [(think_line, t) for t in thinking] + [(token_line, go_json(t)) for t in content]
+        # Each tool call in its own chunk, as Ollama's qwen3 parser hands one over when its </tool_call> closes.
+        call_line = (
+            b'{"model":%b,"created_at":"%%b","message":{"role":"assistant","content":"","tool_calls":[%%b]},'
+            b'"done":false}' % model
+        )
+        lines = (
+            [(think_line, t) for t in plan.thinking]
+            + [(token_line, go_json(t)) for t in plan.content]
+            + [(call_line, c) for c in plan.calls]
+        )
         error_after, close_after = sim.get("error_after"), sim.get("close_after")
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
         interval, sent = 1.0 / tps, 0
@@ -488,12 +675,13 @@ class Simulator:
             sock.shutdown(socket.SHUT_RDWR)
             return False
         now = time.monotonic_ns()
-        final = b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b",%b}' % (
+        final = b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b",%b%b}' % (
             model,
             rfc3339(time.time_ns()),
             b'"message":{"role":"assistant","content":""},' if chat else b'"response":"",',
-            reason.encode(),
-            self._counters(started, loaded, prompt_done, now, len(content), prompt_count(body)),
+            plan.reason.encode(),
+            b"" if chat else self._context(body, plan.content),
+            self._counters(started, loaded, prompt_done, now, plan.eval_count, prompt_count(body)),
         )
         sock.sendall(head + b"%x\r\n%b\n\r\n0\r\n\r\n" % (len(final) + 1, final))
         self._stats["completed"] += 1
@@ -522,29 +710,127 @@ class Simulator:
             )
         )
 
-    def _whole(self, sock: socket.socket, body: dict[str, Any], sim: dict[str, Any], chat: bool) -> bool:
-        thinking, content, reason = self._plan(body, sim)
+    def _whole(
+        self,
+        sock: socket.socket,
+        body: dict[str, Any],
+        sim: dict[str, Any],
+        spec: catalog.ModelSpec,
+        plan: Plan,
+        chat: bool,
+    ) -> bool:
         started = time.monotonic_ns()
-        loaded = self._load(sock, body["model"], sim)
+        loaded = self._load(sock, spec.name, sim)
         prompt_done = time.monotonic_ns()
-        self._wait(sock, (len(thinking) + len(content)) / float(sim.get("tps", self.config.tps)))
-        think = b"".join(json.loads(t).encode() for t in thinking)
-        text = "".join(content)
+        steps = len(plan.thinking) + len(plan.content) + len(plan.calls)
+        self._wait(sock, steps / float(sim.get("tps", self.config.tps)))
+        think = b"".join(json.loads(t).encode() for t in plan.thinking).decode()
+        thinking = b',"thinking":' + go_json(think) if think else b""
+        text = go_json("".join(plan.content))
         if chat:
-            message = b'"message":{"role":"assistant","content":%b%b},' % (
-                go_json(text),
-                b',"thinking":' + go_json(think.decode()) if think else b"",
-            )
+            calls = b',"tool_calls":[%b]' % b",".join(plan.calls) if plan.calls else b""
+            message = b'"message":{"role":"assistant","content":%b%b%b},' % (text, thinking, calls)
         else:
-            message = b'"response":%b%b,' % (go_json(text), b',"thinking":' + go_json(think.decode()) if think else b"")
-        answer = b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b",%b}' % (
+            message = b'"response":%b%b,' % (text, thinking)
+        answer = b'{"model":%b,"created_at":"%b",%b"done":true,"done_reason":"%b",%b%b}' % (
             go_json(body["model"]),
             rfc3339(time.time_ns()),
             message,
-            reason.encode(),
-            self._counters(started, loaded, prompt_done, time.monotonic_ns(), len(content), prompt_count(body)),
+            plan.reason.encode(),
+            b"" if chat else self._context(body, plan.content),
+            self._counters(started, loaded, prompt_done, time.monotonic_ns(), plan.eval_count, prompt_count(body)),
         )
         self._stats["completed"] += 1
+        return self._send(sock, 200, answer)
+
+    # --- embeddings ------------------------------------------------------------------------------------------
+
+    def _embed(self, sock: socket.socket, request: Request, legacy: bool) -> bool:
+        """``/api/embed`` (``input``: a string or a list of them) or the older ``/api/embeddings`` (``prompt``),
+        as server/routes.go's EmbedHandler and EmbeddingsHandler answer them."""
+        found = self._model(sock, request, "model")
+        if found is None:
+            return True
+        body, model, spec = found
+        given = body.get("prompt") if legacy else body.get("input")
+        if isinstance(given, list) and not legacy and all(isinstance(text, str) for text in given):
+            inputs = list(given)
+        elif isinstance(given, str) or given is None:
+            inputs = [given] if given else []
+        else:
+            return self._error(sock, 400, "invalid input type")
+        self._stats["embeds"] += 1
+        self._stats["embed_inputs"] += len(inputs)
+        sim = next((d for text in inputs if (d := _directive_in(text))), {})
+        if "status" in sim:
+            return self._error(sock, int(sim["status"]), "simulated error")
+        pool = self._embeds
+        if not self._acquire(sock, pool):
+            return False
+        pool.active += 1
+        self._stats["max_active_embeds"] = max(self._stats["max_active_embeds"], pool.active)
+        try:
+            return self._embedding(sock, body, model, spec, inputs, sim, legacy)
+        except (ClientGone, OSError):
+            self._stats["disconnects"] += 1
+            return False
+        finally:
+            pool.active -= 1
+            if pool.slots is not None:
+                pool.slots.release()
+
+    def _embedding(
+        self,
+        sock: socket.socket,
+        body: dict[str, Any],
+        model: str,
+        spec: catalog.ModelSpec,
+        inputs: list[str],
+        sim: dict[str, Any],
+        legacy: bool,
+    ) -> bool:
+        started = time.monotonic_ns()
+        used = self._loaded.get(spec.name)
+        if self.config.load and (used is None or used + 300 < time.time()):
+            self._wait(sock, self.config.load)
+        self._loaded[spec.name] = time.time()
+        loaded = time.monotonic_ns()
+        if _unloads(body):
+            self._loaded.pop(spec.name, None)
+        if not inputs:  # the model is loaded; nothing to embed
+            return self._send(
+                sock, 200, b'{"embedding":[]}' if legacy else b'{"model":%b,"embeddings":[]}' % go_json(model)
+            )
+        if not spec.embeds:  # the chat model's runner has no embeddings (what Ollama 0.12 answers, with a 500)
+            return self._error(sock, 500, "this model does not support embeddings")
+        self._wait(sock, float(sim.get("delay", self.config.embed_delay)))
+        if legacy:
+            return self._send(
+                sock, 200, b'{"embedding":%b}' % catalog.embedding_json(spec.name, inputs[0], spec.embedding_length)
+            )
+        options = body.get("options")
+        num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
+        limit = min(spec.context_length, num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else spec.context_length)
+        limit -= 2  # the BOS and EOS tokens the model adds
+        vectors, counted = [], 0
+        for text in inputs:
+            tokens = tokenize(text)
+            if len(tokens) > limit:
+                if body.get("truncate") is False:
+                    return self._error(sock, 400, "the input length exceeds the context length")
+                text, tokens = "".join(tokens[:limit]), tokens[:limit]
+            counted += len(tokens) + 2
+            dimensions = body.get("dimensions")
+            cut = dimensions if isinstance(dimensions, int) else 0
+            vectors.append(catalog.embed_json(spec.name, text, spec.embedding_length, cut))
+        now = time.monotonic_ns()
+        answer = b'{"model":%b,"embeddings":[%b],"total_duration":%d,"load_duration":%d,"prompt_eval_count":%d}' % (
+            go_json(model),
+            b",".join(vectors),
+            now - started,
+            max(1, loaded - started),
+            counted,
+        )
         return self._send(sock, 200, answer)
 
 
@@ -560,7 +846,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", dest="models", help="model to list (repeatable)")
     parser.add_argument("--think-style", choices=["native", "tags"], default="native")
     parser.add_argument("--load", type=float, default=0.0, help="seconds to load a model not in memory")
+    parser.add_argument(
+        "--embed-model",
+        action="append",
+        dest="embed_models",
+        metavar="NAME=DIM",
+        help="embedding model to list, with its dimension (repeatable; default nomic-embed-text:latest=768; none: no"
+        " embedding model)",
+    )
+    parser.add_argument("--embed-delay", type=float, default=0.0, help="seconds each embedding request takes")
+    parser.add_argument("--embed-parallel", type=int, default=0, help="embedding requests at once (0: unlimited)")
     args = parser.parse_args(argv)
+    embed_models = SimConfig().embed_models
+    if args.embed_models:
+        pairs = [given.rpartition("=") for given in args.embed_models if given != "none"]
+        if any(not name or not dim.isdigit() for name, _, dim in pairs):
+            parser.error("--embed-model takes NAME=DIM, such as nomic-embed-text:latest=768")
+        embed_models = {catalog.canonical(name): int(dim) for name, _, dim in pairs}
     config = SimConfig(
         args.host,
         args.port,
@@ -572,12 +874,15 @@ def main(argv: list[str] | None = None) -> None:
         args.models or ["qwen3:32b"],
         args.think_style,
         args.load,
+        embed_models,
+        args.embed_delay,
+        args.embed_parallel,
     )
     simulator = Simulator(config)
     simulator.start()
     print(
-        f"ollama simulator listening on http://{config.host}:{simulator.port} (models: {', '.join(config.models)},"
-        f" ttft={config.ttft:g}s, tps={config.tps:g})",
+        f"ollama simulator listening on http://{config.host}:{simulator.port} (models: {', '.join(config.models)};"
+        f" embedding models: {', '.join(config.embed_models) or 'none'}; ttft={config.ttft:g}s, tps={config.tps:g})",
         flush=True,
     )
     stopped = gevent.event.Event()

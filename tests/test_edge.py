@@ -171,7 +171,7 @@ def test_the_official_ollama_client_still_works(open_gw: Gateway, name: str) -> 
     with ollama.Client(host=f"http://{name}:{open_gw.port}") as client:
         parts = list(client.chat(model="qwen3:32b", messages=messages, stream=True, think=False))
         assert "".join(p.message.content or "" for p in parts) == "".join(answer_tokens(4))
-        assert [m.model for m in client.list().models] == ["qwen3:32b"]
+        assert [m.model for m in client.list().models] == ["qwen3:32b", "nomic-embed-text:latest"]
 
 
 def test_with_accounts_a_foreign_name_is_left_to_the_accounts(accounts_gw: Gateway) -> None:

@@ -69,7 +69,7 @@ def post(gateway: Gateway, key: str | None, body: Any, **kwargs: Any) -> request
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     listed = client.models.list().data
-    assert [m.id for m in listed] == [MODEL, "llama3:8b"]
+    assert [m.id for m in listed] == [MODEL, "llama3:8b", "nomic-embed-text:latest"]  # the simulator's embedding model
     created = int(datetime.fromisoformat("2026-01-02T03:04:05.678Z").timestamp())  # the simulator's modified_at
     assert listed[0].model_dump(exclude_none=True) == {
         "id": MODEL,
