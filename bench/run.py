@@ -50,7 +50,7 @@ from tests.support.servers import (  # noqa: E402
     free_port,
     self_signed_certificate,
 )
-from tests.support.simproc import SimProcess  # noqa: E402
+from tests.support.simproc import SimProcess, sim_line  # noqa: E402
 from tests.support.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -58,7 +58,7 @@ LOG_STREAMS = 100  # answers followed at once through the chat API's event log
 EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's default embedding model (768 dimensions)
 EMBED_CALLS = 100  # embedding calls sent at once beside the answers
 EMBED_ANSWERS = 16  # streaming answers measured with and without them
-EMBED_SLOW_S = 0.1  # the slow variant's time per embedding call in the simulator: 100 calls queue in 4 slots
+EMBED_SLOW_S = 0.1  # the slow variant's time per embedding call in the simulator: 100 of them queue in 4 slots
 # A RAG chunk of about 100 words, as an indexing job sends (one text per call).
 EMBED_TEXT = (
     "The gateway admits embedding requests through slots of their own, so that a document index being rebuilt "
@@ -231,75 +231,85 @@ def summarize(streams: list[Stream]) -> dict[str, float]:
 
 
 def answers_beside_embeds(
-    host: str, port: int, sse: bool, embeds: int, answer: dict[str, Any]
+    target: tuple[int, bool], embed: dict[str, Any] | None, answer: dict[str, Any], embeds: int, head_start: int = 0
 ) -> tuple[list[Stream], list[Call]]:
-    """``EMBED_ANSWERS`` streaming answers and ``embeds`` embedding calls, all sent at once (each on its own
-    connection; the embedding calls are spawned first, so the answers arrive amid them)."""
-    body = {"model": EMBED_MODEL, "input": EMBED_TEXT}
-    calls = [gevent.spawn(run_embed, host, port, body) for _ in range(embeds)]
-    answers = [gevent.spawn(run_stream, host, port, answer, sse) for _ in range(EMBED_ANSWERS)]
+    """``EMBED_ANSWERS`` streaming answers beside ``embeds`` embedding calls (``embed``: their body), each on its own
+    connection. The embedding calls are all sent first; the answers right after them, so that they arrive amid them,
+    or once ``head_start`` of them have answered (so that the others stand queued)."""
+    port, sse = target
+    calls = [gevent.spawn(run_embed, "127.0.0.1", port, embed) for _ in range(embeds if embed else 0)]
+    if head_start:
+        gevent.wait(calls, count=head_start)
+    answers = [gevent.spawn(run_stream, "127.0.0.1", port, answer, sse) for _ in range(EMBED_ANSWERS)]
     gevent.joinall(calls + answers)
     return [job.value for job in answers], [job.value for job in calls]
 
 
 def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
-    """16 streaming answers alone, then beside 100 embedding calls, through clawweb and to the simulator direct
-    (the yardstick: what sharing this machine's CPU with the embedding work costs without any gateway); then the
-    same with every embedding call slowed in the simulator, so that they queue in the gateway's embedding slots.
-    Each phase alternates its runs ``rounds`` times (the machine's drift falls on both alike) and pools them."""
+    """16 streaming answers alone, amid 100 embedding calls sent at once, and beside 100 calls the simulator makes
+    slow (so that they stand queued in the gateway's embedding slots), through clawweb and to the simulator direct
+    (the yardstick: what sharing this machine's CPU with the embedding work costs without any gateway). The runs
+    alternate ``rounds`` times (the machine's drift falls on all alike) and each configuration's are pooled."""
     answer = chat(20)  # 200 ms to first token, then half a second of tokens: the row measures the first token
-    phases: list[tuple[str, list[str]]] = [
-        ("instant", []),
-        (f"{EMBED_SLOW_S * 1000:.0f} ms each", ["--embed-delay", str(EMBED_SLOW_S)]),
-    ]
+    fast = {"model": EMBED_MODEL, "input": EMBED_TEXT}
+    # The simulator's directive in an embedding input: this call takes EMBED_SLOW_S in the model.
+    slow = {"model": EMBED_MODEL, "input": EMBED_TEXT + sim_line(delay=EMBED_SLOW_S)}
+    # (body, how many embedding calls answer before the answers are sent): 8 is two rounds of the 4 slots, so the
+    # answers start with 92 calls waiting and about 2.3 s of queue still ahead of them.
+    loads: dict[str, tuple[dict[str, Any] | None, int]] = {
+        "none": (None, 0),
+        f"{EMBED_CALLS} at once": (fast, 0),
+        f"{EMBED_CALLS} queued, {EMBED_SLOW_S * 1000:.0f} ms each": (slow, 8),
+    }
+    # The simulator's embedding model runs 4 requests at once, like Ollama's runner with OLLAMA_NUM_PARALLEL=4, apart
+    # from the chat model's 16: direct, the slow calls queue in the simulator instead of the gateway.
+    sim = SimProcess("--ttft", "0.2", "--tps", "38", "--parallel", str(EMBED_ANSWERS), "--embed-parallel", "4")
+    # Enough answer slots for the 16; the embedding slots as shipped (CLAWWEB_MAX_ACTIVE_EMBED=4). All calls come
+    # from one client here, so its limits are wide open (start_gateway): as shipped, one user may have 3 requests
+    # active or queued (CLAWWEB_MAX_ACTIVE_PER_CLIENT) and send 600 embedding requests a minute.
+    gateway = start_gateway(work / "gw-embed.log", sim.url, max_active=EMBED_ANSWERS, max_active_embed=4)
+    targets = {"simulator direct": (sim.port, False), "clawweb": (gateway.port, True)}
+    for target in targets.values():  # connections to the simulator, the model list, the worker's first requests
+        answers_beside_embeds(target, fast, answer, embeds=4)
+    pooled: dict[tuple[str, str], tuple[list[Stream], list[Call]]] = {}
+    for _ in range(rounds):
+        for name, target in targets.items():
+            for load, (embed, head_start) in loads.items():
+                streams, calls = answers_beside_embeds(target, embed, answer, EMBED_CALLS, head_start)
+                pool = pooled.setdefault((name, load), ([], []))
+                pool[0].extend(streams)
+                pool[1].extend(calls)
+    gateway.stop()
+    sim.stop()
     rows: list[list[str]] = []
     report: dict[str, Any] = {}
-    for phase, (label, sim_args) in enumerate(phases):
-        sim = SimProcess("--ttft", "0.2", "--tps", "38", "--parallel", str(EMBED_ANSWERS), *sim_args)
-        # Enough answer slots for the 16; the embedding slots as shipped (CLAWWEB_MAX_ACTIVE_EMBED=4). All calls come
-        # from one client here, so its limits are wide open (start_gateway): as shipped, one user may have 3 requests
-        # active or queued (CLAWWEB_MAX_ACTIVE_PER_CLIENT) and send 600 embedding requests a minute.
-        gateway = start_gateway(work / f"gw-embed-{phase}.log", sim.url, max_active=EMBED_ANSWERS, max_active_embed=4)
-        targets = {"simulator direct": (sim.port, False), "clawweb": (gateway.port, True)}
-        pooled: dict[tuple[str, int], tuple[list[Stream], list[Call]]] = {}
-        for port, sse in targets.values():  # warm up: connections to the simulator, its model list, the worker
-            answers_beside_embeds("127.0.0.1", port, sse, 4, answer)
-        for _ in range(rounds):
-            for name, (port, sse) in targets.items():
-                for embeds in (0, EMBED_CALLS):
-                    streams, calls = answers_beside_embeds("127.0.0.1", port, sse, embeds, answer)
-                    pool = pooled.setdefault((name, embeds), ([], []))
-                    pool[0].extend(streams)
-                    pool[1].extend(calls)
-        gateway.stop()
-        sim.stop()
-        for name in targets:
-            alone = summarize(pooled[(name, 0)][0])
-            for embeds in (0, EMBED_CALLS):
-                streams, calls = pooled[(name, embeds)]
-                result = summarize(streams)
-                seconds = [call.seconds for call in calls if call.embedded]
-                result |= {
-                    "embed_calls": float(len(calls)),
-                    "embed_p50_ms": percentile(seconds, 0.5) * 1000,
-                    "embed_p99_ms": percentile(seconds, 0.99) * 1000,
-                    "embed_not_answered": float(len(calls) - len(seconds)),
-                }
-                report[f"{name}, {'no' if not embeds else EMBED_CALLS} embedding calls, {label}"] = result
-                rows.append(
-                    [
-                        name,
-                        f"{EMBED_CALLS} at once, {label}" if embeds else "none",
-                        f"{result['ttft_p50_ms']:.1f}",
-                        f"{result['ttft_p99_ms']:.1f}",
-                        f"{result['ttft_p50_ms'] / alone['ttft_p50_ms']:.2f}×",
-                        f"{result['ttft_p99_ms'] / alone['ttft_p99_ms']:.2f}×",
-                        f"{result['completed_pct']:.0f}%",
-                        f"{result['embed_p50_ms']:.1f}" if embeds else "",
-                        f"{result['embed_p99_ms']:.1f}" if embeds else "",
-                        f"{len(calls) - len(seconds)}/{len(calls)}" if embeds else "",
-                    ]
-                )
+    for name in targets:
+        alone = summarize(pooled[(name, "none")][0])
+        for load, (embed, _) in loads.items():
+            streams, calls = pooled[(name, load)]
+            result = summarize(streams)
+            seconds = [call.seconds for call in calls if call.embedded]
+            result |= {
+                "embed_calls": float(len(calls)),
+                "embed_p50_ms": percentile(seconds, 0.5) * 1000,
+                "embed_p99_ms": percentile(seconds, 0.99) * 1000,
+                "embed_not_answered": float(len(calls) - len(seconds)),
+            }
+            report.setdefault(name, {})[load] = result
+            rows.append(
+                [
+                    name,
+                    load,
+                    f"{result['ttft_p50_ms']:.1f}",
+                    f"{result['ttft_p99_ms']:.1f}",
+                    f"{result['ttft_p50_ms'] / alone['ttft_p50_ms']:.2f}×",
+                    f"{result['ttft_p99_ms'] / alone['ttft_p99_ms']:.2f}×",
+                    f"{result['completed_pct']:.0f}%",
+                    f"{result['embed_p50_ms']:.1f}" if embed else "",
+                    f"{result['embed_p99_ms']:.1f}" if embed else "",
+                    f"{len(calls) - len(seconds)}/{len(calls)}" if embed else "",
+                ]
+            )
     title = (
         f"Embedding calls beside streaming answers: {EMBED_ANSWERS} answers (200 ms to first token), "
         f"{EMBED_CALLS} embedding calls at once, {rounds} round{'s' if rounds > 1 else ''}"
