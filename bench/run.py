@@ -271,11 +271,16 @@ def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
     targets = {"simulator direct": (sim.port, False), "clawweb": (gateway.port, True)}
     for target in targets.values():  # connections to the simulator, the model list, the worker's first requests
         answers_beside_embeds(target, fast, answer, embeds=4)
+    worker = children(gateway.proc.pid)[0]
     pooled: dict[tuple[str, str], tuple[list[Stream], list[Call]]] = {}
+    worker_cpu: dict[str, float] = {}  # clawweb's worker, by load: what it spends on the calls beside the answers
     for _ in range(rounds):
         for name, target in targets.items():
             for load, (embed, head_start) in loads.items():
+                before = cpu_seconds(worker)
                 streams, calls = answers_beside_embeds(target, embed, answer, EMBED_CALLS, head_start)
+                if name == "clawweb":
+                    worker_cpu[load] = worker_cpu.get(load, 0.0) + cpu_seconds(worker) - before
                 pool = pooled.setdefault((name, load), ([], []))
                 pool[0].extend(streams)
                 pool[1].extend(calls)
@@ -295,6 +300,9 @@ def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
                 "embed_p99_ms": percentile(seconds, 0.99) * 1000,
                 "embed_not_answered": float(len(calls) - len(seconds)),
             }
+            if name == "clawweb" and embed:
+                # The worker's CPU beyond the answers' alone (the same answers, the runs alternated), per call.
+                result["worker_cpu_ms_per_call"] = (worker_cpu[load] - worker_cpu["none"]) / len(calls) * 1000
             report.setdefault(name, {})[load] = result
             rows.append(
                 [
@@ -308,6 +316,7 @@ def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
                     f"{result['embed_p50_ms']:.1f}" if embed else "",
                     f"{result['embed_p99_ms']:.1f}" if embed else "",
                     f"{len(calls) - len(seconds)}/{len(calls)}" if embed else "",
+                    f"{result['worker_cpu_ms_per_call']:.2f}" if "worker_cpu_ms_per_call" in result else "",
                 ]
             )
     title = (
@@ -325,6 +334,7 @@ def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
         "embed p50 ms",
         "embed p99 ms",
         "embed not answered",
+        "worker CPU ms / call",
     ]
     return table(title, header, rows), report
 
