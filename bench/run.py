@@ -59,7 +59,7 @@ EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's default embedding mod
 EMBED_CALLS = 100  # embedding calls sent at once beside the answers
 EMBED_ANSWERS = 16  # streaming answers measured with and without them
 EMBED_SLOW_S = 0.1  # the slow variant's time per embedding call in the simulator: 100 of them queue in 4 slots
-# A RAG chunk of about 100 words, as an indexing job sends (one text per call).
+# A RAG chunk of about 90 words, as an indexing job sends (one text per call; the answer is about 10 KB).
 EMBED_TEXT = (
     "The gateway admits embedding requests through slots of their own, so that a document index being rebuilt "
     "does not take the places of people waiting for an answer, and an answer that streams for a minute does not "
