@@ -294,12 +294,13 @@ def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
             streams, calls = pooled[(name, load)]
             result = summarize(streams)
             seconds = [call.seconds for call in calls if call.embedded]
-            result |= {
-                "embed_calls": float(len(calls)),
-                "embed_p50_ms": percentile(seconds, 0.5) * 1000,
-                "embed_p99_ms": percentile(seconds, 0.99) * 1000,
-                "embed_not_answered": float(len(calls) - len(seconds)),
-            }
+            if embed:
+                result |= {
+                    "embed_calls": float(len(calls)),
+                    "embed_p50_ms": percentile(seconds, 0.5) * 1000,
+                    "embed_p99_ms": percentile(seconds, 0.99) * 1000,
+                    "embed_not_answered": float(len(calls) - len(seconds)),
+                }
             if name == "clawweb" and embed:
                 # The worker's CPU beyond the answers' alone (the same answers, the runs alternated), per call.
                 result["worker_cpu_ms_per_call"] = (worker_cpu[load] - worker_cpu["none"]) / len(calls) * 1000
