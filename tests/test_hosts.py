@@ -656,3 +656,44 @@ def test_failover_when_a_host_dies_and_recovery_without_a_restart(
     print(f"sim_a got s:1 traffic again {recovery_s:.2f} s after its restart")
     assert answered(sse(gateway, chat(model="a:1"))[1])
     assert [h["streams"] for h in refresh(gateway)["hosts"]] == [0, 0]  # failed attempts gave theirs back
+
+
+def test_generate_embed_and_show_go_to_a_host_with_the_model_and_fail_over(
+    start_simulator: StartSimulator, start_gateway: StartGateway
+) -> None:
+    """Each route goes to a host that lists its model (the embedding dimensions tell the hosts apart); when a host
+    that lists it dies before answering, the request goes to the next one."""
+    sim_a = start_simulator(*sim_args("a:1", "s:1", extra=("--embed-model", "ea=8", "--embed-model", "both=4")))
+    sim_b = start_simulator(*sim_args("b:1", "s:1", extra=("--embed-model", "eb=16", "--embed-model", "both=4")))
+    gateway = gateway_on(start_gateway, sim_a, sim_b)
+    url = gateway.url
+
+    def embedding(model: str) -> list[float]:
+        response = requests.post(url + "/api/embed", json={"model": model, "input": "hi"}, timeout=10)
+        assert response.status_code == 200, response.text
+        return list(response.json()["embeddings"][0])
+
+    assert (len(embedding("ea")), len(embedding("eb"))) == (8, 16)
+    for model, sim in (("a:1", sim_a), ("b:1", sim_b)):
+        reset(sim_a, sim_b)
+        whole = requests.post(url + "/api/generate", json={"model": model, "prompt": "hi", "stream": False}, timeout=10)
+        assert whole.status_code == 200 and whole.json()["done"] is True
+        shown = requests.post(url + "/api/show", json={"model": model}, timeout=10)
+        assert shown.status_code == 200 and shown.json()["details"]
+        assert sim.stats()["requests"] == 1 and sim.stats()["last_request"]["model"] == model
+        assert (sim_a.stats()["requests"] + sim_b.stats()["requests"]) == 1
+    vector = embedding("both")
+    # sim_a has both models loaded, as the gateway learns (/readyz checks every host now), so it is tried first.
+    load(sim_a, "s:1")
+    assert requests.post(sim_a.url + "/api/embed", json={"model": "both", "input": "x"}, timeout=5).ok
+    assert all(host["up"] for host in refresh(gateway)["hosts"])
+    sim_a.signal(signal.SIGKILL)  # the gateway has not noticed yet: its next requests there fail and move on
+    sim_a.proc.wait()
+    reset(sim_b)
+    for _ in range(2):
+        assert embedding("both") == vector  # deterministic: the same vector from the other host
+        streamed = requests.post(url + "/api/generate", json={"model": "s:1", "prompt": "hi"}, timeout=10)
+        assert streamed.status_code == 200 and json.loads(streamed.text.splitlines()[-1])["done"] is True
+    assert sim_b.stats()["embeds"] == 2 and sim_b.stats()["completed"] == 2
+    metrics = requests.get(url + "/metrics", timeout=5).text  # and the dead host was really tried on the way
+    assert re.search(rf'clawweb_upstream_host_failures_total{{host="{sim_a.url}",kind="unreachable"}} [1-9]', metrics)

@@ -18,12 +18,15 @@ from .support.simproc import SimProcess, chat, sim_line
 from .support.sseclient import events
 
 EMBED_MODEL = "nomic-embed-text:latest"
+CODER = "qwen2.5-coder:7b"  # a model with Ollama's "insert" capability: it takes a suffix
 SSE = {"Accept": "text/event-stream"}
 
 
 @pytest.fixture(scope="module")
 def sim(start_module_simulator: StartSimulator) -> SimProcess:
-    return start_module_simulator("--ttft", "0.05", "--tps", "100", "--tokens", "8")
+    return start_module_simulator(
+        "--ttft", "0.05", "--tps", "100", "--tokens", "8", "--model", "qwen3:32b", "--model", CODER
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +94,20 @@ def test_generate_whole_and_as_sse(gateway: Gateway, key: str) -> None:
 
 
 def test_generate_forwards_the_suffix_and_only_canonical_fields(gateway: Gateway, sim: SimProcess, key: str) -> None:
-    body = {"prompt": "def add(a, b):\n", "suffix": "\n    return c\n", "options": {"temperature": 0}, "x": 1}
+    body = {
+        "model": CODER,
+        "prompt": "def add(a, b):\n",
+        "suffix": "\n    return c\n",
+        "options": {"temperature": 0},
+        "x": 1,
+    }
     response = post(gateway, "/api/generate", {**body, "stream": False}, key)
     assert response.status_code == 200, response.text
     sent = sim.stats()["last_request"]
     assert sent["suffix"] == body["suffix"] and sent["options"] == {"temperature": 0} and "x" not in sent
     assert "keep_alive" not in sent
+    refused_by_ollama = post(gateway, "/api/generate", {**body, "model": "qwen3:32b", "stream": False}, key)
+    assert refused_by_ollama.status_code == 400 and "insert" in refused_by_ollama.json()["error"]  # as it says
     wrongs: list[tuple[dict[str, Any], str]] = [
         ({"Prompt": "hi"}, "Prompt"),
         ({"prompt": 3}, "prompt"),
