@@ -240,7 +240,13 @@ def _keep_alive(value: Any, where: str, settings: Settings) -> Any:
 
 
 def _options(value: Any, where: str, settings: Settings) -> Any:
-    return OMIT if value is None else canonical(value, OPTION_FIELDS, where, settings)  # null: no options
+    """null: no options. An option set to null is not set, as Ollama reads it, and is dropped whatever its name:
+    LangChain's ``OllamaEmbeddings`` sends every option it knows, ``"num_gpu": null`` included."""
+    if value is None:
+        return OMIT
+    if type(value) is dict:  # a RepeatedKeys (a key sent twice) goes on as it is, to be refused
+        value = {key: option for key, option in value.items() if option is not None}
+    return canonical(value, OPTION_FIELDS, where, settings)
 
 
 def _messages(value: Any, where: str, settings: Settings) -> list[dict[str, Any]]:

@@ -128,6 +128,11 @@ SCHEMA = {"type": "object", "properties": {"Name": {"type": "string"}, "name": {
             {"model": "qwen3:32b", "messages": USER},
         ),
         ('{"format": "", ' + BASE + "}", {"model": "qwen3:32b", "messages": USER}),
+        # An option set to null is not set, whatever its name (LangChain sends "num_gpu": null).
+        (
+            '{"options": {"num_gpu": null, "temperature": null, "Seed": null, "top_k": 5}, ' + BASE + "}",
+            {"model": "qwen3:32b", "messages": USER, "options": {"top_k": 5}},
+        ),
         # A JSON schema is a value: its keys are data, "Name" beside "name" included; a repeat inside it is
         # collapsed (the one forwarded is the one every reader sees).
         (
