@@ -20,6 +20,7 @@ from .metrics import ROUTE_REQUESTS
 from .relay.admit import admit, allowed, require_allowed
 from .relay.responses import as_answered, native_response, sse_response
 from .services import services
+from .upstream.capabilities import chat_models
 from .upstream.client import PASS_THROUGH_TIMEOUT_S
 from .validation import (
     parse_json_object,
@@ -92,6 +93,21 @@ def show() -> Response:
     upstream = services().ollama.request("POST", "/api/show", body, read_timeout=PASS_THROUGH_TIMEOUT_S)
     ROUTE_REQUESTS.labels("/api/show", "done" if upstream.status_code == 200 else "status").inc()
     return as_answered(upstream)
+
+
+@bp.get("/api/chat-models")
+def chat_models_view() -> Response:
+    """The page's model picker: ``/api/tags`` (only ``CLAWWEB_MODELS`` when set) without the embedding models."""
+    app = services()
+    upstream = app.ollama.request("GET", "/api/tags", read_timeout=PASS_THROUGH_TIMEOUT_S)
+    if upstream.status_code != 200:
+        raise ApiError(502, f"Ollama answered /api/tags with HTTP {upstream.status_code}")
+    try:
+        models = upstream.json().get("models") or []
+    except (ValueError, AttributeError):
+        raise ApiError(502, "Ollama answered /api/tags with something else than a model list") from None
+    listed = [m for m in models if isinstance(m, dict) and allowed(str(m.get("name", "")), app.settings)]
+    return jsonify(models=chat_models(app.ollama, listed))
 
 
 @bp.get("/api/queue")
