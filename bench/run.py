@@ -5,8 +5,9 @@ floor of this stack), and clawweb under its real gunicorn.conf.py (direct and be
 Loopback only. Prints markdown tables, writes JSON and an SVG plot (bench/plot.py) to bench/results/. The client
 is gevent + http.client in this process; every stream is timed on arrival of each line.
 
-``--quick``: two small levels of each table and no other part, into bench/results/quick.* (for working on the
-plot or the targets; its figures are not the benchmark's).
+``--quick``: two small levels of each table, one round of the embedding row and no other part, into
+bench/results/quick.* (for working on the plot or the targets; its figures are not the benchmark's). ``--only
+embed``: that row alone, into bench/results/only-embed.* (with ``--quick``: one round instead of three).
 """
 
 from __future__ import annotations
@@ -49,11 +50,23 @@ from tests.support.servers import (  # noqa: E402
     free_port,
     self_signed_certificate,
 )
-from tests.support.simproc import SimProcess  # noqa: E402
+from tests.support.simproc import SimProcess, sim_line  # noqa: E402
 from tests.support.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOG_STREAMS = 100  # answers followed at once through the chat API's event log
+EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's default embedding model (768 dimensions)
+EMBED_CALLS = 100  # embedding calls sent at once beside the answers
+EMBED_ANSWERS = 16  # streaming answers measured with and without them
+EMBED_SLOW_S = 0.1  # the slow variant's time per embedding call in the simulator: 100 of them queue in 4 slots
+# A RAG chunk of about 90 words, as an indexing job sends (one text per call; the answer is about 10 KB).
+EMBED_TEXT = (
+    "The gateway admits embedding requests through slots of their own, so that a document index being rebuilt "
+    "does not take the places of people waiting for an answer, and an answer that streams for a minute does not "
+    "hold up a search. Each request passes the allow-list, the model check and the rate limit, waits in its own "
+    "queue when every embedding slot is busy, and goes to a host that has the model. Ollama answers with one "
+    "vector per input text, which the gateway relays as it is."
+)
 
 
 @dataclass
@@ -139,6 +152,32 @@ def run_generation(port: int, tokens: int, limit_s: float = 600) -> Stream:
     return stream
 
 
+@dataclass
+class Call:
+    """One embedding call: request sent to answer read."""
+
+    seconds: float = float("nan")
+    embedded: bool = False  # a 200 holding embeddings (anything else is a refusal or a failure)
+
+
+def run_embed(host: str, port: int, body: dict[str, Any], limit_s: float = 120) -> Call:
+    call = Call()
+    conn = http.client.HTTPConnection(host, port, timeout=limit_s)
+    try:
+        sent = time.monotonic()
+        conn.request("POST", "/api/embed", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        payload = response.read()
+        call.seconds = time.monotonic() - sent
+        # Not parsed: 100 answers of 768 floats would cost this client more CPU than the check needs.
+        call.embedded = response.status == 200 and b'"embeddings":[[' in payload.replace(b" ", b"")
+    except (OSError, http.client.HTTPException):
+        pass
+    finally:
+        conn.close()
+    return call
+
+
 def chat(tokens: int, **directive: Any) -> dict[str, Any]:
     return sim_chat({"tokens": tokens, **directive})
 
@@ -191,6 +230,116 @@ def summarize(streams: list[Stream]) -> dict[str, float]:
     }
 
 
+def answers_beside_embeds(
+    target: tuple[int, bool], embed: dict[str, Any] | None, answer: dict[str, Any], embeds: int, head_start: int = 0
+) -> tuple[list[Stream], list[Call]]:
+    """``EMBED_ANSWERS`` streaming answers beside ``embeds`` embedding calls (``embed``: their body), each on its own
+    connection. The embedding calls are all sent first; the answers right after them, so that they arrive amid them,
+    or once ``head_start`` of them have answered (so that the others stand queued)."""
+    port, sse = target
+    calls = [gevent.spawn(run_embed, "127.0.0.1", port, embed) for _ in range(embeds if embed else 0)]
+    if head_start:
+        gevent.wait(calls, count=head_start)
+    answers = [gevent.spawn(run_stream, "127.0.0.1", port, answer, sse) for _ in range(EMBED_ANSWERS)]
+    gevent.joinall(calls + answers)
+    return [job.value for job in answers], [job.value for job in calls]
+
+
+def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
+    """16 streaming answers alone, amid 100 embedding calls sent at once, and beside 100 calls the simulator makes
+    slow (so that they stand queued in the gateway's embedding slots), through clawweb and to the simulator direct
+    (the yardstick: what sharing this machine's CPU with the embedding work costs without any gateway). The runs
+    alternate ``rounds`` times (the machine's drift falls on all alike) and each configuration's are pooled."""
+    answer = chat(20)  # 200 ms to first token, then half a second of tokens: the row measures the first token
+    fast = {"model": EMBED_MODEL, "input": EMBED_TEXT}
+    # The simulator's directive in an embedding input: this call takes EMBED_SLOW_S in the model.
+    slow = {"model": EMBED_MODEL, "input": EMBED_TEXT + sim_line(delay=EMBED_SLOW_S)}
+    # (body, how many embedding calls answer before the answers are sent): 8 is two rounds of the 4 slots, so the
+    # answers start with 92 calls waiting and about 2.3 s of queue still ahead of them.
+    loads: dict[str, tuple[dict[str, Any] | None, int]] = {
+        "none": (None, 0),
+        f"{EMBED_CALLS} at once": (fast, 0),
+        f"{EMBED_CALLS} queued, {EMBED_SLOW_S * 1000:.0f} ms each": (slow, 8),
+    }
+    # The simulator's embedding model runs 4 requests at once, like Ollama's runner with OLLAMA_NUM_PARALLEL=4, apart
+    # from the chat model's 16: direct, the slow calls queue in the simulator instead of the gateway.
+    sim = SimProcess("--ttft", "0.2", "--tps", "38", "--parallel", str(EMBED_ANSWERS), "--embed-parallel", "4")
+    # Enough answer slots for the 16; the embedding slots as shipped (CLAWWEB_MAX_ACTIVE_EMBED=4). All calls come
+    # from one client here, so its limits are wide open (start_gateway): as shipped, one user may have 3 requests
+    # active or queued (CLAWWEB_MAX_ACTIVE_PER_CLIENT) and send 600 embedding requests a minute.
+    gateway = start_gateway(work / "gw-embed.log", sim.url, max_active=EMBED_ANSWERS, max_active_embed=4)
+    targets = {"simulator direct": (sim.port, False), "clawweb": (gateway.port, True)}
+    for target in targets.values():  # connections to the simulator, the model list, the worker's first requests
+        answers_beside_embeds(target, fast, answer, embeds=4)
+    worker = children(gateway.proc.pid)[0]
+    pooled: dict[tuple[str, str], tuple[list[Stream], list[Call]]] = {}
+    worker_cpu: dict[str, float] = {}  # clawweb's worker, by load: what it spends on the calls beside the answers
+    for _ in range(rounds):
+        for name, target in targets.items():
+            for load, (embed, head_start) in loads.items():
+                before = cpu_seconds(worker)
+                streams, calls = answers_beside_embeds(target, embed, answer, EMBED_CALLS, head_start)
+                if name == "clawweb":
+                    worker_cpu[load] = worker_cpu.get(load, 0.0) + cpu_seconds(worker) - before
+                pool = pooled.setdefault((name, load), ([], []))
+                pool[0].extend(streams)
+                pool[1].extend(calls)
+    gateway.stop()
+    sim.stop()
+    rows: list[list[str]] = []
+    report: dict[str, Any] = {}
+    for name in targets:
+        alone = summarize(pooled[(name, "none")][0])
+        for load, (embed, _) in loads.items():
+            streams, calls = pooled[(name, load)]
+            result = summarize(streams)
+            seconds = [call.seconds for call in calls if call.embedded]
+            if embed:
+                result |= {
+                    "embed_calls": float(len(calls)),
+                    "embed_p50_ms": percentile(seconds, 0.5) * 1000,
+                    "embed_p99_ms": percentile(seconds, 0.99) * 1000,
+                    "embed_not_answered": float(len(calls) - len(seconds)),
+                }
+            if name == "clawweb" and embed:
+                # The worker's CPU beyond the answers' alone (the same answers, the runs alternated), per call.
+                result["worker_cpu_ms_per_call"] = (worker_cpu[load] - worker_cpu["none"]) / len(calls) * 1000
+            report.setdefault(name, {})[load] = result
+            rows.append(
+                [
+                    name,
+                    load,
+                    f"{result['ttft_p50_ms']:.1f}",
+                    f"{result['ttft_p99_ms']:.1f}",
+                    f"{result['ttft_p50_ms'] / alone['ttft_p50_ms']:.2f}×",
+                    f"{result['ttft_p99_ms'] / alone['ttft_p99_ms']:.2f}×",
+                    f"{result['completed_pct']:.0f}%",
+                    f"{result['embed_p50_ms']:.1f}" if embed else "",
+                    f"{result['embed_p99_ms']:.1f}" if embed else "",
+                    f"{len(calls) - len(seconds)}/{len(calls)}" if embed else "",
+                    f"{result['worker_cpu_ms_per_call']:.2f}" if "worker_cpu_ms_per_call" in result else "",
+                ]
+            )
+    title = (
+        f"Embedding calls beside streaming answers: {EMBED_ANSWERS} answers (200 ms to first token), "
+        f"{EMBED_CALLS} embedding calls at once, {rounds} round{'s' if rounds > 1 else ''}"
+    )
+    header = [
+        "path",
+        "embedding calls",
+        "answers' TTFT p50 ms",
+        "TTFT p99 ms",
+        "p50 vs none",
+        "p99 vs none",
+        "answers completed",
+        "embed p50 ms",
+        "embed p99 ms",
+        "embed not answered",
+        "worker CPU ms / call",
+    ]
+    return table(title, header, rows), report
+
+
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -238,15 +387,21 @@ def naive_relay(log: Path, sim_url: str) -> ServerProcess:
 
 
 def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
-    """clawweb with admission wide open (the benchmark measures relaying, not queueing) unless overridden."""
+    """clawweb with admission and the rates wide open (the benchmark measures relaying, not queueing) unless
+    overridden."""
     wide_open = {"max_active": 2000, "max_queue": 4000, "max_active_per_client": 10000, "heartbeat_s": 15}
+    wide_open["embed_rate_per_minute"] = 100_000  # 600 by default; the embedding row sends more
     return Gateway(log, sim_url, log_level="warning", **{**wide_open, **settings})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="The loopback benchmark (make bench): see bench/README.md.")
-    parser.add_argument("--quick", action="store_true", help="small levels, relaying only, into results/quick.*")
-    quick = parser.parse_args().quick
+    parser.add_argument(
+        "--quick", action="store_true", help="small levels, relaying and the embedding row only, into results/quick.*"
+    )
+    parser.add_argument("--only", choices=["embed"], help="one row alone, into results/only-NAME.* (no plot)")
+    args = parser.parse_args()
+    quick = args.quick
     seed_levels, high_levels = ((1, 4), (50,)) if quick else ((1, 4, 8, 16), (200, 500))
     work = Path(tempfile.mkdtemp(prefix="clawweb-bench-"))
     report: dict[str, Any] = {
@@ -255,6 +410,12 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(),
     }
     out: list[str] = []
+    embed_rounds = 1 if quick else 3
+    if args.only == "embed":
+        report["command"] = "bench/run.py --only embed" + (" --quick" if quick else "")
+        text, report["embeddings"] = embedding_row(work, embed_rounds)
+        write(report, [text], "only-embed", plot=False)
+        return
 
     # --- 1. The seed table: 820 ms to first token, 38 tokens/s -------------------------------------------
     sim = SimProcess("--ttft", "0.82", "--tps", "38", "--parallel", "16")
@@ -371,6 +532,10 @@ def main() -> None:
     )
     report["high_load"] = high
     naive.stop()
+
+    # --- 2b. Embedding calls beside streaming answers (its own simulator and gateway) --------------------------
+    text, report["embeddings"] = embedding_row(work, embed_rounds)
+    out.append(text)
     if quick:
         relay.stop()
         gateway.stop()
@@ -551,8 +716,9 @@ def main() -> None:
     write(report, out, "latest")
 
 
-def write(report: dict[str, Any], out: list[str], name: str) -> None:
-    """Print the tables; bench/results/<name>.md, .json and .svg (the plot of the seed and high-load runs)."""
+def write(report: dict[str, Any], out: list[str], name: str, plot: bool = True) -> None:
+    """Print the tables; bench/results/<name>.md, .json and (``plot``) .svg (the plot of the seed and high-load
+    runs)."""
     header = (
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, by `{report['command']}` (bench/run.py); everything on loopback.\n"
@@ -562,7 +728,8 @@ def write(report: dict[str, Any], out: list[str], name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
     (RESULTS / f"{name}.md").write_text(text)
-    (RESULTS / f"{name}.svg").write_text(svg(report))
+    if plot:
+        (RESULTS / f"{name}.svg").write_text(svg(report))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import requests
 from flask import Blueprint, Response, jsonify, request
 
 from . import embeddings
@@ -19,8 +18,9 @@ from .auth import identity
 from .errors import ApiError
 from .metrics import ROUTE_REQUESTS
 from .relay.admit import admit, allowed, require_allowed
-from .relay.responses import native_response, sse_response
+from .relay.responses import as_answered, native_response, sse_response
 from .services import services
+from .upstream.capabilities import chat_models
 from .upstream.client import PASS_THROUGH_TIMEOUT_S
 from .validation import (
     parse_json_object,
@@ -75,13 +75,13 @@ def generate() -> Response:
 
 @bp.post("/api/embed")
 def embed() -> Response:
-    return _as_ollama_answered(embeddings.forward(validate_embed(_json_body(), services().settings)))
+    return as_answered(embeddings.forward(validate_embed(_json_body(), services().settings)))
 
 
 @bp.post("/api/embeddings")
 def embeddings_old() -> Response:
     body = validate_embeddings(_json_body(), services().settings)
-    return _as_ollama_answered(embeddings.forward(body, "/api/embeddings"))
+    return as_answered(embeddings.forward(body, "/api/embeddings"))
 
 
 @bp.post("/api/show")
@@ -92,11 +92,22 @@ def show() -> Response:
     require_allowed(body["model"])
     upstream = services().ollama.request("POST", "/api/show", body, read_timeout=PASS_THROUGH_TIMEOUT_S)
     ROUTE_REQUESTS.labels("/api/show", "done" if upstream.status_code == 200 else "status").inc()
-    return _as_ollama_answered(upstream)
+    return as_answered(upstream)
 
 
-def _as_ollama_answered(upstream: requests.Response) -> Response:
-    return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+@bp.get("/api/chat-models")
+def chat_models_view() -> Response:
+    """The page's model picker: ``/api/tags`` (only ``CLAWWEB_MODELS`` when set) without the embedding models."""
+    app = services()
+    upstream = app.ollama.request("GET", "/api/tags", read_timeout=PASS_THROUGH_TIMEOUT_S)
+    if upstream.status_code != 200:
+        raise ApiError(502, f"Ollama answered /api/tags with HTTP {upstream.status_code}")
+    try:
+        models = upstream.json().get("models") or []
+    except (ValueError, AttributeError):
+        raise ApiError(502, "Ollama answered /api/tags with something else than a model list") from None
+    listed = [m for m in models if isinstance(m, dict) and allowed(str(m.get("name", "")), app.settings)]
+    return jsonify(models=chat_models(app.ollama, listed))
 
 
 @bp.get("/api/queue")
@@ -115,12 +126,11 @@ def _pass_through() -> Response:
     """Ollama's answer as it is, except that with ``CLAWWEB_MODELS`` set, model lists show only those."""
     settings = services().settings
     upstream = services().ollama.request("GET", request.path, read_timeout=PASS_THROUGH_TIMEOUT_S)
-    content = upstream.content
     if settings.models and upstream.status_code == 200 and request.path in ("/api/tags", "/api/ps"):
         listing = upstream.json()
         listing["models"] = [m for m in listing.get("models") or [] if allowed(m.get("name", ""), settings)]
-        content = json.dumps(listing).encode()
-    return Response(content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+        return Response(json.dumps(listing).encode(), 200, content_type=upstream.headers.get("Content-Type"))
+    return as_answered(upstream)
 
 
 for _path in PASS_THROUGH:

@@ -1,9 +1,11 @@
-"""OpenAI-compatible routes (``/v1/models``, ``/v1/chat/completions``), translated by the gateway itself.
+"""OpenAI-compatible routes (``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``),
+translated by the gateway itself.
 
-Why not forward to Ollama's own ``/v1``: a request translated into an ``/api/chat`` body (openai_format.py) goes
-through the same validation, API keys, limits, admission queue and metrics as every other generation. Answers
-come back as OpenAI's ``chat.completion`` object or ``chat.completion.chunk`` SSE frames, and errors in OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` shape, from which the official clients pick their exceptions.
+Why not forward to Ollama's own ``/v1``: a request translated into an ``/api/chat``, ``/api/generate`` or
+``/api/embed`` body (openai_format.py, openai_completions.py, openai_embeddings.py) goes through the same
+validation, API keys, limits, admission queue and metrics as the native route. Answers come back as OpenAI's
+objects or SSE chunks, and errors in OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape, from
+which the official clients pick their exceptions.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .config import Settings
+from .embeddings import embed
 from .errors import ApiError, too_large_message
-from .openai_format import DONE, Completion, error_body, finish_reason, to_ollama
+from .openai_completions import TextCompletion, to_generate
+from .openai_embeddings import embedding_list, to_embed
+from .openai_format import DONE, Answer, Completion, error_body, include_usage, to_ollama
 from .relay import sse
 from .relay.admit import admit, allowed
 from .relay.events import Failure, Heartbeat, Queued, Status
@@ -31,7 +36,7 @@ from .state.base import RETRY_AFTER_BUSY_S
 from .upstream.client import PASS_THROUGH_TIMEOUT_S
 from .upstream.errors import OllamaTimeout
 from .upstream.wire import model_key, ollama_error_text
-from .validation import parse_json_object, request_body, validate_chat
+from .validation import parse_json_object, request_body, validate_chat, validate_embed, validate_generate
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -115,10 +120,10 @@ def model(name: str) -> Response:
 # --- answers -------------------------------------------------------------------------------------------------
 
 
-def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
-    """The role first, a delta per token (thinking in ``reasoning_content``), the finish reason, usage when asked,
-    ``[DONE]``; comments while queued or silent. A late failure is a ``data: {"error": ...}`` frame, which the
-    official client raises as ``APIError``, and no ``[DONE]``: a stream that lacks it did not complete."""
+def answer_frames(relay: Relay, answer: Answer) -> Iterator[bytes]:
+    """The answer's chunks (a chat's role first), usage when asked, ``[DONE]``; comments while queued or silent.
+    A late failure is a ``data: {"error": ...}`` frame, which the official client raises as ``APIError``, and no
+    ``[DONE]``: a stream that lacks it did not complete."""
     try:
         yield sse.OPENING
         started = False
@@ -127,15 +132,11 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
                 line = json.loads(event)
                 if not started:
                     started = True
-                    yield completion.chunk({"role": "assistant", "content": ""})
-                message = line.get("message") or {}
-                delta = {"reasoning_content": message.get("thinking"), "content": message.get("content")}
-                if delta := {k: v for k, v in delta.items() if v}:
-                    yield completion.chunk(delta)
+                    yield from answer.opening()
+                yield from answer.frames(line)
                 if line.get("done") is True:
-                    yield completion.chunk({}, finish_reason(line))
-                    if completion.include_usage:
-                        yield completion.usage_chunk(line)
+                    if answer.include_usage:
+                        yield answer.usage_chunk(line)
                     yield DONE
                 continue
             match event:
@@ -153,7 +154,7 @@ def completion_frames(relay: Relay, completion: Completion) -> Iterator[bytes]:
         relay.close()
 
 
-def whole_completion(relay: Relay, completion: Completion) -> Response:
+def whole_answer(relay: Relay, answer: Answer) -> Response:
     """``stream: false``: wait in the queue, then one upstream request; Ollama's error statuses kept."""
     try:
         refused = relay.wait_admitted()
@@ -167,7 +168,7 @@ def whole_completion(relay: Relay, completion: Completion) -> Response:
             raise
         if upstream.status_code != 200:
             return error_response(upstream.status_code, _upstream_message(upstream))
-        return jsonify(completion.whole(upstream.json()))
+        return jsonify(answer.whole(upstream.json()))
     finally:
         relay.close()
 
@@ -177,15 +178,34 @@ def _upstream_message(response: requests.Response) -> str:
     return f"Ollama answered HTTP {response.status_code}" if message is None else message
 
 
+def _respond(relay: Relay, answer: Answer, stream: bool) -> Response:
+    if stream:
+        return streaming_response(answer_frames(relay, answer), relay.close, relay.cut, headers=sse.HEADERS)
+    return whole_answer(relay, answer)
+
+
+def _request() -> tuple[dict[str, Any], Settings]:
+    settings = services().settings
+    return parse_json_object(request_body(settings.max_body_bytes)), settings
+
+
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
-    settings = services().settings
-    raw = parse_json_object(request_body(settings.max_body_bytes))
+    raw, settings = _request()
     body = validate_chat(to_ollama(raw, settings), settings)
-    stream_options = raw.get("stream_options")
-    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    completion = Completion(body["model"], include_usage)
-    relay = admit(body)
-    if body["stream"]:
-        return streaming_response(completion_frames(relay, completion), relay.close, relay.cut, headers=sse.HEADERS)
-    return whole_completion(relay, completion)
+    return _respond(admit(body), Completion(body["model"], include_usage(raw)), body["stream"])
+
+
+@bp.post("/completions")
+def completions() -> Response:
+    raw, settings = _request()
+    body = validate_generate(to_generate(raw, settings), settings)
+    relay = admit(body, path="/api/generate")
+    return _respond(relay, TextCompletion(body["model"], include_usage(raw)), body["stream"])
+
+
+@bp.post("/embeddings")
+def embeddings() -> Response:
+    raw, settings = _request()
+    body = validate_embed(to_embed(raw), settings)
+    return jsonify(embedding_list(embed(body), body["model"], raw.get("encoding_format")))

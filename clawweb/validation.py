@@ -176,6 +176,12 @@ def _model(value: Any, where: str, settings: Settings) -> str:
     return value
 
 
+def _name(value: Any, where: str, settings: Settings) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidField(where, "must be a non-empty string")
+    return value
+
+
 def _role(value: Any, where: str, settings: Settings) -> str:
     if not isinstance(value, str) or value not in ROLES:
         raise InvalidField(where, f"must be one of {', '.join(sorted(ROLES))}")
@@ -203,6 +209,13 @@ def _value_object(value: Any, where: str, settings: Settings) -> Any:
     return value
 
 
+def _function_type(value: Any, where: str, settings: Settings) -> str:
+    """A tool's ``type``: Ollama calls functions only (its clients send ``"function"``, or nothing)."""
+    if value != "function":
+        raise InvalidField(where, 'must be "function"')
+    return "function"
+
+
 def _think(value: Any, where: str, settings: Settings) -> Any:
     if value is None:
         return OMIT
@@ -227,7 +240,13 @@ def _keep_alive(value: Any, where: str, settings: Settings) -> Any:
 
 
 def _options(value: Any, where: str, settings: Settings) -> Any:
-    return OMIT if value is None else canonical(value, OPTION_FIELDS, where, settings)  # null: no options
+    """null: no options. An option set to null is not set, as Ollama reads it, and is dropped whatever its name:
+    LangChain's ``OllamaEmbeddings`` sends every option it knows, ``"num_gpu": null`` included."""
+    if value is None:
+        return OMIT
+    if type(value) is dict:  # a RepeatedKeys (a key sent twice) goes on as it is, to be refused
+        value = {key: option for key, option in value.items() if option is not None}
+    return canonical(value, OPTION_FIELDS, where, settings)
 
 
 def _messages(value: Any, where: str, settings: Settings) -> list[dict[str, Any]]:
@@ -243,7 +262,10 @@ def _messages(value: Any, where: str, settings: Settings) -> list[dict[str, Any]
 
 # --- the tables: Ollama's api/types.go structs, the fields clawweb forwards -------------------------------------
 
-TOOL_CALL = Struct({"function": Field(struct(Struct({"name": Field(_text), "arguments": Field(_value_object)})))})
+# A tool call's function: its name (Ollama's templates render it, and the tool's answer names it again) and its
+# arguments, an object (the OpenAI routes decode theirs from a string before this).
+CALLED = Struct({"name": Field(_name, required=True), "arguments": Field(_value_object)})
+TOOL_CALL = Struct({"function": Field(struct(CALLED), required=True)})
 MESSAGE = Struct(
     {
         "role": Field(_role, required=True),
@@ -256,12 +278,12 @@ MESSAGE = Struct(
 )
 TOOL_FUNCTION = Struct(
     {
-        "name": Field(_text),
+        "name": Field(_name, required=True),
         "description": Field(_text),
         "parameters": Field(_value_object),  # a JSON schema: a value, its keys are data
     }
 )
-TOOL = Struct({"type": Field(_text), "function": Field(struct(TOOL_FUNCTION))})
+TOOL = Struct({"type": Field(_function_type), "function": Field(struct(TOOL_FUNCTION), required=True)})
 CHAT = Struct(
     {
         "model": Field(_model, default=lambda settings: settings.default_model),
@@ -282,11 +304,18 @@ def _context(value: Any, where: str, settings: Settings) -> Any:
     """``/api/generate``'s ``context``: the token ids a previous answer returned (deprecated, still sent)."""
     if value is None:
         return OMIT
-    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise InvalidField(where, "must be a list of integers (the context a previous answer returned)")
+    if not isinstance(value, list) or not all(_token_id(t) for t in value):
+        raise InvalidField(where, "must be a list of token ids (the context a previous answer returned)")
     if len(value) > MAX_CONTEXT:
         raise InvalidField(where, f"must hold at most {MAX_CONTEXT} tokens")
     return value
+
+
+def _token_id(value: Any) -> bool:
+    """A token id as a previous answer returned it: llama.cpp's ``llama_token`` is an int32 and never negative.
+    Anything else is no context (an id past the vocabulary is a known way to crash a tokenizer's runner), and one
+    past Go's int64 is a 400 from Ollama only after a slot was spent on it."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
 def _inputs(value: Any, where: str, settings: Settings) -> Any:

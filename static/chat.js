@@ -786,9 +786,9 @@
 
   async function fillModels() {
     try {
-      const { models } = await api("GET", "/api/tags");
+      const { models } = await api("GET", "/api/chat-models"); // the listed models less the embedding ones
       const chosen = modelSelect.value;
-      const names = [...new Set([chosen, ...models.map((m) => m.name)])];
+      const names = [...new Set([chosen, ...models])];
       modelSelect.replaceChildren(...names.map((name) => new Option(name, name, name === chosen, name === chosen)));
     } catch (_) {
       // Ollama unreachable: keep the current model; sending will report the error

@@ -86,8 +86,11 @@ def test_case_variants_and_repeated_keys_are_refused_naming_the_key(raw: str, me
         ('{"tools": {}, ' + BASE + "}", "'tools' must be a list"),
         ('{"tools": ["f"], ' + BASE + "}", "'tools[0]' must be an object"),
         ('{"tools": [{"function": "f"}], ' + BASE + "}", "'tools[0].function' must be an object"),
-        ('{"tools": [{"function": {"parameters": []}}], ' + BASE + "}", "'tools[0].function.parameters' must be"),
-        ('{"tools": [{"type": 1}], ' + BASE + "}", "'tools[0].type' must be a string"),
+        (
+            '{"tools": [{"function": {"name": "f", "parameters": []}}], ' + BASE + "}",
+            "'tools[0].function.parameters' must",
+        ),
+        ('{"tools": [{"type": 1}], ' + BASE + "}", "'tools[0].type' must be \"function\""),
         ('{"format": "yaml", ' + BASE + "}", "'format' must be \"json\" or a JSON schema object"),
         ('{"format": 1, ' + BASE + "}", "'format' must be"),
         ('{"messages": [{"content": "x"}]}', "'messages[0].role' is required"),
@@ -95,7 +98,7 @@ def test_case_variants_and_repeated_keys_are_refused_naming_the_key(raw: str, me
         ('{"messages": [{"role": "tool", "content": "3", "tool_name": 3}]}', "'messages[0].tool_name' must be"),
         ('{"messages": [{"role": "assistant", "tool_calls": {}}]}', "'messages[0].tool_calls' must be a list"),
         (
-            '{"messages": [{"role": "assistant", "tool_calls": [{"function": {"arguments": "a=1"}}]}]}',
+            '{"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "a=1"}}]}]}',
             "'messages[0].tool_calls[0].function.arguments' must be an object",
         ),
         ('{"options": {"num_gpu": 1}, ' + BASE + "}", "'options.num_gpu' is not an option clawweb passes on"),
@@ -125,6 +128,11 @@ SCHEMA = {"type": "object", "properties": {"Name": {"type": "string"}, "name": {
             {"model": "qwen3:32b", "messages": USER},
         ),
         ('{"format": "", ' + BASE + "}", {"model": "qwen3:32b", "messages": USER}),
+        # An option set to null is not set, whatever its name (LangChain sends "num_gpu": null).
+        (
+            '{"options": {"num_gpu": null, "temperature": null, "Seed": null, "top_k": 5}, ' + BASE + "}",
+            {"model": "qwen3:32b", "messages": USER, "options": {"top_k": 5}},
+        ),
         # A JSON schema is a value: its keys are data, "Name" beside "name" included; a repeat inside it is
         # collapsed (the one forwarded is the one every reader sees).
         (

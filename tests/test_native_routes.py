@@ -238,3 +238,13 @@ def test_the_allow_list_holds_on_every_route(allow_listed: Gateway, sim: SimProc
         response = requests.post(allow_listed.url + path, json=body, timeout=5)
         assert response.status_code == 403 and "CLAWWEB_MODELS" in response.json()["error"], path
     assert sim.stats()["requests"] == 0 and sim.stats()["embeds"] == 0
+
+
+def test_the_pages_model_picker_leaves_out_embedding_models(gateway: Gateway, sim: SimProcess, key: str) -> None:
+    listed = requests.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}, timeout=5).json()
+    assert EMBED_MODEL in [m["name"] for m in listed["models"]]  # Ollama lists it with the others
+    picker = requests.get(gateway.url + "/api/chat-models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    assert picker.status_code == 200 and picker.json()["models"] == ["qwen3:32b", CODER]
+    asked = sim.stats()["shows"]
+    requests.get(gateway.url + "/api/chat-models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    assert sim.stats()["shows"] == asked  # each model's capabilities are asked once (per digest), not per page

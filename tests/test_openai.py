@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import statistics
 import time
@@ -11,25 +12,27 @@ from datetime import datetime
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 import requests
 
-from clawweb.simulator import answer_tokens, prompt_count, thinking_tokens
+from clawweb.simulator import FIM_TEXT, answer_tokens, prompt_count, thinking_tokens, tokenize
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
-from .support.simproc import SimProcess
+from .support.simproc import SimProcess, sim_line
 from .support.sseclient import events
 
 HEARTBEAT_S = 0.3
 MODEL = "qwen3:32b"
+CODE_MODEL = "qwen2.5-coder:7b"  # fills in the middle: Ollama (and the simulator) refuse a suffix to other models
+EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's embedding model, 768 dimensions
 
 
 @pytest.fixture(scope="module")
 def sim(start_module_simulator: StartSimulator) -> SimProcess:
-    return start_module_simulator(
-        "--ttft", "0.05", "--tps", "100", "--tokens", "12", "--model", MODEL, "--model", "llama3:8b"
-    )
+    timing = ("--ttft", "0.05", "--tps", "100", "--tokens", "12")
+    return start_module_simulator(*timing, "--model", MODEL, "--model", "llama3:8b", "--model", CODE_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def post(gateway: Gateway, key: str | None, body: Any, **kwargs: Any) -> request
 
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     listed = client.models.list().data
-    assert [m.id for m in listed] == [MODEL, "llama3:8b", "nomic-embed-text:latest"]  # the simulator's embedding model
+    assert [m.id for m in listed] == [MODEL, "llama3:8b", CODE_MODEL, EMBED_MODEL]  # chat models, then embedding
     created = int(datetime.fromisoformat("2026-01-02T03:04:05.678Z").timestamp())  # the simulator's modified_at
     assert listed[0].model_dump(exclude_none=True) == {
         "id": MODEL,
@@ -161,7 +164,7 @@ def test_request_fields_become_ollama_options(client: openai.OpenAI, sim: SimPro
         response_format={"type": "json_object"},
         user="someone",
     )
-    assert reply.choices[0].message.content == "".join(answer_tokens(3))
+    assert reply.choices[0].message.content == "".join(answer_tokens(3))  # the directive's tokens, cut at 3
     assert reply.choices[0].finish_reason == "length"  # Ollama's done_reason for num_predict
     sent = sim.stats()["last_request"]
     assert sent["messages"][0] == {"role": "system", "content": "be brief"}
@@ -242,13 +245,14 @@ REMOTE_IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/c
     [
         (b"not json", None),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": [REMOTE_IMAGE]}]}, "messages[0].content[0]"),
-        ({"messages": ask(), "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": ask(), "tools": [{"type": "function"}]}, "tools[0].function"),
         ({"messages": ask(), "temperature": "hot"}, "temperature"),
         ({"messages": ask(), "reasoning_effort": "max"}, "reasoning_effort"),
         ({"messages": ask(), "response_format": {"type": "yaml"}}, "response_format"),
+        ({"messages": ask(), "response_format": {"type": "json_schema", "json_schema": "Weather"}}, "response_format"),
         ({"model": "", "messages": ask()}, "model"),
     ],
 )
@@ -265,7 +269,7 @@ def test_unknown_routes_and_methods_in_openai_shape(gateway: Gateway, key: str) 
     auth = {"Authorization": f"Bearer {key}"}
     wrong_method = requests.get(gateway.url + "/v1/chat/completions", headers=auth, timeout=5)
     assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"]
-    unknown = requests.post(gateway.url + "/v1/embeddings", json={"input": "x"}, headers=auth, timeout=5)
+    unknown = requests.post(gateway.url + "/v1/audio/speech", json={"input": "x"}, headers=auth, timeout=5)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
     for response in (wrong_method, unknown):
         assert response.json()["error"]["type"] == "invalid_request_error"
@@ -339,3 +343,234 @@ def test_allow_list_queue_and_rate_limit_apply(sim: SimProcess, start_gateway: S
             limited.chat.completions.create(model=MODEL, messages=ask())
         assert int(limit.value.response.headers["Retry-After"]) > 0
         assert limit.value.code == "rate_limit_exceeded"
+
+
+# --- structured output ---------------------------------------------------------------------------------------
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    celsius: float
+    sunny: bool
+
+
+WEATHER_JSON = '{"city": "Paris", "celsius": 21.5, "sunny": true}'
+
+
+def test_parse_sends_the_models_schema_as_ollamas_format(client: openai.OpenAI, sim: SimProcess) -> None:
+    reply = client.chat.completions.parse(
+        model=MODEL, messages=ask({"text": WEATHER_JSON}, "weather in Paris?"), response_format=Weather
+    )
+    message = reply.choices[0].message
+    assert message.parsed == Weather(city="Paris", celsius=21.5, sunny=True)
+    assert message.content == WEATHER_JSON and message.refusal is None
+    # The schema the client made of the model (strict: every property required, no others), as Ollama's format.
+    assert sim.stats()["last_request"]["format"] == {
+        "type": "object",
+        "title": "Weather",
+        "properties": {
+            "city": {"type": "string", "title": "City"},
+            "celsius": {"type": "number", "title": "Celsius"},
+            "sunny": {"type": "boolean", "title": "Sunny"},
+        },
+        "required": ["city", "celsius", "sunny"],
+        "additionalProperties": False,
+    }
+
+
+def test_stream_helper_parses_the_streamed_json(client: openai.OpenAI, sim: SimProcess) -> None:
+    with client.chat.completions.stream(
+        model=MODEL, messages=ask({"text": WEATHER_JSON}), response_format=Weather, reasoning_effort="none"
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    deltas = [event.delta for event in events if event.type == "content.delta"]
+    assert "".join(deltas) == WEATHER_JSON and deltas[1:] == tokenize(WEATHER_JSON)  # "" first, with the role
+    (done,) = [event for event in events if event.type == "content.done"]
+    assert done.parsed == Weather(city="Paris", celsius=21.5, sunny=True)
+    assert final.choices[0].message.parsed == Weather(city="Paris", celsius=21.5, sunny=True)
+    assert sim.stats()["last_request"]["format"]["title"] == "Weather"
+
+
+def test_a_hand_written_json_schema_is_ollamas_format(gateway: Gateway, key: str, sim: SimProcess) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    form = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": False}}
+    response = post(gateway, key, {"model": MODEL, "messages": ask({"text": '{"n": 3}'}), "response_format": form})
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"n": 3}
+    assert sim.stats()["last_request"]["format"] == schema
+
+
+# --- tool calls ----------------------------------------------------------------------------------------------
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+PARIS_CALL = {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}
+
+
+def test_tool_call_and_the_tools_answer_sent_back(client: openai.OpenAI, sim: SimProcess) -> None:
+    """The function-calling guide's loop: the model calls, the program runs the tool, sends the result back."""
+    messages: list[Any] = ask(PARIS_CALL, "weather in Paris?")
+    first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert sim.stats()["last_request"]["tools"] == [WEATHER_TOOL]
+    messages.append(choice.message)  # the message object itself, as the guide does
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 °C"})
+    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+    assert second.choices[0].message.content == "get_weather answered: sunny, 21 °C"  # the simulator read it
+    sent = sim.stats()["last_request"]["messages"]
+    assert sent[1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "content": "sunny, 21 °C", "tool_name": "get_weather"},
+    ]
+
+
+def test_tool_call_streamed(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=ask(PARIS_CALL), tools=[WEATHER_TOOL], stream=True, reasoning_effort="none"
+    )
+    chunks = list(stream)
+    deltas = [call for chunk in chunks for call in chunk.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.type, d.function and d.function.name) for d in deltas] == [(0, "function", "get_weather")]
+    assert deltas[0].id and deltas[0].id.startswith("call_")
+    assert json.loads(deltas[0].function.arguments or "") == {"city": "Paris"}  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+class GetWeather(pydantic.BaseModel):
+    city: str
+
+
+def test_stream_helper_accumulates_and_parses_the_call(client: openai.OpenAI) -> None:
+    """``client.chat.completions.stream`` with a strict pydantic tool: the client accumulates the chunks by index
+    and parses the arguments into the model."""
+    directive = {
+        "tool_calls": [
+            {"name": "GetWeather", "arguments": {"city": "Paris"}},
+            {"name": "GetWeather", "arguments": {"city": "Rome"}},
+        ]
+    }
+    with client.chat.completions.stream(
+        model=MODEL, messages=ask(directive), tools=[openai.pydantic_function_tool(GetWeather)]
+    ) as stream:
+        done = [event for event in stream if event.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion()
+    assert [(event.index, event.parsed_arguments) for event in done] == [
+        (0, GetWeather(city="Paris")),
+        (1, GetWeather(city="Rome")),
+    ]
+    calls = final.choices[0].message.tool_calls or []
+    assert [call.function.parsed_arguments for call in calls] == [GetWeather(city="Paris"), GetWeather(city="Rome")]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+# --- legacy completions --------------------------------------------------------------------------------------
+
+
+def test_completion_with_suffix(client: openai.OpenAI, sim: SimProcess) -> None:
+    prompt = "def add(a, b):\n"
+    reply = client.completions.create(
+        model=CODE_MODEL, prompt=prompt, suffix="\nprint(add(1, 2))\n", max_tokens=50, seed=1
+    )
+    assert reply.object == "text_completion" and reply.id.startswith("cmpl-") and reply.model == CODE_MODEL
+    assert reply.choices[0].text == FIM_TEXT and reply.choices[0].finish_reason == "stop"  # the simulator's middle
+    assert reply.usage is not None and reply.usage.completion_tokens == len(tokenize(FIM_TEXT))
+    sent = sim.stats()["last_request"]
+    assert (sent["prompt"], sent["suffix"], sent["stream"]) == (prompt, "\nprint(add(1, 2))\n", False)
+    assert sent["options"] == {"num_predict": 50, "seed": 1}
+
+
+def test_completion_streamed(client: openai.OpenAI, sim: SimProcess) -> None:
+    stream = client.completions.create(
+        model=CODE_MODEL, prompt="def f():", suffix="end", stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert "".join(texts) == FIM_TEXT and texts[:-1] == tokenize(FIM_TEXT)  # a chunk per token, "" with the finish
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(tokenize(FIM_TEXT))
+    assert {c.object for c in chunks} == {"text_completion"}
+    assert sim.stats()["last_request"]["suffix"] == "end"
+
+
+def test_completion_without_suffix_and_a_suffix_ollama_refuses(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=MODEL, prompt="once" + sim_line(tokens=5), max_tokens=3)
+    assert reply.choices[0].text == "".join(answer_tokens(3)) and reply.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as refused:  # Ollama's own status and words, in OpenAI's shape
+        client.completions.create(model=MODEL, prompt="def f():", suffix="end")
+    assert refused.value.body == {
+        "message": "registry.ollama.ai/library/qwen3:32b does not support insert",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+
+
+def test_completion_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"echo": True}, "echo"),
+        ({"best_of": 2}, "best_of"),
+        ({"n": 2}, "n"),
+        ({"logprobs": 1}, "logprobs"),
+    ]
+    for kwargs, param in refusals:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.completions.create(model=MODEL, prompt="x", **kwargs)
+        assert refused.value.param == param
+    with pytest.raises(openai.BadRequestError) as tokens:
+        client.completions.create(model=MODEL, prompt=[1, 2, 3])
+    assert tokens.value.param == "prompt" and "token arrays" in tokens.value.message
+    assert sim.stats()["requests"] == 0
+
+
+# --- embeddings ----------------------------------------------------------------------------------------------
+
+
+def test_embeddings_default_encoding_is_base64_decoded_by_the_client(client: openai.OpenAI, sim: SimProcess) -> None:
+    default = client.embeddings.create(model=EMBED_MODEL, input=["first text", "second text"])
+    assert sim.stats()["last_request"]["input"] == ["first text", "second text"]
+    floats = client.embeddings.create(model=EMBED_MODEL, input=["first text", "second text"], encoding_format="float")
+    assert [e.index for e in default.data] == [0, 1] and default.model == EMBED_MODEL and default.object == "list"
+    assert [len(e.embedding) for e in floats.data] == [768, 768]
+    # base64 is float32: the client's decoded vectors are the floats rounded to float32
+    rounded = [list(array.array("f", e.embedding)) for e in floats.data]
+    assert [e.embedding for e in default.data] == rounded
+    assert default.data[0].embedding != default.data[1].embedding
+    assert default.usage.prompt_tokens == default.usage.total_tokens
+
+
+def test_embeddings_with_dimensions(client: openai.OpenAI, sim: SimProcess) -> None:
+    reply = client.embeddings.create(
+        model=EMBED_MODEL, input="one text", dimensions=8, encoding_format="float", user="u1"
+    )
+    assert len(reply.data) == 1 and len(reply.data[0].embedding) == 8
+    sent = sim.stats()["last_request"]
+    assert (sent["input"], sent["dimensions"]) == ("one text", 8) and "user" not in sent
+
+
+def test_embeddings_refusals(client: openai.OpenAI, sim: SimProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as tokens:
+        client.embeddings.create(model=EMBED_MODEL, input=[[1, 2, 3]])
+    assert tokens.value.param == "input" and "token arrays" in tokens.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="missing:1b", input="x")
+    assert sim.stats()["embeds"] == 0
+    with pytest.raises(openai.InternalServerError) as chat_model:  # Ollama's 500, its words
+        client.embeddings.create(model=MODEL, input="x")
+    assert chat_model.value.body["message"] == "this model does not support embeddings"  # type: ignore[index]

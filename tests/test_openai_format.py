@@ -97,25 +97,20 @@ def test_response_format_is_ollama_format(response_format: dict[str, Any] | None
     assert ollama_body(response_format=response_format).get("format") == format
 
 
-@pytest.mark.parametrize("empty", [None, False, [], {}, "none", "auto"])
+@pytest.mark.parametrize("empty", [None, False, [], {}])
 def test_an_unsupported_feature_sent_empty_is_no_feature(empty: Any) -> None:
-    assert "tools" not in ollama_body(tools=empty, tool_choice=empty)
+    assert ollama_body(functions=empty, function_call=empty, logprobs=empty) == ollama_body()
 
 
 @pytest.mark.parametrize(
     ("raw", "param", "message"),
     [
-        ({"tools": [{"type": "function"}]}, "tools", "'tools' is not supported by this gateway"),
+        ({"functions": [{"name": "f"}]}, "functions", "'functions' is not supported by this gateway"),
         ({"logprobs": True}, "logprobs", "'logprobs' is not supported"),
         ({"n": 2}, "n", "'n' must be 1"),
         ({"stream": "yes"}, "stream", "'stream' must be true or false"),
         ({"messages": []}, "messages", "'messages' must be a non-empty list"),
-        ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].role", "tool calling is not offered"),
-        (
-            {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]},
-            "messages[0].role",
-            "tool calling is not offered",
-        ),
+        ({"messages": [{"role": "robot", "content": "42"}]}, "messages[0].role", "must be system, developer, user"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content", "must be a string or a list"),
         (
             {
@@ -128,6 +123,7 @@ def test_an_unsupported_feature_sent_empty_is_no_feature(empty: Any) -> None:
         ),
         ({"reasoning_effort": "max"}, "reasoning_effort", "must be one of none, minimal, low, medium, high"),
         ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema with a schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": "n"}}, "response_format", "json_schema with a"),
         ({"response_format": "json"}, "response_format", "must be text, json_object"),
         ({"max_tokens": 0}, "max_tokens", "'max_tokens' must be at least 1"),
     ],

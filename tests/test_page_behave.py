@@ -25,7 +25,7 @@ ROWS = "#conversation-list li[data-id]"
 
 @pytest.fixture(scope="module")
 def sim(start_module_simulator: StartSimulator) -> SimProcess:
-    return start_module_simulator("--ttft", "0.1", "--tps", "50")
+    return start_module_simulator("--ttft", "0.1", "--tps", "50", "--model", "qwen3:32b", "--model", "qwen2.5-coder:7b")
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +283,12 @@ def test_a_new_conversation_row_has_its_buttons_and_its_title_the_whole_width(op
     assert "rename" in made and "delete" in made and "pin" in made
     expect(page.locator(ROWS).first).to_have_attribute("data-id", "from-elsewhere")
     expect(page.locator("#conversation-list > li").first).to_have_text("Today")
+
+
+def test_the_model_picker_offers_no_embedding_model(open_page: Open, sim: SimProcess) -> None:
+    """The simulator lists an embedding model beside two chat models, as an Ollama used for RAG does: it cannot
+    chat, so the picker, filled once the page is up, offers the two others only."""
+    listed = requests.get(sim.url + "/api/tags", timeout=5).json()["models"]
+    assert "nomic-embed-text:latest" in [m["name"] for m in listed]
+    page = open_page("/")
+    expect(page.locator("#model option")).to_have_text(["qwen3:32b", "qwen2.5-coder:7b"])

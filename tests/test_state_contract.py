@@ -240,6 +240,18 @@ def test_embedding_slots_are_a_pool_of_their_own(processes: Processes) -> None:
     assert refused.value.status == 503 and "embedding" in refused.value.message
 
 
+def test_one_client_may_hold_every_embedding_slot_and_a_queue_behind(processes: Processes) -> None:
+    """An indexing job's parallel calls are not refused at the answers' per-client limit (3): four times the
+    embedding slots, active or queued, then 429 naming both settings."""
+    slots = processes(max_active_embed=2, max_queue=20, max_active_per_client=3).embed_slots
+    held = [slots.enter("indexer") for _ in range(8)]
+    assert sum(t.admitted for t in held) == 2
+    with pytest.raises(Refused) as refused:
+        slots.enter("indexer")
+    assert refused.value.status == 429 and "CLAWWEB_MAX_ACTIVE_EMBED" in refused.value.message
+    assert not slots.enter("a RAG query").admitted  # another client still gets a place in the queue
+
+
 def _expire_leases(url: str, key: str) -> None:
     """As if every holder in ``key`` had stopped renewing a while ago (its process was killed)."""
     client = redis.Redis.from_url(url)

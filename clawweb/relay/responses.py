@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, assert_never
 
+import requests
 from flask import Response, request
 
 from ..closing import Closing
@@ -17,6 +18,7 @@ from ..errors import error_response
 from ..send_watch import WATCH
 from ..services import services
 from ..state.base import RETRY_AFTER_BUSY_S
+from ..upstream.wire import ollama_error_text
 from . import sse
 from .events import Failure, Heartbeat, Queued, Status
 from .relay import Relay
@@ -96,15 +98,14 @@ def native_response(relay: Relay, stream: bool) -> Response:
         if refused is not None:
             return error_response(refused.status or 503, refused.message, {"Retry-After": str(RETRY_AFTER_BUSY_S)})
         if not stream:
-            upstream = relay.fetch_whole()
-            return Response(upstream.content, upstream.status_code, content_type=upstream.headers.get("Content-Type"))
+            return as_answered(relay.fetch_whole())
         # Ollama's status is only known once the model is loaded and the first token exists: wait for it.
         started = relay.stream or relay.start()
         started.headers_received.wait()
         failure = started.first_failure
         if failure is not None:
             relay.fail(failure.kind)
-            if failure.body:
+            if ollama_error_text(failure.body) is not None:  # Ollama's own words, as it sent them
                 return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
             return error_response(failure.status or 502, failure.message)
         handed_over = True
@@ -112,3 +113,16 @@ def native_response(relay: Relay, stream: bool) -> Response:
     finally:
         if not handed_over:
             relay.close()
+
+
+def as_answered(upstream: requests.Response) -> Response:
+    """Ollama's answer as it is, except an error that is not Ollama's ``{"error": ...}``: an Ollama older than the
+    route answers ``404 page not found`` in plain text, a proxy in front of it an HTML page. A client of an Ollama
+    API reads ``error`` from the JSON, so such an answer becomes one (same status, the text's first line)."""
+    status, content = upstream.status_code, upstream.content
+    if status < 400 or ollama_error_text(content) is not None:
+        return Response(content, status, content_type=upstream.headers.get("Content-Type"))
+    said = ""
+    if upstream.headers.get("Content-Type", "").startswith("text/plain"):
+        said = content.decode("utf-8", "replace").strip().split("\n", 1)[0][:200]
+    return error_response(status, f"Ollama answered HTTP {status}" + (f": {said}" if said else ""))

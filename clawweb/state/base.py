@@ -41,12 +41,26 @@ class Refused(ApiError):
         REFUSALS.labels(reason).inc()
 
 
-def client_limit(max_per_client: int) -> Refused:
+# One client's embedding requests active or queued at once: an indexing job may keep every embedding slot busy
+# with a queue behind, while the others' still get a place (a RAG query sends one at a time).
+EMBED_PER_CLIENT_FACTOR = 4
+POOL_LIMIT = {
+    "answers": "CLAWWEB_MAX_ACTIVE_PER_CLIENT",
+    "embeddings": f"CLAWWEB_MAX_ACTIVE_PER_CLIENT or {EMBED_PER_CLIENT_FACTOR} × CLAWWEB_MAX_ACTIVE_EMBED",
+}
+
+
+def embed_per_client(settings: Settings) -> int:
+    """How many embedding requests one client may have active or queued: its answers' limit, or four times the
+    embedding slots when that is more."""
+    return max(settings.max_active_per_client, EMBED_PER_CLIENT_FACTOR * settings.max_active_embed)
+
+
+def client_limit(max_per_client: int, pool: str = "answers") -> Refused:
     return Refused(
         429,
         "client_limit",
-        f"too many requests from this client at once ({max_per_client}, CLAWWEB_MAX_ACTIVE_PER_CLIENT); "
-        "wait for one to finish",
+        f"too many requests from this client at once ({max_per_client}, {POOL_LIMIT[pool]}); wait for one to finish",
         RETRY_AFTER_CLIENT_S,
     )
 

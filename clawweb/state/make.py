@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import State, Window, answer_lease_s
+from .base import State, Window, answer_lease_s, embed_per_client
 from .memory import memory_state
 from .redis import RedisBus, connect, ping_problem
 from .redis_admission import RedisAdmission
@@ -27,7 +27,12 @@ def redis_state(settings: Settings) -> State:
     return State(
         slots=RedisAdmission(client, bus, settings.max_active, settings.max_queue, settings.max_active_per_client),
         embed_slots=RedisAdmission(
-            client, bus, settings.max_active_embed, settings.max_queue, settings.max_active_per_client, "embeddings"
+            client,
+            bus,
+            settings.max_active_embed,
+            settings.max_queue,
+            embed_per_client(settings),
+            "embeddings",
         ),
         logs=RedisLogs(client, settings.generation_ttl_s),
         bus=bus,

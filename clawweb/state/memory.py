@@ -33,6 +33,7 @@ from .base import (
     Window,
     answer_lease_s,
     client_limit,
+    embed_per_client,
     feed_gap,
     order,
     queue_full,
@@ -61,7 +62,7 @@ class Admission:
 
     def enter(self, client: str) -> Ticket:
         if self._per_client[client] >= self.max_per_client:
-            raise client_limit(self.max_per_client)
+            raise client_limit(self.max_per_client, self.pool)
         ticket = Ticket(client)
         if self.active < self.max_active and not self._queue:
             self._admit(ticket)
@@ -350,7 +351,10 @@ def memory_state(settings: Settings) -> State:
     return State(
         slots=Admission(settings.max_active, settings.max_queue, settings.max_active_per_client),
         embed_slots=Admission(
-            settings.max_active_embed, settings.max_queue, settings.max_active_per_client, "embeddings"
+            settings.max_active_embed,
+            settings.max_queue,
+            embed_per_client(settings),
+            "embeddings",
         ),
         logs=MemoryLogs(),
         bus=MemoryBus(),

@@ -152,7 +152,7 @@ class RedisAdmission:
             self._enter, ticket.id, client, self._deadline(), self.max_active, self.max_queue, self.max_per_client
         )
         if position == -1:
-            raise client_limit(self.max_per_client)
+            raise client_limit(self.max_per_client, self.pool)
         if position == -2:
             raise queue_full(self.max_active, self.max_queue, self.pool)
         self._set(ticket, position)
