@@ -5,12 +5,15 @@ each as langchain-ollama's docstrings and LangChain's tool-calling guide write i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from langchain_ollama import ChatOllama, OllamaEmbeddings
+from langchain_ollama import ChatOllama, OllamaEmbeddings, OllamaLLM
+from pydantic import BaseModel
 
 from clawweb.simulator import answer_tokens
 
@@ -33,8 +36,20 @@ def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
 
 
 @pytest.fixture(scope="module")
-def client_kwargs(gateway: Gateway) -> dict[str, Any]:
-    return {"headers": {"Authorization": f"Bearer {gateway.new_user('olga')}"}, "timeout": 10}
+def key(gateway: Gateway) -> str:
+    return gateway.new_user("olga")
+
+
+@pytest.fixture
+def client_kwargs(key: str) -> Iterator[dict[str, Any]]:
+    """The keyword arguments every model here gets: the key in ``client_kwargs``'s headers, as langchain-ollama
+    documents; and, for the test's sake only, the sync client's connections in a transport the test closes
+    (langchain-ollama never closes its httpx clients: their sockets would warn when collected, in a later test)."""
+    with httpx.HTTPTransport() as transport:
+        yield {
+            "client_kwargs": {"headers": {"Authorization": f"Bearer {key}"}, "timeout": 10},
+            "sync_client_kwargs": {"transport": transport},
+        }
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +60,7 @@ def fresh_counters(sim: SimProcess) -> None:
 def test_chat_ollama_bind_tools(gateway: Gateway, client_kwargs: dict[str, Any], sim: SimProcess) -> None:
     # validate_model_on_init: ChatOllama lists the models (GET /api/tags) before the first call.
     llm = ChatOllama(
-        model=CHAT_MODEL, base_url=gateway.url, client_kwargs=client_kwargs, validate_model_on_init=True, temperature=0
+        model=CHAT_MODEL, base_url=gateway.url, **client_kwargs, validate_model_on_init=True, temperature=0
     ).bind_tools([weather_tool])
     messages: list[BaseMessage] = [HumanMessage(QUESTION)]
     ai_msg = llm.invoke(messages)
@@ -67,13 +82,35 @@ def test_chat_ollama_bind_tools(gateway: Gateway, client_kwargs: dict[str, Any],
 
 
 def test_chat_ollama_streams_text(gateway: Gateway, client_kwargs: dict[str, Any]) -> None:
-    llm = ChatOllama(model=CHAT_MODEL, base_url=gateway.url, client_kwargs=client_kwargs, reasoning=False)
+    llm = ChatOllama(model=CHAT_MODEL, base_url=gateway.url, **client_kwargs, reasoning=False)
     chunks = list(llm.stream("Why is the sky blue?" + sim_line(tokens=6)))
     assert [chunk.text for chunk in chunks if chunk.text] == answer_tokens(6)  # token by token
 
 
+class Weather(BaseModel):
+    """The weather in a city."""
+
+    city: str
+    temperature_c: int
+
+
+def test_chat_ollama_with_structured_output(gateway: Gateway, client_kwargs: dict[str, Any], sim: SimProcess) -> None:
+    # ChatOllama's docstring: with_structured_output(Model) sends the model's JSON schema as Ollama's `format`.
+    llm = ChatOllama(model=CHAT_MODEL, base_url=gateway.url, **client_kwargs)
+    weather = llm.with_structured_output(Weather).invoke("It is 22 degrees in Paris.")
+    assert isinstance(weather, Weather)
+    assert set(sim.stats()["last_request"]["format"]["properties"]) == {"city", "temperature_c"}
+
+
+def test_ollama_llm_completes(gateway: Gateway, client_kwargs: dict[str, Any], sim: SimProcess) -> None:
+    # OllamaLLM calls /api/generate, and sends `format: ""` when none is set.
+    llm = OllamaLLM(model=CHAT_MODEL, base_url=gateway.url, **client_kwargs, reasoning=False)
+    assert llm.invoke("Why is the sky blue?" + sim_line(tokens=5)) == "".join(answer_tokens(5))
+    assert sim.stats()["last_request"]["prompt"].startswith("Why is the sky blue?")
+
+
 def test_ollama_embeddings(gateway: Gateway, client_kwargs: dict[str, Any], sim: SimProcess) -> None:
-    embeddings = OllamaEmbeddings(model=EMBED_MODEL, base_url=gateway.url, client_kwargs=client_kwargs)
+    embeddings = OllamaEmbeddings(model=EMBED_MODEL, base_url=gateway.url, **client_kwargs)
     query = embeddings.embed_query("What is a llama?")
     assert len(query) > 0 and all(isinstance(x, float) for x in query)
     assert embeddings.embed_query("What is a llama?") == query  # deterministic

@@ -9,6 +9,7 @@ from typing import Any
 
 import ollama
 import pytest
+from pydantic import BaseModel
 
 from clawweb.simulator import answer_tokens
 
@@ -123,10 +124,23 @@ def test_embed_several_inputs(client: ollama.Client, sim: SimProcess) -> None:
     assert [client.embed(model=EMBED_MODEL, input=text).embeddings[0] for text in texts[:2]] == [first, second]
 
 
+def test_embed_with_fewer_dimensions(client: ollama.Client, direct: ollama.Client) -> None:
+    # Ollama's docs/api.md: `dimensions` cuts the vector (Matryoshka models such as nomic-embed-text).
+    (vector,) = client.embed(model=EMBED_MODEL, input="Grass is green", dimensions=256).embeddings
+    assert len(vector) == 256 < embedding_length(direct, EMBED_MODEL)
+    assert direct.embed(model=EMBED_MODEL, input="Grass is green", dimensions=256).embeddings == [vector]
+
+
 def test_embeddings_the_older_route(client: ollama.Client) -> None:
     # Deprecated in the client "in favor of embed", still called by older programs: POST /api/embeddings.
     one = client.embeddings(model=EMBED_MODEL, prompt="Grass is green")
     assert len(one.embedding) > 0 and one.embedding == client.embeddings(EMBED_MODEL, "Grass is green").embedding
+
+
+def test_without_the_key_the_gateway_refuses(gateway: Gateway) -> None:
+    with ollama.Client(host=gateway.url, timeout=10) as anonymous, pytest.raises(ollama.ResponseError) as info:
+        anonymous.embed(model=EMBED_MODEL, input="Grass is green")
+    assert info.value.status_code == 401
 
 
 # --- show --------------------------------------------------------------------------------------------------------
@@ -150,6 +164,24 @@ def test_show_an_unknown_model_is_404(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         client.show("missing:7b")
     assert info.value.status_code == 404 and "missing:7b" in info.value.error  # Ollama's "model '...' not found"
+
+
+# --- chat: structured output, a tool ----------------------------------------------------------------------------
+
+
+class Country(BaseModel):
+    name: str
+    capital: str
+    languages: list[str]
+
+
+def test_chat_structured_output(client: ollama.Client, sim: SimProcess) -> None:
+    # examples/structured-outputs.py: format=Model.model_json_schema(), then Model.model_validate_json(content).
+    messages = [{"role": "user", "content": "Tell me about Canada."}]
+    response = client.chat(model=CHAT_MODEL, messages=messages, format=Country.model_json_schema())
+    country = Country.model_validate_json(response.message.content or "")
+    assert isinstance(country, Country)
+    assert last_request(sim)["format"] == Country.model_json_schema()  # the schema reached Ollama as it was sent
 
 
 # --- chat with a tool ----------------------------------------------------------------------------------------------
