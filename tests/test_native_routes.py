@@ -212,6 +212,9 @@ def test_probes_answer_as_ollama_does(gateway: Gateway) -> None:
         probe = requests.request(method, gateway.url + "/", timeout=5)
         assert probe.status_code == 200 and probe.headers["Content-Type"].startswith("text/plain")
     assert requests.get(gateway.url + "/", timeout=5).text == "Ollama is running"
+    assert "Accept" in requests.get(gateway.url + "/", timeout=5).headers["Vary"]
+    shouted = requests.get(gateway.url + "/", headers={"Accept": "TEXT/HTML"}, allow_redirects=False, timeout=5)
+    assert shouted.status_code == 302  # media types ignore case: a browser all the same
     page = requests.get(gateway.url + "/", headers={"Accept": "text/html"}, allow_redirects=False, timeout=5)
     assert page.status_code == 302 and page.headers["Location"].startswith("/login")  # a browser: the page
 
