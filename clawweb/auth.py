@@ -101,7 +101,8 @@ def _secret_key(settings: Settings) -> str:
 def ollama_probe() -> bool:
     """``GET /`` or ``HEAD /`` from a program, not a browser: Ollama's clients probe it for "Ollama is running".
     Browsers always name ``text/html`` in ``Accept`` when they navigate; programs send ``*/*`` or nothing."""
-    return request.path == "/" and "text/html" not in {mimetype for mimetype, q in request.accept_mimetypes if q > 0}
+    named = {mimetype.lower() for mimetype, q in request.accept_mimetypes if q > 0}  # media types ignore case
+    return request.path == "/" and "text/html" not in named
 
 
 def _wants_page() -> bool:

@@ -61,10 +61,13 @@ def _page(conversation: dict[str, Any] | None, events_after: str) -> str:
 
 
 @bp.get("/")
-def index() -> str | Response:
+def index() -> Response:
     if ollama_probe():  # a program checking that "Ollama is running" here, as Ollama answers it
-        return Response("Ollama is running", content_type="text/plain; charset=utf-8")
-    return _page(None, _events_after())
+        response = Response("Ollama is running", content_type="text/plain; charset=utf-8")
+    else:
+        response = Response(_page(None, _events_after()), content_type="text/html; charset=utf-8")
+    response.vary.add("Accept")  # one URL, two answers: a cache must keep them apart
+    return response
 
 
 @bp.get("/c/<conversation_id>")

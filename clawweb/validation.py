@@ -354,10 +354,10 @@ def _capped_text(value: Any, where: str, settings: Settings) -> str:
 GENERATE = Struct(
     {
         "model": Field(_model, default=lambda settings: settings.default_model),
-        "prompt": Field(_capped_text),
-        "suffix": Field(_capped_text),  # fill-in-the-middle: the answer goes between prompt and suffix
-        "system": Field(_capped_text),
-        "template": Field(_capped_text),
+        "prompt": Field(_text),
+        "suffix": Field(_text),  # fill-in-the-middle: the answer goes between prompt and suffix
+        "system": Field(_text),
+        "template": Field(_text),
         "context": Field(_context),
         "stream": Field(_bool),
         "raw": Field(_bool),
@@ -417,9 +417,15 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
+GENERATE_TEXTS = ("prompt", "suffix", "system", "template")
+
+
 def validate_generate(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """An Ollama ``/api/generate`` body, checked as ``validate_chat`` checks a chat."""
-    return canonical(body, GENERATE, "", settings)
+    """An Ollama ``/api/generate`` body, checked as ``validate_chat`` checks a chat; its texts together hold at most
+    ``CLAWWEB_MAX_CHARS`` characters, as a chat's messages do."""
+    forwarded = canonical(body, GENERATE, "", settings)
+    _cap_chars(sum(len(forwarded.get(name, "")) for name in GENERATE_TEXTS), "prompt", settings)
+    return forwarded
 
 
 def validate_embed(body: dict[str, Any], settings: Settings) -> dict[str, Any]:

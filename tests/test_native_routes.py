@@ -118,6 +118,14 @@ def test_generate_forwards_the_suffix_and_only_canonical_fields(gateway: Gateway
         assert refused.status_code == 400 and field in refused.json()["error"], refused.text
 
 
+def test_generates_texts_count_together_against_max_chars(limited: Gateway, sim: SimProcess) -> None:
+    fits = {"model": CODER, "prompt": "a" * 50, "suffix": "b" * 50, "stream": False}
+    assert requests.post(limited.url + "/api/generate", json=fits, timeout=10).status_code == 200
+    over = {**fits, "system": "c"}  # 101 characters in all, each text under the limit alone
+    refused = requests.post(limited.url + "/api/generate", json=over, timeout=10)
+    assert refused.status_code == 413 and "CLAWWEB_MAX_CHARS" in refused.json()["error"]
+
+
 def test_a_load_request_needs_an_admin_key(gateway: Gateway, sim: SimProcess, key: str, admin_key: str) -> None:
     unload = {"model": "qwen3:32b", "prompt": "", "keep_alive": 0}
     refused = post(gateway, "/api/generate", unload, key)
@@ -212,6 +220,9 @@ def test_probes_answer_as_ollama_does(gateway: Gateway) -> None:
         probe = requests.request(method, gateway.url + "/", timeout=5)
         assert probe.status_code == 200 and probe.headers["Content-Type"].startswith("text/plain")
     assert requests.get(gateway.url + "/", timeout=5).text == "Ollama is running"
+    assert "Accept" in requests.get(gateway.url + "/", timeout=5).headers["Vary"]
+    shouted = requests.get(gateway.url + "/", headers={"Accept": "TEXT/HTML"}, allow_redirects=False, timeout=5)
+    assert shouted.status_code == 302  # media types ignore case: a browser all the same
     page = requests.get(gateway.url + "/", headers={"Accept": "text/html"}, allow_redirects=False, timeout=5)
     assert page.status_code == 302 and page.headers["Location"].startswith("/login")  # a browser: the page
 
@@ -221,6 +232,11 @@ def test_every_new_route_needs_a_key(gateway: Gateway, sim: SimProcess) -> None:
         response = requests.post(gateway.url + path, json={"model": "qwen3:32b", "prompt": "x"}, timeout=5)
         assert response.status_code == 401 and response.json()["error"], path
     assert sim.stats()["requests"] == 0
+
+
+@pytest.fixture(scope="module")
+def limited(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
+    return start_module_gateway(sim.url, max_chars=100)
 
 
 @pytest.fixture(scope="module")
