@@ -133,5 +133,19 @@ def _pass_through() -> Response:
     return as_answered(upstream)
 
 
+# Ollama's model management: closed here, with a message a client shows its user (``ollama.pull()`` prints it).
+MANAGEMENT = [
+    (path, "POST") for path in ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/blobs/<path:digest>")
+]
+MANAGEMENT += [("/api/delete", "DELETE"), ("/api/blobs/<path:digest>", "HEAD")]
+
+
+def _management(**_: str) -> Response:
+    raise ApiError(404, f"{request.path} is not offered here: models are pulled and removed on the Ollama host itself")
+
+
+for _rule, _method in MANAGEMENT:
+    bp.add_url_rule(_rule, endpoint=f"closed {_method} {_rule}", view_func=_management, methods=[_method])
+
 for _path in PASS_THROUGH:
     bp.add_url_rule(_path, endpoint=_path.rsplit("/", 1)[-1], view_func=_pass_through, methods=["GET"])
