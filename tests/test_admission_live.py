@@ -179,4 +179,4 @@ def test_metrics_move_as_streams_run_and_each_stream_logs_one_line(gateway: Gate
     lines = [line for line in gateway.log.splitlines() if "stream end=" in line]
     assert any("end=client_left" in line and "client=10.4.0.1" in line for line in lines)
     done = next(line for line in lines if "client=10.4.0.2" in line)
-    assert "end=done model=qwen3:32b" in done and "tokens=5" in done and "tokens_per_s=" in done
+    assert "end=done route=/api/chat model=qwen3:32b" in done and "tokens=5" in done and "tokens_per_s=" in done

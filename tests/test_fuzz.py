@@ -308,6 +308,9 @@ def spelled_once(value: Any, fields: Any) -> bool:
 
 
 def options_ok(value: Any) -> bool:
+    """An option set to null is not set, whatever its name (Ollama reads it so); a key sent twice stays refused."""
+    if isinstance(value, dict) and not isinstance(value, Repeated):
+        value = {key: option for key, option in value.items() if option is not None}
     return value is None or (spelled_once(value, OPTIONS) and all(key in OPTIONS for key in value))
 
 

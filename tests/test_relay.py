@@ -293,4 +293,4 @@ def test_official_ollama_client_works_unchanged(gateway: Gateway) -> None:
         with pytest.raises(ollama.ResponseError) as info:
             client.chat(model="missing:7b", messages=[{"role": "user", "content": "x"}])
         assert info.value.status_code == 404
-        assert [m.model for m in client.list().models] == ["qwen3:32b"]
+        assert [m.model for m in client.list().models] == ["qwen3:32b", "nomic-embed-text:latest"]
