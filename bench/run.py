@@ -39,6 +39,7 @@ import requests  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fair_lanes import lanes_row  # noqa: E402  (bench/fair_lanes.py, beside this script)
 from plot import svg  # noqa: E402  (bench/plot.py, beside this script)
 
 from tests.support.servers import (  # noqa: E402
@@ -399,7 +400,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small levels, relaying and the embedding row only, into results/quick.*"
     )
-    parser.add_argument("--only", choices=["embed"], help="one row alone, into results/only-NAME.* (no plot)")
+    parser.add_argument("--only", choices=["embed", "lanes"], help="one row alone, into results/only-NAME.* (no plot)")
     args = parser.parse_args()
     quick = args.quick
     seed_levels, high_levels = ((1, 4), (50,)) if quick else ((1, 4, 8, 16), (200, 500))
@@ -415,6 +416,11 @@ def main() -> None:
         report["command"] = "bench/run.py --only embed" + (" --quick" if quick else "")
         text, report["embeddings"] = embedding_row(work, embed_rounds)
         write(report, [text], "only-embed", plot=False)
+        return
+    if args.only == "lanes":
+        report["command"] = "bench/run.py --only lanes"
+        text, report["lanes"] = lanes_row(work)
+        write(report, [text], "only-lanes", plot=False)
         return
 
     # --- 1. The seed table: 820 ms to first token, 38 tokens/s -------------------------------------------
@@ -542,6 +548,10 @@ def main() -> None:
         sim.stop()
         write(report, out, "quick")
         return
+
+    # --- 2c. Lanes: the chat page's people beside a batch flood (its own simulator and gateway) ----------------
+    text, report["lanes"] = lanes_row(work)
+    out.append(text)
 
     # --- 3. Many idle streams: 2000 queued behind 4 slots, heartbeats every second ------------------------
     gateway.stop()
