@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from playwright.sync_api import Browser, expect
 
 from clawweb.relay.continuation import Splice, continued_body, partial_text
 from clawweb.simulator import answer_tokens, thinking_tokens
@@ -58,7 +59,7 @@ def test_the_done_line_adds_the_failed_hosts_part() -> None:
 
 # --- two real simulators ---------------------------------------------------------------------------------------------
 
-SIM_ARGS = ("--model", "s:1", "--ttft", "0.05", "--tps", "60", "--tokens", str(TOKENS))
+SIM_ARGS = ("--model", "s:1", "--ttft", "0.05", "--tps", "30", "--tokens", str(TOKENS))
 
 
 class Pair:
@@ -110,7 +111,10 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(start_module_simulator: StartSimulator, start_module_gateway: StartGateway) -> Pair:
-    return Pair(start_module_simulator, lambda url: start_module_gateway(url, heartbeat_s=0.3, read_timeout_s=5))
+    def gateway(url: str) -> Gateway:
+        return start_module_gateway(url, heartbeat_s=0.3, read_timeout_s=5, default_model="s:1")
+
+    return Pair(start_module_simulator, gateway)
 
 
 @pytest.fixture
@@ -224,3 +228,27 @@ def test_when_no_host_is_left_it_is_an_error_after_both_parts(gateway: Gateway, 
     assert received[-1].json() == {"error": "Ollama closed the stream before the answer was done"}
     assert sum(sim.stats()["requests"] for sim in pair.sims) == 2
     assert metric(gateway, "no_host") == before + 1
+
+
+@pytest.mark.faults
+def test_the_page_says_where_the_answer_continues(browser: Browser, gateway: Gateway, pair: Pair) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="en-US")
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(gateway.url + "/")
+        page.locator("#think").set_checked(False)
+        page.fill("#input", "hello" + sim_line(ttft=0.6, tokens=TOKENS, tps=20))  # each host waits before it begins
+        page.keyboard.press("Enter")
+        answer = page.locator(".message.assistant")
+        expect(answer).to_have_attribute("data-stage", "writing", timeout=10_000)
+        pair.kill_the_busy_one()
+        assert pair.alive is not None
+        expect(answer.locator(".status-line")).to_have_text(f"Continuing on 127.0.0.1:{pair.alive.port}…")
+        expect(answer).to_have_attribute("data-status", "done", timeout=10_000)
+        expect(answer.locator(".status-line")).to_be_hidden()
+        assert answer.locator(".content").get_attribute("data-raw") == WHOLE
+    finally:
+        context.close()
+    assert errors == []
