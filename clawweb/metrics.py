@@ -67,7 +67,7 @@ EMBED_INPUTS = Counter("clawweb_embed_inputs", "Texts embedded (one /api/embed r
 EMBED_SECONDS = Histogram("clawweb_embed_seconds", "Embedding request accepted to answered", buckets=_LATENCY)
 FAILOVERS = Counter(
     "clawweb_failovers",
-    "Answers moved to another host because theirs failed; result: continued there, or no_host could",
+    "Answers whose host failed midway: continued on another host, or no_host left could continue them",
     ["when", "result"],
 )
 SLOW_CLIENTS = Counter("clawweb_slow_clients_cut", "Streams cut because the client accepted nothing for too long")
