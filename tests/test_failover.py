@@ -24,6 +24,7 @@ from .support.sseclient import Event, content_of, events
 
 TOKENS = 30
 SSE = {"Accept": "text/event-stream"}
+READ_TIMEOUT_S = 2  # a host silent this long midway is left (SIGSTOP); more than a busy machine's pauses
 WHOLE = "".join(answer_tokens(TOKENS))
 
 
@@ -74,31 +75,37 @@ class Pair:
 
     def ready(self) -> None:
         """Both simulators up (a killed one again), fresh counters, and the gateway knowing it."""
+        self.dead = self.alive = None
         for index, sim in enumerate(self.sims):
             if sim.proc.poll() is not None:
                 self.sims[index] = self._start(*SIM_ARGS, "--port", str(sim.port))
-            self.sims[index].reset()
+        assert wait_for(lambda: not any(sim.stats()["active"] for sim in self.sims), timeout=5)  # a resumed one too
+        for sim in self.sims:
+            sim.reset()
         hosts = requests.get(self.gateway.url + "/readyz", timeout=5).json()["hosts"]
         assert [host["up"] for host in hosts] == [True, True]
 
-    def kill_the_busy_one(self) -> None:
-        """SIGKILL the simulator that is writing an answer now."""
+    def kill_the_busy_one(self, how: signal.Signals = signal.SIGKILL) -> None:
+        """SIGKILL (or ``how``) the simulator that is writing an answer now."""
         busy = [sim for sim in self.sims if sim.stats()["active"]]
         assert len(busy) == 1
         self.dead = busy[0]
-        self.dead.signal(signal.SIGKILL)
-        self.dead.proc.wait()
+        self.dead.signal(how)
+        if how == signal.SIGKILL:
+            self.dead.proc.wait()
         self.alive = next(sim for sim in self.sims if sim is not self.dead)
 
-    def killed_after(self, items: Iterator[Any], is_token: Callable[[Any], bool], after: int = 5) -> list[Any]:
-        """Everything from ``items``, the host that writes them SIGKILLed once ``after`` tokens arrived."""
+    def killed_after(
+        self, items: Iterator[Any], is_token: Callable[[Any], bool], how: signal.Signals = signal.SIGKILL
+    ) -> list[Any]:
+        """Everything from ``items``, the host that writes them SIGKILLed (or ``how``) once 5 tokens arrived."""
         received, tokens = [], 0
         for item in items:
             received.append(item)
             if is_token(item):
                 tokens += 1
-                if tokens == after:
-                    self.kill_the_busy_one()
+                if tokens == 5:
+                    self.kill_the_busy_one(how)
         return received
 
     def continuation_sent(self) -> str:
@@ -112,7 +119,7 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(start_module_simulator: StartSimulator, start_module_gateway: StartGateway) -> Pair:
     def gateway(url: str) -> Gateway:
-        return start_module_gateway(url, heartbeat_s=0.3, read_timeout_s=5, default_model="s:1")
+        return start_module_gateway(url, heartbeat_s=0.3, read_timeout_s=READ_TIMEOUT_S, default_model="s:1")
 
     return Pair(start_module_simulator, gateway)
 
@@ -149,6 +156,20 @@ def test_sse_one_unbroken_answer_a_status_frame_the_metric_and_the_log(gateway: 
     assert metric(gateway, "continued") == before + 1
     assert wait_for(lambda: "failovers=1" in gateway.log, timeout=5)
     assert f"answer failed on {dead.url} after" in gateway.log and f"continuing on {alive.url}" in gateway.log
+
+
+@pytest.mark.faults
+def test_a_host_that_goes_silent_midway_is_left_after_the_read_timeout(gateway: Gateway, pair: Pair) -> None:
+    try:
+        body = chat(model="s:1")
+        with requests.post(gateway.url + "/api/chat", json=body, headers=SSE, stream=True, timeout=20) as response:
+            received: list[Event] = pair.killed_after(events(response), lambda e: e.is_line, signal.SIGSTOP)
+    finally:
+        if pair.dead is not None:
+            pair.dead.signal(signal.SIGCONT)
+    assert pair.continuation_sent() and content_of(received) == WHOLE
+    assert len([e for e in received if e.is_line]) == TOKENS + 1
+    assert wait_for(lambda: "(timeout); continuing on" in pair.gateway.log, timeout=5)
 
 
 @pytest.mark.faults
