@@ -215,22 +215,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def lanes_row(work: Path) -> tuple[str, dict[str, Any]]:
+def lanes_row(work: Path, progress: Callable[[str], None] = lambda message: None) -> tuple[str, dict[str, Any]]:
     """On one gateway: the 16 alone, with the flood (lanes as shipped), alone, with the flood in one lane, alone;
     the three runs alone pooled (a second each, they take this machine's drift from before to after the floods).
-    The markdown table and the figures."""
+    The markdown table and the figures; ``progress`` gets a line as each run starts."""
     sim = SimProcess("--ttft", "0.05", "--tps", "100", "--parallel", str(SLOTS * 4))
     # As shipped (4 slots, a queue of 256, 3 per client, the lanes' shares) but with accounts on and the per-minute
     # limits open (Gateway: the flood's 200 answers and the 48 conversations in a few seconds).
     gateway = Gateway(work / "gw-lanes.log", sim.url, auth="required", log_level="warning", heartbeat_s=15)
+    port = gateway.port
     try:
+        progress(f"{FLOOD} batch keys, {PEOPLE} people logging in")
         flood, people = accounts_for(gateway)
-        run(gateway.port, flood[:8], people, session_auth)  # warm: the worker's first requests, the model list
-        alone = [run(gateway.port, [], people, session_auth)]
-        lanes = run(gateway.port, flood, people, session_auth)
-        alone.append(run(gateway.port, [], people, session_auth))
-        one_lane = run(gateway.port, flood, people, key_auth)
-        alone.append(run(gateway.port, [], people, session_auth))
+        run(port, flood[:8], people, session_auth)  # warm: the worker's first requests, the model list
+        progress(f"the {PEOPLE} alone")
+        alone = [run(port, [], people, session_auth)]
+        progress(f"the {PEOPLE} beside {FLOOD} batch answers, lanes as shipped")
+        lanes = run(port, flood, people, session_auth)
+        alone.append(run(port, [], people, session_auth))
+        progress(f"the {PEOPLE} beside {FLOOD} batch answers, every request in one lane")
+        one_lane = run(port, flood, people, key_auth)
+        alone.append(run(port, [], people, session_auth))
         report = {"none": summary(alone), "lanes": summary([lanes]), "one lane": summary([one_lane])}
     finally:
         gateway.stop()
