@@ -64,7 +64,8 @@ class Person:
 
 
 def follow(response: http.client.HTTPResponse, answer: Answer, token: bytes, end: bytes) -> None:
-    """Read an SSE answer to its end (a line holding ``end``), noting its first token (a line holding ``token``)."""
+    """Read an answer (SSE or NDJSON) to its end, a line holding ``end``, noting its first token: a line holding
+    ``token``."""
     while line := response.readline():
         if token in line and math.isnan(answer.first_token):
             answer.first_token = time.monotonic()
@@ -138,7 +139,7 @@ def accounts_for(gateway: Gateway) -> tuple[list[str], list[Person]]:
     """The flood's 200 batch keys (a user each) and the 16 people, written to the gateway's database as the CLI
     does (432 CLI runs would take minutes); the people then log in through the real login form. Their password
     hash is werkzeug's PBKDF2 of one round instead of scrypt (which the login reads from the hash): 16 scrypt checks
-    at once take 2 s of CPU, many more on a busy machine, and the row measures admission, not logins."""
+    at once take 1.6 s of CPU, much longer on a busy machine, and the row measures admission, not logins."""
     store = Store(gateway.env["CLAWWEB_DB"], mark_interrupted=False)
     hashed = generate_password_hash(PASSWORD, "pbkdf2:sha256:1")
     try:
