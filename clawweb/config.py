@@ -255,6 +255,12 @@ class Settings:
     max_active_embed: int = _setting(
         4, _positive_int, "embedding requests at Ollama at once: slots of their own, beside the answers' ones"
     )
+    affinity_slack: int = _setting(
+        2, _non_negative_int, "streams more than the least busy host a conversation's host may have and keep it"
+    )
+    affinity_entries: int = _setting(
+        10000, _non_negative_int, "answers remembered per worker for conversation affinity (0: affinity off)"
+    )
 
     @property
     def auth_required(self) -> bool:

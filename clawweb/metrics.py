@@ -78,6 +78,8 @@ class StreamStats:
     last_token_at: float = 0.0
     max_gap_s: float = 0.0
     tokens: int = 0
+    host: str = "-"  # the Ollama host that answered
+    affinity: str = "none"  # hit, miss or none: see upstream.affinity
     _published_tokens: int = 0
     _published_at: float = 0.0
 
@@ -87,6 +89,9 @@ class StreamStats:
     def admitted(self, queue_wait_s: float) -> None:
         self.queue_wait_s = queue_wait_s
         QUEUE_WAIT.observe(queue_wait_s)
+
+    def routed(self, host: str, affinity: str) -> None:
+        self.host, self.affinity = host, affinity
 
     def token(self) -> None:
         """Called once per relayed token: plain arithmetic only, Prometheus is updated about once a second."""
@@ -130,7 +135,7 @@ class StreamStats:
         rate = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         log.info(
             "stream end=%s route=%s model=%s client=%s addr=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s "
-            "max_gap=%.3fs duration=%.3fs",
+            "max_gap=%.3fs duration=%.3fs host=%s affinity=%s",
             outcome,
             self.route,
             self.model,
@@ -142,6 +147,8 @@ class StreamStats:
             rate,
             self.max_gap_s,
             duration,
+            self.host,
+            self.affinity,
         )
 
 

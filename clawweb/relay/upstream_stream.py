@@ -22,6 +22,7 @@ import requests
 from urllib3.exceptions import ReadTimeoutError
 
 from .. import lifecycle
+from ..upstream.affinity import Result
 from ..upstream.client import OllamaClient
 from ..upstream.errors import OllamaTimeout, OllamaUnreachable
 from ..upstream.failover import Opened
@@ -103,11 +104,12 @@ class UpstreamStream:
         buffer_bytes: int,
         on_end: Callable[[], None],
         progress: Progress | None = None,
+        conversation: str | None = None,
     ) -> None:
         """``buffer_bytes``: how much of the answer may wait here for a slow client; beyond it reading pauses
         (memory stays bounded; Ollama then waits too). ``on_end``: called in the reader once the upstream response
         is over, however much of it the client has still to read. ``progress``: says what the request waits for
-        before its first line (``Status`` events)."""
+        before its first line (``Status`` events). ``conversation``: the chat page's, for affinity."""
         self._queue: _Queue = gevent.queue.Queue()
         self._buffered = 0  # bytes of lines read from upstream and not yet taken by ``events``
         self._buffer_bytes = buffer_bytes
@@ -120,6 +122,8 @@ class UpstreamStream:
         self.first_failure: Failure | None = None
         self.done = False
         self.host: Host | None = None  # the host that answered
+        self.affinity: Result = "none"  # and what conversation affinity made of that choice
+        self._conversation = conversation
         self._progress = progress
         self._begun = False  # a line was read: from then on the lines say what happens
         # Heartbeats come from one repeating timer rather than a timeout on every queue wait, which would arm and
@@ -144,8 +148,8 @@ class UpstreamStream:
         try:
             # With several hosts, open_stream tries the next one while nothing has reached the client yet; from the
             # first token on, a failure is reported in-band below and never retried (the client has text already).
-            self._opened = client.open_stream(path, body, self._sending)
-            self.host = self._opened.host
+            self._opened = client.open_stream(path, body, self._sending, self._conversation)
+            self.host, self.affinity = self._opened.host, self._opened.affinity
             response = self._opened.response
             if response.status_code != 200:
                 self._fail(_status_failure(response))

@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from ..config import Settings, split_urls
 from ..errors import ApiError
 from . import gauges
+from .affinity import Memory, Result, keys_of
 from .checker import CHECK_TIMEOUT_S, HealthChecker, each, monkey_patched
 from .errors import OllamaTimeout, OllamaUnreachable, problem, reason
 from .failover import Opened, clearest, down_error, missing, open_first
@@ -59,6 +60,9 @@ class OllamaClient:
         self._checked_at = float("-inf")  # when a refresh last heard from at least one host
         self._refresh_lock = threading.Lock()  # a gevent lock once gunicorn's worker has monkey-patched
         self._turn = 0
+        # Conversation affinity (``affinity``): only where there is a choice to make.
+        self.affinity = Memory(settings.affinity_entries if self._several else 0)
+        self._affinity_slack = settings.affinity_slack
         self._asking: dict[int, gevent.event.AsyncResult] = {}  # host index -> its /api/ps under way (in_memory)
         # One host needs no health check: there is nowhere else to send a request.
         self.checker = HealthChecker(self.check_round) if self._several else None
@@ -210,13 +214,24 @@ class OllamaClient:
         return opened.response
 
     def open_stream(
-        self, path: str, body: dict[str, Any], sending: Callable[[Host], None] = lambda host: None
+        self,
+        path: str,
+        body: dict[str, Any],
+        sending: Callable[[Host], None] = lambda host: None,
+        conversation: str | None = None,
     ) -> Opened:
         """Start ``POST path`` (``/api/chat``, ``/api/generate``) streaming; returns once a host sent headers (after
         its model load), trying the next host when one fails before that. ``sending(host)`` runs before each
-        attempt. ``close()`` the result when done with it."""
+        attempt; ``conversation``: the chat page's conversation id, for affinity. ``close()`` the result when done
+        with it."""
         self._start_checker()
-        return self._failover("POST", path, body, stream=True, sending=sending)
+        return self._failover("POST", path, body, stream=True, sending=sending, conversation=conversation)
+
+    def answer_whole(self, path: str, body: dict[str, Any]) -> Opened:
+        """``POST path`` with ``stream: false``: the whole answer (read), from the host ``open_stream`` would pick;
+        ``release()`` the result."""
+        self._start_checker()
+        return self._failover("POST", path, body, stream=False)
 
     def _failover(
         self,
@@ -227,6 +242,7 @@ class OllamaClient:
         stream: bool,
         read_timeout: float | None = None,
         sending: Callable[[Host], None] = lambda host: None,
+        conversation: str | None = None,
     ) -> Opened:
         data = None if body is None else json.dumps(body).encode()
         model = body.get("model") if body is not None and isinstance(body.get("model"), str) else None
@@ -237,7 +253,18 @@ class OllamaClient:
             sending(host)
             return self._send(host, method, path, data, stream, timeout)
 
-        return open_first(rank(self.hosts, model, self._turn), send, model, self._several)
+        if not (self.affinity.entries and body is not None and path == "/api/chat"):
+            return open_first(rank(self.hosts, model, self._turn), send, model, self._several)
+        lookups, whole = keys_of(body, conversation)
+        index = self.affinity.lookup(lookups)
+        prefer = None if index is None else self.hosts[index]
+        opened = open_first(rank(self.hosts, model, self._turn, prefer, self._affinity_slack), send, model, True)
+        if opened.host is not None and opened.response.status_code == 200:
+            result: Result = "none" if prefer is None else "hit" if opened.host is prefer else "miss"
+            opened.affinity = result
+            gauges.routed(result)
+            self.affinity.remember([*lookups[:1], whole] if conversation else [whole], opened.host.index)
+        return opened
 
     def _merged(self, path: str, read_timeout: float) -> requests.Response:
         """``/api/tags`` or ``/api/ps`` of every host that is up (of every host when none is), as one list."""
