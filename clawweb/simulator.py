@@ -65,7 +65,7 @@ import gevent.select
 import gevent.server
 
 from clawweb import simulator_models as catalog
-from clawweb.simulator_cache import PromptCache
+from clawweb.simulator_cache import PromptCache, Slot
 
 DEFAULT_TEXT = (
     "Quantum computing uses **qubits**, which can be 0 and 1 at the same time. "
@@ -501,9 +501,10 @@ class Simulator:
             return False
         pool.active += 1
         self._stats["max_active"] = max(self._stats["max_active"], pool.active)
+        cache, slot = self._cache, None
         try:
             plan = self._plan(body, sim, spec, chat)
-            self._read_prompt(body, plan, chat)
+            slot = self._read_prompt(body, plan, chat)
             if body.get("stream", True):
                 return self._stream(sock, body, sim, spec, plan, chat)
             return self._whole(sock, body, sim, spec, plan, chat)
@@ -511,6 +512,7 @@ class Simulator:
             self._stats["disconnects"] += 1
             return False
         finally:
+            cache.release(slot)
             pool.active -= 1
             if pool.slots is not None:
                 pool.slots.release()
@@ -608,17 +610,19 @@ class Simulator:
         eval_count = len(content) + sum(len(tokenize(call.decode())) for call in calls)
         return Plan([go_json(t) for t in thinking], content, calls, reason, eval_count)
 
-    def _read_prompt(self, body: dict[str, Any], plan: Plan, chat: bool) -> None:
-        """With ``--prompt-rate`` or ``--cache-prefixes``: how long reading the prompt takes, what the cache spares."""
+    def _read_prompt(self, body: dict[str, Any], plan: Plan, chat: bool) -> Slot | None:
+        """With ``--prompt-rate`` or ``--cache-prefixes``: how long reading the prompt takes, what the cache spares;
+        the cache's slot taken (released once answered)."""
         config = self.config
         if not config.prompt_rate and not config.cache_prefixes:
-            return
+            return None
         messages = body["messages"] if chat else [{"role": "user", "content": body.get("prompt") or ""}]
-        cached, read = self._cache.read(messages, "".join(plan.content), lambda text: len(tokenize(text)))
+        cached, read, slot = self._cache.take(messages, "".join(plan.content), lambda text: len(tokenize(text)))
         self._stats["prompt_cached"] += cached
         self._stats["prompt_read"] += read
         plan.prompt_tokens = read
         plan.prompt_s = read / config.prompt_rate if config.prompt_rate else 0.0
+        return slot
 
     def _load(self, sock: socket.socket, model: str, sim: dict[str, Any], reading_s: float = 0.0) -> int:
         """Load the model if it is not in memory (or ``load`` says to), then read the prompt; when loaded (ns)."""

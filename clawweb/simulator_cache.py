@@ -2,15 +2,17 @@
 
 Ollama keeps, per parallel slot, the KV cache of the last prompt and the answer written after it; a request whose
 messages begin with a slot's takes that slot and reads only the rest. Modelled simply, message by message: the
-cache is ``slots`` entries (``--cache-prefixes``), each the messages of one request plus its answer; a request
-takes the entry sharing the longest prefix with it (else the least recently used one), its prompt tokens beyond
-that prefix are read at ``--prompt-rate`` tokens/s, and the entry then holds this request and its answer.
+cache is ``slots`` slots (``--cache-prefixes``), each holding the messages of one request plus its answer; a
+request takes a free slot (the one sharing the longest prefix with it), its prompt tokens beyond that prefix are
+read at ``--prompt-rate`` tokens/s, and the slot then holds this request and its answer. A slot in use is not
+taken: with a system prompt shared by every conversation, a new one would otherwise take a running one's slot.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Chain = list[tuple[bytes, int]]  # per message: the hash of the messages up to it, its prompt tokens
@@ -30,31 +32,51 @@ def chain(messages: Sequence[Any], tokens: Callable[[str], int]) -> Chain:
     return out
 
 
+@dataclass(eq=False)
+class Slot:
+    chain: Chain
+    busy: bool = True  # an answer is being written in it: no other request may take it (Ollama's InUse)
+
+
 class PromptCache:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._entries: list[Chain] = []  # least recently used first
+        self._slots: list[Slot] = []  # least recently used first
 
-    def read(self, messages: Sequence[Any], answer: str, tokens: Callable[[str], int]) -> tuple[int, int]:
-        """(prompt tokens found cached, prompt tokens to read) for ``messages``; the slot taken then holds them
-        and ``answer``."""
+    def take(self, messages: Sequence[Any], answer: str, tokens: Callable[[str], int]) -> tuple[int, int, Slot | None]:
+        """(prompt tokens found cached, prompt tokens to read, the slot taken: ``release`` it once answered) for
+        ``messages``; the slot then holds them and ``answer``. As Ollama's runner picks one (findLongestCacheSlot):
+        the free slot sharing the longest prefix, else an empty one, else the least recently used free one."""
         asked = chain(messages, tokens)
         total = sum(count for _, count in asked)
         if self.slots <= 0:
-            return 0, total
+            return 0, total, None
         best, shared = None, 0
-        for position, entry in enumerate(self._entries):
+        for slot in self._slots:
+            if slot.busy:
+                continue
             common = 0
-            for (mine, _), (theirs, _) in zip(asked, entry, strict=False):
+            for (mine, _), (theirs, _) in zip(asked, slot.chain, strict=False):
                 if mine != theirs:
                     break
                 common += 1
-            if common > shared:
-                best, shared = position, common
-        if best is not None:
-            del self._entries[best]
-        elif len(self._entries) >= self.slots:
-            del self._entries[0]
-        self._entries.append(chain([*messages, {"role": "assistant", "content": answer}], tokens))
+            if best is None or common > shared:
+                best, shared = slot, common
+        if best is None or (not shared and len(self._slots) < self.slots):
+            best, shared = Slot([]), 0  # more answers at once than slots: one more, until released
+        else:
+            self._slots.remove(best)
+        best.chain, best.busy = chain([*messages, {"role": "assistant", "content": answer}], tokens), True
+        self._slots.append(best)
         cached = sum(count for _, count in asked[:shared])
-        return cached, total - cached
+        return cached, total - cached, best
+
+    def release(self, slot: Slot | None) -> None:
+        if slot is None:
+            return
+        slot.busy = False
+        while len(self._slots) > self.slots:  # the least recently used free ones go
+            free = next((s for s in self._slots if not s.busy), None)
+            if free is None:
+                break
+            self._slots.remove(free)

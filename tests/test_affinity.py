@@ -39,7 +39,9 @@ def test_the_next_turn_finds_the_previous_request_as_its_longest_prefix() -> Non
     memory.remember([first], 1)
     lookups, _ = keys_of(body("hi", "hello!", "and then?"), None)
     assert memory.lookup(lookups) == 1
-    assert memory.lookup(keys_of(body("hi"), None)[0]) == 1  # the same request again (regenerated)
+    assert memory.lookup(keys_of(body("hi"), None)[0]) is None  # a first question is no conversation yet
+    memory.remember([keys_of(body("hi", "hello!", "and then?"), None)[1]], 0)
+    assert memory.lookup(keys_of(body("hi", "hello!", "and then?"), None)[0]) == 1  # regenerated: the longest
     assert memory.lookup(keys_of(body("bye", "hello!", "and then?"), None)[0]) is None  # another conversation
     assert memory.lookup(keys_of(body("hi", system="other"), None)[0]) is None
     # A system prompt alone is shared by many conversations: it routes nothing.
@@ -52,7 +54,7 @@ def test_the_conversation_id_comes_first_and_the_memory_is_bounded() -> None:
     lookups, whole = keys_of(body("hi"), "c1")
     assert lookups[0] == b"c:c1"
     memory.remember([lookups[0], whole], 0)
-    assert memory.lookup(keys_of(body("edited from the start"), "c1")[0]) == 0
+    assert memory.lookup(keys_of(body("edited from the start"), "c1")[0]) == 0  # the page: whatever the history
     memory.remember([b"k3"], 1)  # the least recently used key goes
     assert len(memory) == 2 and memory.lookup([b"k3"]) == 1
 
@@ -90,12 +92,32 @@ def test_a_remembered_host_that_is_down_or_cold_is_not_taken() -> None:
 
 def test_the_simulators_cache_spares_what_a_slot_read_already() -> None:
     cache, tokens = PromptCache(slots=1), lambda text: len(text.split())
+
+    def read(messages: list[dict[str, str]], answer: str) -> tuple[int, int]:
+        cached, read, slot = cache.take(messages, answer, tokens)
+        cache.release(slot)
+        return cached, read
+
     first = [{"role": "user", "content": "one two three"}]
-    assert cache.read(first, "four five", tokens) == (0, 7)  # 3 words + 4 for the template
+    assert read(first, "four five") == (0, 7)  # 3 words + 4 for the template
     second = [*first, {"role": "assistant", "content": "four five"}, {"role": "user", "content": "six"}]
-    assert cache.read(second, "seven", tokens) == (13, 5)  # the question and its answer were cached
-    assert cache.read([{"role": "user", "content": "else"}], "x", tokens) == (0, 5)  # the one slot is taken over
-    assert cache.read(second, "seven", tokens) == (0, 18)
+    assert read(second, "seven") == (13, 5)  # the question and its answer were cached
+    assert read([{"role": "user", "content": "else"}], "x") == (0, 5)  # the one slot is taken over
+    assert read(second, "seven") == (0, 18)
+
+
+def test_a_slot_in_use_is_not_taken_even_sharing_a_prefix() -> None:
+    cache, tokens = PromptCache(slots=2), lambda text: len(text.split())
+    system = {"role": "system", "content": "be brief"}
+    _, _, running = cache.take([system, {"role": "user", "content": "a"}], "x", tokens)
+    cached, _, other = cache.take([system, {"role": "user", "content": "b"}], "y", tokens)
+    assert other is not running and cached == 0  # a new slot, not the running answer's
+    cache.release(running)
+    cache.release(other)
+    again = [system, {"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}]
+    assert (
+        cache.take([*again, {"role": "user", "content": "c"}], "z", tokens)[0] == 16
+    )  # a's slot kept its prompt and answer
 
 
 # --- two real simulators with their prompt cache -----------------------------------------------------------------

@@ -7,8 +7,9 @@ answer is remembered, per process, under keys that the next turn of the same con
 - the chat page's conversation id (``c:<id>``): every answer of a conversation, whatever was edited in between;
 - the whole message list it sent (a hash). The previous request's messages are a prefix of the next turn's (its
   answer and the new question follow, or a tool's answer), so looking up the longest remembered prefix of a
-  request finds the host that read most of it, without collecting any answer's text on the hot path. A prefix
-  that holds no user message yet (a system prompt alone) identifies no conversation and is never looked up.
+  request's messages but the last finds the host that read most of it, without collecting any answer's text on
+  the hot path. The last message is left out: two first questions alike (or one sent twice) are no conversation,
+  and spread as before. A prefix that holds no user message (a system prompt alone) is never looked up either.
 
 ``Memory`` is a bounded LRU of key -> host index, one per process (with several workers each remembers what it
 routed; a turn that lands in another worker is routed as if new). Whether the remembered host is taken is
@@ -53,7 +54,7 @@ def keys_of(body: dict[str, Any], conversation: str | None) -> tuple[list[bytes]
         asked = asked or (isinstance(message, dict) and message.get("role") == "user")
         prefixes.append(b"m:" + running.copy().digest() if asked else b"")
     whole = prefixes[-1] or None
-    lookups.extend(key for key in reversed(prefixes) if key)  # the longest prefix first
+    lookups.extend(key for key in reversed(prefixes[:-1]) if key)  # the longest prefix first
     return lookups, whole
 
 
