@@ -250,7 +250,7 @@ class Settings:
     )
     max_embed_inputs: int = _setting(256, _positive_int, "most texts one embedding request may hold (/api/embed)")
     embed_rate_per_minute: int = _setting(
-        600, _positive_int, "embedding requests one user may send per minute (429 beyond; apart from answers)"
+        600, _positive_int, "embedding and /api/show requests a user may send a minute (429 beyond; not answers')"
     )
     max_active_embed: int = _setting(
         4, _positive_int, "embedding requests at Ollama at once: slots of their own, beside the answers' ones"
