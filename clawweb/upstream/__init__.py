@@ -1,9 +1,9 @@
 """The client towards Ollama: one pooled ``requests.Session`` per process, over one host or several.
 
 With several hosts (``CLAWWEB_OLLAMA_URL=http://a:11434,http://b:11434``) the client still looks like one Ollama
-to the rest of the gateway: a generation goes to the best host for its model (``hosts.rank``; a conversation's next turn to the host that
-served the previous one while it is not much busier: ``affinity``) and moves on to the
-next one if its host fails before the first token (``failover``); the model lists (``/api/tags``, ``/api/ps``) are
+to the rest of the gateway: a generation goes to the best host for its model (``hosts.rank``; a conversation's next
+turn to the host that served the previous one while it is not much busier: ``affinity``) and moves on to the next
+one if its host fails before the first token (``failover``); the model lists (``/api/tags``, ``/api/ps``) are
 merged over the hosts that are up; anything else goes to the first host that answers. With one host every request
 goes there, exactly as with a single URL.
 
