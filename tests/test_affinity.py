@@ -245,3 +245,18 @@ def test_the_conversations_host_down_means_another_host_and_no_error(
     chat_turn(gateway, [*messages, {"role": "user", "content": "still there?"}])
     assert other.stats()["requests"] == 1
     assert logged(gateway, since, 1) == ["miss"]
+
+
+def test_openai_chat_completions_turns_stay_on_one_host_too(
+    gateway: Gateway, sims: tuple[SimProcess, SimProcess]
+) -> None:
+    since = len(gateway.log)
+    messages = [{"role": "user", "content": "first question"}]
+    for turn in range(3):  # whole answers (stream false): the other way an answer opens on a host
+        response = requests.post(
+            gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": messages}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        messages += [response.json()["choices"][0]["message"], {"role": "user", "content": f"and {turn}?"}]
+    assert sorted(requests_by_host(*sims)) == [0, 3]
+    assert logged(gateway, since, 3) == ["none", "hit", "hit"]
