@@ -7,7 +7,8 @@ is gevent + http.client in this process; every stream is timed on arrival of eac
 
 ``--quick``: two small levels of each table, one round of the embedding row and no other part, into
 bench/results/quick.* (for working on the plot or the targets; its figures are not the benchmark's). ``--only
-embed``: that row alone, into bench/results/only-embed.* (with ``--quick``: one round instead of three).
+embed``: that row alone, into bench/results/only-embed.* (with ``--quick``: one round instead of three); ``--only
+affinity``: the conversation affinity row alone, into bench/results/only-affinity.*.
 """
 
 from __future__ import annotations
