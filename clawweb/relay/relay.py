@@ -235,6 +235,7 @@ class Relay:
         self._closed = True
         try:
             if self.stream is not None:
+                self.stats.failovers = self.stream.failovers
                 if self.stream.host is not None:
                     self.stats.routed(self.stream.host.label, self.stream.affinity)
                 self.stream.close()

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import gevent
@@ -219,13 +219,16 @@ class OllamaClient:
         body: dict[str, Any],
         sending: Callable[[Host], None] = lambda host: None,
         conversation: str | None = None,
+        exclude: Collection[Host] = (),
     ) -> Opened:
         """Start ``POST path`` (``/api/chat``, ``/api/generate``) streaming; returns once a host sent headers (after
         its model load), trying the next host when one fails before that. ``sending(host)`` runs before each
-        attempt; ``conversation``: the chat page's conversation id, for affinity. ``close()`` the result when done
-        with it."""
+        attempt; ``conversation``: the chat page's conversation id, for affinity; ``exclude``: hosts not to try
+        (those that failed this answer midway; at least one must remain). ``close()`` the result when done with it."""
         self._start_checker()
-        return self._failover("POST", path, body, stream=True, sending=sending, conversation=conversation)
+        return self._failover(
+            "POST", path, body, stream=True, sending=sending, conversation=conversation, exclude=exclude
+        )
 
     def answer_whole(self, path: str, body: dict[str, Any]) -> Opened:
         """``POST path`` with ``stream: false``: the whole answer (read), from the host ``open_stream`` would pick;
@@ -243,6 +246,7 @@ class OllamaClient:
         read_timeout: float | None = None,
         sending: Callable[[Host], None] = lambda host: None,
         conversation: str | None = None,
+        exclude: Collection[Host] = (),
     ) -> Opened:
         data = None if body is None else json.dumps(body).encode()
         model = body.get("model") if body is not None and isinstance(body.get("model"), str) else None
@@ -253,17 +257,21 @@ class OllamaClient:
             sending(host)
             return self._send(host, method, path, data, stream, timeout)
 
+        hosts = [host for host in self.hosts if host not in exclude] if exclude else self.hosts
         if not (self.affinity.entries and body is not None and path == "/api/chat"):
-            return open_first(rank(self.hosts, model, self._turn), send, model, self._several)
+            return open_first(rank(hosts, model, self._turn), send, model, self._several)
         lookups, whole = keys_of(body, conversation)
-        index = self.affinity.lookup(lookups)
+        # A continuation (``exclude``: the answer's host failed midway) goes by load alone, and what the answer is
+        # remembered under moves to its new host: the conversation, and the messages the failed host was sent.
+        index = None if exclude else self.affinity.lookup(lookups)
         prefer = None if index is None else self.hosts[index]
-        opened = open_first(rank(self.hosts, model, self._turn, prefer, self._affinity_slack), send, model, True)
+        opened = open_first(rank(hosts, model, self._turn, prefer, self._affinity_slack), send, model, True)
         if opened.host is not None and opened.response.status_code == 200:
-            result: Result = "none" if prefer is None else "hit" if opened.host is prefer else "miss"
-            opened.affinity = result
-            gauges.routed(result)
-            self.affinity.remember([*lookups[:1], whole] if conversation else [whole], opened.host.index)
+            self.affinity.remember([whole, *lookups[: bool(conversation) + bool(exclude)]], opened.host.index)
+            if not exclude:
+                result: Result = "none" if prefer is None else "hit" if opened.host is prefer else "miss"
+                opened.affinity = result
+                gauges.routed(result)
         return opened
 
     def _merged(self, path: str, read_timeout: float) -> requests.Response:
