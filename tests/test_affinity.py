@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from clawweb.upstream.hosts import Host, rank
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway, wait_for
 from .support.simproc import SimProcess, sim_line
-from .support.sseclient import events
+from .support.sseclient import content_of, events
 
 MODEL = "s:1"
 SIM = ("--model", MODEL, "--ttft", "0.02", "--tps", "200", "--tokens", "6", "--cache-prefixes", "4")
@@ -260,3 +261,27 @@ def test_openai_chat_completions_turns_stay_on_one_host_too(
         messages += [response.json()["choices"][0]["message"], {"role": "user", "content": f"and {turn}?"}]
     assert sorted(requests_by_host(*sims)) == [0, 3]
     assert logged(gateway, since, 3) == ["none", "hit", "hit"]
+
+
+def test_after_a_host_died_midway_the_conversation_stays_where_its_answer_went_on(
+    start_simulator: StartSimulator, start_gateway: StartGateway
+) -> None:
+    slow = (*SIM, "--tps", "30", "--tokens", "30")  # the later option wins: an answer of a second
+    first, second = start_simulator(*slow), start_simulator(*slow)
+    gateway = start_gateway(f"{first.url},{second.url}", default_model=MODEL, heartbeat_s=0.3, read_timeout_s=2)
+    messages = converse(gateway, 1)
+    served, other = (first, second) if first.stats()["requests"] else (second, first)
+    messages.append({"role": "user", "content": "a long one"})
+    body = {"model": MODEL, "messages": messages, "think": False}
+    with requests.post(gateway.url + "/api/chat", json=body, headers=SSE, stream=True, timeout=15) as response:
+        received = []
+        for event in events(response):
+            received.append(event)
+            if sum(e.is_line for e in received) == 5:
+                served.signal(signal.SIGKILL)  # five tokens in: the rest comes from the other host
+    assert [e.event for e in received if e.event == "error"] == []
+    messages.append({"role": "assistant", "content": content_of(received)})
+    since = len(gateway.log)
+    chat_turn(gateway, [*messages, {"role": "user", "content": "and then?"}])
+    assert other.stats()["requests"] == 2  # the continuation, then this turn
+    assert logged(gateway, since, 1) == ["hit"]
