@@ -8,7 +8,8 @@ is gevent + http.client in this process; every stream is timed on arrival of eac
 ``--quick``: two small levels of each table, one round of the embedding row and no other part, into
 bench/results/quick.* (for working on the plot or the targets; its figures are not the benchmark's). ``--only
 embed``: that row alone, into bench/results/only-embed.* (with ``--quick``: one round instead of three); ``--only
-lanes``: the lanes row (bench/fair_lanes.py) alone, into bench/results/only-lanes.*.
+lanes``: the lanes row (bench/fair_lanes.py) alone, into bench/results/only-lanes.*; ``--only affinity``: the
+conversation affinity row alone, into bench/results/only-affinity.*.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import random  # noqa: E402
 import ssl  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from fair_lanes import lanes_row  # noqa: E402  (bench/fair_lanes.py, beside this script)
 from plot import svg  # noqa: E402  (bench/plot.py, beside this script)
 
+from clawweb.simulator import answer_tokens  # noqa: E402
 from tests.support.servers import (  # noqa: E402
     BIN,
     Gateway,
@@ -388,6 +391,108 @@ def naive_relay(log: Path, sim_url: str) -> ServerProcess:
     return server
 
 
+# --- Conversation affinity: 8 conversations x 10 turns over 2 hosts with a prompt cache ------------------------------
+
+AFFINITY_CONVERSATIONS, AFFINITY_TURNS = 8, 10
+AFFINITY_WORDS = 150  # per question; with 40-token answers and the template, turn 10 sends about 2100 prompt tokens
+AFFINITY_PROMPT_RATE = 2000  # prompt tokens/s: re-reading turn 10's history costs ~1 s, its new question ~80 ms
+AFFINITY_SIM = ("--ttft", "0.05", "--tps", "100", "--tokens", "40", "--parallel", "4", "--cache-prefixes", "4")
+
+
+def conversation(port: int, number: int, seed: int) -> list[float]:
+    """One conversation's turns in a row, each sent with the whole history (as Ollama clients do) after its user
+    read and typed for up to half a second (seeded: the same pauses in both modes): the time to first token of
+    each. (Without the pauses the 8 conversations would move in lockstep, and the least-busy ranking alone would
+    split them the same way every turn.)"""
+    pauses = random.Random(seed * 100 + number)
+    answer = "".join(answer_tokens(40))
+    messages = [{"role": "system", "content": "You answer briefly."}]
+    ttft = []
+    for turn in range(AFFINITY_TURNS):
+        words = " ".join(f"w{number}x{turn}x{i}" for i in range(AFFINITY_WORDS))
+        messages.append({"role": "user", "content": f"Conversation {number}, question {turn}: {words}"})
+        gevent.sleep(pauses.uniform(0, 0.5))
+        body = {"model": "qwen3:32b", "messages": messages, "think": False}
+        stream = run_stream("127.0.0.1", port, body, sse=True)
+        ttft.append(stream.arrivals[0] - stream.sent if stream.arrivals and stream.done else float("nan"))
+        messages.append({"role": "assistant", "content": answer})
+    return ttft
+
+
+def affinity_row(work: Path) -> tuple[str, dict[str, Any]]:
+    """8 conversations at once, 10 turns each, through clawweb over two simulators that each keep 4 prompts in their
+    cache (like Ollama with OLLAMA_NUM_PARALLEL=4) and read uncached prompt tokens at 2000/s: time to first token
+    with conversation affinity (as shipped) and without (CLAWWEB_AFFINITY_ENTRIES=0). The two alternate, twice."""
+    sims = [SimProcess(*AFFINITY_SIM, "--prompt-rate", str(AFFINITY_PROMPT_RATE)) for _ in range(2)]
+    url = ",".join(sim.url for sim in sims)
+    modes = {
+        "affinity (as shipped)": start_gateway(work / "gw-affinity.log", url),
+        "no affinity (CLAWWEB_AFFINITY_ENTRIES=0)": start_gateway(work / "gw-no-affinity.log", url, affinity_entries=0),
+    }
+    for gateway in modes.values():  # the model list, connections, the worker's first requests
+        concurrent(2, ("127.0.0.1", gateway.port, True, None), chat(2))
+    first: dict[str, list[float]] = {name: [] for name in modes}
+    later: dict[str, list[float]] = {name: [] for name in modes}
+    cached: dict[str, list[int]] = {name: [0, 0] for name in modes}
+    for run in range(2):
+        for name, gateway in modes.items():
+            for sim in sims:
+                sim.reset()  # and its prompt cache: each run starts cold
+            jobs = [gevent.spawn(conversation, gateway.port, n, run) for n in range(AFFINITY_CONVERSATIONS)]
+            gevent.joinall(jobs)
+            for job in jobs:
+                first[name].append(job.value[0])
+                later[name].extend(job.value[1:])
+            for sim in sims:
+                stats = sim.stats()
+                cached[name][0] += stats["prompt_cached"]
+                cached[name][1] += stats["prompt_cached"] + stats["prompt_read"]
+    hits = {name: _affinity_hits(gateway) for name, gateway in modes.items()}
+    for gateway in modes.values():
+        gateway.stop()
+    for sim in sims:
+        sim.stop()
+    rows, report = [], {}
+    for name in modes:
+        share = 100 * cached[name][0] / cached[name][1] if cached[name][1] else float("nan")
+        report[name] = {
+            "ttft_turn1_p50_ms": percentile(first[name], 0.5) * 1000,
+            "ttft_later_p50_ms": percentile(later[name], 0.5) * 1000,
+            "ttft_later_p99_ms": percentile(later[name], 0.99) * 1000,
+            "ttft_later_mean_ms": statistics.mean(later[name]) * 1000,
+            "prompt_cached_pct": share,
+            "affinity": hits[name],
+        }
+        figures = report[name]
+        rows.append(
+            [
+                name,
+                f"{figures['ttft_turn1_p50_ms']:.0f}",
+                f"{figures['ttft_later_p50_ms']:.0f}",
+                f"{figures['ttft_later_p99_ms']:.0f}",
+                f"{figures['ttft_later_mean_ms']:.0f}",
+                f"{share:.0f}%",
+                " ".join(f"{k} {v:.0f}" for k, v in sorted(hits[name].items())) or "-",
+            ]
+        )
+    title = (
+        f"Conversation affinity: {AFFINITY_CONVERSATIONS} conversations x {AFFINITY_TURNS} turns over 2 hosts "
+        f"(prompt cache of 4 per host, {AFFINITY_PROMPT_RATE} prompt tokens/s, 50 ms base), 2 runs each"
+    )
+    header = ["routing", "turn 1 p50 ms", "turns 2-10 p50 ms", "p99 ms", "mean ms", "prompt cached", "affinity"]
+    return table(title, header, rows), report
+
+
+def _affinity_hits(gateway: Gateway) -> dict[str, float]:
+    text = requests.get(gateway.url + "/metrics", timeout=5).text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith('clawweb_affinity_total{result="'):
+            result, value = line[len('clawweb_affinity_total{result="') :].split('"} ')
+            found[result] = float(value)
+    return found
+
+
 def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
     """clawweb with admission and the rates wide open (the benchmark measures relaying, not queueing) unless
     overridden."""
@@ -401,7 +506,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small levels, relaying and the embedding row only, into results/quick.*"
     )
-    parser.add_argument("--only", choices=["embed", "lanes"], help="one row alone, into results/only-NAME.* (no plot)")
+    parser.add_argument(
+        "--only", choices=["embed", "lanes", "affinity"], help="one row alone, into results/only-NAME.* (no plot)"
+    )
     args = parser.parse_args()
     quick = args.quick
     seed_levels, high_levels = ((1, 4), (50,)) if quick else ((1, 4, 8, 16), (200, 500))
@@ -422,6 +529,11 @@ def main() -> None:
         report["command"] = "bench/run.py --only lanes"
         text, report["lanes"] = lanes_row(work)
         write(report, [text], "only-lanes", plot=False)
+        return
+    if args.only == "affinity":
+        report["command"] = "bench/run.py --only affinity"
+        text, report["affinity"] = affinity_row(work)
+        write(report, [text], "only-affinity", plot=False)
         return
 
     # --- 1. The seed table: 820 ms to first token, 38 tokens/s -------------------------------------------
@@ -723,6 +835,10 @@ def main() -> None:
         )
     )
     report["history"] = history
+
+    # --- 7. Conversation affinity: the next turn where the history is cached ---------------------------------
+    text, report["affinity"] = affinity_row(work)
+    out.append(text)
 
     write(report, out, "latest")
 

@@ -281,6 +281,12 @@ class Settings:
         _lane_shares,
         "the most of CLAWWEB_MAX_ACTIVE each lane (interactive, api, batch) holds while another lane waits",
     )
+    affinity_slack: int = _setting(
+        2, _non_negative_int, "streams more than the least busy host a conversation's host may have and keep it"
+    )
+    affinity_entries: int = _setting(
+        10000, _non_negative_int, "answers remembered per worker for conversation affinity (0: affinity off)"
+    )
 
     @property
     def auth_required(self) -> bool:

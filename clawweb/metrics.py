@@ -107,6 +107,8 @@ class StreamStats:
     last_token_at: float = 0.0
     max_gap_s: float = 0.0
     tokens: int = 0
+    host: str = "-"  # the Ollama host that answered
+    affinity: str = "none"  # hit, miss or none: see upstream.affinity
     failovers: int = 0  # hosts that failed midway, the answer continued on another
     _published_tokens: int = 0
     _published_at: float = 0.0
@@ -118,6 +120,9 @@ class StreamStats:
         self.queue_wait_s = queue_wait_s
         QUEUE_WAIT.observe(queue_wait_s)
         LANE_QUEUE_WAIT.labels(lane).observe(queue_wait_s)
+
+    def routed(self, host: str, affinity: str) -> None:
+        self.host, self.affinity = host, affinity
 
     def token(self) -> None:
         """Called once per relayed token: plain arithmetic only, Prometheus is updated about once a second."""
@@ -161,7 +166,7 @@ class StreamStats:
         rate = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         log.info(
             "stream end=%s route=%s model=%s client=%s addr=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s "
-            "max_gap=%.3fs duration=%.3fs failovers=%d",
+            "max_gap=%.3fs duration=%.3fs failovers=%d host=%s affinity=%s",
             outcome,
             self.route,
             self.model,
@@ -174,6 +179,8 @@ class StreamStats:
             self.max_gap_s,
             duration,
             self.failovers,
+            self.host,
+            self.affinity,
         )
 
 

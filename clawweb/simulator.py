@@ -32,6 +32,9 @@ calls these tools instead of writing, when the request offers ``tools``: Ollama 
 A directive's ``text`` or ``tokens`` wins over those derived answers. In an embedding input,
 ``#sim {...}`` takes ``delay`` (s, instead of ``--embed-delay``) and ``status``. ``--load`` makes a model that is
 not in memory load that long.
+``--prompt-rate`` makes reading the prompt take its tokens / that rate before the first token, and
+``--cache-prefixes N`` keeps the last N prompts and answers, as Ollama's slots keep their KV cache, so that a
+conversation's next turn reads only what is new (``simulator_cache``; ``prompt_eval_count`` then counts only that).
 
 A chat whose last message is the assistant's is *continued*, as Ollama does: the answer planned (as if it
 had not been begun) goes on after that text, and only the rest is streamed (``num_predict`` and ``eval_count``
@@ -62,6 +65,7 @@ import gevent.select
 import gevent.server
 
 from clawweb import simulator_models as catalog
+from clawweb.simulator_cache import PromptCache, Slot
 
 DEFAULT_TEXT = (
     "Quantum computing uses **qubits**, which can be 0 and 1 at the same time. "
@@ -147,6 +151,8 @@ class SimConfig:
     embed_models: dict[str, int] = field(default_factory=lambda: {"nomic-embed-text:latest": 768})  # name: dimension
     embed_delay: float = 0.0  # seconds each embedding request takes (inside its slot)
     embed_parallel: int = 0  # embedding requests at once (0: unlimited), apart from the chat models' slots
+    prompt_rate: float = 0.0  # prompt tokens read per second before the first token (0: reading takes no time)
+    cache_prefixes: int = 0  # prompts (with their answers) kept in the prompt cache, like Ollama's slots (0: none)
 
 
 class ClientGone(Exception):
@@ -193,6 +199,11 @@ def prompt_count(body: dict[str, Any]) -> int:
     if not isinstance(messages, list):
         return len(tokenize(str(body.get("prompt") or ""))) + 4
     return sum(len(tokenize(str(m.get("content") or ""))) + 4 for m in messages if isinstance(m, dict))
+
+
+def _prompt_tokens(body: dict[str, Any], plan: Plan) -> int:
+    """``prompt_eval_count``: as Ollama counts it, only the tokens read (not those found in the prompt cache)."""
+    return prompt_count(body) if plan.prompt_tokens is None else plan.prompt_tokens
 
 
 def _continued(body: dict[str, Any]) -> str | None:
@@ -282,6 +293,8 @@ class Plan:
     calls: list[bytes]
     reason: str
     eval_count: int
+    prompt_s: float = 0.0  # reading the prompt's uncached tokens at --prompt-rate
+    prompt_tokens: int | None = None  # what prompt_eval_count says when the prompt cache is on: the tokens read
 
 
 class Simulator:
@@ -309,6 +322,7 @@ class Simulator:
             self._server.stop(timeout=1)
 
     def reset(self) -> dict[str, Any]:
+        self._cache = PromptCache(self.config.cache_prefixes)  # emptied too: each test starts from cold slots
         self._stats: dict[str, Any] = {
             "requests": 0,  # chat and generate requests for a known model
             "ps": 0,  # GET /api/ps answered
@@ -327,6 +341,8 @@ class Simulator:
             "last_request": None,  # of any route that names a model
             "last_body": None,  # the raw text, for tests of exactly what was forwarded (keys, duplicates)
             "last_headers": None,
+            "prompt_cached": 0,  # prompt tokens the prompt cache spared reading (--cache-prefixes)
+            "prompt_read": 0,  # prompt tokens read (counted with --prompt-rate or --cache-prefixes)
         }
         return self.stats()
 
@@ -485,8 +501,10 @@ class Simulator:
             return False
         pool.active += 1
         self._stats["max_active"] = max(self._stats["max_active"], pool.active)
+        cache, slot = self._cache, None
         try:
             plan = self._plan(body, sim, spec, chat)
+            slot = self._read_prompt(body, plan, chat)
             if body.get("stream", True):
                 return self._stream(sock, body, sim, spec, plan, chat)
             return self._whole(sock, body, sim, spec, plan, chat)
@@ -494,6 +512,7 @@ class Simulator:
             self._stats["disconnects"] += 1
             return False
         finally:
+            cache.release(slot)
             pool.active -= 1
             if pool.slots is not None:
                 pool.slots.release()
@@ -591,7 +610,21 @@ class Simulator:
         eval_count = len(content) + sum(len(tokenize(call.decode())) for call in calls)
         return Plan([go_json(t) for t in thinking], content, calls, reason, eval_count)
 
-    def _load(self, sock: socket.socket, model: str, sim: dict[str, Any]) -> int:
+    def _read_prompt(self, body: dict[str, Any], plan: Plan, chat: bool) -> Slot | None:
+        """With ``--prompt-rate`` or ``--cache-prefixes``: how long reading the prompt takes, what the cache spares;
+        the cache's slot taken (released once answered)."""
+        config = self.config
+        if not config.prompt_rate and not config.cache_prefixes:
+            return None
+        messages = body["messages"] if chat else [{"role": "user", "content": body.get("prompt") or ""}]
+        cached, read, slot = self._cache.take(messages, "".join(plan.content), lambda text: len(tokenize(text)))
+        self._stats["prompt_cached"] += cached
+        self._stats["prompt_read"] += read
+        plan.prompt_tokens = read
+        plan.prompt_s = read / config.prompt_rate if config.prompt_rate else 0.0
+        return slot
+
+    def _load(self, sock: socket.socket, model: str, sim: dict[str, Any], reading_s: float = 0.0) -> int:
         """Load the model if it is not in memory (or ``load`` says to), then read the prompt; when loaded (ns)."""
         used = self._loaded.get(model)
         load_s = float(sim.get("load", 0 if used is not None and used + 300 > time.time() else self.config.load))
@@ -600,7 +633,7 @@ class Simulator:
             self._wait(sock, load_s)
         self._loaded[model] = time.time()
         loaded = time.monotonic_ns()
-        self._wait(sock, float(sim.get("prompt", 0)) + float(sim.get("ttft", self.config.ttft)))
+        self._wait(sock, float(sim.get("prompt", reading_s)) + float(sim.get("ttft", self.config.ttft)))
         return loaded
 
     @staticmethod
@@ -626,7 +659,7 @@ class Simulator:
         model = go_json(body["model"])
         tps = float(sim.get("tps", self.config.tps))
         started = time.monotonic_ns()
-        loaded = self._load(sock, spec.name, sim)
+        loaded = self._load(sock, spec.name, sim, plan.prompt_s)
         if sim.get("hang"):
             while not self._client_gone(sock, 3600):
                 pass
@@ -681,7 +714,7 @@ class Simulator:
             b'"message":{"role":"assistant","content":""},' if chat else b'"response":"",',
             plan.reason.encode(),
             b"" if chat else self._context(body, plan.content),
-            self._counters(started, loaded, prompt_done, now, plan.eval_count, prompt_count(body)),
+            self._counters(started, loaded, prompt_done, now, plan.eval_count, _prompt_tokens(body, plan)),
         )
         sock.sendall(head + b"%x\r\n%b\n\r\n0\r\n\r\n" % (len(final) + 1, final))
         self._stats["completed"] += 1
@@ -720,7 +753,7 @@ class Simulator:
         chat: bool,
     ) -> bool:
         started = time.monotonic_ns()
-        loaded = self._load(sock, spec.name, sim)
+        loaded = self._load(sock, spec.name, sim, plan.prompt_s)
         prompt_done = time.monotonic_ns()
         steps = len(plan.thinking) + len(plan.content) + len(plan.calls)
         self._wait(sock, steps / float(sim.get("tps", self.config.tps)))
@@ -738,7 +771,9 @@ class Simulator:
             message,
             plan.reason.encode(),
             b"" if chat else self._context(body, plan.content),
-            self._counters(started, loaded, prompt_done, time.monotonic_ns(), plan.eval_count, prompt_count(body)),
+            self._counters(
+                started, loaded, prompt_done, time.monotonic_ns(), plan.eval_count, _prompt_tokens(body, plan)
+            ),
         )
         self._stats["completed"] += 1
         return self._send(sock, 200, answer)
@@ -856,6 +891,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--embed-delay", type=float, default=0.0, help="seconds each embedding request takes")
     parser.add_argument("--embed-parallel", type=int, default=0, help="embedding requests at once (0: unlimited)")
+    parser.add_argument(
+        "--prompt-rate",
+        type=float,
+        default=0.0,
+        metavar="TOKENS_PER_S",
+        help="prompt tokens read per second before the first token, beyond --ttft (0: reading takes no time)",
+    )
+    parser.add_argument(
+        "--cache-prefixes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prompt cache: the last N prompts and their answers (one per Ollama slot) need no reading again (0: off)",
+    )
     args = parser.parse_args(argv)
     embed_models = SimConfig().embed_models
     if args.embed_models:
@@ -877,6 +926,8 @@ def main(argv: list[str] | None = None) -> None:
         embed_models,
         args.embed_delay,
         args.embed_parallel,
+        args.prompt_rate,
+        args.cache_prefixes,
     )
     simulator = Simulator(config)
     simulator.start()

@@ -511,12 +511,14 @@ def test_least_busy_two_long_streams_land_on_different_hosts(
         load(sim, "s:1")
     refresh(gateway)
     long = chat({"tokens": 200, "tps": 20}, model="s:1")
-    opened = []
+    opened, readers = [], []
     try:
         for _ in range(2):
             response = requests.post(gateway.url + "/api/chat", json=long, headers=SSE, stream=True, timeout=15)
             opened.append(response)
-            first_token(response)
+            # Kept: a reader that is dropped closes the connection (urllib3 releases it), and the gateway then ends
+            # the stream and its count while the simulator, a token later, still shows it active.
+            readers.append(first_token(response))
         assert (sim1.stats()["active"], sim2.stats()["active"]) == (1, 1)
 
         def both_counted() -> bool:  # the gauge follows the streams; a busy machine may show it a moment later

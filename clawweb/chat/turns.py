@@ -157,7 +157,7 @@ def _admitted(
     model = knobs.get("model") or conversation["model"]
     body = validate_chat({**knobs, "model": model, "messages": sent, "stream": True}, services().settings)
     quotas.check_storing(owner(), stored_bytes)  # 413 over the quota; 0: refused once over
-    return admit(body), model  # admit also counts the answer for today's quota
+    return admit(body, conversation=conversation["id"]), model  # admit also counts the answer for today's quota
 
 
 def _prompted(conversation: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:

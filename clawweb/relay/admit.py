@@ -69,10 +69,11 @@ def reserve_rate(rate: Window, who: str, what: str, setting: str) -> str:
         ) from None
 
 
-def admit(body: dict[str, Any], path: str = "/api/chat") -> Relay:
+def admit(body: dict[str, Any], path: str = "/api/chat", conversation: str | None = None) -> Relay:
     """What every generation (``path``: /api/chat or /api/generate) passes before anything streams: the model is
     offered here (403) and exists (404), Ollama answers (502), this client is under its rate and its answers a
-    day (429), and there is a slot or a place in the queue for it (429/503)."""
+    day (429), and there is a slot or a place in the queue for it (429/503). ``conversation``: the chat page's
+    conversation id (its answers go to one host: ``upstream.affinity``)."""
     app, who = services(), client_id()
     settings, rate = app.settings, app.answer_rate
     require_allowed(body["model"])
@@ -86,7 +87,7 @@ def admit(body: dict[str, Any], path: str = "/api/chat") -> Relay:
     try:
         ticket = admission.enter(who, lane())
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown", path)
-        relay = Relay(app.ollama, body, admission, ticket, settings, stats, app.estimates, path)
+        relay = Relay(app.ollama, body, admission, ticket, settings, stats, app.estimates, path, conversation)
         if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is
             relay.open_if_admitted()
     except BaseException:

@@ -43,8 +43,11 @@ class Relay:
         stats: StreamStats,
         estimates: Estimates,
         path: str = "/api/chat",
+        conversation: str | None = None,
     ) -> None:
+        """``conversation``: the chat page's conversation id, which routes its answers to one host (affinity)."""
         self._client = client
+        self._conversation = conversation
         self.path = path  # /api/chat or /api/generate: their lines differ, the relay's handling does not
         self._body = body
         self._admission = admission
@@ -117,14 +120,18 @@ class Relay:
             settings.stream_buffer_bytes,
             self._upstream_ended,
             progress,
+            self._conversation,
         )
         return self.stream
 
     def fetch_whole(self) -> requests.Response:
         """``stream: false``: one blocking request (once admitted); Ollama's status and body as they are."""
-        response = self._client.request("POST", self.path, self._body)
-        self.outcome = "done" if response.status_code == 200 else "status"
-        return response
+        opened = self._client.answer_whole(self.path, self._body)
+        if opened.host is not None:
+            self.stats.routed(opened.host.label, opened.affinity)
+        opened.release()
+        self.outcome = "done" if opened.response.status_code == 200 else "status"
+        return opened.response
 
     def events(self) -> Iterator[RelayEvent]:
         """The whole life: queue positions, then upstream lines; heartbeats throughout; at most one Failure."""
@@ -229,6 +236,8 @@ class Relay:
         try:
             if self.stream is not None:
                 self.stats.failovers = self.stream.failovers
+                if self.stream.host is not None:
+                    self.stats.routed(self.stream.host.label, self.stream.affinity)
                 self.stream.close()
         finally:
             self._admission.release(self._ticket)

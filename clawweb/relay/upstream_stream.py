@@ -29,6 +29,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from .. import lifecycle
 from ..metrics import FAILOVERS
+from ..upstream.affinity import Result
 from ..upstream.client import OllamaClient
 from ..upstream.errors import OllamaTimeout, OllamaUnreachable
 from ..upstream.failover import Opened
@@ -111,11 +112,12 @@ class UpstreamStream:
         buffer_bytes: int,
         on_end: Callable[[], None],
         progress: Progress | None = None,
+        conversation: str | None = None,
     ) -> None:
         """``buffer_bytes``: how much of the answer may wait here for a slow client; beyond it reading pauses
         (memory stays bounded; Ollama then waits too). ``on_end``: called in the reader once the upstream response
         is over, however much of it the client has still to read. ``progress``: says what the request waits for
-        before its first line (``Status`` events)."""
+        before its first line (``Status`` events). ``conversation``: the chat page's, for affinity."""
         self._queue: _Queue = gevent.queue.Queue()
         self._buffered = 0  # bytes of lines read from upstream and not yet taken by ``events``
         self._buffer_bytes = buffer_bytes
@@ -128,6 +130,8 @@ class UpstreamStream:
         self.first_failure: Failure | None = None
         self.done = False
         self.host: Host | None = None  # the host that answers (the last one, after a failover)
+        self.affinity: Result = "none"  # what conversation affinity made of the first host's choice
+        self._conversation = conversation
         self.failovers = 0  # hosts that failed midway and were left for another
         self._progress = progress
         self._begun = False  # a line was read: from then on the lines say what happens
@@ -160,8 +164,8 @@ class UpstreamStream:
             # With several hosts, open_stream tries the next one while nothing has reached the client yet; once
             # tokens have flowed, a host that fails is left for another that continues the answer (``_continue``).
             sent_at = time.monotonic()
-            self._opened = client.open_stream(path, body, self._sending)
-            self.host, self._first_at = self._opened.host, time.monotonic()
+            self._opened = client.open_stream(path, body, self._sending, self._conversation)
+            self.host, self.affinity, self._first_at = self._opened.host, self._opened.affinity, time.monotonic()
             response = self._opened.response
             if response.status_code != 200:
                 self._fail(_status_failure(response))
@@ -242,7 +246,9 @@ class UpstreamStream:
         sent, fresh = plan
         sent_at = time.monotonic()
         try:
-            self._opened = client.open_stream(path, sent, self._continuing, exclude=self._failed_hosts)
+            self._opened = client.open_stream(
+                path, sent, self._continuing, self._conversation, exclude=self._failed_hosts
+            )
         except (OllamaUnreachable, OllamaTimeout) as exc:
             self._give_up(failure, where, exc.message)
             return None

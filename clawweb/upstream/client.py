@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from ..config import Settings, split_urls
 from ..errors import ApiError
 from . import gauges
+from .affinity import Memory, Result, keys_of
 from .checker import CHECK_TIMEOUT_S, HealthChecker, each, monkey_patched
 from .errors import OllamaTimeout, OllamaUnreachable, problem, reason
 from .failover import Opened, clearest, down_error, missing, open_first
@@ -59,6 +60,9 @@ class OllamaClient:
         self._checked_at = float("-inf")  # when a refresh last heard from at least one host
         self._refresh_lock = threading.Lock()  # a gevent lock once gunicorn's worker has monkey-patched
         self._turn = 0
+        # Conversation affinity (``affinity``): only where there is a choice to make.
+        self.affinity = Memory(settings.affinity_entries if self._several else 0)
+        self._affinity_slack = settings.affinity_slack
         self._asking: dict[int, gevent.event.AsyncResult] = {}  # host index -> its /api/ps under way (in_memory)
         # One host needs no health check: there is nowhere else to send a request.
         self.checker = HealthChecker(self.check_round) if self._several else None
@@ -214,14 +218,23 @@ class OllamaClient:
         path: str,
         body: dict[str, Any],
         sending: Callable[[Host], None] = lambda host: None,
+        conversation: str | None = None,
         exclude: Collection[Host] = (),
     ) -> Opened:
         """Start ``POST path`` (``/api/chat``, ``/api/generate``) streaming; returns once a host sent headers (after
         its model load), trying the next host when one fails before that. ``sending(host)`` runs before each
-        attempt; ``exclude``: hosts not to try (those that failed this answer midway; at least one must remain).
-        ``close()`` the result when done with it."""
+        attempt; ``conversation``: the chat page's conversation id, for affinity; ``exclude``: hosts not to try
+        (those that failed this answer midway; at least one must remain). ``close()`` the result when done with it."""
         self._start_checker()
-        return self._failover("POST", path, body, stream=True, sending=sending, exclude=exclude)
+        return self._failover(
+            "POST", path, body, stream=True, sending=sending, conversation=conversation, exclude=exclude
+        )
+
+    def answer_whole(self, path: str, body: dict[str, Any]) -> Opened:
+        """``POST path`` with ``stream: false``: the whole answer (read), from the host ``open_stream`` would pick;
+        ``release()`` the result."""
+        self._start_checker()
+        return self._failover("POST", path, body, stream=False)
 
     def _failover(
         self,
@@ -232,6 +245,7 @@ class OllamaClient:
         stream: bool,
         read_timeout: float | None = None,
         sending: Callable[[Host], None] = lambda host: None,
+        conversation: str | None = None,
         exclude: Collection[Host] = (),
     ) -> Opened:
         data = None if body is None else json.dumps(body).encode()
@@ -244,7 +258,21 @@ class OllamaClient:
             return self._send(host, method, path, data, stream, timeout)
 
         hosts = [host for host in self.hosts if host not in exclude] if exclude else self.hosts
-        return open_first(rank(hosts, model, self._turn), send, model, self._several)
+        if not (self.affinity.entries and body is not None and path == "/api/chat"):
+            return open_first(rank(hosts, model, self._turn), send, model, self._several)
+        lookups, whole = keys_of(body, conversation)
+        # A continuation (``exclude``: the answer's host failed midway) goes by load alone, and what the answer is
+        # remembered under moves to its new host: the conversation, and the messages the failed host was sent.
+        index = None if exclude else self.affinity.lookup(lookups)
+        prefer = None if index is None else self.hosts[index]
+        opened = open_first(rank(hosts, model, self._turn, prefer, self._affinity_slack), send, model, True)
+        if opened.host is not None and opened.response.status_code == 200:
+            self.affinity.remember([whole, *lookups[: bool(conversation) + bool(exclude)]], opened.host.index)
+            if not exclude:
+                result: Result = "none" if prefer is None else "hit" if opened.host is prefer else "miss"
+                opened.affinity = result
+                gauges.routed(result)
+        return opened
 
     def _merged(self, path: str, read_timeout: float) -> requests.Response:
         """``/api/tags`` or ``/api/ps`` of every host that is up (of every host when none is), as one list."""

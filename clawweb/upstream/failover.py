@@ -14,6 +14,7 @@ import requests
 
 from ..errors import ApiError
 from . import gauges
+from .affinity import Result
 from .errors import HostsTimedOut, HostsUnreachable, OllamaTimeout, OllamaUnreachable, again, problem, reason
 from .hosts import Host
 from .wire import model_key, ollama_error_text
@@ -28,6 +29,7 @@ class Opened:
 
     response: requests.Response
     host: Host | None = None
+    affinity: Result = "none"  # what conversation affinity made of the choice of host
 
     def release(self) -> None:
         host, self.host = self.host, None

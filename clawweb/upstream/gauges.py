@@ -18,6 +18,11 @@ HOST_UP = Gauge(
 HOST_FAILURES = Counter(
     "clawweb_upstream_host_failures", "Attempts that failed before the first token, by host", ["host", "kind"]
 )
+AFFINITY = Counter(
+    "clawweb_affinity",
+    "Answers by conversation affinity: hit (the previous turn's host), miss (another host), none (nothing known)",
+    ["result"],
+)
 
 
 def opened(host: Host) -> None:
@@ -39,6 +44,11 @@ def answered(host: Host, models: frozenset[str], loaded: frozenset[str] | None =
 def failed(host: Host, problem: str, error: Exception) -> None:
     host.failed(problem, error)
     HOST_UP.labels(host.label).set(0)
+
+
+def routed(result: str) -> None:
+    """An answer opened on a host; ``result``: what conversation affinity made of it (``affinity.Result``)."""
+    AFFINITY.labels(result).inc()
 
 
 def attempt_failed(host: Host, kind: str) -> None:

@@ -74,13 +74,17 @@ class Host:
         }
 
 
-def rank(hosts: Sequence[Host], model: str | None, turn: int) -> list[Host]:
+def rank(hosts: Sequence[Host], model: str | None, turn: int, prefer: Host | None = None, slack: int = 0) -> list[Host]:
     """The hosts to try for ``model``, best first.
 
     Eligible: up and listing the model (a host whose list is not known yet counts as listing it). Among those,
     the model already loaded first (a load takes seconds to minutes), then the fewest open streams, then round
     robin from ``turn`` so equal hosts take turns. When no host is eligible, the hosts that list the model although
     they are down (the last check may be behind), then every host: the caller still gets a real answer or error.
+
+    ``prefer`` (the host that served the conversation's previous turn: its prompt cache holds the history) goes
+    first while it is eligible, up, holds the model loaded if another eligible host does, and has at most ``slack``
+    more streams open than the least busy eligible host.
     """
     key = model_key(model) if model else None
 
@@ -94,4 +98,12 @@ def rank(hosts: Sequence[Host], model: str | None, turn: int) -> list[Host]:
         or list(hosts)
     )
     count = len(hosts)
-    return sorted(usable, key=lambda h: (key is not None and key not in h.loaded, h.streams, (h.index - turn) % count))
+    ranked = sorted(
+        usable, key=lambda h: (key is not None and key not in h.loaded, h.streams, (h.index - turn) % count)
+    )
+    if prefer is not None and ranked and prefer is not ranked[0] and prefer.up and prefer in ranked:
+        cold = key is not None and key not in prefer.loaded and key in ranked[0].loaded
+        if not cold and prefer.streams <= min(h.streams for h in ranked) + slack:
+            ranked.remove(prefer)
+            ranked.insert(0, prefer)
+    return ranked
