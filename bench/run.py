@@ -31,6 +31,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -56,6 +57,7 @@ from tests.support.simproc import SimProcess, sim_line  # noqa: E402
 from tests.support.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+PROFILE = ""  # --profile DIR: clawweb's and the naive relay's workers sample their stacks into DIR (bench/sampler.py)
 LOG_STREAMS = 100  # answers followed at once through the chat API's event log
 EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's default embedding model (768 dimensions)
 EMBED_CALLS = 100  # embedding calls sent at once beside the answers
@@ -400,7 +402,11 @@ def naive_relay(log: Path, sim_url: str) -> ServerProcess:
     port = free_port()
     argv = [str(BIN / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "4096", "--keep-alive", "5"]
     argv += ["--timeout", "30", "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "naive:app"]
-    server = ServerProcess(argv, log, {"NAIVE_OLLAMA_URL": sim_url})
+    env = {"NAIVE_OLLAMA_URL": sim_url}
+    if PROFILE:  # the sampler alone (bench/profiling.conf.py), into a directory of its own
+        argv[1:1] = ["-c", str(ROOT / "bench" / "profiling.conf.py")]
+        env["CLAWWEB_BENCH_PROFILE"] = str(Path(PROFILE) / "naive")
+    server = ServerProcess(argv, log, env)
     server.port = port  # type: ignore[attr-defined]
     server.wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code > 0)
     return server
@@ -411,6 +417,9 @@ def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
     overridden."""
     wide_open = {"max_active": 2000, "max_queue": 4000, "max_active_per_client": 10000, "heartbeat_s": 15}
     wide_open["embed_rate_per_minute"] = 100_000  # 600 by default; the embedding row sends more
+    if PROFILE:
+        Gateway.config = "bench/profiling.conf.py"
+        settings.setdefault("bench_profile", str(Path(PROFILE) / "clawweb"))
     return Gateway(log, sim_url, log_level="warning", **{**wide_open, **settings})
 
 
@@ -671,6 +680,80 @@ def history(bench: Bench) -> tuple[str, dict[str, Any]]:
     return table(title, ["what", "p50 ms", "p99 ms", "yardstick p50 ms", "vs yardstick"], rows), figures
 
 
+def workers_row(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """500 streams (200 tokens at 38 tokens/s) through clawweb with Redis, one worker and ``CLAWWEB_WORKERS=2``,
+    beside the simulator direct: what a second core buys (added latency) and costs (CPU per token, all workers and
+    redis-server together)."""
+    level = 100 if bench.quick else 500
+    sim = SimProcess("--ttft", "0.2", "--tps", "38")
+    redis_server = RedisServer(bench.work / "redis-workers")
+    redis_pid = redis_server.proc.pid
+    gateways: dict[str, Gateway] = {}
+    for workers in (1, 2):
+        # A Redis database each: two installations must not share one (their answers' keys would meet).
+        url = redis_server.url.rsplit("/", 1)[0] + f"/{workers}"
+        gateways[f"clawweb, {workers} worker{'s' if workers > 1 else ''}, Redis"] = start_gateway(
+            bench.work / f"gw-workers-{workers}.log", sim.url, redis_url=url, workers=workers
+        )
+    for gateway in gateways.values():  # every worker booted (the gateway answered from one), then warmed up
+        wanted = int(gateway.env["CLAWWEB_WORKERS"])
+        gateway.wait_until(partial(lambda gw, n: len(children(gw.proc.pid)) == n, gateway, wanted))
+        concurrent(8, ("127.0.0.1", gateway.port, True, None), chat(3))
+    paths: dict[str, tuple[tuple[str, int, bool, ssl.SSLContext | None], list[int]]] = {
+        "simulator direct": (("127.0.0.1", sim.port, False, None), [])
+    }
+    paths |= {name: (("127.0.0.1", gw.port, True, None), children(gw.proc.pid)) for name, gw in gateways.items()}
+    results: dict[str, dict[str, float]] = {}
+    shares: dict[str, list[float]] = {}
+    for name, (target, pids) in paths.items():
+        bench.progress(f"{level} streams: {name}")
+        before = [cpu_seconds(pid) for pid in pids]
+        redis_before = cpu_seconds(redis_pid)
+        result = summarize(concurrent(level, target, chat(200)))
+        spent = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
+        tokens = result["tokens"] or float("nan")
+        result["cpu_s_per_1k_tokens"] = sum(spent) / tokens * 1000
+        result["redis_cpu_s_per_1k_tokens"] = (cpu_seconds(redis_pid) - redis_before) / tokens * 1000
+        # How the streams fell between the workers (they accept from one socket), by the CPU each spent.
+        shares[name] = [share / (sum(spent) or 1) for share in spent]
+        result["worker_cpu_largest_share"] = max(shares[name], default=1.0)
+        results[name] = result
+    for gateway in gateways.values():
+        gateway.stop()
+    redis_server.stop()
+    sim.stop()
+    direct, one = results["simulator direct"], results[next(iter(gateways))]
+    rows = []
+    for name in gateways:
+        result = results[name]
+        rows.append(
+            [
+                str(level),
+                name,
+                f"{result['ttft_p50_ms'] - direct['ttft_p50_ms']:+.1f}",
+                f"{result['latency_p50_ms'] - direct['latency_p50_ms']:+.2f}",
+                f"{result['latency_p99_ms'] - direct['latency_p99_ms']:+.2f}",
+                f"{result['cpu_s_per_1k_tokens'] * 1000:.1f}",
+                "/".join(f"{100 * share:.0f}" for share in shares[name]),
+                f"{result['redis_cpu_s_per_1k_tokens'] * 1000:.1f}",
+                f"{result['cpu_s_per_1k_tokens'] / one['cpu_s_per_1k_tokens']:.2f}×",
+                f"{result['completed_pct']:.1f}%",
+            ]
+        )
+    bench.progress("added p99 " + ", ".join(f"{row[1]} {row[4]} ms, CPU {row[8]}" for row in rows))
+    header = [
+        "streams",
+        "path",
+        "added TTFT p50 ms",
+        "added latency p50 ms",
+        "added p99 ms",
+        "worker CPU ms / 1k tokens",
+    ]
+    header += ["CPU split between workers %", "redis-server CPU ms / 1k", "CPU vs 1 worker", "completed"]
+    title = f"Every core: {level} streams of 200 tokens at 38 tokens/s, Redis, one worker and CLAWWEB_WORKERS=2"
+    return table(title, header, rows), results
+
+
 @dataclass(frozen=True)
 class Part:
     """A part of the benchmark: a function that starts what it measures, measures, stops it and returns its
@@ -690,6 +773,7 @@ PARTS: dict[str, Part] = {
     "event-log": Part(event_log),
     "render": Part(rendering),
     "history": Part(history),
+    "workers": Part(workers_row),
 }
 
 
@@ -702,7 +786,14 @@ def main() -> None:
         choices=list(PARTS),
         help="run this part alone (repeatable), into results/part-NAME.*; with --quick its small variant",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the stacks of clawweb's and the naive relay's workers into DIR/{clawweb,naive}/PID.folded",
+    )
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile or ""
     names = args.part or [name for name, part in PARTS.items() if part.quick or not args.quick]
     if args.part:
         command, output = f"make bench PART={','.join(names)}", "part-" + "+".join(names)
