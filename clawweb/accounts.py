@@ -71,10 +71,13 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(store: Store, user_id: int, name: str = "", admin: bool = False) -> tuple[str, dict[str, Any]]:
-    """A new key: returned once here, stored only as its digest. ``admin``: it may send load requests."""
+def create_key(
+    store: Store, user_id: int, name: str = "", admin: bool = False, lane: str = "api"
+) -> tuple[str, dict[str, Any]]:
+    """A new key: returned once here, stored only as its digest. ``admin``: it may send load requests; ``lane``:
+    its requests' admission lane (api, or batch: behind the others, state/lanes.py)."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, store.add_key(user_id, name, key[:10], key_digest(key), admin)
+    return key, store.add_key(user_id, name, key[:10], key_digest(key), admin, lane)
 
 
 def user_for_key(store: Store, key: str) -> dict[str, Any]:

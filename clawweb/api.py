@@ -17,7 +17,7 @@ from . import embeddings
 from .auth import identity
 from .errors import ApiError
 from .metrics import ROUTE_REQUESTS
-from .relay.admit import admit, allowed, require_allowed
+from .relay.admit import admit, allowed, client_id, require_allowed, reserve_rate
 from .relay.responses import as_answered, native_response, sse_response
 from .services import services
 from .upstream.capabilities import chat_models
@@ -87,9 +87,11 @@ def embeddings_old() -> Response:
 @bp.post("/api/show")
 def show() -> Response:
     """A model's details (template, parameters, context length, capabilities): read-only, allowed models only, from
-    a host that has it. Not queued: Ollama answers from its files, without the GPU."""
+    a host that has it. Not queued: Ollama answers from its files, without the GPU. Counted in the embeddings'
+    per-minute window: ``verbose`` answers are megabytes, and a client asks once per model, not per answer."""
     body = validate_show(_json_body(), services().settings)
     require_allowed(body["model"])
+    reserve_rate(services().embed_rate, client_id(), "embedding and model-detail requests", "EMBED_RATE_PER_MINUTE")
     upstream = services().ollama.request("POST", "/api/show", body, read_timeout=PASS_THROUGH_TIMEOUT_S)
     ROUTE_REQUESTS.labels("/api/show", "done" if upstream.status_code == 200 else "status").inc()
     return as_answered(upstream)

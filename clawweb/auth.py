@@ -43,6 +43,7 @@ class Identity:
     via: str  # session | key | open
     session_id: int | None = None  # the server-side session, when via == "session"
     admin: bool = False  # an admin API key: may load and unload models for everyone (clawweb keys create --admin)
+    lane: str = "api"  # an API key's admission lane: api, or batch (clawweb keys create --lane batch)
 
 
 OPEN = Identity(None, "", "open")
@@ -118,7 +119,7 @@ def _from_key(header: str) -> Identity:
     row = accounts.user_for_key(services().store, key.strip())
     if row["last_used_at"] is None or time.time() - row["last_used_at"] > KEY_TOUCH_EVERY_S:
         services().store.touch_key(row["id"])  # not on every request: a write before each stream would cost latency
-    return Identity(row["user_id"], row["user_name"], "key", admin=bool(row["admin"]))
+    return Identity(row["user_id"], row["user_name"], "key", admin=bool(row["admin"]), lane=row["lane"])
 
 
 def _from_key_in_open_mode(header: str) -> Identity | None:

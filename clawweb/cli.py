@@ -22,6 +22,7 @@ from .chat import adopt
 from .config import ConfigError, Settings, load_settings
 from .doctor import Doctor, warmup
 from .doctor_state import database_checks, redis_checks
+from .state.lanes import KEY_LANES
 from .storage import Store
 
 # Plain text, not the docstring: --help prints it as it stands, and RST's ``markup`` would show.
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("user")
     create.add_argument("--name", default="", help="what the key is for")
     create.add_argument("--admin", action="store_true", help="may load and unload models (Ollama load requests)")
+    create.add_argument(
+        "--lane",
+        choices=KEY_LANES,
+        default="api",
+        help="its requests' admission lane: api (default), or batch, served after the page and the api keys",
+    )
     keys.add_parser("revoke", help="stop a key from working").add_argument("id", type=int)
     keys.add_parser("list", help="every key (never the key itself)")
 
@@ -152,8 +159,8 @@ def _usage(store: Store, settings: Settings, name: str | None) -> None:
 
 def _keys(store: Store, args: argparse.Namespace) -> None:
     if args.action == "create":
-        key, row = accounts.create_key(store, _user(store, args.user)["id"], args.name, args.admin)
-        kind = "admin key" if args.admin else "key"
+        key, row = accounts.create_key(store, _user(store, args.user)["id"], args.name, args.admin, args.lane)
+        kind = ("admin key" if args.admin else "key") + (f" (lane {args.lane})" if args.lane != "api" else "")
         print(f"{kind} {row['id']} for {args.user} (shown only now; store it safely):\n{key}")
     elif args.action == "revoke":
         if not store.revoke_key(args.id):
@@ -165,6 +172,7 @@ def _keys(store: Store, args: argparse.Namespace) -> None:
             print(
                 f"{entry['id']:>4} {entry['prefix']}… {entry['user_name']:<16} {entry['name'] or '-':<20} "
                 f"created {_when(entry['created_at'])}  last used {_when(entry['last_used_at'])}  {state}"
+                + f"  lane {entry['lane']}"
                 + ("  admin" if entry["admin"] else "")
             )
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .state.lanes import DEFAULT_SHARES, LANES
+
 PREFIX = "CLAWWEB_"
 
 
@@ -100,6 +102,25 @@ def _flag(raw: str) -> bool:
 
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _lane_shares(raw: str) -> tuple[tuple[str, float], ...]:
+    """``interactive=0.75,api=0.75,batch=0.5``: a fraction of the slots per lane; a lane left out keeps its
+    default."""
+    shares = dict(DEFAULT_SHARES)
+    for part in _names(raw):
+        lane, _, value = part.partition("=")
+        lane = lane.strip().lower()
+        if lane not in shares:
+            raise ValueError(f"{lane!r}: the lanes are {', '.join(LANES)} (as lane=fraction, comma-separated)")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: a fraction of the slots, such as {lane}=0.5") from None
+        if not 0 < share <= 1:
+            raise ValueError(f"{part!r}: the fraction must be more than 0 and at most 1")
+        shares[lane] = share
+    return tuple(shares.items())
 
 
 def _host_names(raw: str) -> tuple[str, ...]:
@@ -250,10 +271,15 @@ class Settings:
     )
     max_embed_inputs: int = _setting(256, _positive_int, "most texts one embedding request may hold (/api/embed)")
     embed_rate_per_minute: int = _setting(
-        600, _positive_int, "embedding requests one user may send per minute (429 beyond; apart from answers)"
+        600, _positive_int, "embedding and /api/show requests a user may send a minute (429 beyond; not answers')"
     )
     max_active_embed: int = _setting(
         4, _positive_int, "embedding requests at Ollama at once: slots of their own, beside the answers' ones"
+    )
+    lane_shares: tuple[tuple[str, float], ...] = _setting(
+        DEFAULT_SHARES,
+        _lane_shares,
+        "the most of CLAWWEB_MAX_ACTIVE each lane (interactive, api, batch) holds while another lane waits",
     )
 
     @property

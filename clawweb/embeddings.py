@@ -47,7 +47,7 @@ def forward(body: dict[str, Any], path: str = "/api/embed") -> requests.Response
     settings = app.settings
     started, outcome, inputs = time.monotonic(), "refused", inputs_in(body)
     require_allowed(body["model"])
-    counted = reserve_rate(app.embed_rate, who, "embedding requests", "EMBED_RATE_PER_MINUTE")
+    counted = reserve_rate(app.embed_rate, who, "embedding and model-detail requests", "EMBED_RATE_PER_MINUTE")
     slots = app.state.embed_slots
     try:
         ticket = slots.enter(who)

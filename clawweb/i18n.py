@@ -136,6 +136,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "status_next": "You are next",
         "status_ahead_one": "1 question ahead of you",
         "status_ahead": "{n} questions ahead of you",
+        # Why the place in the queue grew (state/lanes.py): another user's turn, or another lane's share of the slots
+        "status_moved_turns": "{place} (another user's turn came first)",
+        "status_moved_share": "{place} (other requests keep their share of the slots)",
         "status_loading": "Loading {model}",
         "status_prompt": "Reading your prompt",
         "status_thinking": "Thinking…",
@@ -297,6 +300,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "status_next": "下一个就轮到你",
         "status_ahead_one": "前面还有 1 个问题",
         "status_ahead": "前面还有 {n} 个问题",
+        "status_moved_turns": "{place}（先轮到了其他用户）",
+        "status_moved_share": "{place}（其他请求保有其名额份额）",
         "status_loading": "正在加载 {model}",
         "status_prompt": "正在读取你的提示",
         "status_thinking": "思考中…",

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter as Tally
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,6 +32,11 @@ EMBED_ACTIVE = Gauge("clawweb_embeddings_active", "Embedding requests at Ollama"
 EMBED_QUEUED = Gauge("clawweb_embeddings_queued", "Embedding requests waiting for a slot", multiprocess_mode="livesum")
 # Admission's pools of slots, each with its gauges (active, queued): answers, and embeddings beside them.
 POOL_GAUGES = {"answers": (ACTIVE, QUEUED), "embeddings": (EMBED_ACTIVE, EMBED_QUEUED)}
+LANE_ACTIVE = Gauge("clawweb_lane_active", "Generations holding a slot", ["lane"], multiprocess_mode="livesum")
+LANE_QUEUED = Gauge("clawweb_lane_queued", "Generations waiting for a slot", ["lane"], multiprocess_mode="livesum")
+LANE_QUEUE_WAIT = Histogram(
+    "clawweb_lane_queue_wait_seconds", "Time spent waiting for an upstream slot, by lane", ["lane"], buckets=_LATENCY
+)
 TTFT = Histogram("clawweb_time_to_first_token_seconds", "Request accepted to first token relayed", buckets=_LATENCY)
 MAX_GAP = Histogram(
     "clawweb_stream_max_token_gap_seconds", "Longest pause between two tokens of a stream", buckets=_GAP
@@ -60,6 +68,22 @@ EMBED_SECONDS = Histogram("clawweb_embed_seconds", "Embedding request accepted t
 SLOW_CLIENTS = Counter("clawweb_slow_clients_cut", "Streams cut because the client accepted nothing for too long")
 
 
+LANES = ("interactive", "api", "batch")  # as state/lanes.py names them
+
+
+class _InLane(Protocol):
+    @property
+    def lane(self) -> str: ...
+
+
+def publish_lanes(active: Iterable[_InLane], queued: Iterable[_InLane]) -> None:
+    """The answers' pool's gauges by lane (this process's share, as for the pool's own gauges)."""
+    held, waiting = Tally(t.lane for t in active), Tally(t.lane for t in queued)
+    for lane in LANES:
+        LANE_ACTIVE.labels(lane).set(held[lane])
+        LANE_QUEUED.labels(lane).set(waiting[lane])
+
+
 UPSTREAM_FAILURES = frozenset({"unreachable", "status", "error_line", "timeout", "closed"})
 PUBLISH_TOKENS_EVERY_S = 1.0  # the token counter lags by at most this much; per-token updates cost ~10% CPU
 
@@ -84,9 +108,10 @@ class StreamStats:
     def __post_init__(self) -> None:
         OPEN_STREAMS.inc()
 
-    def admitted(self, queue_wait_s: float) -> None:
+    def admitted(self, queue_wait_s: float, lane: str) -> None:
         self.queue_wait_s = queue_wait_s
         QUEUE_WAIT.observe(queue_wait_s)
+        LANE_QUEUE_WAIT.labels(lane).observe(queue_wait_s)
 
     def token(self) -> None:
         """Called once per relayed token: plain arithmetic only, Prometheus is updated about once a second."""

@@ -259,6 +259,10 @@ MIGRATIONS = [
     """
     ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
     """,
+    # The admission lane of a key's requests (state/lanes.py): api, or batch for `clawweb keys create --lane batch`.
+    """
+    ALTER TABLE api_keys ADD COLUMN lane TEXT NOT NULL DEFAULT 'api';
+    """,
 ]
 
 CONVERSATION_FIELDS = ("title", "model", "system_prompt")
@@ -696,11 +700,13 @@ class Store:
         assignments = ", ".join(f"{name} = ?" for name in values)
         self.execute(f"UPDATE users SET {assignments} WHERE id = ?", (*values.values(), user_id))
 
-    def add_key(self, user_id: int, name: str, prefix: str, digest: str, admin: bool = False) -> dict[str, Any]:
+    def add_key(
+        self, user_id: int, name: str, prefix: str, digest: str, admin: bool = False, lane: str = "api"
+    ) -> dict[str, Any]:
         return self.execute(
-            "INSERT INTO api_keys (user_id, name, prefix, digest, created_at, admin) VALUES (?, ?, ?, ?, ?, ?) "
-            "RETURNING *",
-            (user_id, name, prefix, digest, time.time(), int(admin)),
+            "INSERT INTO api_keys (user_id, name, prefix, digest, created_at, admin, lane) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            (user_id, name, prefix, digest, time.time(), int(admin), lane),
         )[0]
 
     def key(self, digest: str) -> dict[str, Any] | None:
@@ -716,7 +722,7 @@ class Store:
         """Every key (or one user's), newest last; never the key itself."""
         return self.execute(
             "SELECT api_keys.id, prefix, api_keys.name, users.name AS user_name, api_keys.created_at, "
-            "last_used_at, revoked_at, admin FROM api_keys JOIN users ON users.id = api_keys.user_id "
+            "last_used_at, revoked_at, admin, lane FROM api_keys JOIN users ON users.id = api_keys.user_id "
             "WHERE ? IS NULL OR api_keys.user_id = ? ORDER BY api_keys.id",
             (user_id, user_id),
         )

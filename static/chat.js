@@ -152,8 +152,11 @@
 
   function stageText(stage) {
     switch (stage.stage) {
-      case "queued":
-        return stage.ahead === 0 ? T.status_next : fmt(plural("status_ahead", stage.ahead), { n: stage.ahead });
+      case "queued": {
+        const place = stage.ahead === 0 ? T.status_next : fmt(plural("status_ahead", stage.ahead), { n: stage.ahead });
+        const why = T["status_moved_" + stage.reason]; // the place grew: why (turns, or another lane's share)
+        return why ? fmt(why, { place }) : place;
+      }
       case "loading":
         return fmt(T.status_loading, { model: stage.model });
       case "prompt":

@@ -236,7 +236,22 @@ def test_every_new_route_needs_a_key(gateway: Gateway, sim: SimProcess) -> None:
 
 @pytest.fixture(scope="module")
 def limited(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
-    return start_module_gateway(sim.url, max_chars=100)
+    return start_module_gateway(sim.url, max_chars=100, embed_rate_per_minute=3)
+
+
+def test_embeddings_and_show_share_a_rate_of_their_own(limited: Gateway, sim: SimProcess) -> None:
+    embed = {"model": EMBED_MODEL, "input": "x"}
+    for path, body in [
+        ("/api/embed", embed),
+        ("/api/show", {"model": "qwen3:32b"}),
+        ("/api/embeddings", {**embed, "prompt": "x"}),
+    ]:
+        assert requests.post(limited.url + path, json=body, timeout=10).status_code == 200, path
+    refused = requests.post(limited.url + "/api/show", json={"model": "qwen3:32b"}, timeout=10)
+    assert refused.status_code == 429 and "CLAWWEB_EMBED_RATE_PER_MINUTE" in refused.json()["error"]
+    assert int(refused.headers["Retry-After"]) > 0
+    answer = {"model": "qwen3:32b", "prompt": "hi", "stream": False}
+    assert requests.post(limited.url + "/api/generate", json=answer, timeout=10).status_code == 200  # not answers'''s
 
 
 @pytest.fixture(scope="module")

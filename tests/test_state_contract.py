@@ -252,6 +252,81 @@ def test_one_client_may_hold_every_embedding_slot_and_a_queue_behind(processes: 
     assert not slots.enter("a RAG query").admitted  # another client still gets a place in the queue
 
 
+def now_at(slots: Slots, ticket: Ticket) -> int:
+    """The ticket's position as it is now (with Redis, asked without waiting)."""
+    slots.wait(ticket, 0)
+    return ticket.position
+
+
+def served(slots: Slots, holders: list[Ticket], waiting: list[Ticket]) -> list[Ticket]:
+    """Release the oldest slot holder, one at a time, until every waiter got a slot: the order they got it in.
+    Each waiter's position, read before the first release, must be exactly how many got a slot before it, plus
+    one: the position is the number that really goes first."""
+    told = {ticket.id: now_at(slots, ticket) for ticket in waiting}
+    held, pending, order = list(holders), list(waiting), []
+    while pending:
+        slots.release(held.pop(0))
+        for ticket in [t for t in pending if now_at(slots, t) == 0]:
+            pending.remove(ticket)
+            held.append(ticket)
+            order.append(ticket)
+    assert [told[ticket.id] for ticket in order] == list(range(1, len(order) + 1))
+    return order
+
+
+def test_lanes_go_in_order_and_a_position_grows_saying_why(processes: Processes) -> None:
+    slots = processes(max_active=1, max_queue=10, max_active_per_client=10).slots
+    holder = slots.enter("h", "api")
+    batch = slots.enter("b", "batch")
+    api = slots.enter("a", "api")
+    assert (now_at(slots, batch), now_at(slots, api)) == (2, 1)
+    assert batch.reason == "api"  # an api request arrived and went in front
+    page = slots.enter("p", "interactive")
+    assert [now_at(slots, t) for t in (page, api, batch)] == [1, 2, 3]
+    assert (api.reason, batch.reason) == ("interactive", "interactive")
+    assert served(slots, [holder], [batch, api, page]) == [page, api, batch]
+
+
+def test_users_take_turns_within_a_lane(processes: Processes) -> None:
+    """One user's many queued calls do not sit in front of another's one: the users in a ring, each one's own in
+    arrival order; the one whose call just got a slot goes to the back."""
+    slots = processes(max_active=1, max_queue=10, max_active_per_client=10).slots
+    holder = slots.enter("h", "api")
+    many = [slots.enter("many", "api") for _ in range(4)]
+    one = slots.enter("one", "api")
+    assert now_at(slots, one) == 2 and [now_at(slots, t) for t in many] == [1, 3, 4, 5]
+    assert many[1].reason == "turns" and many[0].reason is None
+    later = slots.enter("later", "api")  # joins the ring at the back, before "many" is back for its second
+    assert now_at(slots, later) == 3 and [now_at(slots, t) for t in many] == [1, 4, 5, 6]
+    assert served(slots, [holder], [*many, one, later]) == [many[0], one, later, many[1], many[2], many[3]]
+
+
+def test_a_lane_holds_at_most_its_share_while_another_waits(processes: Processes) -> None:
+    """4 slots, the default shares: the page's lane holds at most 3 while an api request waits, then the api
+    request goes before the page's fourth; a lane alone takes every slot."""
+    slots = processes(max_active=4, max_queue=20, max_active_per_client=10).slots
+    alone = [slots.enter(f"batch {i}", "batch") for i in range(4)]
+    assert all(t.admitted for t in alone)  # alone, batch takes all four (its share is 2)
+    page = [slots.enter(f"page {i}", "interactive") for i in range(4)]
+    api = slots.enter("api", "api")
+    assert [now_at(slots, t) for t in (*page, api)] == [1, 2, 3, 5, 4]
+    assert served(slots, alone, [*page, api]) == [page[0], page[1], page[2], api, page[3]]
+
+
+def test_a_batch_flood_keeps_to_its_share_of_the_slots(processes: Processes) -> None:
+    """Batch arrived first and waits in numbers; api arrives: of 4 slots batch takes no more than 2 while api
+    waits, whichever slot frees."""
+    slots = processes(max_active=4, max_queue=20, max_active_per_client=10).slots
+    api_holders = [slots.enter(f"api {i}", "api") for i in range(4)]
+    flood = [slots.enter(f"batch {i}", "batch") for i in range(6)]
+    more_api = [slots.enter(f"api {i}", "api") for i in range(4, 10)]
+    for holder in api_holders:
+        slots.release(holder)  # each freed slot: an api request, until batch has its two
+    admitted = [t for t in (*flood, *more_api) if now_at(slots, t) == 0]
+    assert sum(t.lane == "batch" for t in admitted) <= 2 and len(admitted) == 4
+    assert sum(t.lane == "batch" for t in admitted) >= 1  # api alone would take at most its 3
+
+
 def _expire_leases(url: str, key: str) -> None:
     """As if every holder in ``key`` had stopped renewing a while ago (its process was killed)."""
     client = redis.Redis.from_url(url)
@@ -263,9 +338,9 @@ def _expire_leases(url: str, key: str) -> None:
 def test_a_dead_holders_places_free_themselves(redis_processes: Processes, redis_url: str) -> None:
     limits = {"max_active": 1, "max_queue": 5, "max_active_per_client": 2}
     doomed, survivor = redis_processes(**limits), redis_processes(**limits)
-    doomed.slots.enter("x")
-    doomed.slots.enter("x")  # a queued place, in front of the survivor's
-    mine = survivor.slots.enter("y")
+    doomed.slots.enter("x", "interactive")
+    doomed.slots.enter("x", "interactive")  # a queued place, in front of the survivor's (a lower lane)
+    mine = survivor.slots.enter("y", "batch")
     assert position(survivor.slots, mine) == 2
     _expire_leases(redis_url, "clawweb:adm:leases")  # its process stopped renewing them: it died
     assert position(survivor.slots, mine) == 0

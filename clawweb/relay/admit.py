@@ -32,6 +32,18 @@ def client_id() -> str:
     return f"user:{name}" if name else request.remote_addr or "unknown"
 
 
+PAGE_ROUTES = frozenset({"conversations"})  # the blueprint whose answers the chat page asks for
+
+
+def lane() -> str:
+    """The admission lane of this request, decided here only (state/lanes.py serves them): an API key's own (api,
+    or batch), the page's session ``interactive``, and in open mode the page's routes too; the rest ``api``."""
+    who = identity()
+    if who.via == "key":
+        return who.lane
+    return "interactive" if who.via == "session" or request.blueprint in PAGE_ROUTES else "api"
+
+
 def allowed(model: str, settings: Settings) -> bool:
     """The model is offered here: ``CLAWWEB_MODELS`` is unset, or lists it."""
     return not settings.models or model_key(model) in {model_key(name) for name in settings.models}
@@ -72,7 +84,7 @@ def admit(body: dict[str, Any], path: str = "/api/chat") -> Relay:
         raise
     admission = app.state.slots
     try:
-        ticket = admission.enter(who)
+        ticket = admission.enter(who, lane())
         stats = StreamStats(body["model"], who, request.remote_addr or "unknown", path)
         relay = Relay(app.ollama, body, admission, ticket, settings, stats, app.estimates, path)
         if body.get("stream", True):  # a whole answer (stream: false) is one request later, its status as it is

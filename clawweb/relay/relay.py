@@ -57,6 +57,7 @@ class Relay:
         self.stream: UpstreamStream | None = None
         self.outcome: Outcome = "client_left"  # what `close` records unless the stream got further
         self._closed = False
+        self._told_position = 0  # the last position the client was told
 
     def wait_for_slot(self) -> Iterator[Queued | Status | Heartbeat | Failure]:
         """While queued: ``Queued`` and its ``Status`` on every move, a heartbeat on silence; a ``Failure`` ends the
@@ -68,11 +69,17 @@ class Relay:
             elif isinstance(event, Failure):
                 self._failed(event)
                 return
-        self.stats.admitted(self._ticket.queue_wait_s)
+        self.stats.admitted(self._ticket.queue_wait_s, self._ticket.lane)
 
     def _queued(self, position: int) -> Status:
+        """The place in the queue; when it grew (someone in a higher lane arrived, or another user's turn came
+        first), ``reason`` says why (lanes.py's names)."""
         eta_s = self._estimates.queue_s(position, self._admission.max_active)
-        status = Status("queued", eta_s, (("position", position), ("ahead", position - 1)))
+        info: tuple[tuple[str, object], ...] = (("position", position), ("ahead", position - 1))
+        if 0 < self._told_position < position and self._ticket.reason:
+            info += (("reason", self._ticket.reason),)
+        self._told_position = position
+        status = Status("queued", eta_s, info)
         self.stages.enter(status)
         return status
 

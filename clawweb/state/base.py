@@ -78,12 +78,15 @@ def queue_full(max_active: int, max_queue: int, pool: str = "answers") -> Refuse
 
 
 class Ticket:
-    """One request's place: ``position`` 0 means admitted (upstream slot held)."""
+    """One request's place: ``position`` 0 means admitted (upstream slot held), else how many will get a slot
+    before it; ``reason`` says why it last grew (lanes.py: a higher lane's name, ``turns`` or ``share``)."""
 
-    def __init__(self, client: str) -> None:
+    def __init__(self, client: str, lane: str = "api") -> None:
         self.id = secrets.token_hex(8)
         self.client = client
+        self.lane = lane
         self.position = 0
+        self.reason: str | None = None
         self.created = time.monotonic()
         self.admitted_at: float | None = None
         self.changed = gevent.event.Event()  # set whenever position changes (or the worker stops)
@@ -111,8 +114,8 @@ class Slots(Protocol):
         """Requests waiting for a slot now."""
         ...
 
-    def enter(self, client: str) -> Ticket:
-        """Take a slot or a place in the queue, or raise ``Refused`` (before any stream starts)."""
+    def enter(self, client: str, lane: str = "api") -> Ticket:
+        """Take a slot or a place in ``lane``'s queue, or raise ``Refused`` (before any stream starts)."""
         ...
 
     def release(self, ticket: Ticket) -> None:

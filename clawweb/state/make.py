@@ -25,7 +25,14 @@ def redis_state(settings: Settings) -> State:
         return RedisWindow(client, name, limit, window_s)
 
     return State(
-        slots=RedisAdmission(client, bus, settings.max_active, settings.max_queue, settings.max_active_per_client),
+        slots=RedisAdmission(
+            client,
+            bus,
+            settings.max_active,
+            settings.max_queue,
+            settings.max_active_per_client,
+            shares=settings.lane_shares,
+        ),
         embed_slots=RedisAdmission(
             client,
             bus,

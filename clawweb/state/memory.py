@@ -6,17 +6,19 @@ Everything runs in one gevent hub, so plain attributes need no locks: nothing he
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import gevent.event
 
 from .. import lifecycle
 from ..config import Settings
-from ..metrics import POOL_GAUGES
+from ..metrics import POOL_GAUGES, publish_lanes
+from . import lanes
 from .base import (
     FEED_IDLE_S,
     FEED_MAX_EVENTS,
@@ -39,38 +41,55 @@ from .base import (
     queue_full,
     reset_entry,
 )
+from .lanes import DEFAULT_SHARES
 
 MAX_KEYS = 10_000  # per window; beyond, the keys whose attempts all expired are forgotten
 
 
 class Admission:
-    """At most ``max_active`` generations upstream, a bounded FIFO queue behind them, and a per-client cap, so a
-    burst of users never piles onto Ollama (whose own queue gives no feedback at all)."""
+    """At most ``max_active`` generations upstream, a bounded queue behind them served by lanes and turns
+    (lanes.py), and a per-client cap, so a burst of users never piles onto Ollama (whose own queue gives no
+    feedback at all)."""
 
-    def __init__(self, max_active: int, max_queue: int, max_per_client: int, pool: str = "answers") -> None:
+    def __init__(
+        self,
+        max_active: int,
+        max_queue: int,
+        max_per_client: int,
+        pool: str = "answers",
+        shares: Sequence[tuple[str, float]] = DEFAULT_SHARES,
+    ) -> None:
         self.pool = pool  # answers or embeddings: its gauges, and how a refusal names it
         self.max_active = max_active
         self.max_queue = max_queue
         self.max_per_client = max_per_client
-        self.active = 0
-        self._queue: deque[Ticket] = deque()
+        self._caps = lanes.caps(max_active, shares)
+        self._active: dict[str, Ticket] = {}  # by id, oldest first
+        self._waiting: dict[str, Ticket] = {}  # by id, in arrival order
+        self._turns: dict[tuple[str, str], float] = {}  # (lane, user) of users waiting: when their turn came last
+        self._tick = itertools.count(1)
         self._per_client: Counter[str] = Counter()
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def active(self) -> int:
+        return len(self._active)
 
-    def enter(self, client: str) -> Ticket:
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def enter(self, client: str, lane: str = "api") -> Ticket:
         if self._per_client[client] >= self.max_per_client:
             raise client_limit(self.max_per_client, self.pool)
-        ticket = Ticket(client)
-        if self.active < self.max_active and not self._queue:
+        ticket = Ticket(client, lane)
+        if len(self._active) < self.max_active and not self._waiting:
             self._admit(ticket)
-        elif len(self._queue) >= self.max_queue:
+        elif len(self._waiting) >= self.max_queue:
             raise queue_full(self.max_active, self.max_queue, self.pool)
         else:
-            self._queue.append(ticket)
-            ticket.position = len(self._queue)
+            self._waiting[ticket.id] = ticket
+            self._turns.setdefault((lane, client), next(self._tick))
+            self._settle(lane)
         self._per_client[client] += 1
         self._publish()
         return ticket
@@ -78,17 +97,13 @@ class Admission:
     def release(self, ticket: Ticket) -> None:
         if ticket.position < 0:
             return
-        if ticket.admitted:
-            self.active -= 1
-        else:
-            self._queue.remove(ticket)
+        if self._active.pop(ticket.id, None) is None:
+            del self._waiting[ticket.id]
         ticket.position = -1
         self._per_client[ticket.client] -= 1
         if not self._per_client[ticket.client]:
             del self._per_client[ticket.client]
-        while self._queue and self.active < self.max_active:
-            self._admit(self._queue.popleft())
-        self._renumber()
+        self._settle(None)
         self._publish()
 
     def wait(self, ticket: Ticket, timeout: float) -> bool:
@@ -97,21 +112,39 @@ class Admission:
         return changed
 
     def _admit(self, ticket: Ticket) -> None:
-        self.active += 1
+        self._active[ticket.id] = ticket
         ticket.position = 0
         ticket.admitted_at = time.monotonic()
         ticket.changed.set()
 
-    def _publish(self) -> None:
-        active, queued = POOL_GAUGES[self.pool]
-        active.set(self.active)
-        queued.set(len(self._queue))
-
-    def _renumber(self) -> None:
-        for position, ticket in enumerate(self._queue, start=1):
+    def _settle(self, arrival_lane: str | None) -> None:
+        """Free slots to the first in ``lanes.plan``'s order, then every waiter's position from it; a waiter moved
+        back learns why (``arrival_lane``: the lane of the request that just arrived)."""
+        active = [ticket.lane for ticket in self._active.values()]
+        order, now = lanes.plan(active, list(self._waiting.values()), self._turns, self._caps, self.max_active)
+        for ticket in order[:now]:
+            del self._waiting[ticket.id]
+            self._admit(ticket)
+        self._turns = {  # a user whose request got its slot goes to the back of its lane's ring
+            (ticket.lane, ticket.client): self._turns.get((ticket.lane, ticket.client), 0.0)
+            for ticket in self._waiting.values()
+        }
+        for ticket in order[:now]:
+            if (ticket.lane, ticket.client) in self._turns:
+                self._turns[ticket.lane, ticket.client] = next(self._tick)
+        for position, ticket in enumerate(order[now:], start=1):
             if ticket.position != position:
+                if 0 < ticket.position < position:
+                    ticket.reason = lanes.reason(arrival_lane, ticket.lane)
                 ticket.position = position
                 ticket.changed.set()
+
+    def _publish(self) -> None:
+        active, queued = POOL_GAUGES[self.pool]
+        active.set(len(self._active))
+        queued.set(len(self._waiting))
+        if self.pool == "answers":  # the embedding pool has one lane: its gauges say it all
+            publish_lanes(self._active.values(), self._waiting.values())
 
 
 class MemoryLog:
@@ -349,7 +382,9 @@ def memory_state(settings: Settings) -> State:
         return SlidingWindow(limit, window_s)  # each its own object: the name only matters when shared
 
     return State(
-        slots=Admission(settings.max_active, settings.max_queue, settings.max_active_per_client),
+        slots=Admission(
+            settings.max_active, settings.max_queue, settings.max_active_per_client, shares=settings.lane_shares
+        ),
         embed_slots=Admission(
             settings.max_active_embed,
             settings.max_queue,

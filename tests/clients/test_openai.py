@@ -18,10 +18,9 @@ from pydantic import BaseModel
 
 from clawweb.simulator import answer_tokens
 
-from .support.clients import CHAT_MODEL, CODE_MODEL, EMBED_MODEL, QUESTION, SIM_ARGS, get_weather
-from .support.factories import StartGateway, StartSimulator
-from .support.servers import Gateway
-from .support.simproc import SimProcess, sim_line
+from ..support.clients import CHAT_MODEL, CODE_MODEL, EMBED_MODEL, QUESTION, get_weather
+from ..support.servers import Gateway
+from ..support.simproc import SimProcess, sim_line
 
 # The tool as OpenAI's function-calling guide spells one: a JSON schema, strict.
 TOOLS: list[ChatCompletionToolParam] = [
@@ -40,21 +39,6 @@ TOOLS: list[ChatCompletionToolParam] = [
         },
     }
 ]
-
-
-@pytest.fixture(scope="module")
-def sim(start_module_simulator: StartSimulator) -> SimProcess:
-    return start_module_simulator(*SIM_ARGS)
-
-
-@pytest.fixture(scope="module")
-def gateway(sim: SimProcess, start_module_gateway: StartGateway) -> Gateway:
-    return start_module_gateway(sim.url, auth="required")
-
-
-@pytest.fixture(scope="module")
-def key(gateway: Gateway) -> str:
-    return gateway.new_user("olga")
 
 
 @pytest.fixture
