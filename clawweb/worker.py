@@ -89,8 +89,9 @@ class Waiting:
 
 
 class Connection:
-    """A client socket as gunicorn uses it, counted in ``Waiting`` while a read for an unanswered request blocks.
-    Everything but ``recv`` goes to the socket unchanged."""
+    """A client socket as gunicorn uses it, counted in ``Waiting`` while a read for an unanswered request blocks,
+    and sending a response's headers with its first body bytes. Everything but ``recv`` and ``sendall`` goes to the
+    socket unchanged (after any held headers)."""
 
     def __init__(self, sock: Any, address: str, waiting: Waiting) -> None:
         self._sock = sock
