@@ -123,7 +123,8 @@ class Connection:
             self._held = data
             gevent.get_hub().loop.run_callback(self._send_held_soon)
             return
-        self._join_flusher()
+        if self._flusher is not None:  # (tested inline: this runs once per token)
+            self._join_flusher()
         if self._held:
             data, self._held = self._held + data, b""
         self._sock.sendall(data, flags)
