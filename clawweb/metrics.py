@@ -65,6 +65,11 @@ ROUTE_REQUESTS = Counter(
 )
 EMBED_INPUTS = Counter("clawweb_embed_inputs", "Texts embedded (one /api/embed request may hold many)")
 EMBED_SECONDS = Histogram("clawweb_embed_seconds", "Embedding request accepted to answered", buckets=_LATENCY)
+FAILOVERS = Counter(
+    "clawweb_failovers",
+    "Answers whose host failed midway: continued on another host, or no_host left could continue them",
+    ["when", "result"],
+)
 SLOW_CLIENTS = Counter("clawweb_slow_clients_cut", "Streams cut because the client accepted nothing for too long")
 
 
@@ -102,6 +107,7 @@ class StreamStats:
     last_token_at: float = 0.0
     max_gap_s: float = 0.0
     tokens: int = 0
+    failovers: int = 0  # hosts that failed midway, the answer continued on another
     _published_tokens: int = 0
     _published_at: float = 0.0
 
@@ -155,7 +161,7 @@ class StreamStats:
         rate = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         log.info(
             "stream end=%s route=%s model=%s client=%s addr=%s queue_wait=%.3fs ttft=%ss tokens=%d tokens_per_s=%s "
-            "max_gap=%.3fs duration=%.3fs",
+            "max_gap=%.3fs duration=%.3fs failovers=%d",
             outcome,
             self.route,
             self.model,
@@ -167,6 +173,7 @@ class StreamStats:
             rate,
             self.max_gap_s,
             duration,
+            self.failovers,
         )
 
 

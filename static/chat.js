@@ -113,8 +113,8 @@
     }
 
     // What the answer waits for or does now, from an `event: status` (queued, loading, prompt, thinking,
-    // writing): one line in the answer's place, its estimate counted down each second; once text flows, the
-    // typing indicator (CSS, on data-stage) instead.
+    // writing; continuing: on another host, its own failed midway): one line in the answer's place, its estimate
+    // counted down each second; once text flows, the typing indicator (CSS, on data-stage) instead.
     status(stage) {
       this.article.dataset.stage = stage.stage;
       clearInterval(this.countdown);
@@ -161,8 +161,20 @@
         return fmt(T.status_loading, { model: stage.model });
       case "prompt":
         return T.status_prompt;
+      case "continuing":
+        return fmt(T.status_continuing, { host: hostName(stage.continuing_on) });
       default:
         return T.status_thinking;
+    }
+  }
+
+  // The host an answer moved to, as people name it: "gpu2" for http://gpu2:11434 (Ollama's port goes without saying).
+  function hostName(url) {
+    try {
+      const parsed = new URL(url);
+      return parsed.port === "11434" ? parsed.hostname : parsed.host;
+    } catch {
+      return url || "";
     }
   }
 

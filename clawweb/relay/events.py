@@ -36,7 +36,8 @@ class Queued:
     active: int
 
 
-Stage = Literal["queued", "loading", "prompt", "thinking", "writing"]
+# ``continuing``: the answer's host failed midway and another is about to continue it (``continuing_on``: its URL).
+Stage = Literal["queued", "loading", "prompt", "thinking", "writing", "continuing"]
 
 
 @dataclass(frozen=True)

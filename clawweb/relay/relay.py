@@ -228,6 +228,7 @@ class Relay:
         self._closed = True
         try:
             if self.stream is not None:
+                self.stats.failovers = self.stream.failovers
                 self.stream.close()
         finally:
             self._admission.release(self._ticket)

@@ -44,6 +44,10 @@ class Stages:
         now = time.monotonic()
         if status.eta_s is not None and status.stage not in self.estimated:
             self.estimated[status.stage] = (now, status.eta_s)
+        if status.stage == "continuing":
+            # Each names the host it goes to; its time counts in the stage it interrupts (the next token says which).
+            self.stage = status.stage
+            return True
         if status.stage == self.stage:
             return status.stage == "queued"
         self.stage = status.stage

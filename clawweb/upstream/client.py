@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import gevent
@@ -215,13 +215,18 @@ class OllamaClient:
         return opened.response
 
     def open_stream(
-        self, path: str, body: dict[str, Any], sending: Callable[[Host], None] = lambda host: None
+        self,
+        path: str,
+        body: dict[str, Any],
+        sending: Callable[[Host], None] = lambda host: None,
+        exclude: Collection[Host] = (),
     ) -> Opened:
         """Start ``POST path`` (``/api/chat``, ``/api/generate``) streaming; returns once a host sent headers (after
         its model load), trying the next host when one fails before that. ``sending(host)`` runs before each
-        attempt. ``close()`` the result when done with it."""
+        attempt; ``exclude``: hosts not to try (those that failed this answer midway; at least one must remain).
+        ``close()`` the result when done with it."""
         self._start_checker()
-        return self._failover("POST", path, body, stream=True, sending=sending)
+        return self._failover("POST", path, body, stream=True, sending=sending, exclude=exclude)
 
     def _failover(
         self,
@@ -232,6 +237,7 @@ class OllamaClient:
         stream: bool,
         read_timeout: float | None = None,
         sending: Callable[[Host], None] = lambda host: None,
+        exclude: Collection[Host] = (),
     ) -> Opened:
         data = None if body is None else json.dumps(body).encode()
         model = body.get("model") if body is not None and isinstance(body.get("model"), str) else None
@@ -242,7 +248,8 @@ class OllamaClient:
             sending(host)
             return self._send(host, method, path, data, stream, timeout)
 
-        return open_first(rank(self.hosts, model, self._turn), send, model, self._several)
+        hosts = [host for host in self.hosts if host not in exclude] if exclude else self.hosts
+        return open_first(rank(hosts, model, self._turn), send, model, self._several)
 
     def _merged(self, path: str, read_timeout: float) -> requests.Response:
         """``/api/tags`` or ``/api/ps`` of every host that is up (of every host when none is), as one list."""

@@ -1,8 +1,8 @@
 """Failover over several Ollama hosts: try the ranked hosts in turn until one answers, learn from each failure,
 and say clearly what went wrong when every host failed.
 
-A host is only left for the next one before the first token: from then on a failure is reported in-band by the
-relay and never retried (the client has text already).
+Here a host is left for the next one before the first token; from then on the relay continues the answer on another
+host itself (relay/continuation.py: the client has text already, which the next host must be sent).
 """
 
 from __future__ import annotations
