@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
+comma := ,
+
 .PHONY: run test unit lint format bench screenshots system-deps clean
 
 $(BIN)/python:
@@ -44,9 +46,10 @@ unit: $(VENV)/.dev-deps
 	$(BIN)/python -m pytest -m "not integration"
 
 # Loopback benchmark: simulator direct vs nginx vs the naive relay vs clawweb; prints markdown, writes
-# bench/results/latest.{md,json,svg} (see bench/README.md).
+# bench/results/latest.{md,json,svg} (see bench/README.md). PART=name (or a,b) runs those parts alone, into
+# bench/results/part-*.
 bench: $(VENV)/.dev-deps system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(foreach part,$(subst $(comma), ,$(PART)),--part $(part))
 
 # The README's pictures, docs/screenshot-{light,dark}.png: the chat page mid-answer in Debian's Chromium.
 screenshots: $(VENV)/.dev-deps system-deps

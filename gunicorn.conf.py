@@ -10,6 +10,7 @@ import tempfile
 
 from clawweb import lifecycle
 from clawweb.config import ConfigError, data_path_problem, load_settings
+from clawweb.worker_count import WorkerCountError, host_cores, worker_count
 
 try:
     _settings = load_settings(os.environ)
@@ -25,14 +26,13 @@ bind = _settings.bind
 # gevent: each stream is a greenlet waiting on sockets, so one process holds thousands of them. clawweb's subclass
 # adds a bound on the connections one address keeps waiting on its own bytes (CLAWWEB_MAX_PENDING_PER_ADDRESS).
 worker_class = "clawweb.worker.EdgeWorker"
-# One worker holds thousands of streams. Several need Redis: generations, their event logs (for resuming on any
-# worker), stop requests and the admission queue must be shared, else a reconnect to another worker loses all.
-workers = int(os.environ.get("CLAWWEB_WORKERS", "1"))
-if workers > 1 and not _settings.redis_url:
-    sys.exit(
-        f"clawweb: CLAWWEB_WORKERS={workers} needs CLAWWEB_REDIS_URL (shared state for resuming streams, stopping "
-        "answers and the admission queue across workers); set it, or run one worker"
-    )
+# One worker holds thousands of streams, on one core. Several need Redis: generations, their event logs (for
+# resuming on any worker), stop requests and the admission queue must be shared, else a reconnect to another worker
+# loses all. "auto" (the deploy kit's): one per core with Redis, one without.
+try:
+    workers = worker_count(os.environ.get("CLAWWEB_WORKERS", "1"), _settings.redis_url, host_cores())
+except WorkerCountError as exc:
+    sys.exit(f"clawweb: {exc}")
 if workers > 1:
     # Metrics from every worker: prometheus_client keeps per-process files here and /metrics sums them.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="clawweb-metrics-"))

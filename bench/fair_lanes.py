@@ -9,7 +9,7 @@ of their own instead of their sessions: every request in the batch lane, and as 
 shipped anyway (CLAWWEB_MAX_ACTIVE_PER_CLIENT=3): a flood of that size is many people's scripts, or one job's many
 accounts.
 
-Imported by bench/run.py (which monkey-patches gevent first); ``run.py --only lanes`` runs it alone.
+Imported by bench/run.py (which monkey-patches gevent first); ``make bench PART=lanes`` runs it alone.
 """
 
 from __future__ import annotations

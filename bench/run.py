@@ -5,11 +5,10 @@ floor of this stack), and clawweb under its real gunicorn.conf.py (direct and be
 Loopback only. Prints markdown tables, writes JSON and an SVG plot (bench/plot.py) to bench/results/. The client
 is gevent + http.client in this process; every stream is timed on arrival of each line.
 
-``--quick``: two small levels of each table, one round of the embedding row and no other part, into
-bench/results/quick.* (for working on the plot or the targets; its figures are not the benchmark's). ``--only
-embed``: that row alone, into bench/results/only-embed.* (with ``--quick``: one round instead of three); ``--only
-lanes``: the lanes row (bench/fair_lanes.py) alone, into bench/results/only-lanes.*; ``--only affinity``: the
-conversation affinity row alone, into bench/results/only-affinity.*.
+The benchmark is a table of parts (``PARTS``), each a function that starts what it measures and returns its
+table; each prints its progress on stderr as it goes. ``--part NAME`` (``make bench PART=NAME``) runs one alone,
+into bench/results/part-NAME.*. ``--quick``: the small variant (two small levels, one round) of the parts marked
+quick, into bench/results/quick.* (for working on the plot or the targets; its figures are not the benchmark's).
 """
 
 from __future__ import annotations
@@ -30,8 +29,10 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -59,6 +60,7 @@ from tests.support.simproc import SimProcess, sim_line  # noqa: E402
 from tests.support.simproc import chat as sim_chat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+PROFILE = ""  # --profile DIR: clawweb's and the naive relay's workers sample their stacks into DIR (bench/sampler.py)
 LOG_STREAMS = 100  # answers followed at once through the chat API's event log
 EMBED_MODEL = "nomic-embed-text:latest"  # the simulator's default embedding model (768 dimensions)
 EMBED_CALLS = 100  # embedding calls sent at once beside the answers
@@ -72,6 +74,21 @@ EMBED_TEXT = (
     "queue when every embedding slot is busy, and goes to a host that has the model. Ollama answers with one "
     "vector per input text, which the gateway relays as it is."
 )
+
+
+@dataclass
+class Bench:
+    """What a part gets: its scratch directory, whether the run is ``--quick``, and a progress line to print."""
+
+    work: Path
+    quick: bool
+    part: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def progress(self, message: str) -> None:
+        """One line on stderr, at once (``make bench`` runs for minutes): the part, its elapsed time, ``message``."""
+        elapsed = time.monotonic() - self.started
+        print(f"[{self.part} {elapsed // 60:.0f}:{elapsed % 60:04.1f}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -195,8 +212,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The CPU time ``pid`` has run, all its threads, to the nanosecond (the scheduler's own count: utime and
+    stime in /proc/PID/stat tick in 10 ms, too coarse for a few hundred requests)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    return total / 1e9
 
 
 def rss_kb(pid: int) -> int:
@@ -250,11 +274,13 @@ def answers_beside_embeds(
     return [job.value for job in answers], [job.value for job in calls]
 
 
-def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
+def embedding_row(bench: Bench) -> tuple[str, dict[str, Any]]:
     """16 streaming answers alone, amid 100 embedding calls sent at once, and beside 100 calls the simulator makes
     slow (so that they stand queued in the gateway's embedding slots), through clawweb and to the simulator direct
     (the yardstick: what sharing this machine's CPU with the embedding work costs without any gateway). The runs
-    alternate ``rounds`` times (the machine's drift falls on all alike) and each configuration's are pooled."""
+    alternate three times (one with ``--quick``: the machine's drift falls on all alike) and each configuration's are
+    pooled."""
+    work, rounds = bench.work, 1 if bench.quick else 3
     answer = chat(20)  # 200 ms to first token, then half a second of tokens: the row measures the first token
     fast = {"model": EMBED_MODEL, "input": EMBED_TEXT}
     # The simulator's directive in an embedding input: this call takes EMBED_SLOW_S in the model.
@@ -279,9 +305,10 @@ def embedding_row(work: Path, rounds: int) -> tuple[str, dict[str, Any]]:
     worker = children(gateway.proc.pid)[0]
     pooled: dict[tuple[str, str], tuple[list[Stream], list[Call]]] = {}
     worker_cpu: dict[str, float] = {}  # clawweb's worker, by load: what it spends on the calls beside the answers
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for name, target in targets.items():
             for load, (embed, head_start) in loads.items():
+                bench.progress(f"round {round_ + 1}/{rounds}: {name}, embedding calls: {load}")
                 before = cpu_seconds(worker)
                 streams, calls = answers_beside_embeds(target, embed, answer, EMBED_CALLS, head_start)
                 if name == "clawweb":
@@ -385,7 +412,11 @@ def naive_relay(log: Path, sim_url: str) -> ServerProcess:
     port = free_port()
     argv = [str(BIN / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "4096", "--keep-alive", "5"]
     argv += ["--timeout", "30", "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "naive:app"]
-    server = ServerProcess(argv, log, {"NAIVE_OLLAMA_URL": sim_url})
+    env = {"NAIVE_OLLAMA_URL": sim_url}
+    if PROFILE:  # the sampler alone (bench/profiling.conf.py), into a directory of its own
+        argv[1:1] = ["-c", str(ROOT / "bench" / "profiling.conf.py")]
+        env["CLAWWEB_BENCH_PROFILE"] = str(Path(PROFILE) / "naive")
+    server = ServerProcess(argv, log, env)
     server.port = port  # type: ignore[attr-defined]
     server.wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code > 0)
     return server
@@ -498,45 +529,28 @@ def start_gateway(log: Path, sim_url: str, **settings: Any) -> Gateway:
     overridden."""
     wide_open = {"max_active": 2000, "max_queue": 4000, "max_active_per_client": 10000, "heartbeat_s": 15}
     wide_open["embed_rate_per_minute"] = 100_000  # 600 by default; the embedding row sends more
+    if PROFILE:
+        Gateway.config = "bench/profiling.conf.py"
+        settings.setdefault("bench_profile", str(Path(PROFILE) / "clawweb"))
     return Gateway(log, sim_url, log_level="warning", **{**wide_open, **settings})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="The loopback benchmark (make bench): see bench/README.md.")
-    parser.add_argument(
-        "--quick", action="store_true", help="small levels, relaying and the embedding row only, into results/quick.*"
-    )
-    parser.add_argument(
-        "--only", choices=["embed", "lanes", "affinity"], help="one row alone, into results/only-NAME.* (no plot)"
-    )
-    args = parser.parse_args()
-    quick = args.quick
-    seed_levels, high_levels = ((1, 4), (50,)) if quick else ((1, 4, 8, 16), (200, 500))
-    work = Path(tempfile.mkdtemp(prefix="clawweb-bench-"))
-    report: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "command": "bench/run.py --quick" if quick else "make bench",
-        "started": datetime.now(UTC).isoformat(),
-    }
-    out: list[str] = []
-    embed_rounds = 1 if quick else 3
-    if args.only == "embed":
-        report["command"] = "bench/run.py --only embed" + (" --quick" if quick else "")
-        text, report["embeddings"] = embedding_row(work, embed_rounds)
-        write(report, [text], "only-embed", plot=False)
-        return
-    if args.only == "lanes":
-        report["command"] = "bench/run.py --only lanes"
-        text, report["lanes"] = lanes_row(work)
-        write(report, [text], "only-lanes", plot=False)
-        return
-    if args.only == "affinity":
-        report["command"] = "bench/run.py --only affinity"
-        text, report["affinity"] = affinity_row(work)
-        write(report, [text], "only-affinity", plot=False)
-        return
+# The seed table's small levels are repeated and pooled: one stream is one sample, and a sample's TTFT moves by
+# several ms with the machine (each round: every path once, so the drift falls on all alike).
+SEED_ROUNDS = {1: 5, 4: 2}
 
-    # --- 1. The seed table: 820 ms to first token, 38 tokens/s -------------------------------------------
+
+def warm(target: tuple[str, int, bool, ssl.SSLContext | None]) -> None:
+    """One short answer through ``target``, not measured: a fresh worker's first request also pays for what only
+    the first does (the upstream connection and the model list, Flask's and the app's lazy first-use work), about
+    20 ms here for clawweb and for the naive relay alike, which the seed table's one stream measured as theirs."""
+    concurrent(1, target, chat(3))
+
+
+def seed_table(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """The seed workload (820 ms to first token, 38 tokens/s, 100 tokens) at 1 to 16 streams, five paths."""
+    work = bench.work
+    levels = (1, 4) if bench.quick else (1, 4, 8, 16)
     sim = SimProcess("--ttft", "0.82", "--tps", "38", "--parallel", "16")
     gateway = start_gateway(work / "gw.log", sim.url)
     cert, key = self_signed_certificate(work)
@@ -551,11 +565,19 @@ def main() -> None:
         "clawweb": ("127.0.0.1", gateway.port, True, None),
         "nginx (TLS) → clawweb": ("127.0.0.1", front.https_port, True, tls),
     }
+    for target in paths.values():
+        warm(target)
     seed: dict[str, dict[int, dict[str, float]]] = {}
     rows = []
-    for level in seed_levels:
-        for name, target in paths.items():
-            result = summarize(concurrent(level, target, chat(100)))
+    for level in levels:
+        rounds = 2 if bench.quick else SEED_ROUNDS.get(level, 1)
+        pooled: dict[str, list[Stream]] = {name: [] for name in paths}
+        for round_ in range(rounds):
+            bench.progress(f"{level} stream{'s' if level > 1 else ''}, round {round_ + 1}/{rounds}: every path")
+            for name, target in paths.items():
+                pooled[name] += concurrent(level, target, chat(100))
+        for name in paths:
+            result = summarize(pooled[name]) | {"samples": float(len(pooled[name]))}
             seed.setdefault(name, {})[level] = result
             direct = seed["simulator direct"][level]
             rows.append(
@@ -570,46 +592,38 @@ def main() -> None:
                     f"{result['completed_pct']:.0f}%",
                 ]
             )
-    out.append(
-        table(
-            "Seed workload: 820 ms to first token, 38 tokens/s, 100 tokens",
-            [
-                "streams",
-                "path",
-                "TTFT p50 ms",
-                "TTFT p99 ms",
-                "added p50 ms",
-                "tokens/s/stream",
-                "vs direct",
-                "completed",
-            ],
-            rows,
-        )
-    )
-    report["seed"] = seed
-    front.stop()
-    sim.stop()
+        bench.progress(f"{level}: added TTFT p50 " + ", ".join(f"{row[1]} {row[4]} ms" for row in rows[-4:]))
+    for server in (front, relay, naive, gateway, sim):
+        server.stop()
+    title = "Seed workload: 820 ms to first token, 38 tokens/s, 100 tokens"
+    if not bench.quick:
+        title += f" ({', '.join(f'{n} × {level}' for level, n in SEED_ROUNDS.items())} streams pooled, after a warm-up)"
+    header = ["streams", "path", "TTFT p50 ms", "TTFT p99 ms", "added p50 ms", "tokens/s/stream", "vs direct"]
+    return table(title, [*header, "completed"], rows), seed
 
-    # --- 2. High load: 200 and 500 streams, 200 tokens each at 38 tokens/s --------------------------------
+
+def high_load(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """200 and 500 streams of 200 tokens at 38 tokens/s: added latency and CPU per token, against nginx and the
+    naive relay in the same run."""
+    work = bench.work
+    levels = (50,) if bench.quick else (200, 500)
     sim = SimProcess("--ttft", "0.2", "--tps", "38")
-    gateway.stop()
     gateway = start_gateway(work / "gw2.log", sim.url)
-    relay.stop()
     relay = plain_proxy(work / "relay2", sim.port)
-    naive.stop()
     naive = naive_relay(work / "naive2.log", sim.url)
-    worker = children(gateway.proc.pid)[0]
-    nginx_worker = children(relay.proc.pid)[0]
-    naive_worker = children(naive.proc.pid)[0]
+    paths = (
+        ("simulator direct", ("127.0.0.1", sim.port, False, None), 0),
+        ("nginx → simulator", ("127.0.0.1", relay.port, False, None), children(relay.proc.pid)[0]),  # type: ignore[attr-defined]
+        ("naive relay", ("127.0.0.1", naive.port, True, None), children(naive.proc.pid)[0]),  # type: ignore[attr-defined]
+        ("clawweb", ("127.0.0.1", gateway.port, True, None), children(gateway.proc.pid)[0]),
+    )
+    for _, target, _ in paths:
+        warm(target)
     high: dict[str, dict[int, dict[str, float]]] = {}
     rows = []
-    for level in high_levels:
-        for name, target, pid in (
-            ("simulator direct", ("127.0.0.1", sim.port, False, None), 0),
-            ("nginx → simulator", ("127.0.0.1", relay.port, False, None), nginx_worker),  # type: ignore[attr-defined]
-            ("naive relay", ("127.0.0.1", naive.port, True, None), naive_worker),  # type: ignore[attr-defined]
-            ("clawweb", ("127.0.0.1", gateway.port, True, None), worker),
-        ):
+    for level in levels:
+        for name, target, pid in paths:
+            bench.progress(f"{level} streams: {name}")
             before = cpu_seconds(pid) if pid else 0.0
             result = summarize(concurrent(level, target, chat(200)))
             result["cpu_s_per_1k_tokens"] = (cpu_seconds(pid) - before) / result["tokens"] * 1000 if pid else 0.0
@@ -632,85 +646,55 @@ def main() -> None:
                     f"{result['completed_pct']:.1f}%",
                 ]
             )
-    out.append(
-        table(
-            "High load: 200 tokens per stream at 38 tokens/s",
-            [
-                "streams",
-                "path",
-                "added latency p50 ms",
-                "added p99 ms",
-                "max latency ms",
-                "CPU ms / 1k tokens",
-                "CPU vs nginx",
-                "CPU vs naive relay",
-                "completed",
-            ],
-            rows,
-        )
-    )
-    report["high_load"] = high
-    naive.stop()
+        bench.progress(f"{level}: CPU vs naive " + ", ".join(f"{row[1]} {row[7]}" for row in rows[-3:]))
+    for server in (relay, naive, gateway, sim):
+        server.stop()
+    header = ["streams", "path", "added latency p50 ms", "added p99 ms", "max latency ms", "CPU ms / 1k tokens"]
+    header += ["CPU vs nginx", "CPU vs naive relay", "completed"]
+    return table("High load: 200 tokens per stream at 38 tokens/s", header, rows), high
 
-    # --- 2b. Embedding calls beside streaming answers (its own simulator and gateway) --------------------------
-    text, report["embeddings"] = embedding_row(work, embed_rounds)
-    out.append(text)
-    if quick:
-        relay.stop()
-        gateway.stop()
-        sim.stop()
-        write(report, out, "quick")
-        return
 
-    # --- 2c. Lanes: the chat page's people beside a batch flood (its own simulator and gateway) ----------------
-    text, report["lanes"] = lanes_row(work)
-    out.append(text)
-
-    # --- 3. Many idle streams: 2000 queued behind 4 slots, heartbeats every second ------------------------
-    gateway.stop()
-    gateway = start_gateway(work / "gw3.log", sim.url, max_active=4, heartbeat_s=1)
+def idle_streams(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """2000 streams queued behind 4 slots, heartbeats every second: the worker's memory per open stream."""
+    sim = SimProcess("--ttft", "0.2", "--tps", "38")
+    gateway = start_gateway(bench.work / "gw3.log", sim.url, max_active=4, heartbeat_s=1)
     worker = children(gateway.proc.pid)[0]
     baseline = rss_kb(worker)
     body = chat(2, ttft=30)
+    bench.progress("opening 2000 streams, holding them 8 s")
     idle = [gevent.spawn(run_stream, "127.0.0.1", gateway.port, body, True, None, 60) for _ in range(2000)]
     gevent.sleep(8)
     loaded = rss_kb(worker)
     gateway.stop()  # ends every stream (a final frame), which lets the clients return
     gevent.joinall(idle, timeout=30)
+    sim.stop()
     streams = [job.value for job in idle if job.value is not None]
     reached = sum(1 for s in streams if s.comments >= 3)
     per_stream = (loaded - baseline) / 2000
-    out.append(
-        table(
-            "2000 idle streams (queued, heartbeat every 1 s)",
-            ["open streams", "worker RSS before", "with streams", "per stream", "got ≥ 3 heartbeats"],
-            [
-                [
-                    "2000",
-                    f"{baseline / 1024:.1f} MiB",
-                    f"{loaded / 1024:.1f} MiB",
-                    f"{per_stream:.1f} KiB",
-                    f"{reached}/2000",
-                ]
-            ],
-        )
+    row = [f"{baseline / 1024:.1f} MiB", f"{loaded / 1024:.1f} MiB", f"{per_stream:.1f} KiB", f"{reached}/2000"]
+    text = table(
+        "2000 idle streams (queued, heartbeat every 1 s)",
+        ["open streams", "worker RSS before", "with streams", "per stream", "got ≥ 3 heartbeats"],
+        [["2000", *row]],
     )
-    report["idle"] = {
+    return text, {
         "baseline_kb": baseline,
         "loaded_kb": loaded,
         "per_stream_kb": per_stream,
         "heartbeats_reached": reached,
     }
-    relay.stop()
 
-    # --- 4. The chat page's answers through the event log: in memory, and in Redis (CLAWWEB_REDIS_URL) -------
-    redis_server = RedisServer(work / "redis")
+
+def event_log(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """The chat page's answers through the event log: in memory, and in a local redis-server (CLAWWEB_REDIS_URL)."""
+    sim = SimProcess("--ttft", "0.2", "--tps", "38")
+    redis_server = RedisServer(bench.work / "redis")
     redis_pid = redis_server.proc.pid
     log_rows: list[list[str]] = []
     by_mode: dict[str, dict[str, float]] = {}
     for mode, extra in (("in memory", {}), ("Redis", {"redis_url": redis_server.url})):
-        gateway.stop()
-        gateway = start_gateway(work / f"gw-{len(by_mode)}.log", sim.url, **extra)
+        bench.progress(f"{LOG_STREAMS} answers, event log {mode}")
+        gateway = start_gateway(bench.work / f"gw-{len(by_mode)}.log", sim.url, **extra)
         worker = children(gateway.proc.pid)[0]
         worker_before, redis_before = cpu_seconds(worker), cpu_seconds(redis_pid)
         pool = gevent.pool.Pool(LOG_STREAMS)
@@ -720,6 +704,7 @@ def main() -> None:
         tokens = result["tokens"] or float("nan")
         result["cpu_s_per_1k_tokens"] = (cpu_seconds(worker) - worker_before) / tokens * 1000
         result["redis_cpu_s_per_1k_tokens"] = (cpu_seconds(redis_pid) - redis_before) / tokens * 1000
+        gateway.stop()
         by_mode[mode] = result
         base = by_mode["in memory"]
         log_rows.append(
@@ -734,90 +719,66 @@ def main() -> None:
                 f"{result['completed_pct']:.1f}%",
             ]
         )
-    out.append(
-        table(
-            f"Chat answers through the event log: {LOG_STREAMS} at once, 200 tokens at 38 tokens/s",
-            [
-                "event log",
-                "latency p50 ms",
-                "latency p99 ms",
-                "p99 vs memory",
-                "worker CPU ms / 1k tokens",
-                "redis-server CPU ms / 1k",
-                "worker CPU vs memory",
-                "completed",
-            ],
-            log_rows,
-        )
-    )
-    report["event_log"] = by_mode
-    gateway.stop()
     redis_server.stop()
     sim.stop()
+    header = ["event log", "latency p50 ms", "latency p99 ms", "p99 vs memory", "worker CPU ms / 1k tokens"]
+    header += ["redis-server CPU ms / 1k", "worker CPU vs memory", "completed"]
+    title = f"Chat answers through the event log: {LOG_STREAMS} at once, 200 tokens at 38 tokens/s"
+    return table(title, header, log_rows), by_mode
 
-    # --- 5. Rendering: the chat page in Chromium while a 4000-token answer streams at 100 tokens/s ----------
+
+def rendering(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """The chat page in Chromium while a 4000-token answer streams at 100 tokens/s."""
+    bench.progress("a 4000-token answer at 100 tokens/s in headless Chromium (about 45 s)")
     # A separate process: Playwright's sync API does not run under this process's gevent monkey-patching.
     rendered = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "render.py"), "--screenshot", str(work / "render.png")],
+        [sys.executable, str(ROOT / "bench" / "render.py"), "--screenshot", str(bench.work / "render.png")],
         capture_output=True,
         text=True,
         check=True,
     )
     render = json.loads(rendered.stdout)
-    out.append(
-        table(
-            "Rendering: a 4000-token answer at 100 tokens/s in headless Chromium",
-            [
-                "answer s",
-                "frames (median ms)",
-                "dropped frames",
-                "frames > 50 ms",
-                "long tasks (longest ms)",
-                "final re-render ms",
-                "page main thread CPU",
-                "other load",
-            ],
-            [
-                [
-                    f"{render['answer_s']:.1f}",
-                    f"{render['frames']:.0f} ({render['frame_median_ms']:.1f})",
-                    f"{render['dropped_frames']:.0f}",
-                    f"{render['frames_over_50ms']:.0f}",
-                    f"{render['longtasks']:.0f} ({render['longtask_max_ms']:.0f})",
-                    f"{render['finish_script_ms']:.0f}",
-                    f"{render['renderer_main_cpu_pct']:.0f}%",
-                    f"{render['other_cpu_pct']:.0f}%",
-                ]
-            ],
-        )
-    )
-    report["render"] = render
+    header = ["answer s", "frames (median ms)", "dropped frames", "frames > 50 ms", "long tasks (longest ms)"]
+    header += ["final re-render ms", "page main thread CPU", "other load"]
+    row = [
+        f"{render['answer_s']:.1f}",
+        f"{render['frames']:.0f} ({render['frame_median_ms']:.1f})",
+        f"{render['dropped_frames']:.0f}",
+        f"{render['frames_over_50ms']:.0f}",
+        f"{render['longtasks']:.0f} ({render['longtask_max_ms']:.0f})",
+        f"{render['finish_script_ms']:.0f}",
+        f"{render['renderer_main_cpu_pct']:.0f}%",
+        f"{render['other_cpu_pct']:.0f}%",
+    ]
+    return table("Rendering: a 4000-token answer at 100 tokens/s in headless Chromium", header, [row]), render
 
-    # --- 6. A team's history: a branched conversation opens, search over 20000 messages -------------------
-    history = json.loads(
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "history.py")], capture_output=True, text=True, check=True
-        ).stdout
+
+def history(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """A team's history (bench/history.py): a branched conversation opens, search over 20000 messages."""
+    bench.progress("building 22000 messages, then opening and searching them (about a minute)")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "history.py")], capture_output=True, text=True, check=True
     )
+    figures = json.loads(done.stdout)
     big, small = "2000 messages, 50 branches", "2 messages (yardstick)"
     rows = [
         [
             "open: GET /api/conversations/<id>",
-            f"{history['open'][big]['p50_ms']:.1f}",
-            f"{history['open'][big]['p99_ms']:.1f}",
-            f"{history['open'][small]['p50_ms']:.1f}",
-            f"{history['open'][big]['p50_ms'] / history['open'][small]['p50_ms']:.1f}×",
+            f"{figures['open'][big]['p50_ms']:.1f}",
+            f"{figures['open'][big]['p99_ms']:.1f}",
+            f"{figures['open'][small]['p50_ms']:.1f}",
+            f"{figures['open'][big]['p50_ms'] / figures['open'][small]['p50_ms']:.1f}×",
         ],
         [
             "open: the page's time to interactive (Chromium)",
-            f"{history['page'][big]['tti_p50_ms']:.0f}",
-            f"{history['page'][big]['tti_max_ms']:.0f} (max of 5)",
-            f"{history['page'][small]['tti_p50_ms']:.0f}",
-            f"{history['page'][big]['tti_p50_ms'] / history['page'][small]['tti_p50_ms']:.1f}×",
+            f"{figures['page'][big]['tti_p50_ms']:.0f}",
+            f"{figures['page'][big]['tti_max_ms']:.0f} (max of 5)",
+            f"{figures['page'][small]['tti_p50_ms']:.0f}",
+            f"{figures['page'][big]['tti_p50_ms'] / figures['page'][small]['tti_p50_ms']:.1f}×",
         ],
     ]
-    for query, figures in history["search"].items():
-        many, few = figures["20000 messages"], figures["200 messages (yardstick)"]
+    for query, by_size in figures["search"].items():
+        many, few = by_size["20000 messages"], by_size["200 messages (yardstick)"]
         rows.append(
             [
                 f"search 20000 messages: {query}",
@@ -827,20 +788,156 @@ def main() -> None:
                 f"{many['p50_ms'] / few['p50_ms']:.1f}×",
             ]
         )
-    out.append(
-        table(
-            "History: a conversation of 2000 messages in 50 branches, search over 20000 messages (goal < 50 ms)",
-            ["what", "p50 ms", "p99 ms", "yardstick p50 ms", "vs yardstick"],
-            rows,
+    title = "History: a conversation of 2000 messages in 50 branches, search over 20000 messages (goal < 50 ms)"
+    return table(title, ["what", "p50 ms", "p99 ms", "yardstick p50 ms", "vs yardstick"], rows), figures
+
+
+def workers_row(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """500 streams (200 tokens at 38 tokens/s) through clawweb with Redis, one worker and ``CLAWWEB_WORKERS=2``,
+    beside the simulator direct: what a second core buys (added latency) and costs (CPU per token, all workers and
+    redis-server together)."""
+    level = 100 if bench.quick else 500
+    sim = SimProcess("--ttft", "0.2", "--tps", "38")
+    redis_server = RedisServer(bench.work / "redis-workers")
+    redis_pid = redis_server.proc.pid
+    gateways: dict[str, Gateway] = {}
+    for workers in (1, 2):
+        # A Redis database each: two installations must not share one (their answers' keys would meet).
+        url = redis_server.url.rsplit("/", 1)[0] + f"/{workers}"
+        gateways[f"clawweb, {workers} worker{'s' if workers > 1 else ''}, Redis"] = start_gateway(
+            bench.work / f"gw-workers-{workers}.log", sim.url, redis_url=url, workers=workers
         )
+    for gateway in gateways.values():  # every worker booted (the gateway answered from one), then warmed up
+        wanted = int(gateway.env["CLAWWEB_WORKERS"])
+        gateway.wait_until(partial(lambda gw, n: len(children(gw.proc.pid)) == n, gateway, wanted))
+        concurrent(8, ("127.0.0.1", gateway.port, True, None), chat(3))
+    paths: dict[str, tuple[tuple[str, int, bool, ssl.SSLContext | None], list[int]]] = {
+        "simulator direct": (("127.0.0.1", sim.port, False, None), [])
+    }
+    paths |= {name: (("127.0.0.1", gw.port, True, None), children(gw.proc.pid)) for name, gw in gateways.items()}
+    results: dict[str, dict[str, float]] = {}
+    shares: dict[str, list[float]] = {}
+    for name, (target, pids) in paths.items():
+        bench.progress(f"{level} streams: {name}")
+        before = [cpu_seconds(pid) for pid in pids]
+        redis_before = cpu_seconds(redis_pid)
+        result = summarize(concurrent(level, target, chat(200)))
+        spent = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
+        tokens = result["tokens"] or float("nan")
+        result["cpu_s_per_1k_tokens"] = sum(spent) / tokens * 1000
+        result["redis_cpu_s_per_1k_tokens"] = (cpu_seconds(redis_pid) - redis_before) / tokens * 1000
+        # How the streams fell between the workers (they accept from one socket), by the CPU each spent.
+        shares[name] = [share / (sum(spent) or 1) for share in spent]
+        result["worker_cpu_largest_share"] = max(shares[name], default=1.0)
+        results[name] = result
+    for gateway in gateways.values():
+        gateway.stop()
+    redis_server.stop()
+    sim.stop()
+    direct, one = results["simulator direct"], results[next(iter(gateways))]
+    rows = []
+    for name in gateways:
+        result = results[name]
+        rows.append(
+            [
+                str(level),
+                name,
+                f"{result['ttft_p50_ms'] - direct['ttft_p50_ms']:+.1f}",
+                f"{result['latency_p50_ms'] - direct['latency_p50_ms']:+.2f}",
+                f"{result['latency_p99_ms'] - direct['latency_p99_ms']:+.2f}",
+                f"{result['latency_p99_ms']:.1f}",
+                f"{result['cpu_s_per_1k_tokens'] * 1000:.1f}",
+                "/".join(f"{100 * share:.0f}" for share in shares[name]),
+                f"{result['redis_cpu_s_per_1k_tokens'] * 1000:.1f}",
+                f"{result['cpu_s_per_1k_tokens'] / one['cpu_s_per_1k_tokens']:.2f}×",
+                f"{result['completed_pct']:.1f}%",
+            ]
+        )
+    bench.progress("added p99 " + ", ".join(f"{row[1]} {row[4]} ms, CPU {row[9]}" for row in rows))
+    header = [
+        "streams",
+        "path",
+        "added TTFT p50 ms",
+        "added latency p50 ms",
+        "added p99 ms",
+        "latency p99 ms",  # too: on a busy machine the simulator falls behind its clock, the added can go negative
+        "worker CPU ms / 1k tokens",
+    ]
+    header += ["CPU split between workers %", "redis-server CPU ms / 1k", "CPU vs 1 worker", "completed"]
+    title = f"Every core: {level} streams of 200 tokens at 38 tokens/s, Redis, one worker and CLAWWEB_WORKERS=2"
+    return table(title, header, rows), results
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of the benchmark: a function that starts what it measures, measures, stops it and returns its
+    markdown table and its report entry; ``quick``: part of ``--quick`` (in its small variant)."""
+
+    run: Callable[[Bench], tuple[str, Any]]
+    quick: bool = False
+
+
+# The benchmark's parts in the order `make bench` runs them; `make bench PART=name` runs one (the report key is
+# the name with "_" for "-"). A new row is one line here.
+PARTS: dict[str, Part] = {
+    "seed": Part(seed_table, quick=True),
+    "high-load": Part(high_load, quick=True),
+    "embed": Part(embedding_row, quick=True),
+    "idle": Part(idle_streams),
+    "event-log": Part(event_log),
+    "render": Part(rendering),
+    "history": Part(history),
+    "workers": Part(workers_row),
+    "lanes": Part(lambda bench: lanes_row(bench.work, progress=bench.progress)),
+    "affinity": Part(lambda bench: affinity_row(bench.work)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The loopback benchmark (make bench): see bench/README.md.")
+    parser.add_argument("--quick", action="store_true", help="small levels of the quick parts, into results/quick.*")
+    parser.add_argument(
+        "--part",
+        action="append",
+        choices=list(PARTS),
+        help="run this part alone (repeatable), into results/part-NAME.*; with --quick its small variant",
     )
-    report["history"] = history
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the stacks of clawweb's and the naive relay's workers into DIR/{clawweb,naive}/PID.folded",
+    )
+    args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile or ""
+    names = args.part or [name for name, part in PARTS.items() if part.quick or not args.quick]
+    if args.part:
+        command, output = f"make bench PART={','.join(names)}", "part-" + "+".join(names)
+    else:
+        command, output = ("bench/run.py --quick", "quick") if args.quick else ("make bench", "latest")
+    if args.quick and args.part:
+        command = f"bench/run.py --quick --part {' --part '.join(names)}"
+    work = Path(tempfile.mkdtemp(prefix="clawweb-bench-"))
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "command": command,
+        "started": datetime.now(UTC).isoformat(),
+    }
+    out: list[str] = []
+    started = time.monotonic()
+    for number, name in enumerate(names, 1):
+        bench = Bench(work, args.quick, name)
+        bench.progress(f"part {number}/{len(names)} ({', '.join(names)}); {os_load()}")
+        text, report[name.replace("-", "_")] = PARTS[name].run(bench)
+        out.append(text)
+        bench.progress(f"done; {os_load()}; {(time.monotonic() - started) / 60:.1f} min since the start")
+    write(report, out, output, plot="seed" in names or "high-load" in names)
 
-    # --- 7. Conversation affinity: the next turn where the history is cached ---------------------------------
-    text, report["affinity"] = affinity_row(work)
-    out.append(text)
 
-    write(report, out, "latest")
+def os_load() -> str:
+    """The machine's load average: every figure of a run on this shared machine is read against it."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (5 min: {five:.2f}) on {os.cpu_count()} cores"
 
 
 def write(report: dict[str, Any], out: list[str], name: str, plot: bool = True) -> None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -88,8 +89,9 @@ class Waiting:
 
 
 class Connection:
-    """A client socket as gunicorn uses it, counted in ``Waiting`` while a read for an unanswered request blocks.
-    Everything but ``recv`` goes to the socket unchanged."""
+    """A client socket as gunicorn uses it, counted in ``Waiting`` while a read for an unanswered request blocks,
+    and sending a response's headers with its first body bytes. Everything but ``recv`` and ``sendall`` goes to the
+    socket unchanged (after any held headers)."""
 
     def __init__(self, sock: Any, address: str, waiting: Waiting) -> None:
         self._sock = sock
@@ -97,6 +99,13 @@ class Connection:
         self.address = address
         self.pending = True  # a request is on its way and not answered yet; the first one from the accept on
         self.request: Any = None  # gunicorn's Request being served
+        # gunicorn sends a response's headers and then each body chunk, one sendall each: the headers are held here
+        # and go with the body's first bytes, one send and one TCP segment instead of two (a streamed answer's
+        # first frame, most of all). Never later than this greenlet's run: the first other use of the socket, or
+        # the hub's next turn, sends them alone.
+        self._headers_next = False  # start_response was called: gunicorn's next sendall is the header block
+        self._held = b""
+        self._flusher: Any = None  # the greenlet sending held headers alone (nothing followed them in the run)
 
     def begin(self, request: Any) -> None:
         """A request's headers are in: it counts again until answered."""
@@ -104,11 +113,49 @@ class Connection:
 
     def answered(self, close: bool) -> None:
         self.pending = False
+        self._headers_next = True
         if close and self.request is not None:
             self.request.must_close = True  # gunicorn then says "Connection: close" and closes after the response
 
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        if self._headers_next:
+            self._headers_next = False
+            self._held = data
+            gevent.get_hub().loop.run_callback(self._send_held_soon)
+            return
+        if self._flusher is not None:  # (tested inline: this runs once per token)
+            self._join_flusher()
+        if self._held:
+            data, self._held = self._held + data, b""
+        self._sock.sendall(data, flags)
+
+    def _send_held_soon(self) -> None:
+        """In the hub: the greenlet blocked before its body's first bytes (an empty body, a slow first chunk)."""
+        if self._held and self._flusher is None:
+            self._flusher = gevent.spawn(self._send_held_alone)
+
+    def _send_held_alone(self) -> None:
+        held, self._held = self._held, b""
+        try:
+            self._sock.sendall(held)
+        except OSError:
+            pass  # the client is gone: the serving greenlet's next write says so
+
+    def _join_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+
+    def _send_held(self) -> None:
+        """Before any other use of the socket: the held headers go first."""
+        self._join_flusher()
+        if self._held:
+            held, self._held = self._held, b""
+            self._sock.sendall(held)
+
     def recv(self, size: int, flags: int = 0) -> bytes:
         data: bytes
+        self._send_held()
         if not self.pending:
             data = self._sock.recv(size, flags)
             return data
@@ -129,6 +176,7 @@ class Connection:
             self._waiting.leave(self.address)
 
     def __getattr__(self, name: str) -> Any:
+        self._send_held()  # close, fileno (sendfile), setblocking...: after the headers
         return getattr(self._sock, name)
 
 

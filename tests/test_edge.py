@@ -391,6 +391,33 @@ def test_a_burst_from_one_address_gets_the_apps_answers(open_gw: Gateway) -> Non
     assert "refusing connections" not in open_gw.log
 
 
+def receive_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while end not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data  # closed early
+        data += chunk
+    return data
+
+
+def test_a_response_without_body_bytes_still_gets_its_headers_sent(open_gw: Gateway) -> None:
+    """The worker holds a response's headers to send them with its body's first bytes (one send); a response that
+    has none (HEAD here) gets them when the worker turns to the connection's next request, and that request on
+    the same keep-alive connection is answered after them, in order."""
+    with socket.create_connection(("127.0.0.1", open_gw.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = receive_until(sock, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = receive_until(sock, b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), head + answer
+        length = int(re.search(rb"Content-Length: (\d+)", answer).group(1))  # type: ignore[union-attr]
+        body = answer.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += sock.recv(65536)
+        assert json.loads(body)["status"] == "ok"
+
+
 # --- 9. Who may say the request came over TLS ------------------------------------------------------------------------
 
 

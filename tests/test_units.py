@@ -18,11 +18,27 @@ from clawweb.relay import sse
 from clawweb.relay.upstream_stream import classify
 from clawweb.services import services
 from clawweb.validation import validate_chat
+from clawweb.worker_count import WorkerCountError, worker_count
 
 USER = [{"role": "user", "content": "hi"}]
 
 
 # --- configuration -------------------------------------------------------------------------------------------
+
+
+def test_workers_auto_is_one_per_core_with_redis_and_one_without() -> None:
+    """CLAWWEB_WORKERS=auto (the deploy kit's unit): every core when the state is shared in Redis, else one; a
+    number is taken as it is, and several without Redis are refused with the reason."""
+    assert worker_count("auto", "redis://127.0.0.1/0", cores=8) == 8
+    assert worker_count("auto", "", cores=8) == 1
+    assert worker_count(" 3 ", "redis://127.0.0.1/0", cores=8) == 3
+    assert worker_count("1", "", cores=8) == 1
+    with pytest.raises(WorkerCountError, match="CLAWWEB_WORKERS=2 needs CLAWWEB_REDIS_URL"):
+        worker_count("2", "", cores=8)
+    with pytest.raises(WorkerCountError, match="not a number of workers or 'auto'"):
+        worker_count("many", "redis://127.0.0.1/0", cores=8)
+    with pytest.raises(WorkerCountError, match="at least 1"):
+        worker_count("0", "redis://127.0.0.1/0", cores=8)
 
 
 def test_defaults() -> None:

@@ -52,22 +52,36 @@ def sse_events(relay: Relay) -> Iterator[bytes]:
     try:
         yield sse.OPENING
         seq = 0
+        # A token that begins the thinking or the writing comes right after its status (``Relay.events``): the two
+        # frames go as one chunk, one send instead of two, and the first token no later.
+        held = b""
         for event in relay.events():
             if isinstance(event, bytes):  # a token: first, outside the match (see the events module)
                 seq += 1
-                yield sse.line_frame(event, seq)
+                if held:
+                    yield held + sse.line_frame(event, seq)
+                    held = b""
+                else:
+                    yield sse.line_frame(event, seq)
                 continue
+            if held:  # not the token expected: the status goes alone, first
+                yield held
+                held = b""
             match event:
                 case Heartbeat.BEAT:
                     yield sse.KEEP_ALIVE
                 case Queued(position=position, active=active):
                     yield sse.json_frame({"position": position, "active": active}, event="queued")
+                case Status(stage="thinking" | "writing"):
+                    held = sse.json_frame(event.payload(), event="status")
                 case Status():
                     yield sse.json_frame(event.payload(), event="status")
                 case Failure(message=message):
                     yield sse.json_frame({"error": message}, event="error")
                 case _:
                     assert_never(event)
+        if held:
+            yield held
     finally:
         relay.close()
 

@@ -108,6 +108,8 @@ class ServerProcess:
 class Gateway(ServerProcess):
     """clawweb under a real ``gunicorn -k gevent`` with the project's ``gunicorn.conf.py``."""
 
+    config = "gunicorn.conf.py"  # bench/run.py --profile: bench/profiling.conf.py (the same, plus a sampler)
+
     def __init__(self, log_path: Path, ollama_url: str, **settings: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -122,7 +124,7 @@ class Gateway(ServerProcess):
         settings.setdefault("quota_answers_per_day", 0)
         env.update({f"CLAWWEB_{key.upper()}": str(value) for key, value in settings.items()})
         self.env = env
-        super().__init__([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], log_path, env)
+        super().__init__([str(BIN / "gunicorn"), "-c", self.config, "wsgi:app"], log_path, env)
         # Any HTTP answer means the worker is up (the master binds before the worker can accept).
         self.wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).status_code > 0)
 
