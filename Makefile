@@ -36,10 +36,11 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Four processes, each module on one of them (its servers and module fixtures stay together): the suite waits on
-# real servers far more than it computes (11.4 minutes here with three, 9-11 with two a third smaller suite ago).
+# Three processes, each module on one of them (its servers and module fixtures stay together): the suite waits on
+# real servers far more than it computes (11 minutes here with three; four gain a minute but starve the browser
+# tests' pages of CPU on 2 cores).
 test: $(VENV)/.dev-deps system-deps lint
-	$(BIN)/python -m pytest -n 4 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 # The in-process tests alone (no simulator, gunicorn, Redis, nginx or browser): the quick loop, ~20 s here.
 unit: $(VENV)/.dev-deps

@@ -115,8 +115,10 @@ def test_each_stage_has_its_line_then_the_figures_say_what_it_took(
     answer = page.locator(".message.assistant")
     expect(answer).to_have_attribute("data-stage", "writing", timeout=10_000)
     expect(line).to_be_hidden()
-    caret = answer.locator(".content .tail").evaluate("tail => getComputedStyle(tail, '::after').content")
-    assert caret == '"▍"'  # the typing indicator while text flows
+    # The typing indicator while text flows (polled: on a busy machine the first look may come between frames).
+    caret = "() => [...document.querySelectorAll('.message.assistant .content .tail')]"
+    caret += ".some(tail => getComputedStyle(tail, '::after').content === '\"▍\"')"
+    page.wait_for_function(caret, timeout=10_000)
     shot(page, "writing")
     expect(answer).to_have_attribute("data-status", "done", timeout=20_000)
     meta = answer.locator(".meta").inner_text()
