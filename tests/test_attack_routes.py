@@ -31,10 +31,9 @@ from typing import Any
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from .support.factories import StartGateway, StartRedis, StartSimulator
-from .support.servers import Gateway, wait_for
+from .support.servers import Gateway, metric, wait_for
 from .support.simproc import SimProcess, chat, sim_line
 from .support.sseclient import events
 
@@ -276,14 +275,6 @@ def test_the_probe_tells_an_unauthenticated_caller_nothing_else(gateway: Gateway
 
 
 # --- a flood of embeddings beside streaming answers ------------------------------------------------------------
-
-
-def metric(gateway: Gateway, name: str) -> float:
-    for family in text_string_to_metric_families(requests.get(gateway.url + "/metrics", timeout=5).text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    raise AssertionError(f"no metric {name}")
 
 
 def queue(gateway: Gateway) -> dict[str, Any]:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from .support.factories import StartGateway, StartSimulator
-from .support.servers import Gateway, wait_for
+from .support.servers import Gateway, metric, wait_for
 from .support.simproc import SimProcess, chat
 from .support.sseclient import events
 
@@ -52,14 +51,6 @@ def _stalled(gateway: Gateway, body: dict[str, object]) -> socket.socket:
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
     )
     return sock
-
-
-def metric(gateway: Gateway, name: str) -> float:
-    for family in text_string_to_metric_families(requests.get(gateway.url + "/metrics", timeout=5).text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    raise AssertionError(f"no metric {name}")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -320,3 +321,12 @@ http {{
             [nginx, "-p", str(directory), "-c", str(self.conf), "-g", "daemon off;"], directory / "nginx.out"
         )
         self.wait_until(lambda: accepts(self.https_port))
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    """The value of the unlabelled sample ``name`` on the gateway's ``/metrics`` (an ``AssertionError`` if absent)."""
+    for family in text_string_to_metric_families(requests.get(gateway.url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"no metric {name}")
