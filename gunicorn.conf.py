@@ -10,6 +10,7 @@ import tempfile
 
 from clawweb import lifecycle
 from clawweb.config import ConfigError, data_path_problem, load_settings
+from clawweb.storage.engine import is_postgres, sqlite_path
 from clawweb.worker_count import WorkerCountError, host_cores, worker_count
 
 try:
@@ -17,9 +18,10 @@ try:
 except ConfigError as exc:
     sys.exit(f"clawweb: {exc}")
 # A read-only data directory: one line here, rather than every worker failing to boot with a traceback.
-_problem = data_path_problem("CLAWWEB_DB", _settings.db)
-if _problem:
-    sys.exit(f"clawweb: {_problem}")
+if not is_postgres(_settings.database):
+    _problem = data_path_problem("CLAWWEB_DB", sqlite_path(_settings.database))
+    if _problem:
+        sys.exit(f"clawweb: {_problem}")
 
 # Where to listen; nginx proxies to this (loopback by default: the gateway is not meant to face the internet bare).
 bind = _settings.bind

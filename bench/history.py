@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from clawweb.storage import Store  # noqa: E402
+from clawweb.storage.engine import Connection  # noqa: E402
 from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.support.servers import Gateway  # noqa: E402
 
@@ -54,7 +54,7 @@ def sentence(rng: random.Random, words: int = 60) -> str:
     return " ".join(pool)
 
 
-def insert(db: sqlite3.Connection, conversation: str, parent: int | None, role: str, text: str) -> int:
+def insert(db: Connection, conversation: str, parent: int | None, role: str, text: str) -> int:
     row = db.execute(
         "INSERT INTO messages (conversation_id, parent_id, role, content, model, status, created_at) "
         "VALUES (?, ?, ?, ?, 'qwen3:32b', 'done', ?) RETURNING id",
@@ -68,7 +68,7 @@ def branched_conversation(store: Store, rng: random.Random) -> str:
     followed by its own 40 messages (20 turns); the branch shown is the newest."""
     conversation = str(store.create_conversation(None, "qwen3:32b", "A long branched conversation")["id"])
 
-    def build(db: sqlite3.Connection) -> int:
+    def build(db: Connection) -> int:
         users: list[tuple[int | None, int]] = []  # (parent, id) of every user message
         leaf: int | None = None
         for branch in range(BRANCHES):
@@ -87,7 +87,7 @@ def branched_conversation(store: Store, rng: random.Random) -> str:
 def linear_conversation(store: Store, rng: random.Random, messages: int, title: str) -> str:
     conversation = str(store.create_conversation(None, "qwen3:32b", title)["id"])
 
-    def build(db: sqlite3.Connection) -> None:
+    def build(db: Connection) -> None:
         parent: int | None = None
         for n in range(messages):
             parent = insert(db, conversation, parent, "user" if n % 2 == 0 else "assistant", sentence(rng))

@@ -102,11 +102,11 @@ def build_services(settings: Settings) -> Services:
     from .relay.estimates import Estimates
     from .services import Services
     from .state.make import make_state
-    from .storage import Store
+    from .storage import open_store
     from .upstream.client import OllamaClient
 
     state = make_state(settings)  # memory, or Redis when CLAWWEB_REDIS_URL is set
-    store = Store(settings.db, mark_interrupted=not settings.redis_url)  # with Redis, other workers' may be live
+    store = open_store(settings, mark_interrupted=not settings.redis_url)  # with Redis, other workers' may be live
     window = state.window
     return Services(
         settings=settings,

@@ -23,7 +23,7 @@ from .config import ConfigError, Settings, load_settings
 from .doctor import Doctor, warmup
 from .doctor_state import database_checks, redis_checks
 from .state.lanes import KEY_LANES
-from .storage import Store
+from .storage import Store, open_store
 
 # Plain text, not the docstring: --help prints it as it stands, and RST's ``markup`` would show.
 DESCRIPTION = "The operator's command line: check the setup, load the model, manage users, API keys and conversations."
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(settings, args)
     # Never mark answers interrupted: the gateway may be running them right now.
-    store = Store(settings.db, mark_interrupted=False)
+    store = open_store(settings, mark_interrupted=False)
     try:
         if args.command == "users":
             _users(store, settings, args)

@@ -54,6 +54,14 @@ def redact_url(text: str) -> str:
     return "://".join(parts)
 
 
+def _database_url(raw: str) -> str:
+    """A PostgreSQL URL (``postgresql://`` or ``postgres://``) or ``sqlite:///path``; empty: ``CLAWWEB_DB``."""
+    value = raw.strip()
+    if value and not value.startswith(("postgresql://", "postgres://", "sqlite://")):
+        raise ValueError("must be postgresql://user:password@host:5432/database (or sqlite:///path/to/file.db)")
+    return value
+
+
 def _urls(raw: str) -> str:
     """One Ollama URL, or several separated by commas (``clawweb.upstream.hosts`` spreads requests over them). Kept as
     one normalized string, so code that only needs to name the upstream still can."""
@@ -287,6 +295,16 @@ class Settings:
     affinity_entries: int = _setting(
         10000, _non_negative_int, "answers remembered per worker for conversation affinity (0: affinity off)"
     )
+    database_url: str = _setting(
+        "", _database_url, "postgresql://user:password@host/db: PostgreSQL instead of CLAWWEB_DB (several hosts)"
+    )
+    db_pool_size: int = _setting(8, _positive_int, "PostgreSQL connections each worker keeps")
+    db_pool_timeout_s: float = _setting(5.0, _positive_float, "longest wait for a free PostgreSQL connection (503)")
+
+    @property
+    def database(self) -> str:
+        """Where the store is: ``CLAWWEB_DATABASE_URL``, else the SQLite file ``CLAWWEB_DB``."""
+        return self.database_url or self.db
 
     @property
     def auth_required(self) -> bool:

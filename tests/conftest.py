@@ -5,7 +5,11 @@ stops what it started and then fails the test if a gateway's log holds a traceba
 
 Markers follow from the fixtures: a test using a factory is ``integration``, one using ``start_*redis`` is
 ``redis`` too, one using ``browser`` is ``browser``; ``make unit`` runs the others, and those may start no
-process at all (a test that does must say ``integration`` itself)."""
+process at all (a test that does must say ``integration`` itself).
+
+Both engines: a test taking ``store`` (or ``database``, the location of a fresh empty database) runs once on
+SQLite and once on PostgreSQL (marked ``postgres`` and ``integration``: a real server, one per test process,
+started when first needed). That is the store's contract suite: the same tests, the same expectations."""
 
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ from playwright.sync_api import Browser, sync_playwright
 
 from clawweb import create_app
 from clawweb.services import services
+from clawweb.storage import Store
 
 from .support.chromium import CHROMIUM, CHROMIUM_ARGS
 from .support.factories import Started, StartGateway, StartRedis, StartSimulator
+from .support.postgres import Databases, PostgresServer
 from .support.servers import require
 
 OLLAMA = "http://127.0.0.1:11434"
@@ -57,6 +63,33 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+# --- both engines ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[Databases]:
+    """Debian's PostgreSQL, one server for this test process (tests/support/postgres.py)."""
+    server = PostgresServer()
+    yield Databases(server)
+    server.remove()
+
+
+@pytest.fixture
+def database(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Where a fresh, empty database is: a SQLite file, or a new database on the test process's PostgreSQL."""
+    if engine == "sqlite":
+        return str(tmp_path / "clawweb.db")
+    databases: Databases = request.getfixturevalue("postgres_databases")
+    return databases.fresh()
+
+
+@pytest.fixture
+def store(database: str) -> Iterator[Store]:
+    opened = Store(database)
+    yield opened
+    opened.close()
+
+
 # --- real servers ------------------------------------------------------------------------------------------------
 
 SERVER_FACTORIES = {
@@ -70,9 +103,21 @@ SERVER_FACTORIES = {
 REDIS_FACTORIES = {"start_redis", "start_module_redis"}
 
 
+ENGINES = ["sqlite", "postgresql"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", ENGINES, scope="function")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("engine") == "postgresql":
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.postgres)
         if names & SERVER_FACTORIES or "browser" in names:
             item.add_marker(pytest.mark.integration)
         if names & REDIS_FACTORIES:

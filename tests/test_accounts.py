@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +11,6 @@ from clawweb.errors import ApiError
 from clawweb.storage import Store
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(str(tmp_path / "clawweb.db"))
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

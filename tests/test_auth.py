@@ -16,7 +16,8 @@ import requests
 from clawweb import create_app
 from clawweb.config import ConfigError, load_settings
 from clawweb.services import services
-from clawweb.storage import MIGRATIONS, Store
+from clawweb.storage import Store
+from clawweb.storage.migrations import SQLITE as MIGRATIONS
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway

@@ -13,7 +13,9 @@ import pytest
 import requests
 
 from clawweb.chat import tree
-from clawweb.storage import MIGRATIONS, Store
+from clawweb.storage import Store
+from clawweb.storage.migrations import SQLITE as MIGRATIONS
+from clawweb.storage.sqlite import SqliteDatabase
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
@@ -287,13 +289,16 @@ def test_the_quota_check_costs_the_same_however_much_is_stored(tmp_path: Path) -
                 counted[0] += 1
                 return 0
 
-            def measure() -> None:
-                assert store._db is not None
-                store._db.set_progress_handler(count, 1)
+            db = store.db
+            assert isinstance(db, SqliteDatabase)
 
-            store._call(measure)
+            def measure() -> None:
+                assert db._db is not None
+                db._db.set_progress_handler(count, 1)
+
+            db._call(measure)
             store.usage(owner, "2024-01-01")
-            store._call(lambda: store._db.set_progress_handler(None, 0) if store._db else None)
+            db._call(lambda: db._db.set_progress_handler(None, 0) if db._db else None)
             return counted[0]
 
         def add(n: int) -> None:

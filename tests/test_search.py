@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import requests
 
-from clawweb.chat import search, tree
+from clawweb.chat import search, search_sqlite, tree
 from clawweb.errors import InvalidField
-from clawweb.storage import MIGRATIONS, Store, spaced
+from clawweb.storage import Store, spaced
+from clawweb.storage.migrations import SQLITE as MIGRATIONS
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
@@ -69,7 +70,7 @@ def test_a_query_that_cannot_be_searched_is_a_400_naming_q(q: str | None, proble
 
 
 def test_each_term_is_one_quoted_fts5_string_and_like_wildcards_are_escaped() -> None:
-    assert search.match_expression(['say "hi"', "NEAR(", "OR"]) == '"say ""hi""" "NEAR(" "OR"'
+    assert search_sqlite.match_expression(['say "hi"', "NEAR(", "OR"]) == '"say ""hi""" "NEAR(" "OR"'
     assert search.like_pattern("50%_a\\") == "%50\\%\\_a\\\\%"
 
 
@@ -81,13 +82,6 @@ def test_a_snippet_is_plain_text_around_the_first_match_with_utf16_offsets() -> 
     utf16 = shown.encode("utf-16-le")
     assert [utf16[2 * a : 2 * b].decode("utf-16-le") for a, b in highlights] == ["Quick", "FOX"]
     assert search.snippet("<b>no match</b>", ["zzz"]) == ("<b>no match</b>", [])
-
-
-@pytest.fixture
-def store() -> Iterator[Store]:
-    opened = Store(":memory:")
-    yield opened
-    opened.close()
 
 
 def conversation(store: Store, owner: int | None, title: str, *texts: str) -> dict[str, Any]:
@@ -140,7 +134,7 @@ def test_two_character_chinese_and_one_character_terms_match_through_the_short_i
 
 def test_the_short_index_holds_each_character_and_adjacent_pair_once_spaced() -> None:
     assert spaced("模型") == "\x01模\x01型\x01" and spaced("") == "\x01\x01" and spaced(None) is None
-    assert search.short_expression(["模", "模型", '"a']) == '"\x01模\x01" "模\x01型" """\x01a"'
+    assert search_sqlite.short_expression(["模", "模型", '"a']) == '"\x01模\x01" "模\x01型" """\x01a"'
 
 
 @pytest.fixture(params=["memory", "file"])

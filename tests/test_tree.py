@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import requests
 from clawweb.chat import tree
 from clawweb.chat.generations import _added, text_of
 from clawweb.simulator import _after, answer_tokens
-from clawweb.storage import FIGURES, MIGRATIONS, Store
+from clawweb.storage import FIGURES, Store
+from clawweb.storage.migrations import SQLITE as MIGRATIONS
 
 from .support.factories import StartGateway, StartSimulator
 from .support.servers import Gateway
@@ -386,13 +386,6 @@ def test_a_migrated_conversation_is_shown_and_goes_on(
 
 
 # --- in-process: the tree queries, the figures, the log, the simulator ---------------------------------------------
-
-
-@pytest.fixture
-def store() -> Iterator[Store]:
-    made = Store(":memory:")
-    yield made
-    made.close()
 
 
 def test_tree_queries(store: Store) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from ..storage import Store
+from ..storage.engine import Connection
 
 # The bytes a conversation holds as quota_usage counts them (storage.py's quota migration).
 _BYTES = """
-    length(CAST(title AS BLOB)) + length(CAST(system_prompt AS BLOB)) + ifnull((
+    length(CAST(title AS BLOB)) + length(CAST(system_prompt AS BLOB)) + coalesce((
         SELECT sum(length(CAST(content AS BLOB)) + length(CAST(thinking AS BLOB))) FROM messages
         WHERE conversation_id = conversations.id), 0)
 """
@@ -22,7 +21,7 @@ def adopt(store: Store, user_id: int, ids: list[str] | None = None) -> tuple[int
     """Give ``user_id`` the ownerless conversations (all, or those of ``ids``), in one transaction, moving their
     figures in the quota counts; returns (adopted, left out: the user imported the same one already)."""
 
-    def move(db: sqlite3.Connection) -> tuple[int, int]:
+    def move(db: Connection) -> tuple[int, int]:
         wanted = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
         candidates = db.execute(
             f"SELECT id, source, {_BYTES} AS bytes FROM conversations WHERE user_id IS NULL{wanted}", tuple(ids or ())
@@ -36,7 +35,7 @@ def adopt(store: Store, user_id: int, ids: list[str] | None = None) -> tuple[int
         db.execute(
             "UPDATE quota_usage SET conversations = conversations - ?, bytes = bytes - ? WHERE owner = 0", (count, size)
         )
-        db.execute("INSERT OR IGNORE INTO quota_usage (owner) VALUES (?)", (user_id,))
+        db.execute("INSERT INTO quota_usage (owner) VALUES (?) ON CONFLICT DO NOTHING", (user_id,))
         db.execute(
             "UPDATE quota_usage SET conversations = conversations + ?, bytes = bytes + ? WHERE owner = ?",
             (count, size, user_id),

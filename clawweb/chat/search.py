@@ -22,10 +22,12 @@ and the offsets of the matches in it (in UTF-16 code units, what JavaScript's ``
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from ..errors import InvalidField
-from ..storage import SEPARATOR, Store
+from ..storage import Store
+from . import search_postgres, search_sqlite
 
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 16
@@ -52,16 +54,6 @@ def terms(q: str | None) -> list[str]:
     return list(found.values())
 
 
-def match_expression(words: list[str]) -> str:
-    """An FTS5 query matching rows that hold every word as a substring: each word a quoted string."""
-    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
-def short_expression(words: list[str]) -> str:
-    """The ``messages_short`` query for words of 1 or 2 characters: each one trigram of the spaced text."""
-    return match_expression([SEPARATOR.join(w) if len(w) == 2 else SEPARATOR + w + SEPARATOR for w in words])
-
-
 def like_pattern(word: str) -> str:
     """A ``LIKE ... ESCAPE '\\'`` pattern for rows containing ``word``."""
     escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -84,63 +76,9 @@ def snippet(text: str, words: list[str]) -> tuple[str, list[list[int]]]:
     return shown, highlights
 
 
-def _likes(column: str, short: list[str]) -> str:
-    return "".join(f" AND {column} LIKE :like{i} ESCAPE '\\'" for i in range(len(short)))
-
-
-def _title_hits(store: Store, owner: int | None, long: list[str], short: list[str]) -> list[str]:
-    """The ids of every conversation of ``owner`` whose title matches, best first (an owner's titles are few)."""
-    names: dict[str, Any] = {"owner": owner, **{f"like{i}": like_pattern(w) for i, w in enumerate(short)}}
-    if long:
-        sql = (
-            "SELECT c.id FROM titles_search JOIN conversations AS c ON c.id = titles_search.conversation_id "
-            f"WHERE titles_search MATCH :match AND c.user_id IS :owner{_likes('c.title', short)} "
-            "ORDER BY bm25(titles_search), c.updated_at DESC"
-        )
-        names["match"] = match_expression(long)
-    else:
-        sql = (
-            f"SELECT id FROM conversations AS c WHERE user_id IS :owner{_likes('c.title', short)} "
-            "ORDER BY updated_at DESC"
-        )
-    return [row["id"] for row in store.execute(sql, names)]
-
-
-def _common(store: Store, match: str) -> bool:
-    """Whether more than ``COMMON`` messages (of every owner: a bound is enough to choose) match ``match``;
-    counting stops at ``COMMON + 1``, so a common word costs no more to count than a rare one."""
-    rows = store.execute(
-        "SELECT count(*) AS hits FROM (SELECT rowid FROM messages_search WHERE messages_search MATCH ? LIMIT ?)",
-        (match, COMMON + 1),
-    )
-    return bool(rows[0]["hits"] > COMMON)
-
-
-def _message_hits(
-    store: Store, owner: int | None, long: list[str], short: list[str], limit: int, offset: int
-) -> list[int]:
-    """The ids of ``owner``'s messages that match, best first (bm25; newest first without a long term)."""
-    names: dict[str, Any] = {"owner": owner, "limit": limit, "offset": offset, "short": short_expression(short)}
-    if long:
-        shorts = " AND m.id IN (SELECT rowid FROM messages_short WHERE messages_short MATCH :short)" if short else ""
-        # Newest first is the index's own order (rowid descending): read until the page is full, no sort.
-        names["match"] = match_expression(long)
-        order = "messages_search.rowid DESC" if _common(store, names["match"]) else "bm25(messages_search), m.id DESC"
-        sql = (
-            "SELECT m.id FROM messages_search JOIN messages AS m ON m.id = messages_search.rowid "
-            "JOIN conversations AS c ON c.id = m.conversation_id "
-            f"WHERE messages_search MATCH :match AND c.user_id IS :owner{shorts} "
-            f"ORDER BY {order} LIMIT :limit OFFSET :offset"
-        )
-    else:
-        # In the index's own order (rowid descending is the newest first): no sort, however common the term.
-        sql = (
-            "SELECT m.id FROM messages_short JOIN messages AS m ON m.id = messages_short.rowid "
-            "JOIN conversations AS c ON c.id = m.conversation_id "
-            "WHERE messages_short MATCH :short AND c.user_id IS :owner "
-            "ORDER BY messages_short.rowid DESC LIMIT :limit OFFSET :offset"
-        )
-    return [row["id"] for row in store.execute(sql, names)]
+def _rows(store: Store, sql: str, ids: Collection[Any]) -> list[dict[str, Any]]:
+    """``sql`` with ``IN ({})`` over ``ids`` (none: no query; an empty ``IN ()`` is SQLite's alone)."""
+    return store.execute(sql.format(", ".join("?" * len(ids))), tuple(ids)) if ids else []
 
 
 def search(store: Store, owner: int | None, words: list[str], limit: int, offset: int) -> tuple[list[Any], bool]:
@@ -148,30 +86,28 @@ def search(store: Store, owner: int | None, words: list[str], limit: int, offset
     message hits (paged as one list)."""
     long = [word for word in words if len(word) >= TRIGRAM]
     short = [word for word in words if len(word) < TRIGRAM]
-    titles = _title_hits(store, owner, long, short)
+    index = search_postgres if store.engine == "postgresql" else search_sqlite
+    titles = index.title_hits(store, owner, long, short)
     wanted = limit + 1  # one more than the page: whether another page follows
     hits: list[tuple[str | None, int | None]] = [(cid, None) for cid in titles[offset : offset + wanted]]
     if len(hits) < wanted:
-        found = _message_hits(store, owner, long, short, wanted - len(hits), max(0, offset - len(titles)))
+        found = index.message_hits(store, owner, long, short, wanted - len(hits), max(0, offset - len(titles)))
         hits += [(None, message_id) for message_id in found]
     more, hits = len(hits) > limit, hits[:limit]
     # Ids first, text only for the page: a common short term may hit every message the owner has.
     message_ids = [message_id for _, message_id in hits if message_id is not None]
     messages = {
         row["id"]: row
-        for row in store.execute(
-            "SELECT id, conversation_id, role, content, created_at FROM messages "
-            f"WHERE id IN ({', '.join('?' * len(message_ids))})",
-            tuple(message_ids),
+        for row in _rows(
+            store,
+            "SELECT id, conversation_id, role, content, created_at FROM messages WHERE id IN ({})",
+            message_ids,
         )
     }
     conversation_ids = {cid for cid, _ in hits if cid} | {row["conversation_id"] for row in messages.values()}
     conversations = {
         row["id"]: row
-        for row in store.execute(
-            f"SELECT id, title, created_at FROM conversations WHERE id IN ({', '.join('?' * len(conversation_ids))})",
-            tuple(conversation_ids),
-        )
+        for row in _rows(store, "SELECT id, title, created_at FROM conversations WHERE id IN ({})", conversation_ids)
     }
     results = []
     for title_of, message_id in hits:

@@ -22,14 +22,14 @@ import itertools
 import json
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 from ..errors import ApiError
-from ..storage import FIGURES, Store
+from ..storage import FIGURES, Duplicate, Store
+from ..storage.engine import Connection
 from . import tree
 
 FORMAT, VERSION = "clawweb", 1
@@ -352,7 +352,7 @@ def store_one(store: Store, owner: int | None, conversation: dict[str, Any], def
     """Store one conversation in one transaction; False when ``owner`` has it already (a concurrent import)."""
     now = time.time()
 
-    def write(db: sqlite3.Connection) -> None:
+    def write(db: Connection) -> None:
         conversation_id = secrets.token_hex(8)
         created = conversation["created_at"] or now
         db.execute(
@@ -397,6 +397,6 @@ def store_one(store: Store, owner: int | None, conversation: dict[str, Any], def
 
     try:
         store.transaction(write)
-    except sqlite3.IntegrityError:  # the unique (owner, source): imported meanwhile by another request
+    except Duplicate:  # the unique (owner, source): imported meanwhile by another request
         return False
     return True

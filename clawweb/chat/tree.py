@@ -11,12 +11,11 @@ below it.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from typing import Any
 
 from ..errors import ApiError
 from ..storage import Store
+from ..storage.engine import Connection
 
 # The ids under (and including) :message, in its conversation.
 _SUBTREE = """
@@ -72,18 +71,21 @@ def branch(store: Store, conversation: dict[str, Any]) -> list[dict[str, Any]]:
             SELECT messages.parent_id, path.depth + 1 FROM messages JOIN path ON messages.id = path.id
             WHERE messages.parent_id IS NOT NULL
         )
-        SELECT messages.*, (
-            SELECT json_group_array(id) FROM (
-                SELECT sibling.id FROM messages AS sibling
-                WHERE sibling.conversation_id = :conversation AND sibling.parent_id IS messages.parent_id
-                ORDER BY sibling.id)
-        ) AS siblings
-        FROM path JOIN messages ON messages.id = path.id ORDER BY path.depth DESC
+        SELECT messages.* FROM path JOIN messages ON messages.id = path.id ORDER BY path.depth DESC
         """,
         {"conversation": conversation["id"], "current": conversation.get("current_id")},
     )
+    # The siblings along the branch: the children of its messages' parents, grouped here.
+    parents = sorted({row["parent_id"] for row in rows if row["parent_id"] is not None})
+    listed = f" OR parent_id IN ({', '.join('?' * len(parents))})" if parents else ""
+    children: dict[int | None, list[int]] = {}
+    for child in store.execute(
+        f"SELECT id, parent_id FROM messages WHERE conversation_id = ? AND (parent_id IS NULL{listed}) ORDER BY id",
+        (conversation["id"], *parents),
+    ):
+        children.setdefault(child["parent_id"], []).append(child["id"])
     for row in rows:
-        row["siblings"] = json.loads(row["siblings"])
+        row["siblings"] = children.get(row["parent_id"], [row["id"]])
     return rows
 
 
@@ -122,17 +124,19 @@ def remove(store: Store, conversation_id: str, message_id: int, streaming_too: b
     ``streaming_too=False``: a 409, deleting nothing, when an answer in it is streaming (one may have started
     since the caller looked)."""
 
-    def delete(db: sqlite3.Connection) -> list[int]:
+    def delete(db: Connection) -> list[int]:
         names = {"message": message_id, "conversation": conversation_id}
         gone = [row[0] for row in db.execute(_SUBTREE + "SELECT id FROM subtree", names)]
         if not gone:
             return []
-        streaming = _SUBTREE + "SELECT 1 FROM messages WHERE id IN subtree AND status = 'streaming' LIMIT 1"
+        streaming = (
+            _SUBTREE + "SELECT 1 FROM messages WHERE id IN (SELECT id FROM subtree) AND status = 'streaming' LIMIT 1"
+        )
         if not streaming_too and db.execute(streaming, names).fetchone():
             raise ApiError(409, "an answer under this message is still being generated; stop it first")
         parent = db.execute("SELECT parent_id FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
         # Children first is not needed: the foreign key is checked at the end of the statement.
-        db.execute(_SUBTREE + "DELETE FROM messages WHERE id IN subtree", names)
+        db.execute(_SUBTREE + "DELETE FROM messages WHERE id IN (SELECT id FROM subtree)", names)
         current = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
         if current is None or current in gone:
             leaf = db.execute(
