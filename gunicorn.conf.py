@@ -100,3 +100,12 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Close the worker's database: PostgreSQL's connection pool ends its threads now, while gevent still runs
+    (left to the interpreter's exit, the pool's finalizer fails joining them: "greenlet is being finalized")."""
+    from clawweb.services import services
+    from wsgi import app  # the worker's, imported already (worker.wsgi is it wrapped in middleware)
+
+    services(app).store.close()

@@ -2,7 +2,8 @@
 
 ``doctor`` and ``warmup`` talk to Ollama and the gateway; ``users`` and ``keys`` manage accounts, and
 ``conversations adopt`` gives open mode's conversations an owner, in the database named by ``CLAWWEB_DB`` (run
-them as the service's user, with its environment file).
+them as the service's user, with its environment file). ``db copy`` moves an installation to another database
+(SQLite to PostgreSQL, or back) and ``db verify`` compares two.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from .config import ConfigError, Settings, load_settings
 from .doctor import Doctor, warmup
 from .doctor_state import database_checks, redis_checks
 from .state.lanes import KEY_LANES
-from .storage import Store, open_store
+from .storage import StorageUnavailable, Store, open_store
+from .storage.copy import CopyRefused, copy, locations_problem
+from .storage.engine import open_database
+from .storage.verify import Verification, verify
 
 # Plain text, not the docstring: --help prints it as it stands, and RST's ``markup`` would show.
 DESCRIPTION = "The operator's command line: check the setup, load the model, manage users, API keys and conversations."
@@ -79,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     adopt.add_argument("--to", required=True, metavar="NAME", help="the user who gets them")
     adopt.add_argument("--id", action="append", dest="ids", metavar="ID", help="only this one (repeatable)")
+
+    db = commands.add_parser("db", help="move the installation to another database").add_subparsers(
+        dest="action", required=True
+    )
+    moved = db.add_parser(
+        "copy",
+        help="copy every row, ids kept, into a new empty database, then verify it (stop the gateways first)",
+        description="Copy every row (accounts, keys, sessions, conversations, shares, quotas) from one database into "
+        "a new, empty one, in one transaction, then compare both: row counts and a checksum of every conversation. "
+        "Exits 1 on any difference.",
+    )
+    compared = db.add_parser("verify", help="compare two databases: row counts and every conversation's checksum")
+    for sub in (moved, compared):
+        sub.add_argument("--from", dest="source", required=True, metavar="URL", help="sqlite:///path or a file")
+        sub.add_argument("--to", dest="target", required=True, metavar="URL", help="postgresql://... (or sqlite:///)")
+    moved.add_argument(
+        "--force", action="store_true", help="copy answers still streaming in the source as they are (text so far)"
+    )
     return parser
 
 
@@ -187,6 +209,36 @@ def _conversations(store: Store, args: argparse.Namespace) -> None:
         raise ValueError("some --id are not ownerless conversations (or do not exist)")
 
 
+def _report(checked: Verification) -> int:
+    rows = sum(checked.rows.values())
+    print(f"verified {len(checked.rows)} tables, {rows} rows, {checked.conversations} conversations equal")
+    for mismatch in checked.mismatches:
+        print(f"MISMATCH {mismatch}")
+    return 0 if checked.ok else 1
+
+
+def _db(args: argparse.Namespace) -> int:
+    problem = locations_problem(args.source, args.target) if args.action == "copy" else None
+    if problem:
+        raise ValueError(problem)
+    source = open_database(args.source)  # both migrated to the current schema: the same tables and columns
+    try:
+        target = open_database(args.target)
+        try:
+            if args.action == "copy":
+                try:
+                    copied = copy(source, target, args.force, lambda table, rows: print(f"copied {table}: {rows}"))
+                except CopyRefused as exc:
+                    raise ValueError(f"nothing copied: {exc}") from exc
+                if copied.streaming:
+                    print(f"{copied.streaming} answer(s) were copied while streaming: their text so far")
+            return _report(verify(source, target))
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
 def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     run = Doctor(settings.ollama_url, settings.default_model, settings.heartbeat_s, args.ca or True, args.key)
     run.ollama()
@@ -221,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         return warmup(settings.ollama_url, settings.default_model, args.wait)
     if args.command == "doctor":
         return _doctor(settings, args)
+    if args.command == "db":
+        try:
+            return _db(args)
+        except (ValueError, ConfigError, StorageUnavailable) as exc:
+            print(f"clawweb: {exc}", file=sys.stderr)
+            return 1
     # Never mark answers interrupted: the gateway may be running them right now.
     store = open_store(settings, mark_interrupted=False)
     try:

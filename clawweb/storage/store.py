@@ -277,9 +277,11 @@ class Store:
     def count_answer(self, owner: int | None, day: str, limit: int) -> bool:
         """Count one more answer for ``owner`` on ``day`` unless it has ``limit`` already (0: no limit); False
         when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""
+        # The stored row's column named with its table: PostgreSQL finds a bare ``answers`` ambiguous here.
         rows = self.execute(
             "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) "
-            "DO UPDATE SET answers = answers + 1 WHERE ? = 0 OR answers < ? RETURNING answers",
+            "DO UPDATE SET answers = quota_answers.answers + 1 "
+            "WHERE ? = 0 OR quota_answers.answers < ? RETURNING answers",
             (0 if owner is None else owner, day, limit, limit),
         )
         return bool(rows)
