@@ -28,6 +28,15 @@ def ask(store: Store, conversation: str, question: str, answer: str, parent: int
     return int(store.add_message(conversation, "assistant", answer, "m", parent_id=user["id"])["id"])
 
 
+def begin(store: Store, cid: str, question: str | None = "q", **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A streaming answer (after a new question) started: (the question, the answer)."""
+    started = store.start_answer(cid, None, "m", question=question, **options)
+    assert not isinstance(started, str), started
+    user, answer = started
+    assert user is not None
+    return user, answer
+
+
 # --- conversations ----------------------------------------------------------------------------------------------
 
 
@@ -106,10 +115,8 @@ def test_a_tree_of_branches(store: Store) -> None:
 
 def test_an_answer_starts_once_and_not_under_a_deleted_parent(store: Store) -> None:
     cid = store.create_conversation(None, "m")["id"]
-    started = store.start_answer(cid, None, "m", question="hi", system_prompt="new prompt")
-    assert started not in ("busy", "gone")
-    user, answer = started  # type: ignore[misc]
-    assert user is not None and user["content"] == "hi" and answer["status"] == "streaming"
+    user, answer = begin(store, cid, "hi", system_prompt="new prompt")
+    assert user["content"] == "hi" and answer["status"] == "streaming"
     assert store.conversation(cid, None)["system_prompt"] == "new prompt"  # type: ignore[index]
     assert store.start_answer(cid, user["id"], "m") == "busy"
     store.finish_message(answer["id"], content="hello", status="done", tokens=2, ttft_ms=12.5, done_reason="stop")
@@ -154,8 +161,7 @@ def test_of_racing_starts_exactly_one_answer_begins(database: str) -> None:
 
 def test_checkpoints_and_interruptions(store: Store) -> None:
     cid = store.create_conversation(None, "m")["id"]
-    started = store.start_answer(cid, None, "m", question="q")
-    _, answer = started  # type: ignore[misc]
+    _, answer = begin(store, cid)
     done = store.add_message(cid, "assistant", "kept", "m")
     store.checkpoint({answer["id"]: ("part", "thought"), done["id"]: ("overwritten?", "")})
     assert (store.message(answer["id"]) or {})["content"] == "part"
@@ -173,7 +179,7 @@ def test_checkpoints_and_interruptions(store: Store) -> None:
 def test_a_store_opened_where_answers_were_left_streaming_marks_them(database: str) -> None:
     first = Store(database)
     cid = first.create_conversation(None, "m")["id"]
-    _, answer = first.start_answer(cid, None, "m", question="q")  # type: ignore[misc]
+    _, answer = begin(first, cid)
     first.close()
     kept = Store(database, mark_interrupted=False)
     assert (kept.message(answer["id"]) or {})["status"] == "streaming"
