@@ -41,7 +41,7 @@ OLLAMA = "http://127.0.0.1:11434"
 def app(tmp_path: Path) -> Iterator[Flask]:
     app = create_app({"ollama_url": OLLAMA, "tags_ttl_s": 60, "db": str(tmp_path / "clawweb.db")})
     yield app
-    services(app).store.close()
+    services(app).close()
 
 
 @pytest.fixture

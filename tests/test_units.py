@@ -234,7 +234,7 @@ def test_the_page_says_simulator_exactly_when_the_setting_does(
     try:
         page = app.test_client().get("/", headers={"Accept": "text/html"})
     finally:
-        services(app).store.close()
+        services(app).close()
     assert page.status_code == 200
     banner = '<p class="banner" role="note">Simulator: no Ollama was found, answers are canned text.</p>'
     assert (banner in page.text) is labelled
