@@ -128,7 +128,7 @@ class PostgresDatabase:
             ) from exc
         except errors.UniqueViolation as exc:
             raise Duplicate(str(exc)) from exc
-        except errors.TransactionRollback:  # a serialization failure or a deadlock: ``transaction`` runs it again
+        except (errors.SerializationFailure, errors.DeadlockDetected):  # ``transaction`` runs it again
             raise
         except (psycopg.OperationalError, errors.ReadOnlySqlTransaction) as exc:
             pool = getattr(self, "_pool", None)
