@@ -274,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         return _doctor(settings, args)
     if args.command in ("backup", "restore"):
         try:
-            _backup(settings, args) if args.command == "backup" else _restore(settings, args)
+            if args.command == "backup":
+                _backup(settings, args)
+            else:
+                _restore(settings, args)
         except (backups.BackupError, ToolFailed, StorageUnavailable, OSError) as exc:
             print(f"clawweb: {exc}", file=sys.stderr)
             return 1
