@@ -71,7 +71,9 @@ class Store:
     """Conversations, users, keys, sessions, quotas and shares, on either engine (engine.py). The chat modules'
     own queries (tree, search, shares, transfer) go through ``execute`` and ``transaction`` too."""
 
-    def __init__(self, location: str, mark_interrupted: bool = True, pool_size: int = 8, pool_timeout_s: float = 5.0):
+    def __init__(
+        self, location: str, mark_interrupted: bool = True, pool_size: int = 8, pool_timeout_s: float = 5.0
+    ) -> None:
         """``location``: a SQLite file (or ``sqlite:///path``) or a ``postgresql://`` URL. ``mark_interrupted``:
         answers left ``streaming`` by a dead process are marked as errors at start (their text so far,
         checkpointed while they streamed, is kept). Only where this process is the only one: another worker's
