@@ -129,8 +129,8 @@ ENV
     rm -f "$env_tmp"
 fi
 
-# 4. systemd units, and Ollama's drop-in matched to CLAWWEB_MAX_ACTIVE.
-for unit in clawweb.service clawweb.socket clawweb-warmup.service; do
+# 4. systemd units (the daily backup's timer too), and Ollama's drop-in matched to CLAWWEB_MAX_ACTIVE.
+for unit in clawweb.service clawweb.socket clawweb-warmup.service clawweb-backup.service clawweb-backup.timer; do
     install_file "$SRC/deploy/systemd/$unit" "/etc/systemd/system/$unit" 0644
 done
 install_file "$SRC/deploy/systemd/ollama.service.d/clawweb.conf" /etc/systemd/system/ollama.service.d/clawweb.conf 0644
@@ -143,7 +143,7 @@ install_file "$SRC/deploy/nginx/clawweb.conf" /etc/nginx/sites-available/clawweb
 # 6. Start or restart what changed (skipped under --root: that is not a live system).
 if [ -z "$ROOT" ]; then
     run systemctl daemon-reload
-    run systemctl enable --now clawweb.socket clawweb.service clawweb-warmup.service
+    run systemctl enable --now clawweb.socket clawweb.service clawweb-warmup.service clawweb-backup.timer
     run systemctl reload-or-restart clawweb.service
     run nginx -t
     run systemctl reload nginx
