@@ -279,7 +279,7 @@ class Store:
         when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""
         rows = self.execute(
             "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) "
-            "DO UPDATE SET answers = answers + 1 WHERE ? = 0 OR answers < ? RETURNING answers",
+            "DO UPDATE SET answers = quota_answers.answers + 1 WHERE ? = 0 OR quota_answers.answers < ? RETURNING answers",
             (0 if owner is None else owner, day, limit, limit),
         )
         return bool(rows)
