@@ -67,8 +67,9 @@ def test_postgresql_restarted_mid_answer_the_answer_finishes_and_is_stored_when_
         assert_unavailable(response, "storage")
         print(f"down, GET {attempt}: 503 in {time.monotonic() - started:.2f} s: {response.json()['error']}")
         if attempt:  # the first may meet a pooled connection the shutdown ended; then the pool cannot connect
-            assert f"cannot connect to PostgreSQL at postgresql://***@127.0.0.1:{server.port}/restart" in (
-                response.json()["error"]
+            assert (
+                f"cannot connect to PostgreSQL at postgresql://***@127.0.0.1:{server.port}/restart"
+                in (response.json()["error"])
             )
     late = Reader(gateway.url + generation["events_url"])  # a reader joining now: the log is in memory
     state = http.get(f"{gateway.url}/api/generations/{generation['id']}", timeout=10)

@@ -278,8 +278,9 @@ class Store:
         """Count one more answer for ``owner`` on ``day`` unless it has ``limit`` already (0: no limit); False
         when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""
         rows = self.execute(
-            "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) "
-            "DO UPDATE SET answers = quota_answers.answers + 1 WHERE ? = 0 OR quota_answers.answers < ? RETURNING answers",
+            # The table named: in PostgreSQL a bare ``answers`` here is ambiguous (the row, or ``excluded``'s?).
+            "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) DO UPDATE "
+            "SET answers = quota_answers.answers + 1 WHERE ? = 0 OR quota_answers.answers < ? RETURNING answers",
             (0 if owner is None else owner, day, limit, limit),
         )
         return bool(rows)
