@@ -313,12 +313,3 @@ def test_the_quota_check_costs_the_same_however_much_is_stored(tmp_path: Path) -
         assert steps() == few
     finally:
         store.close()
-
-
-def test_answers_are_counted_up_to_the_limit_and_given_back(store: Store) -> None:
-    """Both engines (PostgreSQL once refused the upsert: its bare ``answers`` was ambiguous)."""
-    user = store.add_user("lea", "x")["id"]
-    assert [store.count_answer(user, "2024-01-01", 2) for _ in range(3)] == [True, True, False]
-    store.uncount_answer(user, "2024-01-01")
-    assert store.count_answer(user, "2024-01-01", 2) and not store.count_answer(user, "2024-01-01", 2)
-    assert all(store.count_answer(None, "2024-01-01", 0) for _ in range(3))  # 0: no limit; open mode
