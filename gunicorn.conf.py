@@ -99,7 +99,9 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     exit, stops its greenlets after gevent's hub is gone (a traceback in the log)."""
     from clawweb.services import services
 
-    services(worker.app.wsgi()).store.close()  # the Flask app as loaded (worker.wsgi wraps it)
+    app = worker.app.callable  # the Flask app as loaded (worker.wsgi wraps it); None if it failed to load
+    if app is not None:
+        services(app).store.close()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
