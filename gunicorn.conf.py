@@ -94,6 +94,16 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     lifecycle.watch(lambda: worker.alive)
 
 
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Close the database while the worker's event loop still runs: PostgreSQL's pool, left to the interpreter's
+    exit, stops its greenlets after gevent's hub is gone (a traceback in the log)."""
+    from clawweb.services import services
+
+    app = worker.app.callable  # the Flask app as loaded (worker.wsgi wraps it); None if it failed to load
+    if app is not None:
+        services(app).store.close()
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Drop a dead worker's live gauges from the multi-process metrics."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

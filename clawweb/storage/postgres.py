@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 import gevent
@@ -91,6 +92,7 @@ class PostgresDatabase:
         self._where = redact_url(url)
         self._timeout_s = pool_timeout_s
         self._size = pool_size
+        self._in_use = 0  # connections this worker's requests hold: all of them, or PostgreSQL unreachable?
         self._guard(lambda: self._migrate())
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
@@ -126,6 +128,10 @@ class PostgresDatabase:
         try:
             return fn()
         except PoolTimeout as exc:
+            if self._in_use < self._size:  # a connection was free to make, and the pool could not make it
+                raise StorageUnavailable(
+                    f"cannot connect to PostgreSQL at {self._where} (tried for {self._timeout_s:g} s)"
+                ) from exc
             raise StorageUnavailable(
                 f"no database connection free within {self._timeout_s:g} s (all {self._size} of this worker's in "
                 "use: CLAWWEB_DB_POOL_SIZE)"
@@ -140,9 +146,18 @@ class PostgresDatabase:
                 gevent.spawn(pool.check)  # the other idle connections died too, most likely: replaced now
             raise StorageUnavailable(f"{str(exc).strip()} ({self._where})") from exc
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        with self._pool.connection() as conn:
+            self._in_use += 1
+            try:
+                yield conn
+            finally:
+                self._in_use -= 1
+
     def execute(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 cursor = conn.execute(*translate(sql, params))
                 return cast(list[dict[str, Any]], cursor.fetchall()) if cursor.description else []
 
@@ -150,7 +165,7 @@ class PostgresDatabase:
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
         def run() -> T:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 return work(_Translating(conn))
 
         for attempt in range(RETRIES):
