@@ -128,7 +128,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("engine") == "postgresql":
+        on_postgres = callspec is not None and callspec.params.get("engine") == "postgresql"
+        if on_postgres or "postgres_databases" in names:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.postgres)
         if names & SERVER_FACTORIES or "browser" in names:

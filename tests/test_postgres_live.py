@@ -233,3 +233,25 @@ def test_queries_waiting_on_postgresql_do_not_stall_the_streams(
     )
     # Blocking would add the whole wait to one gap; cooperating adds at most scheduling noise.
     assert loaded < quiet + held_s / 2
+
+
+def test_a_statement_held_up_too_long_is_cancelled_as_a_503(
+    postgres_databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock another client keeps (an operator's open transaction) ends in ``StorageUnavailable``, not a wait as
+    long as the lock: the pool's connections carry a statement timeout."""
+    from clawweb.storage import StorageUnavailable, Store
+    from clawweb.storage import postgres as engine
+
+    monkeypatch.setattr(engine, "STATEMENT_TIMEOUT_MS", 200)
+    url = postgres_databases.fresh()
+    store = Store(url)
+    try:
+        made = store.create_conversation(None, "m", "locked")
+        with psycopg.connect(url) as operator:  # a transaction left open, holding the row
+            operator.execute("UPDATE conversations SET title = 'mine' WHERE id = %s", (made["id"],))
+            with pytest.raises(StorageUnavailable, match="statement timeout"):
+                store.update_conversation(made["id"], title="theirs")
+        assert store.update_conversation(made["id"], title="theirs") is not None  # the lock gone: works again
+    finally:
+        store.close()

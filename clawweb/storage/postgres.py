@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x636C6177  # pg_advisory_lock's key for clawweb's migrations ("claw")
 RETRIES = 8  # a transaction run again after a serialization failure or a deadlock, at most
 CONNECT_TIMEOUT_S = 5
+# The longest a statement may run (a lock another client holds, a runaway query): then it is cancelled and the
+# request gets a 503 instead of waiting as long as the lock is held. Far above any query the store makes.
+STATEMENT_TIMEOUT_MS = 30_000
 
 
 class Row(dict[str, Any]):
@@ -99,7 +102,12 @@ class PostgresDatabase:
             min_size=1,
             max_size=pool_size,
             timeout=pool_timeout_s,
-            kwargs={"autocommit": True, "row_factory": _rows, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={
+                "autocommit": True,
+                "row_factory": _rows,
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            },
             configure=_configure,
             name="clawweb",
             open=True,
