@@ -120,6 +120,9 @@ CLAWWEB_SECRET_KEY_FILE=$DATA_DIR/secret_key
 CLAWWEB_MAX_ACTIVE=$MAX_ACTIVE
 # Workers: one per core once CLAWWEB_REDIS_URL is set, one without (the unit's CLAWWEB_WORKERS=auto).
 # CLAWWEB_REDIS_URL=redis://127.0.0.1:6379/0
+# Several gateway hosts share one PostgreSQL (never a SQLite file): see README, "From one host to several".
+# CLAWWEB_DATABASE_URL=postgresql://clawweb:PASSWORD@db.example.internal:5432/clawweb
+# CLAWWEB_DB_POOL_SIZE=8
 ENV
     echo "+ install -D -m 0640 <new settings file> $ROOT$ENV_FILE"
     [ "$DRY_RUN" = 1 ] || install -D -m 0640 "$env_tmp" "$ROOT$ENV_FILE"

@@ -4,10 +4,14 @@ file cannot be shared between (its locking is unreliable on network filesystems)
 psycopg 3 cooperates with gevent by itself (from 3.1.14: it waits on the socket through the patched
 ``select``), so a query in flight costs its greenlet only, never the event loop; no thread is needed. Each
 worker keeps a pool of ``CLAWWEB_DB_POOL_SIZE`` connections; a request that finds none free within
-``CLAWWEB_DB_POOL_TIMEOUT_S`` gets a 503, never a hang. Statements run in autocommit, transactions at
-SERIALIZABLE (what SQLite's one writer gives: of two requests starting an answer in one conversation, exactly
-one does) and run again when PostgreSQL reports a serialization failure. A lost connection (PostgreSQL
-restarted, the network cut) is a fault, ``StorageUnavailable``, and the pool drops its dead connections at once.
+``CLAWWEB_DB_POOL_TIMEOUT_S`` gets a 503, never a hang. psycopg prepares a statement on a connection once it
+has run it five times (its ``prepare_threshold``): the store's queries are few and repeated, and
+postgres_sql.py keeps their text stable, so the hot ones (checkpoints, key and session lookups) run prepared.
+
+Statements run in autocommit, transactions at SERIALIZABLE (what SQLite's one writer gives: of two requests
+starting an answer in one conversation, exactly one does) and run again when PostgreSQL reports a
+serialization failure. A lost connection (PostgreSQL restarted, the network cut) is a fault,
+``StorageUnavailable``, and the pool drops its dead connections at once.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class PostgresDatabase:
             ) from exc
         except errors.UniqueViolation as exc:
             raise Duplicate(str(exc)) from exc
-        except errors.TransactionRollback:  # a serialization failure or a deadlock: ``transaction`` runs it again
+        except (errors.SerializationFailure, errors.DeadlockDetected):  # ``transaction`` runs it again
             raise
         except (psycopg.OperationalError, errors.ReadOnlySqlTransaction) as exc:
             pool = getattr(self, "_pool", None)

@@ -46,7 +46,9 @@ class PostgresServer(ServerProcess):
     """``postgres`` on 127.0.0.1:``port`` over a data directory made by ``initdb`` (kept if it exists: a
     restarted server finds its databases)."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None, durable: bool = False) -> None:
+        """``durable``: PostgreSQL's own defaults (fsync, synchronous commits), for the benchmark's comparison with
+        SQLite; the tests' server skips them (its data need not survive a power cut)."""
         bin_dir = postgres_bin()
         # Not under pytest's tmp_path: as root that is private to root, and the server runs as postgres.
         self.directory = directory or Path(tempfile.mkdtemp(prefix="clawweb-pg-"))
@@ -66,13 +68,9 @@ class PostgresServer(ServerProcess):
                 capture_output=True,
             )
         argv = [str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.data)]
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "max_connections": "300",
-        }
+        settings = {"listen_addresses": "127.0.0.1", "max_connections": "300"}
+        if not durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
         log = self.directory / "postgres.log"
