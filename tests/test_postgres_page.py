@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from clawweb.simulator import answer_tokens
 
+from .support.chromium import log_in
 from .support.factories import StartGateway, StartSimulator
 from .support.postgres import Databases
 from .support.servers import Gateway
@@ -41,12 +42,7 @@ def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.goto(gateway.url + "/login")
-    opened.fill("#name", USER)
-    opened.fill("#password", PASSWORD)
-    opened.click("form button[type=submit]")
-    expect(opened.locator(".account .user")).to_have_text(USER)
-    opened.wait_for_load_state("domcontentloaded")  # the deferred scripts ran: Enter sends
+    log_in(opened, gateway.url, USER, PASSWORD)
     yield opened
     context.close()
     assert errors == []

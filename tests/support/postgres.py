@@ -46,6 +46,8 @@ class PostgresServer(ServerProcess):
     """``postgres`` on 127.0.0.1:``port`` over a data directory made by ``initdb`` (kept if it exists: a
     restarted server finds its databases)."""
 
+    stop_signal = signal.SIGINT  # fast shutdown: open sessions end (SIGTERM would wait for every client to leave)
+
     def __init__(self, directory: Path | None = None, port: int | None = None, durable: bool = False) -> None:
         """``durable``: PostgreSQL's own defaults (fsync, synchronous commits), for the benchmark's comparison with
         SQLite; the tests' server skips them (its data need not survive a power cut)."""
@@ -98,18 +100,6 @@ class PostgresServer(ServerProcess):
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url_of(name)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """Fast shutdown (SIGINT: open sessions are ended; SIGTERM would wait for every client to leave)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log_file.close()
-        return self.proc.returncode
 
     def remove(self) -> None:
         self.stop()
