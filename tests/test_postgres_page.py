@@ -70,5 +70,5 @@ def test_an_answer_streams_is_stored_and_found(page: Page, gateway: Gateway) -> 
     page.locator("#search").press("Escape")
 
     # The CLI reads the same database: one conversation stored for ann, its bytes counted by PostgreSQL's triggers.
-    usage = gateway.cli("usage", USER).splitlines()[-1].split()
+    usage = gateway.cli("users", "usage", USER).splitlines()[-1].split()
     assert usage[0] == USER and usage[1] == "1"
