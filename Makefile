@@ -23,7 +23,7 @@ run: $(VENV)/.deps
 	scripts/run.sh
 
 # What the tests drive, from Debian when missing (apt-get, as root or through sudo): nginx-light, caddy, chromium,
-# redis-server, openssl, systemd (for systemd-analyze) and fonts-noto-cjk. See scripts/system-deps.sh.
+# redis-server, postgresql, openssl, systemd (for systemd-analyze) and fonts-noto-cjk. See scripts/system-deps.sh.
 system-deps:
 	scripts/system-deps.sh
 

@@ -94,18 +94,19 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     lifecycle.watch(lambda: worker.alive)
 
 
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Close the database while the worker's event loop still runs: PostgreSQL's pool, left to the interpreter's
+    exit, stops its greenlets after gevent's hub is gone (a traceback in the log)."""
+    from clawweb.services import services
+
+    app = worker.app.callable  # the Flask app as loaded (worker.wsgi wraps it); None if it failed to load
+    if app is not None:
+        services(app).store.close()
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Drop a dead worker's live gauges from the multi-process metrics."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
-
-
-def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Close the worker's database: PostgreSQL's connection pool ends its threads now, while gevent still runs
-    (left to the interpreter's exit, the pool's finalizer fails joining them: "greenlet is being finalized")."""
-    from clawweb.services import services
-    from wsgi import app  # the worker's, imported already (worker.wsgi is it wrapped in middleware)
-
-    services(app).store.close()

@@ -146,15 +146,26 @@ def page_tti(base: str, conversation: str, rounds: int = 5) -> dict[str, float]:
     return {"tti_p50_ms": statistics.median(samples), "tti_max_ms": max(samples), "articles": articles}
 
 
+def fill_history(location: str, rng: random.Random | None = None) -> tuple[str, str]:
+    """The history searched, in the database at ``location`` (either engine): a conversation of 2000 messages in
+    50 branches, one of 2, and ``SEARCH_MESSAGES`` more in conversations of ``PER_CONVERSATION``; the first two's
+    ids."""
+    rng = rng or random.Random(17)
+    store = Store(location)
+    try:
+        big = branched_conversation(store, rng)
+        small = linear_conversation(store, rng, 2, "A short one")
+        for n in range(SEARCH_MESSAGES // PER_CONVERSATION):
+            linear_conversation(store, rng, PER_CONVERSATION, f"History {n}")
+    finally:
+        store.close()
+    return big, small
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clawweb-bench-history-"))
     rng = random.Random(17)
-    store = Store(str(work / "clawweb.db"))  # where Gateway puts its database: beside its log
-    big = branched_conversation(store, rng)
-    small = linear_conversation(store, rng, 2, "A short one")
-    for n in range(SEARCH_MESSAGES // PER_CONVERSATION):
-        linear_conversation(store, rng, PER_CONVERSATION, f"History {n}")
-    store.close()
+    big, small = fill_history(str(work / "clawweb.db"), rng)  # where Gateway puts its database: beside its log
     database_bytes = (work / "clawweb.db").stat().st_size  # what the indexes cost, beside the text
     yard = Path(tempfile.mkdtemp(prefix="clawweb-bench-history-small-"))
     store = Store(str(yard / "clawweb.db"))

@@ -868,6 +868,101 @@ def workers_row(bench: Bench) -> tuple[str, dict[str, Any]]:
     return table(title, header, rows), results
 
 
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """The CPU seconds of each process (one that ended meanwhile is left out)."""
+    spent = {}
+    for pid in pids:
+        try:
+            spent[pid] = cpu_seconds(pid)
+        except FileNotFoundError:
+            pass
+    return spent
+
+
+def engines_row(bench: Bench) -> tuple[str, dict[str, Any]]:
+    """One gateway on SQLite vs two gateway processes on PostgreSQL + Redis (the several-hosts layout, on one
+    machine): chat answers at once through the chat API (each stored: the database's share of an answer), and
+    search over 20000 messages. PostgreSQL with its own defaults (fsync on), as SQLite keeps its WAL durable."""
+    from history import QUERIES, SEARCH_MESSAGES, fill_history, timed_gets  # bench/history.py
+
+    from tests.support.postgres import PostgresServer
+
+    answers = 30 if bench.quick else 100
+    sim = SimProcess("--ttft", "0.2", "--tps", "38")
+    redis_server = RedisServer(bench.work / "redis-engines")
+    postgres = PostgresServer(durable=True)
+    sqlite_dir = bench.work / "engines-sqlite"
+    sqlite_dir.mkdir()
+    pg_url = postgres.create_database("bench")
+    bench.progress(f"{SEARCH_MESSAGES} messages into SQLite and into PostgreSQL")
+    for location in (str(sqlite_dir / "clawweb.db"), pg_url):  # where Gateway puts its SQLite file: beside its log
+        fill_history(location)
+    setups: dict[str, list[Gateway]] = {
+        "1 gateway, SQLite": [start_gateway(sqlite_dir / "gw.log", sim.url)],
+        "2 gateways, PostgreSQL + Redis": [
+            start_gateway(bench.work / f"gw-pg-{n}.log", sim.url, database_url=pg_url, redis_url=redis_server.url)
+            for n in (1, 2)
+        ],
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for name, gateways in setups.items():
+        for gateway in gateways:
+            pool = gevent.pool.Pool(4)
+            gevent.joinall([pool.spawn(run_generation, gateway.port, 3) for _ in range(4)])  # warm
+        workers = [pid for gateway in gateways for pid in children(gateway.proc.pid)]
+        bench.progress(f"{answers} answers at once: {name}")
+        shared = [redis_server.proc.pid] if len(gateways) > 1 else []
+        before_workers = process_cpu(workers)
+        before_db = process_cpu(shared + ([postgres.proc.pid, *children(postgres.proc.pid)] if shared else []))
+        pool = gevent.pool.Pool(answers)
+        jobs = [pool.spawn(run_generation, gateways[n % len(gateways)].port, 200) for n in range(answers)]
+        gevent.joinall(jobs)
+        result: dict[str, Any] = summarize([job.value for job in jobs])
+        tokens = result["tokens"] or float("nan")
+        after_workers = process_cpu(workers)
+        spent = sum(after_workers[pid] - before_workers.get(pid, 0.0) for pid in after_workers)
+        after_db = process_cpu(shared + ([postgres.proc.pid, *children(postgres.proc.pid)] if shared else []))
+        db_spent = sum(after_db[pid] - before_db.get(pid, 0.0) for pid in after_db)  # new backends: all theirs
+        result["gateway_cpu_s_per_1k_tokens"] = spent / tokens * 1000
+        result["store_cpu_s_per_1k_tokens"] = db_spent / tokens * 1000  # PostgreSQL + Redis (SQLite: in the worker)
+        bench.progress(f"search: {name}")
+        result["search"] = {query: timed_gets(f"{gateways[0].url}/api/search", q=q) for query, q in QUERIES.items()}
+        results[name] = result
+        for gateway in gateways:
+            gateway.stop()
+    postgres.remove()
+    redis_server.stop()
+    sim.stop()
+    base = results["1 gateway, SQLite"]
+    total = {n: r["gateway_cpu_s_per_1k_tokens"] + r["store_cpu_s_per_1k_tokens"] for n, r in results.items()}
+    rows = [
+        [
+            name,
+            f"{r['ttft_p50_ms']:.0f}",
+            f"{r['ttft_p99_ms']:.0f}",
+            f"{r['latency_p50_ms']:.1f}",
+            f"{r['latency_p99_ms']:.1f}",
+            f"{r['gateway_cpu_s_per_1k_tokens'] * 1000:.1f}",
+            f"{r['store_cpu_s_per_1k_tokens'] * 1000:.1f}",
+            f"{total[name] / total['1 gateway, SQLite']:.2f}×",
+            f"{r['completed_pct']:.1f}%",
+        ]
+        for name, r in results.items()
+    ]
+    header = ["setup", "TTFT p50 ms", "TTFT p99 ms", "token latency p50 ms", "token latency p99 ms"]
+    header += ["gateway CPU ms / 1k tokens", "PostgreSQL + Redis CPU ms / 1k", "all CPU vs SQLite", "completed"]
+    title = f"Engines: {answers} chat answers at once (stored), 200 tokens at 38 tokens/s"
+    search_rows = [
+        [query]
+        + [f"{r['search'][query]['p50_ms']:.1f} / {r['search'][query]['p99_ms']:.1f}" for r in results.values()]
+        + [f"{results[list(results)[1]]['search'][query]['p50_ms'] / base['search'][query]['p50_ms']:.1f}×"]
+        for query in QUERIES
+    ]
+    search_header = ["search over 20000 messages", *(f"{name}: p50 / p99 ms" for name in results), "vs SQLite"]
+    text = table(title, header, rows) + "\n" + table("Engines: search", search_header, search_rows)
+    return text, results
+
+
 @dataclass(frozen=True)
 class Part:
     """A part of the benchmark: a function that starts what it measures, measures, stops it and returns its
@@ -890,6 +985,7 @@ PARTS: dict[str, Part] = {
     "workers": Part(workers_row),
     "lanes": Part(lambda bench: lanes_row(bench.work, progress=bench.progress)),
     "affinity": Part(lambda bench: affinity_row(bench.work)),
+    "engines": Part(engines_row),
 }
 
 

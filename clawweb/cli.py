@@ -1,9 +1,10 @@
 """``clawweb`` (``python -m clawweb``): the operator's command line.
 
 ``doctor`` and ``warmup`` talk to Ollama and the gateway; ``users`` and ``keys`` manage accounts, and
-``conversations adopt`` gives open mode's conversations an owner, in the database named by ``CLAWWEB_DB`` (run
-them as the service's user, with its environment file). ``db copy`` moves an installation to another database
-(SQLite to PostgreSQL, or back) and ``db verify`` compares two.
+``conversations adopt`` gives open mode's conversations an owner, in the database named by ``CLAWWEB_DB`` or
+``CLAWWEB_DATABASE_URL`` (run them as the service's user, with its environment file); ``backup`` and ``restore``
+copy that database out and back (backups.py); ``db copy`` moves an installation to another database (SQLite
+to PostgreSQL, or back) and ``db verify`` compares two.
 """
 
 from __future__ import annotations
@@ -18,22 +19,26 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import accounts, quotas
+from . import accounts, backups, quotas
 from .chat import adopt
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, redact_url
 from .doctor import Doctor, warmup
 from .doctor_state import database_checks, redis_checks
 from .state.lanes import KEY_LANES
 from .storage import StorageUnavailable, Store, open_store
 from .storage.copy import CopyRefused, copy, locations_problem
-from .storage.engine import open_database
+from .storage.engine import is_postgres, open_database, sqlite_path
+from .storage.pg_tools import ToolFailed
 from .storage.verify import Verification, verify
 
 # Plain text, not the docstring: --help prints it as it stands, and RST's ``markup`` would show.
-DESCRIPTION = "The operator's command line: check the setup, load the model, manage users, API keys and conversations."
+DESCRIPTION = (
+    "The operator's command line: check the setup, load the model, manage users, API keys and conversations, back "
+    "up and restore the database."
+)
 EPILOG = (
     "From a checkout: .venv/bin/python -m clawweb (after make run or make test). Installed by deploy/install.sh: "
-    "clawweb, with the service's settings. The database is the one named by CLAWWEB_DB."
+    "clawweb, with the service's settings. The database is the one named by CLAWWEB_DATABASE_URL, else CLAWWEB_DB."
 )
 
 
@@ -84,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
     adopt.add_argument("--to", required=True, metavar="NAME", help="the user who gets them")
     adopt.add_argument("--id", action="append", dest="ids", metavar="ID", help="only this one (repeatable)")
 
+    backup = commands.add_parser("backup", help="a consistent copy of the database, taken while the gateway runs")
+    backup.add_argument(
+        "dest", help="a new file, or a directory: a file clawweb-YYYYmmdd-HHMMSS.db (.pgdump on PostgreSQL) in it, UTC"
+    )
+    backup.add_argument(
+        "--keep",
+        type=_at_least_one,
+        metavar="N",
+        help="DEST is a directory (made if missing): keep the newest N of clawweb's backups there, remove older ones",
+    )
+    restore = commands.add_parser(
+        "restore", help="replace the database with a backup (stop the gateway first, start it afterwards)"
+    )
+    restore.add_argument("src", help="a file made by clawweb backup")
+    restore.add_argument("--force", action="store_true", help="even if the database holds conversations or users")
+
     db = commands.add_parser("db", help="move the installation to another database").add_subparsers(
         dest="action", required=True
     )
@@ -102,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="copy answers still streaming in the source as they are (text so far)"
     )
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _password(from_stdin: bool) -> str:
@@ -259,6 +287,28 @@ def _doctor(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _backup(settings: Settings, args: argparse.Namespace) -> None:
+    where = settings.database
+    if not is_postgres(where) and not os.path.exists(sqlite_path(where)):  # opening it would make an empty one
+        raise backups.BackupError(f"there is no database at {sqlite_path(where)} (CLAWWEB_DB) to back up")
+    db = open_database(where, 1, settings.db_pool_timeout_s)
+    try:
+        made, removed = backups.backup(db, args.dest, args.keep)
+    finally:
+        db.close()
+    print(f"backed up {redact_url(where)} to {made}")
+    for path in removed:
+        print(f"removed {path} (older than the newest {args.keep})")
+
+
+def _restore(settings: Settings, args: argparse.Namespace) -> None:
+    held = backups.restore(args.src, settings.database, args.force)
+    print(
+        f"restored {args.src} into {redact_url(settings.database)}: {held['conversations']} conversation(s), "
+        f"{held['users']} user(s); start the gateway again (systemctl start clawweb)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     # What the CLI creates (a new database, its -wal/-shm) holds password hashes: the service's user's alone,
     # whatever umask the operator's shell has. (The store creates its files 0600 itself; this covers the rest.)
@@ -273,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
         return warmup(settings.ollama_url, settings.default_model, args.wait)
     if args.command == "doctor":
         return _doctor(settings, args)
+    if args.command in ("backup", "restore"):
+        try:
+            if args.command == "backup":
+                _backup(settings, args)
+            else:
+                _restore(settings, args)
+        except (backups.BackupError, ToolFailed, StorageUnavailable, OSError) as exc:
+            print(f"clawweb: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "db":
         try:
             return _db(args)

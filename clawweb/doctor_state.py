@@ -1,4 +1,5 @@
-"""``clawweb doctor``'s checks of what the gateway keeps: Redis, the database, the admission queue.
+"""``clawweb doctor``'s checks of what the gateway keeps: Redis, the database (SQLite's file here, PostgreSQL in
+doctor_postgres.py), the admission queue.
 
 Each is a ``Check`` with the figure measured and, when it fails, what to do. They read (never change) the same
 Redis and database file the gateway uses, so they run beside a live gateway.
@@ -17,7 +18,9 @@ from pathlib import Path
 import redis
 
 from .config import Settings, redact_url
+from .doctor_postgres import postgres_checks
 from .state.redis_admission import ADMISSION
+from .storage.engine import is_postgres
 
 MIN_FREE_BYTES = 512 << 20  # below this a long answer or a checkpoint may meet a full disk
 SLOW_REDIS_MS = 20.0  # a round trip on loopback or a LAN is well under a millisecond
@@ -88,6 +91,14 @@ def queue_checks(active: int, queued: int, holders: list[tuple[str, int]], setti
 
 
 def database_checks(settings: Settings, report: Report) -> None:
+    """PostgreSQL's checks (doctor_postgres.py) when ``CLAWWEB_DATABASE_URL`` names one; else SQLite's file."""
+    if is_postgres(settings.database):
+        postgres_checks(settings, report)
+    else:
+        _sqlite_checks(settings, report)
+
+
+def _sqlite_checks(settings: Settings, report: Report) -> None:
     """The file is there and writable, the disk has room, and SQLite's quick check passes. Before the gateway's
     first start there is no file yet: that is fine where its directory can be made."""
     path = Path(settings.db)

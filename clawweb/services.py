@@ -35,6 +35,13 @@ class Services:
     login_by_address: Window  # guesses per address
     estimates: Estimates  # how long the stages of answers took here: the eta_s of status frames
 
+    def close(self) -> None:
+        """Let go of what the app holds open: Ollama's connections, the store, the shared state (for tests and
+        tools that build an app and throw it away; a worker's end closes them with the process)."""
+        self.ollama.close()
+        self.store.close()
+        self.state.close()
+
 
 def install(app: Flask, built: Services) -> None:
     app.extensions[KEY] = built

@@ -120,14 +120,17 @@ CLAWWEB_SECRET_KEY_FILE=$DATA_DIR/secret_key
 CLAWWEB_MAX_ACTIVE=$MAX_ACTIVE
 # Workers: one per core once CLAWWEB_REDIS_URL is set, one without (the unit's CLAWWEB_WORKERS=auto).
 # CLAWWEB_REDIS_URL=redis://127.0.0.1:6379/0
+# Several gateway hosts share one PostgreSQL (never a SQLite file): see README, "From one host to several".
+# CLAWWEB_DATABASE_URL=postgresql://clawweb:PASSWORD@db.example.internal:5432/clawweb
+# CLAWWEB_DB_POOL_SIZE=8
 ENV
     echo "+ install -D -m 0640 <new settings file> $ROOT$ENV_FILE"
     [ "$DRY_RUN" = 1 ] || install -D -m 0640 "$env_tmp" "$ROOT$ENV_FILE"
     rm -f "$env_tmp"
 fi
 
-# 4. systemd units, and Ollama's drop-in matched to CLAWWEB_MAX_ACTIVE.
-for unit in clawweb.service clawweb.socket clawweb-warmup.service; do
+# 4. systemd units (the daily backup's timer too), and Ollama's drop-in matched to CLAWWEB_MAX_ACTIVE.
+for unit in clawweb.service clawweb.socket clawweb-warmup.service clawweb-backup.service clawweb-backup.timer; do
     install_file "$SRC/deploy/systemd/$unit" "/etc/systemd/system/$unit" 0644
 done
 install_file "$SRC/deploy/systemd/ollama.service.d/clawweb.conf" /etc/systemd/system/ollama.service.d/clawweb.conf 0644
@@ -140,7 +143,7 @@ install_file "$SRC/deploy/nginx/clawweb.conf" /etc/nginx/sites-available/clawweb
 # 6. Start or restart what changed (skipped under --root: that is not a live system).
 if [ -z "$ROOT" ]; then
     run systemctl daemon-reload
-    run systemctl enable --now clawweb.socket clawweb.service clawweb-warmup.service
+    run systemctl enable --now clawweb.socket clawweb.service clawweb-warmup.service clawweb-backup.timer
     run systemctl reload-or-restart clawweb.service
     run nginx -t
     run systemctl reload nginx

@@ -132,7 +132,7 @@ def test_the_session_key_is_made_once_private_and_kept(tmp_path: Path) -> None:
     second = create_app(config)
     assert first.secret_key == second.secret_key and len(str(first.secret_key)) >= 32
     for app in (first, second):
-        services(app).store.close()
+        services(app).close()
 
 
 def test_a_database_from_before_accounts_keeps_its_conversations_for_open_mode(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_every_route_needs_credentials(tmp_path: Path) -> None:
     # Prometheus on this machine scrapes without a key; from anywhere else /metrics needs one.
     assert client.get("/metrics").status_code == 200
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 401
-    services(app).store.close()
+    services(app).close()
 
 
 # --- the command line ---------------------------------------------------------------------------------------------

@@ -396,6 +396,15 @@ def test_share_pages_are_not_stored_and_their_token_stays_out_of_the_logs(
     assert '"GET /s/REDACTED HTTP/1.1" 200' in gateway.log
 
 
+UNITS = (
+    "clawweb.service",
+    "clawweb.socket",
+    "clawweb-warmup.service",
+    "clawweb-backup.service",
+    "clawweb-backup.timer",
+)
+
+
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = require("systemd-analyze")
     values = {
@@ -407,7 +416,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     }
     (tmp_path / "clawweb.env").write_text("CLAWWEB_DB=/tmp/x.db\n")
     units = []
-    for unit in ("clawweb.service", "clawweb.socket", "clawweb-warmup.service"):
+    for unit in UNITS:
         (tmp_path / unit).write_text(render_deploy(f"systemd/{unit}", **values))
         units.append(str(tmp_path / unit))
     result = subprocess.run([analyze, "verify", "--recursive-errors=no", *units], capture_output=True, text=True)
@@ -423,6 +432,17 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         "User=root",
     ):
         assert setting in service
+    backup = (tmp_path / "clawweb-backup.service").read_text()
+    for setting in (  # the gateway's user and settings: its database, and backups as private as it
+        f"ExecStart={values['VENV']}/bin/python -m clawweb backup {tmp_path}/backups --keep 14",
+        f"EnvironmentFile={tmp_path}/clawweb.env",
+        "User=root",
+        f"ReadWritePaths={tmp_path}",
+    ):
+        assert setting in backup
+    timer = (tmp_path / "clawweb-backup.timer").read_text()
+    for setting in ("OnCalendar=daily", "Persistent=true", "RandomizedDelaySec=1h", "WantedBy=timers.target"):
+        assert setting in timer
     dropin = render_deploy("systemd/ollama.service.d/clawweb.conf", MAX_ACTIVE="3")
     assert "OLLAMA_NUM_PARALLEL=3" in dropin and "OLLAMA_HOST=127.0.0.1:11434" in dropin
 
@@ -442,6 +462,8 @@ def test_install_dry_run_lists_every_action(tmp_path: Path) -> None:
         "/etc/systemd/system/clawweb.service",
         "/etc/systemd/system/clawweb.socket",
         "/etc/systemd/system/clawweb-warmup.service",
+        "/etc/systemd/system/clawweb-backup.service",
+        "/etc/systemd/system/clawweb-backup.timer",
         "/etc/systemd/system/ollama.service.d/clawweb.conf",
         "/etc/nginx/sites-available/clawweb.conf",
         "ln -s /etc/nginx/sites-available/clawweb.conf",

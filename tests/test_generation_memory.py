@@ -74,4 +74,4 @@ def test_event_log_memory_returns_to_baseline(
         assert grown < 600 * LEAK_PER_GENERATION / 16, f"{grown} bytes kept after 600 generations"
     finally:
         tracemalloc.stop()
-        services(app).store.close()
+        services(app).close()

@@ -374,7 +374,7 @@ def test_merged_list_with_every_host_down_names_them() -> None:
 def client(tmp_path: Path) -> Iterator[FlaskClient]:
     app = create_app({"ollama_url": f"{A},{B}", "db": str(tmp_path / "clawweb.db")})
     yield app.test_client()
-    services(app).store.close()
+    services(app).close()
 
 
 @responses.activate

@@ -13,6 +13,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from .support import chromium
 from .support.chromium import SCREENSHOTS
 from .support.colours import colours, luminance
 from .support.factories import StartGateway, StartSimulator
@@ -55,12 +56,7 @@ def context(browser: Browser, keys: dict[str, str]) -> Iterator[BrowserContext]:
 
 
 def log_in(page: Page, gateway: Gateway, name: str = "alice") -> None:
-    page.goto(gateway.url + "/login")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("form button[type=submit]")
-    expect(page.locator(".account .user")).to_have_text(name)
-    page.wait_for_load_state("domcontentloaded")  # the deferred scripts ran: Enter sends
+    chromium.log_in(page, gateway.url, name, PASSWORD)
 
 
 def violations(page: Page) -> list[dict[str, Any]]:

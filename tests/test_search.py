@@ -1,5 +1,6 @@
-"""Search: the pure parts (terms, FTS5 quoting, snippets) in-process, the ranking and owner scope over a Store in
-memory, and ``GET /api/search`` under the real gunicorn with two users."""
+"""Search: the pure parts (terms, FTS5 quoting, snippets) in-process, the ranking and owner scope over a Store on
+both engines (SQLite's FTS5, PostgreSQL's pg_trgm: the same expectations), and ``GET /api/search`` under the
+real gunicorn with two users."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Any
 import pytest
 import requests
 
-from clawweb.chat import search, search_sqlite, tree
+from clawweb.chat import search, search_postgres, search_sqlite, tree
 from clawweb.errors import InvalidField
 from clawweb.storage import Store, spaced
+from clawweb.storage.engine import Connection
 from clawweb.storage.migrations import SQLITE as MIGRATIONS
 
 from .support.factories import StartGateway, StartSimulator
+from .support.postgres import Databases
 from .support.servers import Gateway
 
 HOSTILE = [
@@ -137,13 +140,6 @@ def test_the_short_index_holds_each_character_and_adjacent_pair_once_spaced() ->
     assert search_sqlite.short_expression(["模", "模型", '"a']) == '"\x01模\x01" "模\x01型" """\x01a"'
 
 
-@pytest.fixture(params=["memory", "file"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = Store(":memory:" if request.param == "memory" else str(tmp_path / "clawweb.db"))
-    yield opened
-    opened.close()
-
-
 SHORT_TEXTS = ["模型很好用", "模型", "模", "abcde", "xy", "x"]
 
 
@@ -175,11 +171,25 @@ SHORT_TEXTS = ["模型很好用", "模型", "模", "abcde", "xy", "x"]
     ],
 )
 def test_short_terms_match_at_the_start_middle_end_and_as_the_whole_message(
-    any_store: Store, q: str, expected: list[int]
+    store: Store, q: str, expected: list[int]
 ) -> None:
-    made = conversation(any_store, None, "", *SHORT_TEXTS)
-    ids = [m["id"] for m in tree.everything(any_store, made["id"])]
-    assert found(any_store, None, q) == [(made["id"], ids[n]) for n in reversed(expected)]  # newest first
+    made = conversation(store, None, "", *SHORT_TEXTS)
+    ids = [m["id"] for m in tree.everything(store, made["id"])]
+    assert found(store, None, q) == [(made["id"], ids[n]) for n in reversed(expected)]  # newest first
+
+
+def test_a_sqlite_store_in_memory_keeps_its_short_index_too() -> None:
+    """``:memory:`` (a connection of its own, no file): the short index's function is registered there too."""
+    store = Store(":memory:")
+    try:
+        made = conversation(store, None, "", *SHORT_TEXTS)
+        ids = [m["id"] for m in tree.everything(store, made["id"])]
+        assert found(store, None, "模型") == [(made["id"], ids[1]), (made["id"], ids[0])]
+        store.delete_conversation(made["id"])
+        index_is_consistent(store)
+        assert found(store, None, "模") == []
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
@@ -197,7 +207,10 @@ def test_short_terms_fold_case_as_the_trigram_tokenizer_does(store: Store, q: st
 def index_is_consistent(store: Store) -> None:
     """Both message indexes pass FTS5's own integrity check, and the short index holds exactly the (trigram,
     message) pairs an index built afresh from the stored messages holds (its integrity check cannot compare a
-    contentless index with the text: a 'delete' given the wrong values goes unnoticed there)."""
+    contentless index with the text: a 'delete' given the wrong values goes unnoticed there). SQLite's alone:
+    PostgreSQL's trigram indexes are over the table's own column, kept by PostgreSQL, with nothing to drift."""
+    if store.engine != "sqlite":
+        return
     indexed = "FROM messages WHERE status != 'streaming'"
     # Against the text too (rank 1) only when nothing streams: messages_search leaves out what is being written.
     streaming = store.execute("SELECT count(*) AS n FROM messages WHERE status = 'streaming'")[0]["n"]
@@ -222,8 +235,7 @@ def index_is_consistent(store: Store) -> None:
     assert docs == store.execute(f"SELECT count(*) AS n {indexed}")[0]["n"]  # every message there, each once
 
 
-def test_updates_and_deletes_keep_the_short_index_consistent(any_store: Store) -> None:
-    store = any_store
+def test_updates_and_deletes_keep_the_short_index_consistent(store: Store) -> None:
     kept = conversation(store, None, "", "老的文字 old", "不变 same")
     gone = conversation(store, None, "", "删掉的对话 dropped")
     old, same = tree.everything(store, kept["id"])
@@ -305,6 +317,102 @@ def test_an_answer_still_streaming_is_found_once_it_is_done(store: Store) -> Non
     assert found(store, None, "streaming") == [] and found(store, None, "te") == []
     store.finish_message(answer["id"], content="finished streaming text", status="done")
     assert found(store, None, "streaming") == [(made["id"], answer["id"])]
+
+
+def test_like_wildcards_and_the_escape_character_are_literal(store: Store) -> None:
+    """``%``, ``_`` and ``\\`` are what PostgreSQL's ``ILIKE`` (and SQLite's ``LIKE``) read as syntax: escaped, short
+    and long terms alike match only themselves."""
+    made = conversation(store, None, "", "50% off", "5000 off", "a_b", "axb", "back\\slash", "backslash")
+    ids = [m["id"] for m in tree.everything(store, made["id"])]
+    for q, expected in (
+        ("50%", [0]),
+        ("0%", [0]),
+        ("%", [0]),
+        ("a_b", [2]),
+        ("_b", [2]),
+        ("_", [2]),
+        ("k\\s", [4]),
+        ("\\", [4]),
+        ("%%", []),
+        ("__", []),
+    ):
+        assert found(store, None, q) == [(made["id"], ids[n]) for n in reversed(expected)], q
+
+
+def test_a_chinese_two_character_word_with_a_long_term_and_alone(store: Store) -> None:
+    made = conversation(store, None, "模型笔记", "这个模型很好用", "大语言模型的训练", "训练数据", "模 型")
+    ids = [m["id"] for m in tree.everything(store, made["id"])]
+    assert found(store, None, "模型") == [(made["id"], None), (made["id"], ids[1]), (made["id"], ids[0])]
+    assert found(store, None, "语言模型 训练") == [(made["id"], ids[1])]  # long through the index, short filters
+    assert found(store, None, "训练 数据") == [(made["id"], ids[2])]
+    assert found(store, None, "笔记 模型") == [(made["id"], None)]  # the title alone holds both
+
+
+def test_short_and_long_terms_together_are_anded_and_ranked_by_the_long_ones(store: Store) -> None:
+    made = conversation(store, None, "", "zebra ab", "zebra zebra zebra ab", "ab only", "zebra alone")
+    ids = [m["id"] for m in tree.everything(store, made["id"])]
+    assert found(store, None, "ab zebra") == [(made["id"], ids[1]), (made["id"], ids[0])]  # denser first
+    assert found(store, None, "ZEBRA Ab") == found(store, None, "ab zebra")
+    assert found(store, None, "zebra qz") == [] and found(store, None, "ly zebra") == []
+
+
+def test_a_deleted_conversation_is_never_found(store: Store) -> None:
+    ann = store.add_user("ann", "x")["id"]
+    kept = conversation(store, ann, "kept zebra", "a zebra here 中文")
+    gone = conversation(store, ann, "gone zebra", "a zebra there 中文")
+    store.delete_conversation(gone["id"])
+    assert {c for c, _ in found(store, ann, "zebra")} == {kept["id"]}
+    assert {c for c, _ in found(store, ann, "中文")} == {kept["id"]}
+    assert found(store, ann, "gone") == [] and found(store, ann, "there") == []
+
+
+def test_an_answer_streaming_again_is_not_found_until_it_ends(store: Store) -> None:
+    made = store.create_conversation(None, "m")
+    answer = store.add_message(made["id"], "assistant", "first zebra", status="done")
+    store.reopen_message(answer["id"])  # continued: written again, so not a hit meanwhile
+    store.checkpoint({answer["id"]: ("first zebra and more 中文", "")})
+    assert found(store, None, "zebra") == [] and found(store, None, "中文") == [] and found(store, None, "z") == []
+    store.finish_message(answer["id"], content="first zebra and more 中文", status="stopped")
+    assert found(store, None, "zebra") == found(store, None, "中文") == [(made["id"], answer["id"])]
+
+
+@pytest.fixture
+def postgres_store(postgres_databases: Databases) -> Iterator[Store]:
+    """A store on PostgreSQL alone, for what only PostgreSQL has (a planner choosing the trigram index)."""
+    opened = Store(postgres_databases.fresh())
+    yield opened
+    opened.close()
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+def test_postgresql_reads_the_trigram_index_for_a_long_term(postgres_store: Store) -> None:
+    """A long term's hits can come from the GIN trigram index: the queries' shape lets the planner use it (the
+    partial index's own condition, ``ILIKE``), for the ranked query and the count that chooses the ranking, for
+    both kinds of owner. Forbidden to read the table whole or any other index whole (what a few rows make
+    cheapest), the planner must find that plan or fail the test."""
+    store = postgres_store
+    ann = store.add_user("ann", "x")["id"]
+    for n in range(20):
+        conversation(store, ann if n % 2 else None, f"talk {n}", f"message {n} about zebras", f"answer {n}")
+    store.execute("ANALYZE")
+
+    def explain(sql: str, names: dict[str, Any]) -> list[str]:
+        def run(db: Connection) -> list[str]:
+            db.execute("SET LOCAL enable_seqscan = off")
+            db.execute("SET LOCAL enable_indexscan = off")  # a GIN index is read through a bitmap only
+            return [row[0] for row in db.execute("EXPLAIN " + sql, names)]
+
+        return store.transaction(run)
+
+    for owner in (None, ann):
+        sql, names = search_postgres.message_query(owner, ["zebra"], ["ab"], True, 20, 0)
+        plan = explain(sql, names)
+        assert any("Bitmap Index Scan on messages_content_trgm" in line for line in plan), "\n".join(plan)
+    count, names = search_postgres.count_query(["zebra"])
+    plan = explain(count, names)
+    assert any("Bitmap Index Scan on messages_content_trgm" in line for line in plan), plan
+    assert [m for _, m in found(store, ann, "zebras")] and len(found(store, None, "zebras")) == 10
 
 
 # --- over HTTP -------------------------------------------------------------------------------------------------

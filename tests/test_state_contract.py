@@ -666,8 +666,7 @@ def gateways(backend: str, sim: SimProcess, request: pytest.FixtureRequest, tmp_
     yield make
     _kill_greenlets()  # an answer still running ends as its greenlet does: stored, before its store closes
     for app in made:
-        services(app).store.close()
-        services(app).state.close()
+        services(app).close()
 
 
 def generations_of(app: Flask) -> Generations:

@@ -125,7 +125,7 @@ def test_attachment_names_are_safe_whatever_the_title(title: str) -> None:
 def small(tmp_path: Path) -> Iterator[Flask]:
     app = create_app({"db": str(tmp_path / "c.db"), "quota_conversations": 2, "max_import_bytes": 100_000})
     yield app
-    services(app).store.close()
+    services(app).close()
 
 
 def test_an_import_over_a_quota_imports_nothing_and_names_the_quota(small: Flask) -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +231,7 @@ def test_the_page_says_simulator_exactly_when_the_setting_does(
     try:
         page = app.test_client().get("/", headers={"Accept": "text/html"})
     finally:
-        services(app).store.close()
+        services(app).close()
     assert page.status_code == 200
     banner = '<p class="banner" role="note">Simulator: no Ollama was found, answers are canned text.</p>'
     assert (banner in page.text) is labelled
@@ -244,24 +241,3 @@ def test_readme_lists_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for field in dataclasses.fields(Settings):
         assert f"| `CLAWWEB_{field.name.upper()}` |" in readme, field.name
-
-
-@pytest.mark.integration  # worker processes, as gunicorn starts them
-def test_workers_starting_together_migrate_a_new_database_once(tmp_path: Path) -> None:
-    """Several gunicorn workers open a new database at the same moment: exactly one creates the tables."""
-    # A barrier, not a clock: each process says it is ready once its imports are done (slow on a busy machine),
-    # then all open the database when the test says go.
-    script = (
-        "import os, sys, time; from clawweb.storage import Store; "
-        "open(sys.argv[2] + str(os.getpid()), 'w').close(); "
-        "exec('while not os.path.exists(sys.argv[3]): time.sleep(0.001)'); Store(sys.argv[1]).close()"
-    )
-    path, ready, go = str(tmp_path / "new.db"), str(tmp_path / "ready-"), tmp_path / "go"
-    argv = [sys.executable, "-c", script, path, ready, str(go)]
-    starts = [subprocess.Popen(argv, stderr=subprocess.PIPE) for _ in range(6)]
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("ready-*"))) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    go.touch()
-    errors = [process.communicate(timeout=60)[1].decode() for process in starts]
-    assert [process.returncode for process in starts] == [0] * 6, errors

@@ -7,7 +7,8 @@ The trigram tokenizer matches terms of 3 characters or more (case-insensitively,
 ``messages_search``; a shorter term (a Chinese word is often 2 characters: 中文) is one trigram of the spaced
 text in ``messages_short`` (storage.py's migration 5): ``c`` is ``␁c␁``, ``ab`` is ``a␁b``. A query with
 both kinds is the long terms' index hits that are also short-term hits. Titles (an owner has few) match short
-terms with ``LIKE`` (ASCII-only case folding).
+terms with ``LIKE`` (ASCII-only case folding). On PostgreSQL (search_postgres.py) every term is an escaped
+``ILIKE`` pattern that pg_trgm's GIN indexes serve from 3 characters on: the same hits, by the same rules of order.
 
 Ranking: title hits first (a conversation named after what is looked for is the likeliest target), then
 message hits; each group by bm25 when a term reached the index, newest first otherwise. A term in more than

@@ -4,17 +4,23 @@ file cannot be shared between (its locking is unreliable on network filesystems)
 psycopg 3 cooperates with gevent by itself (from 3.1.14: it waits on the socket through the patched
 ``select``), so a query in flight costs its greenlet only, never the event loop; no thread is needed. Each
 worker keeps a pool of ``CLAWWEB_DB_POOL_SIZE`` connections; a request that finds none free within
-``CLAWWEB_DB_POOL_TIMEOUT_S`` gets a 503, never a hang. Statements run in autocommit, transactions at
-SERIALIZABLE (what SQLite's one writer gives: of two requests starting an answer in one conversation, exactly
-one does) and run again when PostgreSQL reports a serialization failure. A lost connection (PostgreSQL
-restarted, the network cut) is a fault, ``StorageUnavailable``, and the pool drops its dead connections at once.
+``CLAWWEB_DB_POOL_TIMEOUT_S`` gets a 503, never a hang. psycopg prepares a statement on a connection once it
+has run it five times (its ``prepare_threshold``): the store's queries are few and repeated, and
+postgres_sql.py keeps their text stable, so the hot ones (checkpoints, key and session lookups) run prepared.
+
+Statements run in autocommit, transactions at SERIALIZABLE (what SQLite's one writer gives: of two requests
+starting an answer in one conversation, exactly one does) and run again when PostgreSQL reports a
+serialization failure. A lost connection (PostgreSQL restarted, the network cut) is a fault,
+``StorageUnavailable``, and the pool drops its dead connections at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 import gevent
@@ -24,6 +30,7 @@ from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import redact_url
+from . import pg_tools
 from .engine import Connection, Cursor, Engine, Params
 from .errors import Duplicate, StorageUnavailable
 from .migrations import POSTGRES
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x636C6177  # pg_advisory_lock's key for clawweb's migrations ("claw")
 RETRIES = 8  # a transaction run again after a serialization failure or a deadlock, at most
 CONNECT_TIMEOUT_S = 5
+# The longest a statement may run (a lock another client holds, a runaway query): then it is cancelled and the
+# request gets a 503 instead of waiting as long as the lock is held. Far above any query the store makes.
+STATEMENT_TIMEOUT_MS = 30_000
 
 
 class Row(dict[str, Any]):
@@ -85,13 +95,19 @@ class PostgresDatabase:
         self._where = redact_url(url)
         self._timeout_s = pool_timeout_s
         self._size = pool_size
+        self._in_use = 0  # connections this worker's requests hold: all of them, or PostgreSQL unreachable?
         self._guard(lambda: self._migrate())
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             timeout=pool_timeout_s,
-            kwargs={"autocommit": True, "row_factory": _rows, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={
+                "autocommit": True,
+                "row_factory": _rows,
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            },
             configure=_configure,
             name="clawweb",
             open=True,
@@ -120,13 +136,17 @@ class PostgresDatabase:
         try:
             return fn()
         except PoolTimeout as exc:
+            if self._in_use < self._size:  # a connection was free to make, and the pool could not make it
+                raise StorageUnavailable(
+                    f"cannot connect to PostgreSQL at {self._where} (tried for {self._timeout_s:g} s)"
+                ) from exc
             raise StorageUnavailable(
                 f"no database connection free within {self._timeout_s:g} s (all {self._size} of this worker's in "
                 "use: CLAWWEB_DB_POOL_SIZE)"
             ) from exc
         except errors.UniqueViolation as exc:
             raise Duplicate(str(exc)) from exc
-        except errors.TransactionRollback:  # a serialization failure or a deadlock: ``transaction`` runs it again
+        except (errors.SerializationFailure, errors.DeadlockDetected):  # ``transaction`` runs it again
             raise
         except (psycopg.OperationalError, errors.ReadOnlySqlTransaction) as exc:
             pool = getattr(self, "_pool", None)
@@ -134,9 +154,18 @@ class PostgresDatabase:
                 gevent.spawn(pool.check)  # the other idle connections died too, most likely: replaced now
             raise StorageUnavailable(f"{str(exc).strip()} ({self._where})") from exc
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        with self._pool.connection() as conn:
+            self._in_use += 1
+            try:
+                yield conn
+            finally:
+                self._in_use -= 1
+
     def execute(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 cursor = conn.execute(*translate(sql, params))
                 return cast(list[dict[str, Any]], cursor.fetchall()) if cursor.description else []
 
@@ -144,7 +173,7 @@ class PostgresDatabase:
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
         def run() -> T:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 return work(_Translating(conn))
 
         for attempt in range(RETRIES):
@@ -166,7 +195,11 @@ class PostgresDatabase:
         return None
 
     def backup(self, destination: str) -> None:
-        raise NotImplementedError  # backups.py (pg_dump)
+        """``pg_dump --format=custom`` into a new file ``destination`` (0600): one snapshot of the whole database
+        (a REPEATABLE READ transaction), consistent however the gateways write meanwhile, never blocking them."""
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never over an older backup
+        os.close(fd)
+        pg_tools.run("pg_dump", self.url, ["--format=custom", f"--file={destination}"])  # 0600 kept: it exists
 
     def close(self) -> None:
         self._pool.close()

@@ -217,6 +217,9 @@ class SqliteDatabase:
             target = sqlite3.connect(destination)
             try:
                 self._db.backup(target)
+                # One self-contained file: the copied header says WAL, which would give the backup -wal and -shm
+                # companions wherever it is opened (even to check it).
+                target.execute("PRAGMA journal_mode = DELETE")
             finally:
                 target.close()
 

@@ -71,7 +71,9 @@ class Store:
     """Conversations, users, keys, sessions, quotas and shares, on either engine (engine.py). The chat modules'
     own queries (tree, search, shares, transfer) go through ``execute`` and ``transaction`` too."""
 
-    def __init__(self, location: str, mark_interrupted: bool = True, pool_size: int = 8, pool_timeout_s: float = 5.0):
+    def __init__(
+        self, location: str, mark_interrupted: bool = True, pool_size: int = 8, pool_timeout_s: float = 5.0
+    ) -> None:
         """``location``: a SQLite file (or ``sqlite:///path``) or a ``postgresql://`` URL. ``mark_interrupted``:
         answers left ``streaming`` by a dead process are marked as errors at start (their text so far,
         checkpointed while they streamed, is kept). Only where this process is the only one: another worker's
@@ -277,11 +279,9 @@ class Store:
     def count_answer(self, owner: int | None, day: str, limit: int) -> bool:
         """Count one more answer for ``owner`` on ``day`` unless it has ``limit`` already (0: no limit); False
         when it has. One statement, so concurrent requests (other workers too) cannot both take the last one."""
-        # The stored row's column named with its table: PostgreSQL finds a bare ``answers`` ambiguous here.
         rows = self.execute(
-            "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) "
-            "DO UPDATE SET answers = quota_answers.answers + 1 "
-            "WHERE ? = 0 OR quota_answers.answers < ? RETURNING answers",
+            "INSERT INTO quota_answers (owner, day, answers) VALUES (?, ?, 1) ON CONFLICT (owner, day) DO UPDATE "
+            "SET answers = quota_answers.answers + 1 WHERE ? = 0 OR quota_answers.answers < ? RETURNING answers",
             (0 if owner is None else owner, day, limit, limit),
         )
         return bool(rows)

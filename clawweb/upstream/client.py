@@ -70,6 +70,10 @@ class OllamaClient:
 
     # --- one host ----------------------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Close the pooled connections to every host."""
+        self.session.close()
+
     def _send(
         self, host: Host, method: str, path: str, data: bytes | None, stream: bool, timeout: tuple[float, float]
     ) -> requests.Response:

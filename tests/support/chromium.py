@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, expect
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"  # tests/artifacts/screenshots
@@ -35,3 +35,13 @@ def chat_page(browser: Browser, base_url: str) -> Iterator[Page]:
     yield opened
     context.close()
     assert errors == []
+
+
+def log_in(page: Page, base_url: str, name: str, password: str) -> None:
+    """Log in through the login form and wait until the chat page's deferred scripts ran (Enter then sends)."""
+    page.goto(base_url + "/login")
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("form button[type=submit]")
+    expect(page.locator(".account .user")).to_have_text(name)
+    page.wait_for_load_state("domcontentloaded")

@@ -46,7 +46,11 @@ class PostgresServer(ServerProcess):
     """``postgres`` on 127.0.0.1:``port`` over a data directory made by ``initdb`` (kept if it exists: a
     restarted server finds its databases)."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    stop_signal = signal.SIGINT  # fast shutdown: open sessions end (SIGTERM would wait for every client to leave)
+
+    def __init__(self, directory: Path | None = None, port: int | None = None, durable: bool = False) -> None:
+        """``durable``: PostgreSQL's own defaults (fsync, synchronous commits), for the benchmark's comparison with
+        SQLite; the tests' server skips them (its data need not survive a power cut)."""
         bin_dir = postgres_bin()
         # Not under pytest's tmp_path: as root that is private to root, and the server runs as postgres.
         self.directory = directory or Path(tempfile.mkdtemp(prefix="clawweb-pg-"))
@@ -66,13 +70,9 @@ class PostgresServer(ServerProcess):
                 capture_output=True,
             )
         argv = [str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.data)]
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "max_connections": "300",
-        }
+        settings = {"listen_addresses": "127.0.0.1", "max_connections": "300"}
+        if not durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         for name, value in settings.items():
             argv += ["-c", f"{name}={value}"]
         log = self.directory / "postgres.log"
@@ -100,18 +100,6 @@ class PostgresServer(ServerProcess):
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url_of(name)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """Fast shutdown (SIGINT: open sessions are ended; SIGTERM would wait for every client to leave)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log_file.close()
-        return self.proc.returncode
 
     def remove(self) -> None:
         self.stop()

@@ -59,6 +59,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> bool:
 class ServerProcess:
     """A child process in its own session (so a signal reaches it alone), logging into ``log_path``."""
 
+    stop_signal = signal.SIGTERM  # what ``stop`` sends first (before the method ``signal`` below hides the module)
+
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.log_path = log_path
@@ -94,9 +96,9 @@ class ServerProcess:
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code (negative: killed by that signal)."""
+        """``stop_signal``, then SIGKILL after ``timeout``; returns the exit code (negative: killed by that signal)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
