@@ -7,8 +7,8 @@ SQLite that transaction holds the write lock, so a gateway still running gets 50
 and the target is written inside one transaction: a copy that fails leaves the target as empty as it was.
 Rows go over in batches of ``BATCH`` read in key order (keyset pages, never ``OFFSET``), so a database of any
 size passes through a few hundred rows at a time. Each batch is one multi-row ``INSERT``: the target's
-triggers fill its quota counts and SQLite's search index as rows go in (PostgreSQL's GIN indexes follow by
-themselves), and afterwards PostgreSQL's identity sequences are set past the copied ids.
+triggers fill its quota counts and SQLite's search index as rows go in; PostgreSQL's search (GIN) indexes are
+built once the rows are in, and its identity sequences are then set past the copied ids.
 
 Two SQLite files are refused: each engine's transaction runs its work on the thread that owns its
 connection, and SQLite's two would have to nest (``clawweb backup`` copies a SQLite file).
@@ -84,7 +84,7 @@ def count(rows: Rows, table: str, where: str = "") -> int:
     return int(rows(f"SELECT count(*) AS n FROM {table}{' WHERE ' + where if where else ''}", ())[0]["n"])
 
 
-def _refusal(source: Rows, target: Rows, force: bool) -> str | None:
+def _refusal(target: Rows, streaming: int, force: bool) -> str | None:
     held = [table.name for table in TABLES if count(target, table.name)]
     if held:
         # Copied ids would collide with the rows there, and two installations mixed could not be verified.
@@ -92,12 +92,11 @@ def _refusal(source: Rows, target: Rows, force: bool) -> str | None:
             f"the target already holds rows ({', '.join(held)}): copy into a new, empty database "
             "(createdb, or a SQLite file that does not exist yet)"
         )
-    streaming = count(source, "messages", "status = 'streaming'")
     if streaming and not force:
         return (
-            f"{streaming} answer(s) are streaming in the source: a gateway is running on it (stop it: what it writes "
-            "from now on would not be in the copy), or one stopped mid-answer (start and stop it once, which marks "
-            "them interrupted); --force copies them as they are"
+            f"{streaming} answer(s) are streaming in the source: stop every gateway on it first (what one writes from "
+            "now on would be missing from the copy); if none runs (one died mid-answer), --force copies them as they "
+            "are, and the gateway on the target marks them interrupted"
         )
     return None
 
@@ -109,16 +108,35 @@ class Copied:
 
 
 def _copy(source: Connection, target: Connection, force: bool, progress: Callable[[str, int], None]) -> Copied:
-    refused = _refusal(of(source), of(target), force)
+    copied = Copied({}, count(of(source), "messages", "status = 'streaming'"))
+    refused = _refusal(of(target), copied.streaming, force)
     if refused:
         raise CopyRefused(refused)
-    copied = Copied({}, count(of(source), "messages", "status = 'streaming'"))
     for table in TABLES:
         copied.rows[table.name] = 0
         for page in pages(of(source), table):
             _insert(target, table.name, page)
             copied.rows[table.name] += len(page)
         progress(table.name, copied.rows[table.name])
+    return copied
+
+
+def _without_trigram_indexes(target: Connection, work: Callable[[], Copied]) -> Copied:
+    """``work()`` with PostgreSQL's GIN (search) indexes dropped, then built again from the rows in one pass, as
+    their migration defined them (pg_indexes keeps the definition): kept up row by row, a trigram index costs the
+    copy most of its time. All in the copy's transaction: a failure brings them back as they were."""
+    tables = tuple(table.name for table in TABLES)
+    found = target.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+        f"AND tablename IN ({', '.join('?' * len(tables))}) AND indexdef LIKE '% USING gin %'",
+        tables,
+    ).fetchall()
+    for index in found:
+        target.execute(f'DROP INDEX "{index["indexname"]}"', ())
+    copied = work()
+    target.execute("SET LOCAL maintenance_work_mem = '256MB'", ())  # the build sorts in memory, not on disk
+    for index in found:
+        target.execute(index["indexdef"], ())
     return copied
 
 
@@ -151,9 +169,10 @@ def copy(
 
     def into(read: Connection) -> Copied:
         def write(written: Connection) -> Copied:
-            copied = _copy(read, written, force, progress)
-            if target.engine == "postgresql":
-                _sequences_past_ids(written)
+            if target.engine == "sqlite":  # its FTS5 triggers fill the index as rows go in
+                return _copy(read, written, force, progress)
+            copied = _without_trigram_indexes(written, lambda: _copy(read, written, force, progress))
+            _sequences_past_ids(written)
             return copied
 
         return target.transaction(write)

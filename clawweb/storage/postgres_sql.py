@@ -19,6 +19,7 @@ from typing import Any
 
 _TOKEN = re.compile(
     r"""(?P<string>'(?:[^']|'')*')"""
+    r"""|(?P<cast>::\w+)"""  # PostgreSQL's own cast (pg_indexes' definitions hold them), not a parameter
     r"""|(?P<is>\bIS\s+)(?P<is_param>\?|:\w+)"""
     r"""|(?P<param>\?|:\w+)"""
     r"""|(?P<percent>%)"""
@@ -39,6 +40,8 @@ def _parse(sql: str) -> tuple[Piece, ...]:
         at = found.end()
         if found["string"] is not None:
             pieces.append(found["string"].replace("%", "%%"))
+        elif found["cast"] is not None:
+            pieces.append(found["cast"])
         elif found["percent"] is not None:
             pieces.append("%%")
         elif found["blob"] is not None:
