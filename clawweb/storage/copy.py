@@ -135,6 +135,7 @@ def _without_trigram_indexes(target: Connection, work: Callable[[], Copied]) -> 
         target.execute(f'DROP INDEX "{index["indexname"]}"', ())
     copied = work()
     target.execute("SET LOCAL maintenance_work_mem = '256MB'", ())  # the build sorts in memory, not on disk
+    target.execute("SET LOCAL statement_timeout = 0", ())  # the pool's 30 s is for requests; a build takes longer
     for index in found:
         target.execute(index["indexdef"], ())
     return copied
