@@ -892,8 +892,16 @@
     if (!isAtBottom() && records.some(grewBelow)) toBottom.hidden = false;
   }).observe(messagesEl, { childList: true, subtree: true, characterData: true });
   messagesEl.addEventListener("scroll", () => isAtBottom() && (toBottom.hidden = true), { passive: true });
+  // A smooth scroll aims at the bottom as it was at the click: text that arrived meanwhile lies below where it
+  // stops, so it goes on (at once) to the bottom as it is now, and the answer is followed from there.
+  let chasing = false;
+  messagesEl.addEventListener("scrollend", () => {
+    if (chasing && !isAtBottom()) messagesEl.scrollTo({ top: messagesEl.scrollHeight });
+    chasing = false;
+  });
   toBottom.addEventListener("click", () => {
     const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+    chasing = smooth;
     messagesEl.scrollTo({ top: messagesEl.scrollHeight, behavior: smooth ? "smooth" : "auto" });
     input.focus({ preventScroll: true });
   });
