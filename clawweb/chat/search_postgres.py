@@ -60,8 +60,7 @@ def _planned_for(store: Store, queries: Callable[[Connection], T]) -> T:
     psycopg prepares a statement run five times, and PostgreSQL then plans it once for any parameters: for
     ``content ILIKE $1`` that plan cannot know whether the pattern yields trigrams, and reads the whole table (a
     term in 81 of 20 000 messages: 55 to 240 ms instead of 7 to 9). Here every call is planned for its patterns.
-    Repeatable read, read only: the count, and the hits it chooses the order of, see the same rows, and no
-    serializable read locks (which would make writers' transactions conflict) are taken."""
+    Repeatable read, read only: the count, and the hits it chooses the order of, see the same rows."""
 
     def run(db: Connection) -> T:
         db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -125,6 +125,7 @@ def remove(store: Store, conversation_id: str, message_id: int, streaming_too: b
     since the caller looked)."""
 
     def delete(db: Connection) -> list[int]:
+        store.lock(db, conversation_id)
         names = {"message": message_id, "conversation": conversation_id}
         gone = [row[0] for row in db.execute(_SUBTREE + "SELECT id FROM subtree", names)]
         if not gone:

@@ -35,14 +35,17 @@ class Connection(Protocol):
 
 class Database(Protocol):
     engine: Engine
+    # The first statement of a transaction that changes one conversation's messages (``?``: its id): such
+    # transactions on one conversation run one after the other, on different ones side by side.
+    LOCK_CONVERSATION: str
 
     def execute(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """One statement in its own transaction; its rows as dicts."""
         ...
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
-        """``work(connection)`` in one transaction, serializable (of two racing, one sees the other's write or
-        is run again): all of it is stored, or none."""
+        """``work(connection)`` in one transaction: all of it is stored, or none. A transaction that reads a
+        conversation's messages to decide what to write locks the conversation first (``LOCK_CONVERSATION``)."""
         ...
 
     def problem(self) -> str | None:

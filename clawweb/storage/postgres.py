@@ -8,10 +8,13 @@ worker keeps a pool of ``CLAWWEB_DB_POOL_SIZE`` connections; a request that find
 has run it five times (its ``prepare_threshold``): the store's queries are few and repeated, and
 postgres_sql.py keeps their text stable, so the hot ones (checkpoints, key and session lookups) run prepared.
 
-Statements run in autocommit, transactions at SERIALIZABLE (what SQLite's one writer gives: of two requests
-starting an answer in one conversation, exactly one does) and run again when PostgreSQL reports a
-serialization failure. A lost connection (PostgreSQL restarted, the network cut) is a fault,
-``StorageUnavailable``, and the pool drops its dead connections at once.
+Statements run in autocommit, transactions at READ COMMITTED. What SQLite's one writer gives for free, that of
+two requests starting an answer in one conversation exactly one does, comes from a row lock on the conversation
+(``LOCK_CONVERSATION``, taken first by the store's transactions that change a conversation's tree): requests
+on different conversations never wait for each other. SERIALIZABLE was tried first: with 100 answers starting
+at once its predicate locks (index pages shared by many conversations) failed more than half of them after 8
+retries (``make bench PART=engines``). A deadlock is retried. A lost connection (PostgreSQL restarted, the
+network cut) is a fault, ``StorageUnavailable``, and the pool drops its dead connections at once.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x636C6177  # pg_advisory_lock's key for clawweb's migrations ("claw")
-RETRIES = 8  # a transaction run again after a serialization failure or a deadlock, at most
+RETRIES = 8  # a transaction run again after a deadlock (or a serialization failure), at most
 CONNECT_TIMEOUT_S = 5
 # The longest a statement may run (a lock another client holds, a runaway query): then it is cancelled and the
 # request gets a 503 instead of waiting as long as the lock is held. Far above any query the store makes.
@@ -83,12 +86,9 @@ class _Translating:
                 cursor.execute(*translate(sql, one))
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE  # of the transactions; statements autocommit
-
-
 class PostgresDatabase:
     engine: Engine = "postgresql"
+    LOCK_CONVERSATION = "SELECT 1 FROM conversations WHERE id = ? FOR UPDATE"
 
     def __init__(self, url: str, pool_size: int, pool_timeout_s: float) -> None:
         self.url = url
@@ -108,7 +108,6 @@ class PostgresDatabase:
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
             },
-            configure=_configure,
             name="clawweb",
             open=True,
         )

@@ -88,8 +88,14 @@ class Store:
         return self.db.execute(sql, params)
 
     def transaction(self, work: Callable[[Connection], T]) -> T:
-        """``work(connection)`` in one serializable transaction: all of it is stored, or none."""
+        """``work(connection)`` in one transaction: all of it is stored, or none (see ``lock``)."""
         return self.db.transaction(work)
+
+    def lock(self, db: Connection, conversation_id: str) -> None:
+        """In a transaction that reads a conversation's messages to decide what to write (is an answer
+        streaming? is the parent still there?): the first statement, so that such transactions on one
+        conversation run one after the other, in any process (engine.py's ``LOCK_CONVERSATION``)."""
+        db.execute(self.db.LOCK_CONVERSATION, (conversation_id,))
 
     def problem(self) -> str | None:
         """Why the database cannot take writes (for ``/readyz``), or None."""
@@ -169,6 +175,7 @@ class Store:
         conversation's current leaf. Answers start through ``start_answer``; this is for tools and tests."""
 
         def add(db: Connection) -> dict[str, Any]:
+            self.lock(db, conversation_id)
             parent = parent_id
             if parent == "leaf":
                 parent = db.execute("SELECT current_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
@@ -192,6 +199,7 @@ class Store:
         (the conversation's new one, sent with the message) is saved in it too, or not at all."""
 
         def start(db: Connection) -> tuple[dict[str, Any] | None, dict[str, Any]] | Literal["busy", "gone"]:
+            self.lock(db, conversation_id)
             busy = "SELECT 1 FROM messages WHERE conversation_id = ? AND status = 'streaming' LIMIT 1"
             if db.execute(busy, (conversation_id,)).fetchone():
                 return "busy"
@@ -224,6 +232,10 @@ class Store:
         ``system_prompt``: the conversation's new one, saved in the same transaction."""
 
         def reopen(db: Connection) -> dict[str, Any] | None:
+            found = db.execute("SELECT conversation_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if found is None:
+                return None
+            self.lock(db, found[0])
             # Not while any answer of its conversation streams (one at a time, whichever worker started it).
             row = db.execute(
                 "SELECT * FROM messages WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages AS other "
