@@ -22,7 +22,7 @@ from .storage import Store
 from .storage.engine import Database, Engine, is_postgres, sqlite_path
 from .storage.migrations import SQLITE
 from .storage.pg_tools import run
-from .storage.sqlite import private_file
+from .storage.sqlite import copy_database
 
 SUFFIXES: dict[Engine, str] = {"sqlite": ".db", "postgresql": ".pgdump"}
 # clawweb's own backups in a directory (UTC, so the names sort in time across summer time): only these are pruned.
@@ -158,12 +158,7 @@ def _restore_sqlite(source: str, path: str) -> None:
         Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = f"{path}.restoring"
         Path(temp).unlink(missing_ok=True)  # left by a restore that was killed
-        target = sqlite3.connect(private_file(temp))
-        try:
-            src.backup(target)
-            target.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            target.close()
+        copy_database(src, temp)
     finally:
         src.close()
     _fsync(Path(temp))

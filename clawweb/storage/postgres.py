@@ -96,7 +96,7 @@ class PostgresDatabase:
         self._timeout_s = pool_timeout_s
         self._size = pool_size
         self._in_use = 0  # connections this worker's requests hold: all of them, or PostgreSQL unreachable?
-        self._guard(lambda: self._migrate())
+        self._guard(self._migrate)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,

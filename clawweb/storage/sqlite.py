@@ -88,6 +88,21 @@ def tighten(path: str) -> None:
         log.warning("%s is readable by every local user; chmod o-rwx it", path)
 
 
+def copy_database(source: sqlite3.Connection, destination: str) -> None:
+    """SQLite's online backup of ``source`` into the new file ``destination`` (0600, never over an existing
+    file): one read transaction over every page, so the copy is consistent however others write meanwhile (WAL:
+    they are never blocked). One self-contained file: the copied header says WAL, which would give the copy -wal
+    and -shm companions wherever it is opened (even to check it)."""
+    fd = os.open(destination, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    target = sqlite3.connect(destination)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        target.close()
+
+
 @contextmanager
 def _migration_lock(path: str) -> Iterator[None]:
     """One migrator at a time: several workers start together on a new database (executescript commits any
@@ -209,21 +224,11 @@ class SqliteDatabase:
         return self._call(run)
 
     def backup(self, destination: str) -> None:
-        """SQLite's online backup into a new file ``destination`` (0600): one read transaction over every page, so
-        the copy is consistent however the gateway writes meanwhile (WAL: it is never blocked)."""
+        """SQLite's online backup into a new file ``destination`` (``copy_database``)."""
 
         def run() -> None:
             assert self._db is not None
-            fd = os.open(destination, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # never over an older backup
-            os.close(fd)
-            target = sqlite3.connect(destination)
-            try:
-                self._db.backup(target)
-                # One self-contained file: the copied header says WAL, which would give the backup -wal and -shm
-                # companions wherever it is opened (even to check it).
-                target.execute("PRAGMA journal_mode = DELETE")
-            finally:
-                target.close()
+            copy_database(self._db, destination)
 
         self._call(run)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from ..config import Settings
-from .engine import Connection, Database, Params, open_database
+from .engine import Connection, Database, Engine, Params, open_database
 
 T = TypeVar("T")
 
@@ -79,9 +79,12 @@ class Store:
         checkpointed while they streamed, is kept). Only where this process is the only one: another worker's
         (or host's) answers may be streaming right now."""
         self.db: Database = open_database(location, pool_size, pool_timeout_s)
-        self.engine = self.db.engine
         if mark_interrupted:  # they cannot resume: say so instead of "streaming"
             self.execute("UPDATE messages SET status = 'error', error = ? WHERE status = 'streaming'", (INTERRUPTED,))
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
 
     def execute(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """One statement, its rows as dicts."""
