@@ -36,7 +36,8 @@ class Connection(Protocol):
 class Database(Protocol):
     engine: Engine
     # The first statement of a transaction that changes one conversation's messages (``?``: its id): such
-    # transactions on one conversation run one after the other, on different ones side by side.
+    # transactions on one conversation run one after the other, on different ones side by side. Empty: the
+    # engine's transactions are one at a time already.
     LOCK_CONVERSATION: str
 
     def execute(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:

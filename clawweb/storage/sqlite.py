@@ -118,7 +118,7 @@ def _migration_lock(path: str) -> Iterator[None]:
 class SqliteDatabase:
     engine: Engine = "sqlite"
     # A transaction holds the one write lock from its start (BEGIN IMMEDIATE): nothing more to lock.
-    LOCK_CONVERSATION = "SELECT 1 FROM conversations WHERE id = ?"
+    LOCK_CONVERSATION = ""
 
     def __init__(self, path: str) -> None:
         self._pool = ThreadPool(1)

@@ -98,7 +98,8 @@ class Store:
         """In a transaction that reads a conversation's messages to decide what to write (is an answer
         streaming? is the parent still there?): the first statement, so that such transactions on one
         conversation run one after the other, in any process (engine.py's ``LOCK_CONVERSATION``)."""
-        db.execute(self.db.LOCK_CONVERSATION, (conversation_id,))
+        if self.db.LOCK_CONVERSATION:
+            db.execute(self.db.LOCK_CONVERSATION, (conversation_id,))
 
     def problem(self) -> str | None:
         """Why the database cannot take writes (for ``/readyz``), or None."""
