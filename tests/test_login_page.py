@@ -176,6 +176,7 @@ def test_login_send_reload_and_logout(context: BrowserContext, console: Console,
 
     # Sending: the page's own requests carry the CSRF token, and the answer streams to the end.
     page.click(".new-chat")
+    page.wait_for_load_state()  # the click only starts the navigation; Enter before the scripts run types a newline
     assert where(page)[0] == "/"
     ask(page, "Hello from the browser", {"tokens": 5})
     expect(last_answer(page)).to_have_attribute("data-status", "done", timeout=20_000)

@@ -66,8 +66,9 @@ def test_frames_arrive_spaced_out_not_in_one_burst(gateway: Gateway) -> None:
     _, received = stream(gateway, chat({"tokens": 8, "tps": 10}))
     token_times = [e.at for e in received if e.is_line][:8]
     gaps = [b - a for a, b in zip(token_times, token_times[1:], strict=False)]
-    # The simulator emits one token every 100 ms; a buffering relay would deliver them all within a few ms.
-    assert min(gaps) > 0.05, gaps
+    # The simulator emits one token every 100 ms; a buffering relay would deliver them all within a few ms. On a
+    # loaded machine one stalled hop can deliver two frames together, so the median gap is what must show the pace.
+    assert sorted(gaps)[len(gaps) // 2] > 0.05, gaps
     assert token_times[-1] - token_times[0] > 0.6
 
 
