@@ -180,7 +180,9 @@ def _upstream_message(response: requests.Response) -> str:
 
 def _respond(relay: Relay, answer: Answer, stream: bool) -> Response:
     if stream:
-        return streaming_response(answer_frames(relay, answer), relay.close, relay.cut, headers=sse.HEADERS)
+        return streaming_response(
+            answer_frames(relay, answer), relay.close, relay.cut, relay.read_ahead, headers=sse.HEADERS
+        )
     return whole_answer(relay, answer)
 
 

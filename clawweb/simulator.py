@@ -27,7 +27,7 @@ A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, `
 ``think_tokens``, ``load`` (s: the model is unloaded and loads first, absent from ``/api/ps`` meanwhile), ``prompt``
 (s spent reading the prompt, after any load), ``error_after`` (an error line after N tokens), ``close_after`` (drop
 the connection after N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft``
-when given), ``hang`` (send nothing, ever), ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``: the answer
+when given), ``hang`` (send nothing, ever), ``hang_after`` (go silent after N tokens), ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``: the answer
 calls these tools instead of writing, when the request offers ``tools``: Ollama only calls tools it was given).
 A directive's ``text`` or ``tokens`` wins over those derived answers. In an embedding input,
 ``#sim {...}`` takes ``delay`` (s, instead of ``--embed-delay``) and ``status``. ``--load`` makes a model that is
@@ -686,13 +686,17 @@ class Simulator:
             + [(token_line, go_json(t)) for t in plan.content]
             + [(call_line, c) for c in plan.calls]
         )
-        error_after, close_after = sim.get("error_after"), sim.get("close_after")
+        error_after, close_after, hang_after = sim.get("error_after"), sim.get("close_after"), sim.get("hang_after")
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
         interval, sent = 1.0 / tps, 0
         for index, (template, value) in enumerate(lines):
             if close_after is not None and index == close_after:
                 sock.shutdown(socket.SHUT_RDWR)  # an abrupt end without the final chunk: a crashed runner
                 return False
+            if hang_after is not None and index == hang_after:
+                while not self._client_gone(sock, 3600):  # a runner stuck midway: the gateway's read timeout ends it
+                    pass
+                raise ClientGone
             if error_after is not None and index == error_after:
                 self._stats["errors"] += 1
                 line = b'{"error":%b}' % go_json(f"simulated failure after {error_after} tokens")

@@ -64,7 +64,9 @@ def test_a_slot_is_free_once_ollama_is_done_however_slowly_the_client_reads(
     gateway = start_gateway(sim.url, max_active=1, heartbeat_s=0.5, queue_timeout_s=30)
     slow = stalled_reader(gateway, chat({"tokens": 30_000}))  # ~4 MB of frames: far beyond the socket buffers
     assert wait_for(lambda: sim.stats()["completed"] == 1, 15)  # Ollama finished the slow client's answer
-    assert metric(gateway, "clawweb_generations_active") == 0  # and its slot is free already
+    # and its slot is free: the gateway read ahead of the client (send_watch notices within about a second and a
+    # half that the client's writes wait) without waiting for it to read the ~4 MB
+    assert wait_for(lambda: metric(gateway, "clawweb_generations_active") == 0, 5)
     normal = requests.post(gateway.url + "/api/chat", json=chat({"tokens": 5}, stream=False), timeout=20)
     assert normal.status_code == 200 and normal.json()["done"] is True
     slow.close()

@@ -156,6 +156,8 @@ def test_unreachable_ollama_is_a_502_naming_the_url(start_gateway: StartGateway)
         ({"error_after": 3}, 3, "simulated failure after 3 tokens"),
         ({"close_after": 2}, 2, "Ollama closed the stream before the answer was done"),
         ({"hang": True}, 0, f"Ollama sent nothing for {READ_TIMEOUT_S:g} s"),
+        # silent midway: the relay reads those lines itself, and its silence watch ends the read
+        ({"hang_after": 3}, 3, f"Ollama sent nothing for {READ_TIMEOUT_S:g} s"),
     ],
 )
 def test_upstream_failures_become_an_error_event(

@@ -220,6 +220,11 @@ class Relay:
         """The client accepted nothing for too long and is being cut off (``send_watch``)."""
         self.fail("slow_client")
 
+    def read_ahead(self) -> None:
+        """The client fell behind (``send_watch``): read on from Ollama without waiting for it."""
+        if self.stream is not None:
+            self.stream.read_ahead()
+
     def _upstream_ended(self) -> None:
         """Ollama's part is over (done, failed, or stopped): its slot goes to the next request now, however much
         of the answer the client still has to read."""

@@ -28,6 +28,7 @@ def streaming_response(
     chunks: Iterator[bytes],
     on_close: Callable[[], None] | None = None,
     on_cut: Callable[[], None] = lambda: None,
+    on_slow: Callable[[], None] = lambda: None,
     **kwargs: Any,
 ) -> Response:
     """A ``Response`` that streams ``chunks`` (bytes, sent as they are yielded) and then calls ``on_close`` (the
@@ -35,15 +36,14 @@ def streaming_response(
 
     With ``direct_passthrough`` werkzeug hands the body straight to gunicorn instead of wrapping every chunk in
     two more generators (a tenth of the relay's CPU per token). Under gunicorn a client that accepts nothing for
-    ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so)."""
-    timeout_s = services().settings.send_timeout_s
-    if timeout_s and "gunicorn.socket" in request.environ:
-        chunks = WATCH.watch(chunks, timeout_s, on_cut)
+    ``CLAWWEB_SEND_TIMEOUT_S`` is cut (``on_cut`` says so), and ``on_slow`` hears of one that fell behind."""
+    if "gunicorn.socket" in request.environ:
+        chunks = WATCH.watch(chunks, services().settings.send_timeout_s, on_cut, on_slow)
     return Response(Closing(chunks, on_close), direct_passthrough=True, **kwargs)
 
 
 def sse_response(relay: Relay) -> Response:
-    return streaming_response(sse_events(relay), relay.close, relay.cut, headers=sse.HEADERS)
+    return streaming_response(sse_events(relay), relay.close, relay.cut, relay.read_ahead, headers=sse.HEADERS)
 
 
 def sse_events(relay: Relay) -> Iterator[bytes]:
@@ -123,7 +123,9 @@ def native_response(relay: Relay, stream: bool) -> Response:
                 return Response(failure.body, failure.status, content_type="application/json; charset=utf-8")
             return error_response(failure.status or 502, failure.message)
         handed_over = True
-        return streaming_response(ndjson_lines(relay), relay.close, relay.cut, content_type="application/x-ndjson")
+        return streaming_response(
+            ndjson_lines(relay), relay.close, relay.cut, relay.read_ahead, content_type="application/x-ndjson"
+        )
     finally:
         if not handed_over:
             relay.close()
