@@ -27,8 +27,9 @@ A line ``#sim {...}`` in the last user message changes one answer: ``tokens``, `
 ``think_tokens``, ``load`` (s: the model is unloaded and loads first, absent from ``/api/ps`` meanwhile), ``prompt``
 (s spent reading the prompt, after any load), ``error_after`` (an error line after N tokens), ``close_after`` (drop
 the connection after N tokens, like a crashed runner), ``status`` (an HTTP error before streaming, after ``ttft``
-when given), ``hang`` (send nothing, ever), ``hang_after`` (go silent after N tokens), ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``: the answer
-calls these tools instead of writing, when the request offers ``tools``: Ollama only calls tools it was given).
+when given), ``hang`` (send nothing, ever), ``hang_after`` (go silent after N tokens), ``tool_calls``
+(``[{"name": ..., "arguments": {...}}]``: the answer calls these tools instead of writing, when the request offers
+``tools``: Ollama only calls tools it was given).
 A directive's ``text`` or ``tokens`` wins over those derived answers. In an embedding input,
 ``#sim {...}`` takes ``delay`` (s, instead of ``--embed-delay``) and ``status``. ``--load`` makes a model that is
 not in memory load that long.
