@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, g, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import accounts, sessions
@@ -66,10 +67,20 @@ def csrf_token() -> str:
 
 
 class _Sessions(SecureCookieSessionInterface):
-    """The cookie is ``Secure`` whenever the request came over TLS (directly, or per a trusted proxy)."""
+    """The cookie is ``Secure`` whenever the request came over TLS (directly, or per a trusted proxy). The signing
+    serializer is made once: Flask builds a new one for every request (cookie or not, API calls included), and the
+    key is set once at start-up (``init_app``)."""
+
+    def __init__(self) -> None:
+        self._serializer: URLSafeTimedSerializer | None = None
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        if self._serializer is None:
+            self._serializer = super().get_signing_serializer(app)
+        return self._serializer
 
 
 def _secret_key(settings: Settings) -> str:

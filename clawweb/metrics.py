@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -74,19 +72,15 @@ SLOW_CLIENTS = Counter("clawweb_slow_clients_cut", "Streams cut because the clie
 
 
 LANES = ("interactive", "api", "batch")  # as state/lanes.py names them
+_LANE_GAUGES = {lane: (LANE_ACTIVE.labels(lane), LANE_QUEUED.labels(lane)) for lane in LANES}
 
 
-class _InLane(Protocol):
-    @property
-    def lane(self) -> str: ...
-
-
-def publish_lanes(active: Iterable[_InLane], queued: Iterable[_InLane]) -> None:
-    """The answers' pool's gauges by lane (this process's share, as for the pool's own gauges)."""
-    held, waiting = Tally(t.lane for t in active), Tally(t.lane for t in queued)
-    for lane in LANES:
-        LANE_ACTIVE.labels(lane).set(held[lane])
-        LANE_QUEUED.labels(lane).set(waiting[lane])
+def publish_lanes(held: Mapping[str, int], waiting: Mapping[str, int]) -> None:
+    """The answers' pool's gauges by lane, from its counts per lane (this process's share, as for the pool's own
+    gauges). Called on every admission and release: the labelled gauges are looked up once, not per call."""
+    for lane, (active, queued) in _LANE_GAUGES.items():
+        active.set(held.get(lane, 0))
+        queued.set(waiting.get(lane, 0))
 
 
 UPSTREAM_FAILURES = frozenset({"unreachable", "status", "error_line", "timeout", "closed"})

@@ -66,6 +66,9 @@ class Admission:
         self._caps = lanes.caps(max_active, shares)
         self._active: dict[str, Ticket] = {}  # by id, oldest first
         self._waiting: dict[str, Ticket] = {}  # by id, in arrival order
+        # Their counts per lane, kept as tickets move (the gauges are set on every move: no pass over all).
+        self._held_lanes: Counter[str] = Counter()
+        self._waiting_lanes: Counter[str] = Counter()
         self._turns: dict[tuple[str, str], float] = {}  # (lane, user) of users waiting: when their turn came last
         self._tick = itertools.count(1)
         self._per_client: Counter[str] = Counter()
@@ -88,6 +91,7 @@ class Admission:
             raise queue_full(self.max_active, self.max_queue, self.pool)
         else:
             self._waiting[ticket.id] = ticket
+            self._waiting_lanes[lane] += 1
             self._turns.setdefault((lane, client), next(self._tick))
             self._settle(lane)
         self._per_client[client] += 1
@@ -99,11 +103,17 @@ class Admission:
             return
         if self._active.pop(ticket.id, None) is None:
             del self._waiting[ticket.id]
+            self._waiting_lanes[ticket.lane] -= 1
+        else:
+            self._held_lanes[ticket.lane] -= 1
         ticket.position = -1
         self._per_client[ticket.client] -= 1
         if not self._per_client[ticket.client]:
             del self._per_client[ticket.client]
-        self._settle(None)
+        if self._waiting:  # else there is nobody to move up (and no pass over every slot held)
+            self._settle(None)
+        else:
+            self._turns.clear()  # (a waiter who left was the last: its user's turn is not kept)
         self._publish()
 
     def wait(self, ticket: Ticket, timeout: float) -> bool:
@@ -113,6 +123,7 @@ class Admission:
 
     def _admit(self, ticket: Ticket) -> None:
         self._active[ticket.id] = ticket
+        self._held_lanes[ticket.lane] += 1
         ticket.position = 0
         ticket.admitted_at = time.monotonic()
         ticket.changed.set()
@@ -124,6 +135,7 @@ class Admission:
         order, now = lanes.plan(active, list(self._waiting.values()), self._turns, self._caps, self.max_active)
         for ticket in order[:now]:
             del self._waiting[ticket.id]
+            self._waiting_lanes[ticket.lane] -= 1
             self._admit(ticket)
         self._turns = {  # a user whose request got its slot goes to the back of its lane's ring
             (ticket.lane, ticket.client): self._turns.get((ticket.lane, ticket.client), 0.0)
@@ -144,7 +156,7 @@ class Admission:
         active.set(len(self._active))
         queued.set(len(self._waiting))
         if self.pool == "answers":  # the embedding pool has one lane: its gauges say it all
-            publish_lanes(self._active.values(), self._waiting.values())
+            publish_lanes(self._held_lanes, self._waiting_lanes)
 
 
 class MemoryLog:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -329,4 +330,5 @@ class RedisAdmission:
         active.set(len(admitted))
         queued.set(len(self._mine) - len(admitted))
         if self.pool == "answers":  # the embedding pool has one lane: its gauges say it all
-            publish_lanes(admitted, [ticket for ticket in tickets if not ticket.admitted])
+            held = Counter(ticket.lane for ticket in admitted)
+            publish_lanes(held, Counter(ticket.lane for ticket in tickets if not ticket.admitted))
