@@ -62,8 +62,8 @@ from typing import IO, Any
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.select
 import gevent.server
+import gevent.socket
 
 from clawweb import simulator_models as catalog
 from clawweb.simulator_cache import PromptCache, Slot
@@ -553,9 +553,12 @@ class Simulator:
 
     @staticmethod
     def _client_gone(sock: socket.socket, timeout: float) -> bool:
-        """Wait up to ``timeout``; True as soon as the peer closed its side."""
-        readable, _, _ = gevent.select.select([sock], [], [], timeout)
-        if not readable:
+        """Wait up to ``timeout``; True as soon as the peer closed its side. (Not ``select``: it refuses file
+        descriptors from 1024 on, which a simulator holding a few hundred streams and a gateway's pooled
+        connections reaches: those connections were dropped without an answer.)"""
+        try:
+            gevent.socket.wait_read(sock.fileno(), timeout)
+        except TimeoutError:
             return False
         try:
             return sock.recv(1, socket.MSG_PEEK) == b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import socket
 import time
 from typing import Any
@@ -195,3 +196,25 @@ def test_keep_alive_serves_several_requests_on_one_connection(sim: SimProcess) -
             while reader.readline() != b"\r\n":
                 pass
             assert reader.read(len(b'{"version":"0.12.6"}')) == b'{"version":"0.12.6"}'
+
+
+def test_streams_beyond_1024_open_connections(start_simulator: StartSimulator) -> None:
+    """A simulator holding more than 1024 connections (a benchmark's 500 streams beside a gateway's pooled
+    connections) still answers: waiting on a client with ``select`` failed from file descriptor 1024 on, and those
+    connections were closed without an answer (half of one benchmark round)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2400:
+        assert hard >= 2400, f"this machine allows {hard} open files; the test needs 2400"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2400, hard))  # the simulator started below inherits it
+    try:
+        sim = start_simulator("--ttft", "0.05", "--tps", "200")
+        idle = [socket.create_connection(("127.0.0.1", sim.port)) for _ in range(1100)]
+        try:
+            # ttft makes the simulator wait on the client (is it gone?) before answering
+            response = requests.post(sim.url + "/api/chat", json=body({"tokens": 3, "ttft": 0.1}), timeout=10)
+            assert response.status_code == 200 and lines(response)[-1]["done"] is True
+        finally:
+            for sock in idle:
+                sock.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

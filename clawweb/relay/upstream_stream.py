@@ -444,7 +444,9 @@ class UpstreamStream:
         self._watch_silence(self._read_timeout_s)
         failure: Failure | None = None
         try:
-            self._reading = not self._stopping
+            if self._stopping:
+                raise _Interrupted("shutdown")
+            self._reading = True
             for line in lines:
                 self._reading = False
                 if line:
