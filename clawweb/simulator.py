@@ -57,7 +57,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import gevent
 import gevent.event
@@ -565,6 +565,12 @@ class Simulator:
         except OSError:
             return True
 
+    def _hang(self, sock: socket.socket) -> NoReturn:
+        """Send nothing more until the client leaves."""
+        while not self._client_gone(sock, 3600):
+            pass
+        raise ClientGone
+
     def _wait(self, sock: socket.socket, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -665,9 +671,7 @@ class Simulator:
         started = time.monotonic_ns()
         loaded = self._load(sock, spec.name, sim, plan.prompt_s)
         if sim.get("hang"):
-            while not self._client_gone(sock, 3600):
-                pass
-            raise ClientGone
+            self._hang(sock)
         prompt_done = time.monotonic_ns()
         if chat:
             think_line = (
@@ -698,9 +702,7 @@ class Simulator:
                 sock.shutdown(socket.SHUT_RDWR)  # an abrupt end without the final chunk: a crashed runner
                 return False
             if hang_after is not None and index == hang_after:
-                while not self._client_gone(sock, 3600):  # a runner stuck midway: the gateway's read timeout ends it
-                    pass
-                raise ClientGone
+                self._hang(sock)  # a runner stuck midway: the gateway's read timeout ends it
             if error_after is not None and index == error_after:
                 self._stats["errors"] += 1
                 line = b'{"error":%b}' % go_json(f"simulated failure after {error_after} tokens")

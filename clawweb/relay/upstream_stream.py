@@ -434,6 +434,13 @@ class UpstreamStream:
         self._socket_timeout(self._read_timeout_s)
         self._greenlet = gevent.spawn(self._read_on, handover.lines, handover.sent_at)
 
+    def _last(self, line: bytes, message: str | None) -> UpstreamEvent:
+        """The stream's last event, for the done line or (``message``) an error line."""
+        if message is not None:
+            return Failure(message, "error_line")
+        self.done = True  # before it is yielded, so the relay can tell the final line apart
+        return line if self._splice is None else self._splice.final(line)
+
     def _read_directly(self, handover: _HandOver) -> Generator[UpstreamEvent, None, bool]:
         """This host's lines after the first, read in the generator's own greenlet: True once the stream is over,
         False when the queue takes over again (the client fell behind, or the host failed and a reader continues
@@ -457,11 +464,7 @@ class UpstreamStream:
                     if message is not None or done:
                         self._direct = None
                         self._greenlet = gevent.spawn(self._finish, lines)
-                        if message is not None:
-                            yield Failure(message, "error_line")
-                        else:
-                            self.done = True  # before the yield, so the relay can tell the final line apart
-                            yield line if self._splice is None else self._splice.final(line)
+                        yield self._last(line, message)
                         return True
                     yield line
                     if self._direct is None:  # the client fell behind during that write: a reader reads ahead now
@@ -484,7 +487,7 @@ class UpstreamStream:
             if self._silence is not None:
                 self._silence.close()
         self._direct = None
-        if self._kept is None:  # one host: nowhere to continue
+        if kept is None:  # one host: nowhere to continue
             self._end_upstream()
             yield failure
             return True
@@ -502,12 +505,8 @@ class UpstreamStream:
                         self._paused = False
                         self._drained.set()
                     done, message = classify(item)
-                    if message is not None:
-                        yield Failure(message, "error_line")
-                        return
-                    if done:
-                        self.done = True  # before the yield, so the relay can tell the final line apart
-                        yield item if self._splice is None else self._splice.final(item)
+                    if message is not None or done:
+                        yield self._last(item, message)
                         return
                     yield item
                     continue
